@@ -1,0 +1,220 @@
+"""Model registry: immutable version folders under RAGQA_HOME/models, one atomically switched `current`.
+
+Layout::
+
+    models/
+      v0001/            weights, tokenizer, manifest.json (immutable once published)
+      v0002/
+      v0003.partial/    a publish in progress (or one that crashed): never listed, never served
+      current -> v0002  symlink, replaced atomically with os.replace
+
+Publishing writes into `vNNNN.partial/`, fsyncs every file, then renames the folder: a crash at any point leaves
+either no new version or a complete one, and `current` untouched until the final `os.replace`. The app resolves
+`current` once per request, so a request in flight keeps the model it started with.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+CURRENT = "current"
+_VERSION_RE = re.compile(r"^v(\d{4,})$")
+
+
+class RegistryError(RuntimeError):
+    """A registry operation could not be done; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str  # "v0003"
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def created_at(self) -> str:
+        return str(self.manifest.get("created_at", ""))
+
+
+def _fsync_tree(root: Path) -> None:
+    # A rename is only durable after the data it points at is on disk.
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class ModelRegistry:
+    """Versions, the current pointer, publish and rollback. Cheap to construct; all state is on disk."""
+
+    def __init__(self, models_dir: Path) -> None:
+        self.root = Path(models_dir)
+
+    # ---- reading -----------------------------------------------------------------------------------
+    def versions(self) -> list[ModelVersion]:
+        """Published versions, oldest first. `.partial` folders (unfinished publishes) are ignored."""
+        if not self.root.is_dir():
+            return []
+        out = []
+        for p in sorted(self.root.iterdir()):
+            if p.is_dir() and not p.is_symlink() and _VERSION_RE.match(p.name):
+                out.append(ModelVersion(p.name, p, self._read_manifest(p)))
+        return out
+
+    def get(self, name: str) -> ModelVersion:
+        path = self.root / name
+        if not _VERSION_RE.match(name) or not path.is_dir():
+            known = ", ".join(v.name for v in self.versions()) or "none"
+            raise RegistryError(f"no model version {name!r} (published versions: {known})")
+        return ModelVersion(name, path, self._read_manifest(path))
+
+    def current_name(self) -> str | None:
+        """The name `current` points at, read with one readlink (cheap enough to call per request)."""
+        try:
+            target = os.readlink(self.root / CURRENT)
+        except (FileNotFoundError, OSError):
+            return None
+        return Path(target).name
+
+    def current(self) -> ModelVersion | None:
+        name = self.current_name()
+        return None if name is None else self.get(name)
+
+    def base(self) -> ModelVersion | None:
+        """The first published version: retrains start from it by default (no drift from stacked fine-tunes)."""
+        versions = self.versions()
+        return versions[0] if versions else None
+
+    def _read_manifest(self, path: Path) -> dict[str, Any]:
+        try:
+            return json.loads((path / MANIFEST).read_text())
+        except FileNotFoundError as e:
+            raise RegistryError(f"model version {path.name} has no {MANIFEST}; the folder is damaged") from e
+        except json.JSONDecodeError as e:
+            raise RegistryError(f"model version {path.name}: {MANIFEST} is not valid JSON ({e})") from e
+
+    # ---- writing -----------------------------------------------------------------------------------
+    def next_name(self) -> str:
+        numbers = [0]
+        if self.root.is_dir():
+            for p in self.root.iterdir():
+                m = _VERSION_RE.match(p.name.removesuffix(".partial"))
+                if m:
+                    numbers.append(int(m.group(1)))
+        return f"v{max(numbers) + 1:04d}"
+
+    def publish(
+        self,
+        write: Callable[[Path], None],
+        manifest: dict[str, Any],
+        *,
+        make_current: bool = True,
+    ) -> ModelVersion:
+        """Publish a new version: `write(folder)` fills a fresh `.partial` folder, then it is made visible.
+
+        The manifest gets `version`, `parent` (the current version) and `created_at` unless given.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        # One publisher at a time (a retrain and a `ragqa setup` may race); the lock dies with the process.
+        with open(self.root / ".publish.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.clean_partials()
+            name = self.next_name()
+            partial = self.root / f"{name}.partial"
+            partial.mkdir()
+            try:
+                write(partial)
+                full = {"version": name, "parent": self.current_name(), "created_at": now_iso(), **manifest}
+                (partial / MANIFEST).write_text(
+                    json.dumps(full, indent=2, sort_keys=True, default=str) + "\n"
+                )
+                _fsync_tree(partial)
+                os.rename(partial, self.root / name)
+                _fsync_dir(self.root)
+            except BaseException:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
+            if make_current:
+                self.switch(name)
+        return self.get(name)
+
+    def publish_folder(
+        self, src: Path, manifest: dict[str, Any], *, make_current: bool = True
+    ) -> ModelVersion:
+        """Publish a copy of a finished model folder (weights + tokenizer)."""
+        src = Path(src)
+        if not (src / "config.json").is_file():
+            raise RegistryError(f"{src} is not a model folder (no config.json)")
+
+        def copy(dst: Path) -> None:
+            for item in src.iterdir():
+                if item.name == MANIFEST:
+                    continue
+                if item.is_dir():
+                    shutil.copytree(item, dst / item.name)
+                else:
+                    shutil.copy2(item, dst / item.name)
+
+        return self.publish(copy, manifest, make_current=make_current)
+
+    def switch(self, name: str) -> ModelVersion:
+        """Point `current` at a published version atomically (new symlink, then os.replace onto `current`)."""
+        version = self.get(name)
+        tmp = self.root / f".current.{os.getpid()}.tmp"
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        os.symlink(name, tmp)  # relative target: the home folder can move
+        os.replace(tmp, self.root / CURRENT)
+        _fsync_dir(self.root)
+        return version
+
+    def rollback(self, name: str | None = None) -> ModelVersion:
+        """Switch to `name`, or to the current version's parent (else the previous version) when not given."""
+        if name is not None:
+            return self.switch(name)
+        current = self.current()
+        if current is None:
+            raise RegistryError("no current model version to roll back from")
+        parent = current.manifest.get("parent")
+        if parent and (self.root / parent).is_dir():
+            return self.switch(parent)
+        older = [v.name for v in self.versions() if v.name < current.name]
+        if not older:
+            raise RegistryError(f"{current.name} is the first version; there is nothing to roll back to")
+        return self.switch(older[-1])
+
+    def clean_partials(self) -> list[str]:
+        """Delete folders left by crashed publishes (they were never visible)."""
+        removed = []
+        if self.root.is_dir():
+            for p in self.root.iterdir():
+                if p.name.endswith(".partial") and p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                    removed.append(p.name)
+        return removed
