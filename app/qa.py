@@ -1,0 +1,282 @@
+"""Answer questions: retrieve passages, render THE prompt, generate, find citations. No Gradio here.
+
+The UI, the CLI, the simulated annotator and the evaluation all go through `QAService`, so what is measured and
+what is collected as feedback is exactly what users see.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from app.config import AppConfig
+from app.generator import GenerationError, Generator, LoadedModel
+from retrieval.prompt import NO_ANSWER, fit_passages, parse_citations, render_prompt
+from retrieval.types import Passage
+from training.registry import ModelRegistry
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+# Words too common to show that an answer came from a passage.
+_STOPWORDS = frozenset(
+    "a an and are as at be by for from has have in is it its of on or that the this to was were what when where "
+    "which who why will with you your i do does did not no yes can".split()
+)
+
+
+class QAError(ValueError):
+    """The question cannot be answered as asked (empty, too long, nothing ingested...): the message says why."""
+
+
+@dataclass
+class AskResult:
+    answer: str
+    passages: list[Passage]
+    cited: list[int]  # ranks of the passages the answer cites
+    citation_mode: str  # "model": the model wrote [n]; "inferred": matched by word overlap; "none"
+    model_version: str
+    timings_ms: dict[str, float]
+    finished: bool = True  # False when cut by max_new_tokens or the time limit
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "answer": self.answer,
+            "sources": [asdict(p) for p in self.passages],
+            "cited": self.cited,
+            "citation_mode": self.citation_mode,
+            "model_version": self.model_version,
+            "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
+        }
+
+
+@dataclass
+class Candidate:
+    """One sampled alternative answer, with what is needed to reproduce and rank it."""
+
+    text: str
+    model_version: str
+    sampling: dict[str, Any]
+    latency_ms: float
+    cited: list[int] = field(default_factory=list)
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "model_version": self.model_version,
+            "sampling": self.sampling,
+            "latency_ms": self.latency_ms,
+        }
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS and len(w) > 1}
+
+
+def infer_citations(answer: str, passages: Sequence[Passage], min_overlap: float = 0.5) -> list[int]:
+    """Ranks of passages that contain most of the answer's content words, best first.
+
+    Small models often state a passage's fact without writing [n]; this makes the source visible anyway, and the
+    result is labelled "inferred" so nobody mistakes it for the model's own citation.
+    """
+    words = _content_words(answer)
+    if not words or answer.strip() == NO_ANSWER:
+        return []
+    scored = []
+    for p in passages:
+        overlap = len(words & _content_words(p.text)) / len(words)
+        if overlap >= min_overlap:
+            scored.append((overlap, -p.rank, p.rank))
+    return [rank for _o, _r, rank in sorted(scored, reverse=True)[:2]]
+
+
+def citations_for(answer: str, passages: Sequence[Passage]) -> tuple[list[int], str]:
+    cited = parse_citations(answer, len(passages))
+    if cited:
+        return cited, "model"
+    inferred = infer_citations(answer, passages)
+    return inferred, ("inferred" if inferred else "none")
+
+
+def plain_history(history: Sequence[Any]) -> list[dict[str, str]]:
+    """Normalise chat history to `{"role", "content": str}` (Gradio 6 sends content as a list of parts)."""
+    out = []
+    for m in history or ():
+        role = m.get("role") if isinstance(m, dict) else None
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, list):
+            content = " ".join(
+                part.get("text", "") if isinstance(part, dict) else str(part) for part in content
+            ).strip()
+        if role in ("user", "assistant") and isinstance(content, str) and content.strip():
+            out.append({"role": role, "content": content})
+    return out
+
+
+def retrieval_query(question: str, history: Sequence[dict[str, str]]) -> str:
+    """A follow-up ("and when did it open?") is searched together with the previous question."""
+    previous = [m["content"] for m in history if m["role"] == "user"]
+    return f"{previous[-1]} {question}" if previous else question
+
+
+class QAService:
+    """Wires retrieval, the prompt and the generator together. One per process; thread-safe."""
+
+    def __init__(self, config: AppConfig, *, embedder: Any = None) -> None:
+        self.config = config
+        self.registry = ModelRegistry(config.paths.models_dir)
+        self.generator = Generator(self.registry, dtype=config.dtype, load_in_4bit=config.load_in_4bit)
+        self._embedder = embedder
+        self._retriever: Any = None
+        self._index_stamp: float | None = None
+        self._lock = threading.Lock()
+
+    # ---- validation --------------------------------------------------------------------------------
+    def check_question(self, question: str) -> str:
+        q = (question or "").strip()
+        if not q:
+            raise QAError("the question is empty: type a question about your documents")
+        if len(q) > self.config.max_question_chars:
+            raise QAError(
+                f"the question is {len(q)} characters long; the limit is {self.config.max_question_chars} "
+                "(max_question_chars in config.yaml)"
+            )
+        return q
+
+    # ---- retrieval ---------------------------------------------------------------------------------
+    def embedder(self) -> Any:
+        with self._lock:
+            if self._embedder is None:
+                from retrieval.embedder import SentenceTransformerEmbedder
+
+                self._embedder = SentenceTransformerEmbedder(self.config.embedder)
+            return self._embedder
+
+    def retriever(self) -> Any:
+        """The hybrid retriever, reopened when `ragqa ingest` has rebuilt the index since it was opened."""
+        from retrieval.errors import RetrievalError
+        from retrieval.index import HybridIndex
+        from retrieval.retriever import Retriever
+
+        meta = self.config.paths.index_dir / "meta.json"
+        stamp = meta.stat().st_mtime if meta.exists() else None
+        embedder = self.embedder()
+        with self._lock:
+            if self._retriever is None or stamp != self._index_stamp:
+                try:
+                    index = HybridIndex.open(self.config.paths.index_dir, embedder)
+                except RetrievalError as e:
+                    raise QAError(str(e)) from e
+                self._retriever = Retriever(index, embedder)
+                self._index_stamp = stamp
+            return self._retriever
+
+    def retrieve(
+        self, question: str, history: Sequence[dict[str, str]] = (), k: int | None = None
+    ) -> list[Passage]:
+        return self.retriever().search(retrieval_query(question, history), k=k or self.config.k)
+
+    # ---- prompting ---------------------------------------------------------------------------------
+    def build_prompt(
+        self,
+        model: LoadedModel,
+        question: str,
+        passages: list[Passage],
+        history: Sequence[dict[str, str]],
+    ) -> tuple[list[dict[str, str]], list[Passage]]:
+        """Fit the best passages into the model's window with room for the answer, then render the prompt."""
+        budget = model.context_window - self.config.max_new_tokens
+        kept = fit_passages(question, passages, history, model.count_tokens, budget)
+        if passages and not kept:
+            raise QAError("the question and conversation are too long for the model's context window")
+        return render_prompt(question, kept, history), kept
+
+    # ---- answering ---------------------------------------------------------------------------------
+    def stream(
+        self, question: str, history: Sequence[Any] = (), k: int | None = None
+    ) -> Iterator[tuple[str, Any]]:
+        """Yield ("sources", passages), then ("token", text) pieces, then ("done", AskResult)."""
+        q = self.check_question(question)
+        turns = plain_history(history)
+        t0 = time.perf_counter()
+        passages = self.retrieve(q, turns, k)
+        t_retrieve = time.perf_counter()
+        try:
+            model = self.generator.current()
+        except GenerationError as e:
+            raise QAError(str(e)) from e
+        messages, passages = self.build_prompt(model, q, passages, turns)
+        yield "sources", passages
+        pieces: list[str] = []
+        first_token: float | None = None
+        try:
+            for piece in model.stream(
+                messages,
+                max_new_tokens=self.config.max_new_tokens,
+                timeout_s=self.config.generation_timeout_s,
+                repetition_penalty=self.config.repetition_penalty,
+            ):
+                if first_token is None:
+                    first_token = time.perf_counter()
+                pieces.append(piece)
+                yield "token", piece
+        except GenerationError as e:
+            raise QAError(str(e)) from e
+        end = time.perf_counter()
+        answer = "".join(pieces).strip()
+        cited, mode = citations_for(answer, passages)
+        n_tokens = len(model.tokenizer(answer, add_special_tokens=False)["input_ids"]) if answer else 0
+        timings = {
+            "retrieve": (t_retrieve - t0) * 1000,
+            "first_token": ((first_token or end) - t0) * 1000,
+            "total": (end - t0) * 1000,
+        }
+        finished = (
+            n_tokens < self.config.max_new_tokens and (end - t_retrieve) < self.config.generation_timeout_s
+        )
+        yield "done", AskResult(answer, passages, cited, mode, model.version, timings, finished)
+
+    def ask(self, question: str, history: Sequence[Any] = (), k: int | None = None) -> AskResult:
+        result = None
+        for kind, value in self.stream(question, history, k):
+            if kind == "done":
+                result = value
+        assert result is not None
+        return result
+
+    def candidates(
+        self,
+        question: str,
+        passages: list[Passage],
+        history: Sequence[Any] = (),
+        n: int | None = None,
+        seed: int | None = None,
+    ) -> list[Candidate]:
+        """Sample `n` alternative answers for the same question and the same passages the user saw."""
+        q = self.check_question(question)
+        n = n or self.config.num_candidates
+        if not 2 <= n <= 4:
+            raise QAError(f"between 2 and 4 candidates can be compared, not {n}")
+        turns = plain_history(history)
+        try:
+            model = self.generator.current()
+        except GenerationError as e:
+            raise QAError(str(e)) from e
+        messages, kept = self.build_prompt(model, q, passages, turns)
+        seed = int(time.time_ns() % 2**31) if seed is None else seed
+        sampled = model.sample(
+            messages,
+            n,
+            temperature=self.config.temperature,
+            top_p=self.config.top_p,
+            seed=seed,
+            max_new_tokens=self.config.max_new_tokens,
+            timeout_s=self.config.generation_timeout_s,
+            repetition_penalty=self.config.repetition_penalty,
+        )
+        return [
+            Candidate(s.text, model.version, s.sampling, s.latency_ms, citations_for(s.text, kept)[0])
+            for s in sampled
+        ]
