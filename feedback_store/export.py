@@ -1,0 +1,280 @@
+"""Export a snapshot of the feedback as TRL datasets: preference pairs, demonstrations, prompts.
+
+Layout of `out_dir` (flat files, one JSON object per line, UTF-8):
+  preferences.train.jsonl / preferences.test.jsonl
+      {"prompt": [chat messages], "chosen": [{"role": "assistant", "content": ...}],
+       "rejected": [{"role": "assistant", "content": ...}], "meta": {...}}
+      TRL's conversational preference format (RewardTrainer, DPOTrainer). `meta` holds the
+      interaction id, source (ranking | correction | thumbs), margin (rank distance), chosen/rejected
+      ids and model versions, rater session and user, simulated flag and origin; TRL ignores it
+      (tests/feedback_store/test_trl_compat.py trains a step on these files).
+  sft.train.jsonl / sft.test.jsonl
+      {"messages": prompt + [assistant answer], "meta": {...}}: corrections and thumbs-up answers.
+  prompts.train.jsonl / prompts.test.jsonl
+      {"prompt": [chat messages], "question": ..., "interaction_id": ..., "simulated": bool}: every
+      distinct prompt, for PPO rollouts.
+  manifest.json
+      snapshot_id, counts per file and split, created_at, store path, schema version, simulated items.
+
+The prompt is rendered by retrieval.prompt.render_prompt from the question, the passages shown and
+the earlier turns, so training sees exactly what serving showed. The split is decided by a hash of
+the normalised question, so a question (and all its pairs) is always on the same side and the split
+is stable as the store grows. Lines are de-duplicated on their content (first occurrence kept).
+`snapshot_id` is the sha256 over the data files' names and sha256s, so the same feedback gives the
+same id; the model registry records it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from feedback_store.pairs import Demonstration, Pair, demonstrations, interaction_pairs
+from feedback_store.records import InteractionRecord
+from feedback_store.store import FeedbackStore
+
+KINDS = ("preferences", "sft", "prompts")
+SPLITS = ("train", "test")
+MANIFEST = "manifest.json"
+
+
+def file_name(kind: str, split: str) -> str:
+    """`preferences.train.jsonl` etc.: the name of one exported file."""
+    return f"{kind}.{split}.jsonl"
+
+
+def normalize_question(question: str) -> str:
+    """NFKC, case-folded, whitespace-collapsed: questions that differ only in form split together."""
+    return " ".join(unicodedata.normalize("NFKC", question).casefold().split())
+
+
+def split_of(question: str, test_fraction: float) -> str:
+    """'test' for a fixed `test_fraction` of questions (by hash), else 'train'; deterministic."""
+    digest = hashlib.sha256(normalize_question(question).encode("utf-8")).digest()
+    return "test" if int.from_bytes(digest[:8], "big") / 2**64 < test_fraction else "train"
+
+
+@dataclass(frozen=True)
+class ExportManifest:
+    """What an export wrote; `manifest.json` holds the same fields."""
+
+    snapshot_id: str
+    out_dir: Path
+    created_at: str
+    store_path: str
+    schema_version: int
+    test_fraction: float
+    min_margin: int
+    files: dict[str, dict[str, Any]]  # file name -> {"kind", "split", "rows", "simulated", "sha256"}
+    counts: dict[str, Any] = field(default_factory=dict)  # pairs by source, dropped duplicates, both-bad, ...
+    simulated: int = 0  # rows across all files that come from simulated raters
+
+    def path(self, kind: str, split: str) -> Path:
+        return self.out_dir / file_name(kind, split)
+
+    def rows(self, kind: str, split: str | None = None) -> int:
+        splits = SPLITS if split is None else (split,)
+        return sum(self.files[file_name(kind, s)]["rows"] for s in splits)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["out_dir"] = str(self.out_dir)
+        return d
+
+
+class _Writer:
+    """One output file: written to a temporary name, hashed as it goes, de-duplicating lines."""
+
+    def __init__(self, out_dir: Path, name: str) -> None:
+        self.final = out_dir / name
+        self.tmp = out_dir / f".{name}.partial"
+        self.handle: IO[bytes] = self.tmp.open("wb")
+        self.sha = hashlib.sha256()
+        self.rows = 0
+        self.simulated = 0
+
+    def write(self, row: dict[str, Any], simulated: bool) -> None:
+        line = (json.dumps(row, ensure_ascii=False, separators=(", ", ": ")) + "\n").encode("utf-8")
+        self.handle.write(line)
+        self.sha.update(line)
+        self.rows += 1
+        self.simulated += int(simulated)
+
+    def finish(self) -> str:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        os.replace(self.tmp, self.final)
+        return self.sha.hexdigest()
+
+    def abort(self) -> None:
+        self.handle.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def _pair_row(rec: InteractionRecord, prompt: list[dict[str, str]], pair: Pair) -> dict[str, Any]:
+    return {
+        "prompt": prompt,
+        "chosen": [{"role": "assistant", "content": pair.chosen}],
+        "rejected": [{"role": "assistant", "content": pair.rejected}],
+        "meta": {
+            "interaction_id": rec.id,
+            "source": pair.source,
+            "margin": pair.margin,
+            "chosen_id": pair.chosen_id,
+            "rejected_id": pair.rejected_id,
+            "chosen_model": pair.chosen_model,
+            "rejected_model": pair.rejected_model,
+            "rater": pair.rater,
+            "user": pair.user,
+            "simulated": pair.simulated,
+            "origin": rec.origin,
+        },
+    }
+
+
+def _sft_row(rec: InteractionRecord, prompt: list[dict[str, str]], demo: Demonstration) -> dict[str, Any]:
+    return {
+        "messages": [*prompt, {"role": "assistant", "content": demo.text}],
+        "meta": {
+            "interaction_id": rec.id,
+            "source": demo.source,
+            "demo_id": demo.demo_id,
+            "model": demo.model,
+            "rater": demo.rater,
+            "user": demo.user,
+            "simulated": demo.simulated,
+            "origin": rec.origin,
+        },
+    }
+
+
+def _key(*parts: Any) -> bytes:
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode("utf-8")).digest()[:16]
+
+
+def _progress(records: Iterator[InteractionRecord], total: int, enabled: bool) -> Iterator[InteractionRecord]:
+    if not enabled:
+        return records
+    from tqdm import tqdm
+
+    return iter(tqdm(records, total=total, desc="export feedback", unit="interaction"))
+
+
+def export_snapshot(
+    store: FeedbackStore,
+    out_dir: str | Path,
+    *,
+    test_fraction: float = 0.1,
+    min_margin: int = 0,
+    progress: bool = False,
+) -> ExportManifest:
+    """Write the six JSONL files and manifest.json to `out_dir` (created; existing files replaced).
+
+    Streams: one pass over the store's interactions, writing line by line; memory holds only a
+    16-byte key per line written (for de-duplication). Pairs with margin < min_margin are left out.
+    """
+    if not 0.0 <= test_fraction <= 1.0:
+        raise ValueError(f"test_fraction must be within [0, 1], got {test_fraction}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    writers = {(k, s): _Writer(out, file_name(k, s)) for k in KINDS for s in SPLITS}
+    seen: dict[str, set[bytes]] = {k: set() for k in KINDS}
+    counts: dict[str, Any] = {
+        "interactions": 0,
+        "pairs_implied": 0,
+        "pairs_by_source": {"ranking": 0, "correction": 0, "thumbs": 0},
+        "below_min_margin": 0,
+        "both_bad_rankings": 0,
+        "duplicates_dropped": {k: 0 for k in KINDS},
+        "demonstrations_by_source": {"correction": 0, "thumbs_up": 0},
+    }
+
+    def emit(kind: str, split: str, key: bytes, row: dict[str, Any], simulated: bool) -> bool:
+        if key in seen[kind]:
+            counts["duplicates_dropped"][kind] += 1
+            return False
+        seen[kind].add(key)
+        writers[(kind, split)].write(row, simulated)
+        return True
+
+    try:
+        for rec in _progress(store.iter_interactions(), store.count_interactions(), progress):
+            counts["interactions"] += 1
+            counts["both_bad_rankings"] += sum(r.both_bad for r in rec.rankings)
+            split = split_of(rec.question, test_fraction)
+            prompt = rec.prompt_messages()
+            prompt_key = json.dumps(prompt, ensure_ascii=False)
+            emit(
+                "prompts",
+                split,
+                _key(prompt_key),
+                {
+                    "prompt": prompt,
+                    "question": rec.question,
+                    "interaction_id": rec.id,
+                    "simulated": rec.simulated,
+                },
+                rec.simulated,
+            )
+            for pair in interaction_pairs(rec):
+                counts["pairs_implied"] += 1
+                if pair.margin < min_margin:
+                    counts["below_min_margin"] += 1
+                    continue
+                key = _key(prompt_key, pair.chosen, pair.rejected)
+                if emit("preferences", split, key, _pair_row(rec, prompt, pair), pair.simulated):
+                    counts["pairs_by_source"][pair.source] += 1
+            for demo in demonstrations(rec):
+                if emit(
+                    "sft", split, _key(prompt_key, demo.text), _sft_row(rec, prompt, demo), demo.simulated
+                ):
+                    counts["demonstrations_by_source"][demo.source] += 1
+        digests = {w.final.name: w.finish() for w in writers.values()}
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+
+    files = {
+        file_name(k, s): {
+            "kind": k,
+            "split": s,
+            "rows": writers[(k, s)].rows,
+            "simulated": writers[(k, s)].simulated,
+            "sha256": digests[file_name(k, s)],
+        }
+        for k in KINDS
+        for s in SPLITS
+    }
+    snapshot = hashlib.sha256("".join(f"{n}\0{digests[n]}\n" for n in sorted(digests)).encode()).hexdigest()
+    manifest = ExportManifest(
+        snapshot_id=snapshot,
+        out_dir=out,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        store_path=str(store.path),
+        schema_version=store.schema_version(),
+        test_fraction=test_fraction,
+        min_margin=min_margin,
+        files=files,
+        counts=counts,
+        simulated=sum(f["simulated"] for f in files.values()),
+    )
+    tmp = out / f".{MANIFEST}.partial"
+    tmp.write_text(json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, out / MANIFEST)
+    return manifest
+
+
+def read_manifest(out_dir: str | Path) -> ExportManifest:
+    """Load `manifest.json` of an export folder (training records its snapshot_id)."""
+    d = json.loads((Path(out_dir) / MANIFEST).read_text(encoding="utf-8"))
+    d["out_dir"] = Path(out_dir)
+    return ExportManifest(**d)

@@ -1,0 +1,904 @@
+"""The feedback store: every question asked, what was shown, and what raters said about it.
+
+`FeedbackStore` is the only way the app, the CLI and training read or write feedback; no SQL lives
+outside this package. SQLite in WAL mode, one serialised writer, short `BEGIN IMMEDIATE`
+transactions; see the class docstring for the API and its guarantees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, is_dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from feedback_store.errors import (
+    FeedbackConflict,
+    FeedbackError,
+    FeedbackNotFound,
+    FeedbackStoreUnavailable,
+    FeedbackValidationError,
+)
+from feedback_store.migrations import LATEST_VERSION, migrate, schema_version
+from feedback_store.pairs import demonstrations, interaction_pairs, normalize_text
+from feedback_store.records import (
+    SIMULATED_PREFIX,
+    CandidateRecord,
+    CorrectionRecord,
+    ImportedDemonstration,
+    ImportedPreference,
+    ImportResult,
+    InteractionIds,
+    InteractionRecord,
+    RankingRecord,
+    RatingRecord,
+)
+
+T = TypeVar("T")
+
+DEFAULT_MAX_TEXT_CHARS = 100_000
+DEFAULT_BUSY_TIMEOUT_S = 5.0
+_MAX_ID_CHARS = 200  # session ids, user names, model versions, labels, client tokens
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def sqlite_path_from_dsn(path_or_dsn: str | Path) -> Path:
+    """The SQLite file a path or DSN names: `path`, `sqlite:///relative`, `sqlite:////absolute`.
+
+    A `postgresql://` DSN is accepted by the signature (the schema is portable SQL) but not
+    implemented yet: it raises FeedbackError saying so.
+    """
+    text = str(path_or_dsn)
+    if text.startswith(("postgresql://", "postgres://")):
+        raise FeedbackError(
+            "the PostgreSQL backend is not implemented yet; give a SQLite file path or sqlite:///path"
+        )
+    if text.startswith("sqlite:///"):
+        text = text[len("sqlite:///") :]
+    elif "://" in text:
+        raise FeedbackError(f"unsupported feedback store DSN {text!r}; use a file path or sqlite:///path")
+    if text in ("", ":memory:"):
+        raise FeedbackError("the feedback store needs a file (readers open their own connections)")
+    return Path(text).expanduser()
+
+
+def _unavailable(exc: sqlite3.Error, path: Path, busy_timeout_s: float) -> FeedbackError:
+    """Translate a SQLite failure into an error that says what happened and what to do."""
+    msg = str(exc).lower()
+    what = f"feedback database {path}"
+    if "locked" in msg or "busy" in msg:
+        return FeedbackStoreUnavailable(
+            f"the {what} stayed locked by another writer for more than {busy_timeout_s:g} s; "
+            "nothing was recorded, retry later"
+        )
+    if "readonly" in msg or "read-only" in msg:
+        return FeedbackStoreUnavailable(
+            f"the {what} is read-only (file permissions, a read-only mount, or opened read_only); "
+            "nothing was recorded"
+        )
+    if "full" in msg:
+        return FeedbackStoreUnavailable(
+            f"the {what} cannot grow: the disk (or its size limit) is full; free space and retry. "
+            "Nothing was recorded; what was stored before is intact"
+        )
+    if "unable to open" in msg or "disk i/o" in msg:
+        return FeedbackStoreUnavailable(f"cannot open or write the {what}: {exc}")
+    if "not a database" in msg or "malformed" in msg:
+        return FeedbackStoreUnavailable(f"the {what} is not a SQLite database or is corrupt: {exc}")
+    if isinstance(exc, sqlite3.IntegrityError):
+        return FeedbackValidationError(f"rejected by the {what}: {exc}")
+    return FeedbackStoreUnavailable(f"the {what} failed: {exc}")
+
+
+class _Grouped:
+    """Walk a cursor ordered by interaction id alongside the interactions (a merge join)."""
+
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self._cursor = cursor
+        self._pending = cursor.fetchone()
+
+    def take(self, interaction_id: int) -> list[tuple[Any, ...]]:
+        rows = []
+        while self._pending is not None and self._pending[0] <= interaction_id:
+            if self._pending[0] == interaction_id:
+                rows.append(self._pending[1:])
+            self._pending = self._cursor.fetchone()
+        return rows
+
+
+class FeedbackStore:
+    """Durable record of questions, the passages and candidate answers shown, and all feedback.
+
+    Open with `FeedbackStore.open(path_or_dsn)` (creates the file and applies migrations); use as a
+    context manager or call `close()`. One instance is shared by all threads of a process.
+
+    Writes (each one short `BEGIN IMMEDIATE` transaction on the single writer connection, serialised by
+    a lock; when the call returns, the row is on disk):
+      record_interaction(question, passages, candidates, *, context=(), session_id, user=None,
+                         client_token=None) -> InteractionIds
+          passages: Passage or dicts with `source`, `text` (+ `chunk_id`, `score`, `rank`), rank order.
+          candidates: dicts with `text`, `model_version`, optional `sampling` (dict: seed, temperature,
+          top_p, ...), `latency_ms`, `label` (default "A", "B", ... by position).
+          context: earlier turns as {"role": "user"|"assistant", "content": str}.
+      add_candidates(interaction_id, candidates, *, client_token=None) -> list[int]
+      record_ranking(interaction_id, order, *, session_id, user=None, both_bad=False,
+                     client_token=None) -> int
+          order: groups of candidate ids, best first, e.g. [[a], [b, c]] (b and c tied). both_bad=True
+          means no candidate is acceptable; `order` may then be empty.
+      record_rating(candidate_id, up, *, reason=None, session_id, user=None, client_token=None) -> int
+      record_correction(interaction_id, text, *, replaces=None, session_id, user=None,
+                        client_token=None) -> int
+          replaces: candidate ids the written answer is better than (None: none in particular).
+      delete_session(session_id) -> int     everything a rater session recorded (rows deleted)
+      import_items(items, *, origin) -> ImportResult   used by feedback_store.importer (one transaction)
+
+    Reads (own connections, a consistent snapshot each):
+      iter_interactions() -> Iterator[InteractionRecord]   streamed in id order, for export
+      get_interaction(interaction_id) -> InteractionRecord
+      count_interactions() -> int;  stats() -> dict;  integrity_check() -> str ("ok");  schema_version() -> int
+
+    Guarantees: a `client_token` makes a write idempotent (the same token records once and returns
+    the first result; reusing it for a different request raises FeedbackConflict). Bad input raises
+    FeedbackValidationError (FeedbackNotFound for unknown ids). A locked, read-only or full database
+    raises FeedbackStoreUnavailable: the transaction is rolled back and earlier writes are intact.
+    Raters whose session id or user starts with "simulated:" are reported as simulated everywhere.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
+        busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
+        read_only: bool = False,
+    ) -> None:
+        self.path = path
+        self.max_text_chars = max_text_chars
+        self.busy_timeout_s = busy_timeout_s
+        self.read_only = read_only
+        self._lock = threading.Lock()
+        self._writer: sqlite3.Connection | None = None
+        self._closed = False
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    @classmethod
+    def open(
+        cls,
+        path_or_dsn: str | Path,
+        *,
+        max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
+        busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
+        read_only: bool = False,
+    ) -> FeedbackStore:
+        """Open (creating and migrating if needed) the store at a file path or `sqlite:///` DSN.
+
+        read_only=True never writes: the schema must already be current, and every write raises
+        FeedbackStoreUnavailable.
+        """
+        path = sqlite_path_from_dsn(path_or_dsn)
+        store = cls(path, max_text_chars=max_text_chars, busy_timeout_s=busy_timeout_s, read_only=read_only)
+        try:
+            if read_only:
+                if not path.exists():
+                    raise FeedbackStoreUnavailable(f"no feedback database at {path}")
+                with store._reader() as conn:
+                    version = schema_version(conn)
+                if version != LATEST_VERSION:
+                    raise FeedbackStoreUnavailable(
+                        f"the feedback database {path} is at schema v{version}, this code needs "
+                        f"v{LATEST_VERSION}; open it once writable to migrate it"
+                    )
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                store._writer = store._connect(write=True)
+                migrate(store._writer)
+        except sqlite3.Error as exc:
+            store.close()
+            raise _unavailable(exc, path, busy_timeout_s) from exc
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def _connect(self, *, write: bool) -> sqlite3.Connection:
+        mode = "ro" if (self.read_only or not write) else "rwc"
+        conn = sqlite3.connect(
+            f"file:{quote(str(self.path.resolve()))}?mode={mode}",
+            uri=True,
+            timeout=self.busy_timeout_s,
+            isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+            check_same_thread=False,  # the writer is shared by threads, guarded by self._lock
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            if write:
+                conn.execute("PRAGMA journal_mode = WAL")
+                # FULL, not NORMAL: in WAL mode NORMAL skips the fsync of the WAL at each commit, so a
+                # power cut can lose the last acknowledged writes. FULL fsyncs the WAL on every COMMIT,
+                # so "acknowledged" means "on disk"; it still reaches >1000 writes/s (benchmarks/).
+                conn.execute("PRAGMA synchronous = FULL")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def close(self) -> None:
+        """Close the writer connection. Further writes raise FeedbackError."""
+        with self._lock:
+            self._closed = True
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+
+    def __enter__(self) -> FeedbackStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------------------- validation
+
+    def _text(self, name: str, value: Any, *, allow_empty: bool = False) -> str:
+        if not isinstance(value, str):
+            raise FeedbackValidationError(f"{name} must be a string, got {type(value).__name__}")
+        if not allow_empty and not value.strip():
+            raise FeedbackValidationError(f"{name} is empty")
+        if len(value) > self.max_text_chars:
+            raise FeedbackValidationError(
+                f"{name} has {len(value)} characters, more than the limit of {self.max_text_chars}"
+            )
+        return value
+
+    @staticmethod
+    def _ident(name: str, value: Any, *, optional: bool = False) -> str | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise FeedbackValidationError(f"{name} must be a non-empty string, got {value!r}")
+        if len(value) > _MAX_ID_CHARS:
+            raise FeedbackValidationError(f"{name} is longer than {_MAX_ID_CHARS} characters")
+        return value
+
+    def _passages(self, passages: Sequence[Any]) -> list[tuple[int, str, str, str, float | None]]:
+        rows = []
+        for i, p in enumerate(passages, start=1):
+            d = p.to_dict() if hasattr(p, "to_dict") else p
+            if not isinstance(d, Mapping):
+                raise FeedbackValidationError(f"passage {i} must be a Passage or a dict")
+            rank = int(d.get("rank", i))
+            score = d.get("score")
+            rows.append(
+                (
+                    rank,
+                    str(d.get("chunk_id", "")),
+                    self._text(f"passage {i} source", d.get("source"), allow_empty=True),
+                    self._text(f"passage {i} text", d.get("text"), allow_empty=True),
+                    None if score is None else float(score),
+                )
+            )
+        if len({r[0] for r in rows}) != len(rows):
+            raise FeedbackValidationError("two passages have the same rank")
+        return rows
+
+    def _context(self, context: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+        turns = []
+        for i, turn in enumerate(context, start=1):
+            if not isinstance(turn, Mapping) or turn.get("role") not in ("user", "assistant", "system"):
+                raise FeedbackValidationError(f"context turn {i} must be {{'role': 'user'|'assistant', ...}}")
+            turns.append(
+                {"role": str(turn["role"]), "content": self._text(f"context turn {i}", turn.get("content"))}
+            )
+        return turns
+
+    def _candidates(self, candidates: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        if not candidates:
+            raise FeedbackValidationError("at least one candidate answer is needed")
+        out = []
+        for i, c in enumerate(candidates, start=1):
+            if not isinstance(c, Mapping):
+                raise FeedbackValidationError(f"candidate {i} must be a dict")
+            sampling = c.get("sampling", {}) or {}
+            if not isinstance(sampling, Mapping):
+                raise FeedbackValidationError(f"candidate {i} sampling must be a dict")
+            latency = c.get("latency_ms")
+            out.append(
+                {
+                    "text": self._text(f"candidate {i} text", c.get("text"), allow_empty=True),
+                    "model_version": self._ident(f"candidate {i} model_version", c.get("model_version")),
+                    "sampling": _dumps(dict(sampling)),
+                    "latency_ms": None if latency is None else float(latency),
+                    "label": self._ident(f"candidate {i} label", c.get("label"), optional=True),
+                }
+            )
+        return out
+
+    # ----------------------------------------------------------------------------- write path
+
+    def _write(
+        self,
+        kind: str,
+        session_id: str | Callable[[], str],
+        client_token: str | None,
+        request: Any,
+        work: Callable[[sqlite3.Connection], T],
+        encode: Callable[[T], Any],
+        decode: Callable[[Any], T],
+    ) -> T:
+        """Run `work` in one BEGIN IMMEDIATE transaction; replay the stored result for a known token."""
+        if client_token is not None:
+            self._ident("client_token", client_token)
+        request_sha = hashlib.sha256(_dumps([kind, request]).encode()).hexdigest()
+        with self._lock:
+            if self.read_only:
+                raise FeedbackStoreUnavailable(
+                    f"the feedback database {self.path} was opened read-only; nothing was recorded"
+                )
+            if self._writer is None:
+                raise FeedbackError("the feedback store is closed")
+            conn = self._writer
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                if client_token is not None:
+                    row = conn.execute(
+                        "SELECT kind, request_sha256, result_json FROM client_tokens WHERE token = ?",
+                        (client_token,),
+                    ).fetchone()
+                    if row is not None:
+                        conn.execute("ROLLBACK")
+                        if (row[0], row[1]) != (kind, request_sha):
+                            raise FeedbackConflict(
+                                f"client token {client_token!r} was already used for a different "
+                                f"{row[0]} request; use a new token per submission"
+                            )
+                        return decode(json.loads(row[2]))
+                result = work(conn)
+                if client_token is not None:
+                    conn.execute(
+                        "INSERT INTO client_tokens (token, kind, request_sha256, result_json, session_id, "
+                        "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                        (
+                            client_token,
+                            kind,
+                            request_sha,
+                            _dumps(encode(result)),
+                            session_id if isinstance(session_id, str) else session_id(),
+                            _now(),
+                        ),
+                    )
+                conn.execute("COMMIT")
+                return result
+            except sqlite3.Error as exc:
+                self._rollback(conn)
+                raise _unavailable(exc, self.path, self.busy_timeout_s) from exc
+            except BaseException:
+                self._rollback(conn)
+                raise
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            # SQLite may already have rolled back (e.g. after SQLITE_FULL): nothing left to undo then.
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+
+    @staticmethod
+    def _insert_candidates(
+        conn: sqlite3.Connection, interaction_id: int, cands: list[dict[str, Any]], now: str
+    ) -> list[int]:
+        start = conn.execute(
+            "SELECT COALESCE(MAX(position) + 1, 0) FROM candidates WHERE interaction_id = ?",
+            (interaction_id,),
+        ).fetchone()[0]
+        ids = []
+        for pos, c in enumerate(cands, start=start):
+            label = c["label"] or (chr(ord("A") + pos) if pos < 26 else f"C{pos + 1}")
+            cur = conn.execute(
+                "INSERT INTO candidates (interaction_id, position, label, text, model_version, sampling_json, "
+                "latency_ms, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    interaction_id,
+                    pos,
+                    label,
+                    c["text"],
+                    c["model_version"],
+                    c["sampling"],
+                    c["latency_ms"],
+                    now,
+                ),
+            )
+            ids.append(int(cur.lastrowid))
+        return ids
+
+    @staticmethod
+    def _require_interaction(conn: sqlite3.Connection, interaction_id: int) -> None:
+        if conn.execute("SELECT 1 FROM interactions WHERE id = ?", (interaction_id,)).fetchone() is None:
+            raise FeedbackNotFound(f"no interaction with id {interaction_id}")
+
+    @staticmethod
+    def _candidate_texts(conn: sqlite3.Connection, interaction_id: int) -> dict[int, str]:
+        rows = conn.execute("SELECT id, text FROM candidates WHERE interaction_id = ?", (interaction_id,))
+        return {int(r[0]): r[1] for r in rows}
+
+    def record_interaction(
+        self,
+        question: str,
+        passages: Sequence[Any],
+        candidates: Sequence[Mapping[str, Any]],
+        *,
+        context: Sequence[Mapping[str, str]] = (),
+        session_id: str,
+        user: str | None = None,
+        client_token: str | None = None,
+    ) -> InteractionIds:
+        """Record a question, the passages shown and the candidate answers; return their ids."""
+        question = self._text("question", question)
+        passage_rows = self._passages(passages)
+        turns = self._context(context)
+        cands = self._candidates(candidates)
+        session_id = self._ident("session_id", session_id)
+        user = self._ident("user", user, optional=True)
+        request = [question, passage_rows, turns, cands, session_id, user]
+
+        def work(conn: sqlite3.Connection) -> InteractionIds:
+            now = _now()
+            cur = conn.execute(
+                "INSERT INTO interactions (question, context_json, session_id, user_name, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (question, _dumps(turns), session_id, user, now),
+            )
+            iid = int(cur.lastrowid)
+            conn.executemany(
+                "INSERT INTO passages_shown (interaction_id, rank, chunk_id, source, text, score) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(iid, *row) for row in passage_rows],
+            )
+            return InteractionIds(iid, tuple(self._insert_candidates(conn, iid, cands, now)))
+
+        return self._write(
+            "interaction",
+            session_id,
+            client_token,
+            request,
+            work,
+            lambda r: {"interaction_id": r.interaction_id, "candidate_ids": list(r.candidate_ids)},
+            lambda d: InteractionIds(int(d["interaction_id"]), tuple(int(x) for x in d["candidate_ids"])),
+        )
+
+    def add_candidates(
+        self,
+        interaction_id: int,
+        candidates: Sequence[Mapping[str, Any]],
+        *,
+        client_token: str | None = None,
+    ) -> list[int]:
+        """Add alternatives generated later for the same interaction (labels continue: C, D, ...)."""
+        cands = self._candidates(candidates)
+        interaction_id = int(interaction_id)
+
+        session: list[str] = []  # the interaction's session: delete_session also forgets this token
+
+        def work(conn: sqlite3.Connection) -> list[int]:
+            row = conn.execute(
+                "SELECT session_id FROM interactions WHERE id = ?", (interaction_id,)
+            ).fetchone()
+            if row is None:
+                raise FeedbackNotFound(f"no interaction with id {interaction_id}")
+            session.append(row[0])
+            return self._insert_candidates(conn, interaction_id, cands, _now())
+
+        return self._write(
+            "candidates", lambda: session[0], client_token, [interaction_id, cands], work, list, list
+        )
+
+    def record_ranking(
+        self,
+        interaction_id: int,
+        order: Sequence[Sequence[int]],
+        *,
+        session_id: str,
+        user: str | None = None,
+        both_bad: bool = False,
+        client_token: str | None = None,
+    ) -> int:
+        """Record a full order (groups best first, a group = a tie) or "both bad"; return its id."""
+        interaction_id = int(interaction_id)
+        groups = [[int(c) for c in group] for group in order]
+        groups = [g for g in groups if g] if both_bad else groups
+        if not both_bad and (not groups or any(not g for g in groups)):
+            raise FeedbackValidationError(
+                "the ranking is empty (or has an empty group); rank at least one candidate or mark both bad"
+            )
+        flat = [c for g in groups for c in g]
+        if len(set(flat)) != len(flat):
+            dup = next(c for c in flat if flat.count(c) > 1)
+            raise FeedbackValidationError(f"candidate {dup} appears twice in the ranking")
+        session_id = self._ident("session_id", session_id)
+        user = self._ident("user", user, optional=True)
+
+        def work(conn: sqlite3.Connection) -> int:
+            self._require_interaction(conn, interaction_id)
+            known = self._candidate_texts(conn, interaction_id)
+            unknown = [c for c in flat if c not in known]
+            if unknown:
+                raise FeedbackValidationError(
+                    f"candidates {unknown} are not answers of interaction {interaction_id} "
+                    f"(its candidates: {sorted(known)})"
+                )
+            cur = conn.execute(
+                "INSERT INTO rankings (interaction_id, order_json, both_bad, session_id, user_name, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (interaction_id, _dumps(groups), int(both_bad), session_id, user, _now()),
+            )
+            return int(cur.lastrowid)
+
+        request = [interaction_id, groups, both_bad, session_id, user]
+        return self._write("ranking", session_id, client_token, request, work, int, int)
+
+    def record_rating(
+        self,
+        candidate_id: int,
+        up: bool,
+        *,
+        reason: str | None = None,
+        session_id: str,
+        user: str | None = None,
+        client_token: str | None = None,
+    ) -> int:
+        """Record a thumbs up (up=True) or down on one candidate, with an optional reason."""
+        candidate_id = int(candidate_id)
+        if reason is not None:
+            reason = self._text("reason", reason, allow_empty=True)
+        session_id = self._ident("session_id", session_id)
+        user = self._ident("user", user, optional=True)
+
+        def work(conn: sqlite3.Connection) -> int:
+            if conn.execute("SELECT 1 FROM candidates WHERE id = ?", (candidate_id,)).fetchone() is None:
+                raise FeedbackNotFound(f"no candidate with id {candidate_id}")
+            cur = conn.execute(
+                "INSERT INTO ratings (candidate_id, up, reason, session_id, user_name, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (candidate_id, int(bool(up)), reason, session_id, user, _now()),
+            )
+            return int(cur.lastrowid)
+
+        request = [candidate_id, bool(up), reason, session_id, user]
+        return self._write("rating", session_id, client_token, request, work, int, int)
+
+    def record_correction(
+        self,
+        interaction_id: int,
+        text: str,
+        *,
+        replaces: Sequence[int] | None = None,
+        session_id: str,
+        user: str | None = None,
+        client_token: str | None = None,
+    ) -> int:
+        """Record an answer written by the rater, better than the candidates in `replaces`."""
+        interaction_id = int(interaction_id)
+        text = self._text("correction", text)
+        replaced = [int(c) for c in (replaces or [])]
+        if len(set(replaced)) != len(replaced):
+            raise FeedbackValidationError("a candidate appears twice in `replaces`")
+        session_id = self._ident("session_id", session_id)
+        user = self._ident("user", user, optional=True)
+
+        def work(conn: sqlite3.Connection) -> int:
+            self._require_interaction(conn, interaction_id)
+            known = self._candidate_texts(conn, interaction_id)
+            for cid in replaced:
+                if cid not in known:
+                    raise FeedbackValidationError(
+                        f"candidate {cid} is not an answer of interaction {interaction_id}"
+                    )
+                if normalize_text(known[cid]) == normalize_text(text):
+                    raise FeedbackValidationError(
+                        f"the correction is identical to candidate {cid} it replaces; edit the answer "
+                        "or rate it up instead"
+                    )
+            cur = conn.execute(
+                "INSERT INTO corrections (interaction_id, text, replaces_json, session_id, user_name, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (interaction_id, text, _dumps(replaced), session_id, user, _now()),
+            )
+            return int(cur.lastrowid)
+
+        request = [interaction_id, text, replaced, session_id, user]
+        return self._write("correction", session_id, client_token, request, work, int, int)
+
+    def delete_session(self, session_id: str) -> int:
+        """Delete everything one rater session recorded; return how many items were deleted.
+
+        Counts interactions asked in the session (their candidates, passages and all feedback on them
+        go too) plus the session's rankings, ratings and corrections on other interactions.
+        """
+        session_id = self._ident("session_id", session_id)
+
+        def work(conn: sqlite3.Connection) -> int:
+            n = 0
+            for table in ("rankings", "ratings", "corrections", "interactions"):
+                n += conn.execute(f"DELETE FROM {table} WHERE session_id = ?", (session_id,)).rowcount
+            conn.execute("DELETE FROM client_tokens WHERE session_id = ?", (session_id,))
+            return n
+
+        return self._write("delete", session_id, None, [session_id], work, int, int)
+
+    def import_items(
+        self, items: Sequence[ImportedPreference | ImportedDemonstration], *, origin: str
+    ) -> ImportResult:
+        """Store validated imported items in ONE transaction (all or nothing), marked `origin`.
+
+        Each item becomes its own interaction with the verbatim prompt. Preferences from a ranking
+        become two candidates ranked [[chosen], [rejected]]; from a correction, the rejected candidate
+        and a correction replacing it; from thumbs, two candidates rated up and down. An item whose
+        content was imported before (any file) is skipped and counted as a duplicate.
+        """
+        origin = self._ident("origin", origin)
+        for i, item in enumerate(items, start=1):
+            for name in ("chosen", "rejected", "text", "question"):
+                if hasattr(item, name):
+                    self._text(f"item {i} {name}", getattr(item, name), allow_empty=name != "question")
+
+        def work(conn: sqlite3.Connection) -> ImportResult:
+            imported = duplicates = 0
+            for item in items:
+                payload = asdict(item) if is_dataclass(item) else dict(item)
+                payload["prompt"] = [dict(m) for m in item.prompt]
+                token = (
+                    "import:" + hashlib.sha256(_dumps([type(item).__name__, payload]).encode()).hexdigest()
+                )
+                if conn.execute("SELECT 1 FROM client_tokens WHERE token = ?", (token,)).fetchone():
+                    duplicates += 1
+                    continue
+                iid = self._insert_imported(conn, item, origin)
+                conn.execute(
+                    "INSERT INTO client_tokens (token, kind, request_sha256, result_json, session_id, created_at) "
+                    "VALUES (?, 'import', ?, ?, ?, ?)",
+                    (token, token[7:], _dumps({"interaction_id": iid}), origin, _now()),
+                )
+                imported += 1
+            return ImportResult(imported, duplicates, origin)
+
+        return self._write("import", origin, None, None, work, asdict, lambda d: ImportResult(**d))
+
+    def _insert_imported(
+        self, conn: sqlite3.Connection, item: ImportedPreference | ImportedDemonstration, origin: str
+    ) -> int:
+        now = _now()
+        cur = conn.execute(
+            "INSERT INTO interactions (question, context_json, session_id, user_name, created_at, prompt_json) "
+            "VALUES (?, '[]', ?, ?, ?, ?)",
+            (item.question, origin, item.rater, now, _dumps([dict(m) for m in item.prompt])),
+        )
+        iid = int(cur.lastrowid)
+
+        def cand(text: str, model: str) -> dict[str, Any]:
+            return {"text": text, "model_version": model, "sampling": "{}", "latency_ms": None, "label": None}
+
+        def feedback(table: str, cols: str, values: tuple[Any, ...]) -> None:
+            marks = ", ".join("?" * (len(values) + 3))
+            conn.execute(
+                f"INSERT INTO {table} ({cols}, session_id, user_name, created_at) VALUES ({marks})",
+                (*values, origin, item.rater, now),
+            )
+
+        if isinstance(item, ImportedDemonstration):
+            if item.source == "thumbs_up":
+                (cid,) = self._insert_candidates(conn, iid, [cand(item.text, item.model)], now)
+                feedback("ratings", "candidate_id, up", (cid, 1))
+            else:
+                feedback("corrections", "interaction_id, text, replaces_json", (iid, item.text, "[]"))
+        elif item.source == "correction":
+            (rid,) = self._insert_candidates(conn, iid, [cand(item.rejected, item.rejected_model)], now)
+            feedback("corrections", "interaction_id, text, replaces_json", (iid, item.chosen, _dumps([rid])))
+        else:
+            a, b = self._insert_candidates(
+                conn,
+                iid,
+                [cand(item.chosen, item.chosen_model), cand(item.rejected, item.rejected_model)],
+                now,
+            )
+            if item.source == "thumbs":
+                feedback("ratings", "candidate_id, up", (a, 1))
+                feedback("ratings", "candidate_id, up", (b, 0))
+            else:
+                feedback("rankings", "interaction_id, order_json, both_bad", (iid, _dumps([[a], [b]]), 0))
+        return iid
+
+    # ----------------------------------------------------------------------------- read path
+
+    def _reader(self) -> sqlite3.Connection:
+        try:
+            return self._connect(write=False)
+        except sqlite3.Error as exc:
+            raise _unavailable(exc, self.path, self.busy_timeout_s) from exc
+
+    def schema_version(self) -> int:
+        """The schema version of the database file (LATEST_VERSION once opened writable)."""
+        with _closing(self._reader()) as conn:
+            return schema_version(conn)
+
+    def count_interactions(self) -> int:
+        """How many interactions the store holds (cheap; for progress bars)."""
+        with _closing(self._reader()) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM interactions").fetchone()[0])
+
+    def iter_interactions(self, *, start_id: int = 0) -> Iterator[InteractionRecord]:
+        """Every interaction with id >= start_id and all its feedback, in id order, from one snapshot.
+
+        Streams: one merge join over the tables ordered by interaction id, so memory stays at one
+        interaction whatever the store's size.
+        """
+        conn = self._reader()
+        try:
+            conn.execute("BEGIN")  # one read snapshot for all the cursors below
+            yield from self._iter_records(conn, start_id)
+        except sqlite3.Error as exc:
+            raise _unavailable(exc, self.path, self.busy_timeout_s) from exc
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _iter_records(conn: sqlite3.Connection, start_id: int) -> Iterator[InteractionRecord]:
+        def grouped(sql: str) -> _Grouped:
+            return _Grouped(conn.execute(sql, (start_id,)))
+
+        passages = grouped(
+            "SELECT interaction_id, rank, chunk_id, source, text, score FROM passages_shown "
+            "WHERE interaction_id >= ? ORDER BY interaction_id, rank"
+        )
+        candidates = grouped(
+            "SELECT interaction_id, id, position, label, text, model_version, sampling_json, latency_ms, "
+            "created_at FROM candidates WHERE interaction_id >= ? ORDER BY interaction_id, position"
+        )
+        rankings = grouped(
+            "SELECT interaction_id, id, order_json, both_bad, session_id, user_name, created_at FROM rankings "
+            "WHERE interaction_id >= ? ORDER BY interaction_id, id"
+        )
+        ratings = grouped(
+            "SELECT c.interaction_id, r.id, r.candidate_id, r.up, r.reason, r.session_id, r.user_name, "
+            "r.created_at FROM ratings r JOIN candidates c ON c.id = r.candidate_id "
+            "WHERE c.interaction_id >= ? ORDER BY c.interaction_id, r.id"
+        )
+        corrections = grouped(
+            "SELECT interaction_id, id, text, replaces_json, session_id, user_name, created_at FROM corrections "
+            "WHERE interaction_id >= ? ORDER BY interaction_id, id"
+        )
+        rows = conn.execute(
+            "SELECT id, question, context_json, session_id, user_name, created_at, prompt_json "
+            "FROM interactions WHERE id >= ? ORDER BY id",
+            (start_id,),
+        )
+        for iid, question, context_json, session, user, created, prompt_json in rows:
+            yield InteractionRecord(
+                id=iid,
+                question=question,
+                context=tuple(json.loads(context_json)),
+                passages=tuple(
+                    {"rank": r, "chunk_id": c, "source": s, "text": t, "score": sc}
+                    for r, c, s, t, sc in passages.take(iid)
+                ),
+                session_id=session,
+                user=user,
+                created_at=created,
+                verbatim_prompt=None if prompt_json is None else tuple(json.loads(prompt_json)),
+                candidates=tuple(
+                    CandidateRecord(cid, pos, label, text, model, json.loads(sampling), lat, ts)
+                    for cid, pos, label, text, model, sampling, lat, ts in candidates.take(iid)
+                ),
+                rankings=tuple(
+                    RankingRecord(rid, tuple(tuple(g) for g in json.loads(order)), bool(bad), s, u, ts)
+                    for rid, order, bad, s, u, ts in rankings.take(iid)
+                ),
+                ratings=tuple(
+                    RatingRecord(rid, cid, bool(up), reason, s, u, ts)
+                    for rid, cid, up, reason, s, u, ts in ratings.take(iid)
+                ),
+                corrections=tuple(
+                    CorrectionRecord(cid, text, tuple(json.loads(rep)), s, u, ts)
+                    for cid, text, rep, s, u, ts in corrections.take(iid)
+                ),
+            )
+
+    def get_interaction(self, interaction_id: int) -> InteractionRecord:
+        """One interaction with all its feedback; FeedbackNotFound if there is none with this id."""
+        interaction_id = int(interaction_id)
+        for rec in self.iter_interactions(start_id=interaction_id):
+            if rec.id == interaction_id:
+                return rec
+            break
+        raise FeedbackNotFound(f"no interaction with id {interaction_id}")
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for the CLI and the app's admin view.
+
+        Keys: interactions, candidates, rankings, both_bad, pairs (preference pairs implied, before
+        export de-duplication), demonstrations, ratings_up, ratings_down, corrections, raters (distinct
+        rater sessions), simulated_raters, imported_interactions, schema_version, and per_model_version:
+        {version: {candidates, up, down, wins, losses}} (wins/losses over the implied pairs).
+        """
+        with _closing(self._reader()) as conn:
+            conn.execute("BEGIN")
+            one = lambda sql: int(conn.execute(sql).fetchone()[0])  # noqa: E731
+            out: dict[str, Any] = {
+                "interactions": one("SELECT COUNT(*) FROM interactions"),
+                "candidates": one("SELECT COUNT(*) FROM candidates"),
+                "rankings": one("SELECT COUNT(*) FROM rankings"),
+                "both_bad": one("SELECT COUNT(*) FROM rankings WHERE both_bad = 1"),
+                "ratings_up": one("SELECT COUNT(*) FROM ratings WHERE up = 1"),
+                "ratings_down": one("SELECT COUNT(*) FROM ratings WHERE up = 0"),
+                "corrections": one("SELECT COUNT(*) FROM corrections"),
+                "imported_interactions": one(
+                    "SELECT COUNT(*) FROM interactions WHERE session_id LIKE 'imported:%'"
+                ),
+                "schema_version": schema_version(conn),
+            }
+            raters = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT session_id FROM rankings UNION SELECT session_id FROM ratings "
+                    "UNION SELECT session_id FROM corrections"
+                )
+            ]
+            out["raters"] = len(raters)
+            out["simulated_raters"] = sum(r.startswith(SIMULATED_PREFIX) for r in raters)
+            per_model: dict[str, dict[str, int]] = {}
+            for model, n, up, down in conn.execute(
+                "SELECT c.model_version, COUNT(DISTINCT c.id), COALESCE(SUM(r.up = 1), 0), "
+                "COALESCE(SUM(r.up = 0), 0) FROM candidates c LEFT JOIN ratings r ON r.candidate_id = c.id "
+                "GROUP BY c.model_version ORDER BY c.model_version"
+            ):
+                per_model[model] = {"candidates": n, "up": int(up), "down": int(down), "wins": 0, "losses": 0}
+        pairs = demos = 0
+        for rec in self.iter_interactions():
+            for pair in interaction_pairs(rec):
+                pairs += 1
+                for model, key in ((pair.chosen_model, "wins"), (pair.rejected_model, "losses")):
+                    if model in per_model:
+                        per_model[model][key] += 1
+            demos += len(demonstrations(rec))
+        out.update(pairs=pairs, demonstrations=demos, per_model_version=per_model)
+        return out
+
+    def integrity_check(self) -> str:
+        """'ok' when SQLite's integrity and foreign-key checks pass, else their messages."""
+        with _closing(self._reader()) as conn:
+            problems = [r[0] for r in conn.execute("PRAGMA integrity_check")]
+            fks = conn.execute("PRAGMA foreign_key_check").fetchall()
+        if fks:
+            problems = [p for p in problems if p != "ok"] + [
+                f"foreign key violation: {tuple(r)}" for r in fks
+            ]
+        return "\n".join(problems)
+
+
+class _closing:
+    """Context manager closing a connection (sqlite3's own only ends the transaction)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        return self.conn
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.close()
