@@ -1,0 +1,528 @@
+"""Our PPO loop (TRL removed its PPOTrainer in 1.13): one frozen base, LoRA policy + critic, adapter-off reference.
+
+Each PPO step, per process:
+  1. rollout: sample `batch_size` stored prompts, generate responses with the policy adapter;
+  2. score: reward model (or reward_fn), old log-probs, reference log-probs (adapters off), values;
+  3. rewards: per-token KL penalty, score on the last valid token;
+  4. advantages: GAE, whitening;
+  5. `ppo_epochs` x shuffled mini-batches of clipped policy + value loss, gradient accumulation and clipping;
+  6. log (metrics.jsonl, progress bar);
+  7. checkpoint every `checkpoint_every` steps and at the end.
+Written with `accelerate`, so the same code runs on CPU, one GPU or several processes
+(`accelerate launch -m training.ppo --config ...`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from training.ppo.actor_critic import ActorCritic, build_actor_critic, init_value_head_from_reward
+from training.ppo.advantages import (
+    AdaptiveKLController,
+    FixedKLController,
+    compute_rewards,
+    explained_variance,
+    gae_advantages,
+    masked_mean,
+    masked_whiten,
+)
+from training.ppo.config import PPOConfig, save_ppo_config
+from training.ppo.losses import entropy_from_logits, logprobs_from_logits, policy_loss, value_loss
+from training.ppo.rollout import (
+    RewardFn,
+    Rollout,
+    left_pad,
+    load_reward_model,
+    sample_responses,
+    score_with_reward_model,
+    tokenize_prompts,
+)
+
+PLOTTED = {"reward": "score", "kl": "kl", "response_length": "response_length", "value_loss": "value_loss"}
+
+
+@dataclass
+class PPOResult:
+    """What a run leaves behind. `policy_adapter_dir` loads with `PeftModel.from_pretrained(base, path)`."""
+
+    policy_adapter_dir: Path
+    value_adapter_dir: Path
+    out_dir: Path
+    metrics: list[dict[str, float]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Scorer:
+    """Scores decoded rollouts with either a reward model or a reward function."""
+
+    reward_fn: RewardFn | None
+    reward_model: Any = None
+    reward_tokenizer: Any = None
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # numpy is a dependency, but seeding must not be the reason a run fails
+        pass
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    """Every step reseeds from (seed, step, rank), so a resumed run samples exactly what an unbroken one would."""
+    return (seed * 1_000_003 + step * 1_009 + rank) % 2**63
+
+
+def _generation_config(cfg: PPOConfig, tokenizer: Any, eos_ids: list[int], pad_id: int) -> Any:
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        do_sample=True,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens,
+        eos_token_id=eos_ids,
+        pad_token_id=pad_id,
+        use_cache=True,
+    )
+
+
+def _eos_ids(tokenizer: Any, model: ActorCritic) -> list[int]:
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    gen_eos = model.lm.get_base_model().generation_config.eos_token_id
+    ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+    if not ids:
+        raise ValueError("the policy tokenizer has no EOS token; PPO needs one to end responses")
+    return sorted(ids)
+
+
+@torch.no_grad()
+def _forward_in_chunks(
+    model: ActorCritic, rollout: Rollout, chunk: int, temperature: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Old log-probs, reference log-probs and values, in micro-batch sized chunks. -> three [B, R]."""
+    logprobs, ref_logprobs, values = [], [], []
+    response_len = rollout.response_ids.shape[1]
+    for start in range(0, rollout.query_ids.shape[0], chunk):
+        part = rollout.select(torch.arange(start, min(start + chunk, rollout.query_ids.shape[0])))
+        ids, mask = part.input_ids, part.attention_mask
+        logits = model.policy_logits(ids, mask, response_len).float() / temperature
+        logprobs.append(logprobs_from_logits(logits, part.response_ids))
+        ref = model.ref_logits(ids, mask, response_len).float() / temperature
+        ref_logprobs.append(logprobs_from_logits(ref, part.response_ids))
+        values.append(model.values(ids, mask, response_len).float())
+    return torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
+
+
+def _score(
+    scorer: _Scorer,
+    tokenizer: Any,
+    prompts: Sequence[list[dict]],
+    query_tokens: Sequence[list[int]],
+    response_ids: Tensor,
+    response_mask: Tensor,
+    batch_size: int,
+    device: torch.device,
+) -> Tensor:
+    """Sequence scores [B] for the sampled responses (valid tokens only, EOS included for reward_fn)."""
+    lengths = response_mask.sum(dim=1).long().tolist()
+    responses = [response_ids[i, :n].cpu() for i, n in enumerate(lengths)]
+    if scorer.reward_fn is not None:
+        prompt_ids = [torch.tensor(t, dtype=torch.long) for t in query_tokens]
+        scores = scorer.reward_fn(prompt_ids, responses)
+        return torch.as_tensor(scores, dtype=torch.float32).reshape(-1).cpu()
+    texts = [tokenizer.decode(r, skip_special_tokens=True) for r in responses]
+    return score_with_reward_model(
+        scorer.reward_model, scorer.reward_tokenizer, prompts, texts, batch_size, device
+    )
+
+
+def _collect_rollout(
+    model: ActorCritic,
+    cfg: PPOConfig,
+    scorer: _Scorer,
+    tokenizer: Any,
+    prompts: Sequence[list[dict]],
+    query_tokens: Sequence[list[int]],
+    generation_config: Any,
+    eos_ids: list[int],
+    pad_id: int,
+    device: torch.device,
+) -> Rollout:
+    """Steps 1-2: sample, score, old/ref log-probs and values."""
+    query_ids, query_mask = left_pad(query_tokens, pad_id)
+    query_ids, query_mask = query_ids.to(device), query_mask.to(device)
+    response_ids, response_mask, ended = sample_responses(
+        model, query_ids, query_mask, generation_config, eos_ids, pad_id
+    )
+    scores = _score(
+        scorer, tokenizer, prompts, query_tokens, response_ids, response_mask, cfg.batch_size, device
+    )
+    empty = torch.zeros_like(response_mask)
+    rollout = Rollout(
+        query_ids, query_mask, response_ids, response_mask, ended.cpu(), scores, empty, empty, empty
+    )
+    chunk = cfg.mini_batch_size // cfg.grad_accum
+    rollout.logprobs, rollout.ref_logprobs, rollout.values = _forward_in_chunks(
+        model, rollout, chunk, cfg.temperature
+    )
+    return rollout
+
+
+def _shape_rewards(rollout: Rollout, cfg: PPOConfig, kl_coef: float) -> dict[str, float]:
+    """Steps 3-4: penalties, KL-penalised rewards, GAE and whitening (fills rollout.rewards/advantages/returns)."""
+    device = rollout.logprobs.device
+    scores = rollout.scores.to(device).clone()
+    if cfg.missing_eos_penalty is not None:
+        scores[~rollout.ends_with_eos.to(device)] -= cfg.missing_eos_penalty
+    if cfg.score_clip is not None:
+        scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
+    mask = rollout.response_mask
+    rewards, kl, non_score = compute_rewards(scores, rollout.logprobs, rollout.ref_logprobs, mask, kl_coef)
+    if cfg.whiten_rewards:
+        rewards = masked_whiten(rewards, mask, shift_mean=False)
+    advantages, returns = gae_advantages(rewards, rollout.values, mask, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages:
+        advantages = masked_whiten(advantages, mask)
+    rollout.rewards, rollout.advantages, rollout.returns = rewards, advantages, returns
+    return {
+        "score": float(rollout.scores.mean()),
+        "score_with_penalties": float(scores.mean()),
+        "kl": float(kl.sum(dim=1).mean()),
+        "non_score_reward": float(non_score.sum(dim=1).mean()),
+        "rlhf_reward": float((scores + non_score.sum(dim=1)).mean()),
+        "response_length": float(mask.sum(dim=1).mean()),
+        "eos_fraction": float(rollout.ends_with_eos.float().mean()),
+        "value_mean": float(masked_mean(rollout.values, mask)),
+        "explained_variance": explained_variance(rollout.values, returns, mask),
+    }
+
+
+def _ppo_update(
+    accelerator: Any, model: Any, optimizer: Any, rollout: Rollout, cfg: PPOConfig, generator: torch.Generator
+) -> dict[str, float]:
+    """Step 5: `ppo_epochs` passes over shuffled mini-batches; one optimizer step per mini-batch."""
+    micro = cfg.mini_batch_size // cfg.grad_accum
+    response_len = rollout.response_ids.shape[1]
+    params = [p for p in model.parameters() if p.requires_grad]
+    sums: dict[str, float] = defaultdict(float)
+    count = 0
+    for _epoch in range(cfg.ppo_epochs):
+        order = torch.randperm(cfg.batch_size, generator=generator).to(rollout.query_ids.device)
+        for mb_start in range(0, cfg.batch_size, cfg.mini_batch_size):
+            for mc_start in range(mb_start, mb_start + cfg.mini_batch_size, micro):
+                part = rollout.select(order[mc_start : mc_start + micro])
+                with accelerator.accumulate(model):
+                    logits, values = model(part.input_ids, part.attention_mask, response_len)
+                    logits = logits.float() / cfg.temperature
+                    new_logprobs = logprobs_from_logits(logits, part.response_ids)
+                    pg_loss, pg_stats = policy_loss(
+                        new_logprobs, part.logprobs, part.advantages, part.response_mask, cfg.cliprange
+                    )
+                    vf_loss, vf_stats = value_loss(
+                        values.float(), part.values, part.returns, part.response_mask, cfg.cliprange_value
+                    )
+                    accelerator.backward(pg_loss + cfg.vf_coef * vf_loss)
+                    if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                        sums["grad_norm"] += float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    sums["entropy"] += float(masked_mean(entropy_from_logits(logits), part.response_mask))
+                sums["policy_loss"] += float(pg_loss.detach())
+                sums["value_loss"] += float(vf_loss.detach())
+                for key, value in {**pg_stats, **vf_stats}.items():
+                    sums[key] += float(value)
+                count += 1
+    optimizer_steps = cfg.ppo_epochs * (cfg.batch_size // cfg.mini_batch_size)
+    stats = {k: v / count for k, v in sums.items() if k != "grad_norm"}
+    if "grad_norm" in sums:
+        stats["grad_norm"] = sums["grad_norm"] / optimizer_steps
+    return stats
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------
+
+
+def _checkpoint_dirs(out_dir: Path) -> list[Path]:
+    root = out_dir / "checkpoints"
+    return sorted(p for p in root.glob("step-*") if (p / "state.json").is_file()) if root.is_dir() else []
+
+
+def _save_checkpoint(
+    accelerator: Any, model: ActorCritic, optimizer: Any, kl_ctl: Any, step: int, out_dir: Path, keep: int
+) -> Path:
+    """Adapters (peft folders) + exact trainable tensors + optimizer + step + kl_coef + RNG state per rank."""
+    path = out_dir / "checkpoints" / f"step-{step:06d}"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        path.mkdir(parents=True, exist_ok=True)
+        model.save_adapters(path / "adapters")
+        torch.save(model.trainable_state(), path / "trainable.pt")
+        torch.save(optimizer.state_dict(), path / "optimizer.pt")
+    accelerator.wait_for_everyone()
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    torch.save(rng, path / f"rng_rank{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (path / "state.json").write_text(json.dumps({"step": step, "kl_coef": kl_ctl.value}))
+        for old in _checkpoint_dirs(out_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def _load_checkpoint(accelerator: Any, model: ActorCritic, optimizer: Any, kl_ctl: Any, path: Path) -> int:
+    state = json.loads((path / "state.json").read_text())
+    model.load_trainable_state(torch.load(path / "trainable.pt", map_location=accelerator.device))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=accelerator.device))
+    kl_ctl.value = float(state["kl_coef"])
+    rng_file = path / f"rng_rank{accelerator.process_index}.pt"
+    if rng_file.is_file():
+        rng = torch.load(rng_file, weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+    return int(state["step"])
+
+
+# --- metrics -------------------------------------------------------------------------------------------
+
+
+def _reduce_stats(accelerator: Any, stats: dict[str, float]) -> dict[str, float]:
+    """Average each scalar over processes (accelerator.gather), keys in a fixed order on every rank."""
+    if accelerator.num_processes == 1:
+        return stats
+    keys = sorted(stats)
+    local = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=accelerator.device)
+    gathered = accelerator.gather(local.unsqueeze(0)).double()
+    return dict(zip(keys, torch.nanmean(gathered, dim=0).tolist(), strict=True))
+
+
+def _write_plots(metrics: list[dict[str, float]], out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [m["step"] for m in metrics]
+    written = []
+    (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+    for name, key in PLOTTED.items():
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.plot(steps, [m.get(key, float("nan")) for m in metrics], marker="o", markersize=2)
+        ax.set_xlabel("PPO step")
+        ax.set_ylabel(key)
+        ax.set_title(name.replace("_", " "))
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = out_dir / "plots" / f"{name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _summarise(metrics: list[dict[str, float]], extra: dict[str, Any]) -> dict[str, Any]:
+    if not metrics:
+        return dict(extra)
+    k = max(1, len(metrics) // 5)
+    head, tail = metrics[:k], metrics[-k:]
+
+    def avg(rows: list[dict[str, float]], key: str) -> float:
+        return sum(r[key] for r in rows) / len(rows)
+
+    return {
+        **extra,
+        "steps": int(metrics[-1]["step"]),
+        "score_first": avg(head, "score"),
+        "score_last": avg(tail, "score"),
+        "kl_last": avg(tail, "kl"),
+        "response_length_last": avg(tail, "response_length"),
+        "eos_fraction_last": avg(tail, "eos_fraction"),
+        "seconds_per_step": sum(m["seconds_per_step"] for m in metrics) / len(metrics),
+    }
+
+
+# --- the entry point -----------------------------------------------------------------------------------
+
+
+def run_ppo(
+    cfg: PPOConfig,
+    *,
+    policy_dir: Path,
+    prompts: list[list[dict]],
+    out_dir: Path,
+    reward_dir: Path | None = None,
+    reward_fn: Callable[[list[Tensor], list[Tensor]], Tensor] | None = None,
+    resume: bool = False,
+) -> PPOResult:
+    """Train the policy LoRA on `prompts` with PPO against a reward model (`reward_dir`) or `reward_fn`.
+
+    policy_dir: causal LM folder (the SFT-merged model) whose weights stay frozen.
+    prompts: chat conversations (lists of {"role", "content"}) rendered with add_generation_prompt=True.
+    reward_fn: test/toy scorer `(prompt_ids: list[Tensor], response_ids: list[Tensor]) -> Tensor[B]`.
+    resume: continue from the newest checkpoint under out_dir/checkpoints (error if there is none).
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    cfg.validate()
+    policy_dir, out_dir = Path(policy_dir), Path(out_dir)
+    if (reward_dir is None) == (reward_fn is None):
+        raise ValueError("give exactly one of reward_dir (a reward model folder) or reward_fn")
+    if reward_dir is not None and cfg.reward_source == "adapter":
+        raise NotImplementedError(
+            "reward_source: adapter (the reward model as an adapter on the shared base) is not implemented; "
+            "set reward_source: separate and pass reward_dir (a sequence-classification model folder)"
+        )
+    if not (policy_dir / "config.json").is_file():
+        raise FileNotFoundError(f"policy folder {policy_dir} has no config.json; run SFT + merge first")
+
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    _seed_everything(cfg.seed)
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_ppo_config(cfg, out_dir / "ppo_config.yaml")
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(policy_dir))
+    kept, query_tokens = tokenize_prompts(tokenizer, prompts, cfg.max_prompt_tokens)
+    kept_prompts = [prompts[i] for i in kept]
+    model = build_actor_critic(cfg, policy_dir, device)
+    eos_ids = _eos_ids(tokenizer, model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    generation_config = _generation_config(cfg, tokenizer, eos_ids, pad_id)
+
+    scorer = _Scorer(reward_fn=reward_fn)
+    value_head_from_rm = False
+    if reward_dir is not None:
+        scorer.reward_model, scorer.reward_tokenizer = load_reward_model(
+            reward_dir, bf16=cfg.bf16, device=device
+        )
+        if cfg.init_value_head_from_reward:
+            value_head_from_rm = init_value_head_from_reward(model, scorer.reward_model)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    model = accelerator.unwrap_model(wrapped)
+    kl_ctl = (
+        AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+        if cfg.adaptive_kl
+        else FixedKLController(cfg.kl_coef)
+    )
+
+    start_step, metrics = 0, []
+    metrics_file = out_dir / "metrics.jsonl"
+    if resume:
+        checkpoints = _checkpoint_dirs(out_dir)
+        if not checkpoints:
+            raise FileNotFoundError(f"resume=True but {out_dir}/checkpoints holds no checkpoint")
+        start_step = _load_checkpoint(accelerator, model, optimizer, kl_ctl, checkpoints[-1])
+        if metrics_file.is_file():
+            lines = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+            metrics = [m for m in lines if m["step"] <= start_step]
+    if accelerator.is_main_process:
+        metrics_file.write_text("".join(json.dumps(m) + "\n" for m in metrics))
+
+    progress = tqdm(
+        total=cfg.total_steps,
+        initial=start_step,
+        desc="PPO",
+        disable=not (cfg.progress and accelerator.is_main_process),
+    )
+    last_checkpoint: Path | None = None
+    for step in range(start_step + 1, cfg.total_steps + 1):
+        started = time.perf_counter()
+        seed = _step_seed(cfg.seed, step, rank)
+        torch.manual_seed(seed)
+        # 1. rollout: this process's share of the step's prompts (same draw on every rank).
+        draw = torch.Generator().manual_seed(_step_seed(cfg.seed, step, 0))
+        n_global = cfg.batch_size * world
+        if len(query_tokens) >= n_global:
+            picks = torch.randperm(len(query_tokens), generator=draw)[:n_global]
+        else:
+            picks = torch.randint(len(query_tokens), (n_global,), generator=draw)
+        mine = picks[rank * cfg.batch_size : (rank + 1) * cfg.batch_size].tolist()
+        # 2. score + reference log-probs + values (no gradients).
+        model.eval()
+        rollout = _collect_rollout(
+            model,
+            cfg,
+            scorer,
+            tokenizer,
+            [kept_prompts[i] for i in mine],
+            [query_tokens[i] for i in mine],
+            generation_config,
+            eos_ids,
+            pad_id,
+            device,
+        )
+        # 3-4. rewards and advantages.
+        stats = _shape_rewards(rollout, cfg, kl_ctl.value)
+        # 5. PPO epochs x mini-batches.
+        model.train(cfg.gradient_checkpointing)
+        shuffle = torch.Generator().manual_seed(seed)
+        stats.update(_ppo_update(accelerator, wrapped, optimizer, rollout, cfg, shuffle))
+        # 6. log.
+        stats = _reduce_stats(accelerator, stats)
+        stats["kl_coef"] = kl_ctl.value
+        kl_ctl.update(stats["kl"], n_global)
+        stats["seconds_per_step"] = time.perf_counter() - started
+        stats["step"] = step
+        metrics.append(stats)
+        if accelerator.is_main_process:
+            with metrics_file.open("a") as fh:
+                fh.write(json.dumps(stats) + "\n")
+        progress.set_postfix(score=f"{stats['score']:.3f}", kl=f"{stats['kl']:.3f}")
+        progress.update(1)
+        # 7. checkpoint.
+        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.total_steps:
+            last_checkpoint = _save_checkpoint(
+                accelerator, model, optimizer, kl_ctl, step, out_dir, cfg.keep_checkpoints
+            )
+    progress.close()
+
+    adapters_dir = out_dir / "adapters"
+    accelerator.wait_for_everyone()
+    model.save_adapters(adapters_dir, is_main_process=accelerator.is_main_process)
+    summary = _summarise(
+        metrics,
+        {
+            "prompts_total": len(prompts),
+            "prompts_skipped_too_long": len(prompts) - len(kept),
+            "processes": world,
+            "value_head_from_reward_model": value_head_from_rm,
+            "last_checkpoint": str(last_checkpoint) if last_checkpoint else None,
+        },
+    )
+    if accelerator.is_main_process:
+        (out_dir / "metrics.json").write_text(json.dumps({"summary": summary, "steps": metrics}, indent=1))
+        if cfg.plots and metrics:
+            _write_plots(metrics, out_dir)
+    accelerator.wait_for_everyone()
+    return PPOResult(
+        policy_adapter_dir=adapters_dir / "policy",
+        value_adapter_dir=adapters_dir / "value",
+        out_dir=out_dir,
+        metrics=metrics,
+        summary=summary,
+    )
