@@ -19,7 +19,8 @@ Layout of `out_dir` (flat files, one JSON object per line, UTF-8):
 The prompt is rendered by retrieval.prompt.render_prompt from the question, the passages shown and
 the earlier turns, so training sees exactly what serving showed. The split is decided by a hash of
 the normalised question, so a question (and all its pairs) is always on the same side and the split
-is stable as the store grows. Lines are de-duplicated on their content (first occurrence kept).
+is stable as the store grows. Lines are de-duplicated on their content, answers compared with
+whitespace normalised (first occurrence kept).
 `snapshot_id` is the sha256 over the data files' names and sha256s, so the same feedback gives the
 same id; the model registry records it.
 """
@@ -36,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from feedback_store.pairs import Demonstration, Pair, demonstrations, interaction_pairs
+from feedback_store.pairs import Demonstration, Pair, demonstrations, interaction_pairs, normalize_text
 from feedback_store.records import InteractionRecord
 from feedback_store.store import FeedbackStore
 
@@ -229,12 +230,16 @@ def export_snapshot(
                 if pair.margin < min_margin:
                     counts["below_min_margin"] += 1
                     continue
-                key = _key(prompt_key, pair.chosen, pair.rejected)
+                key = _key(prompt_key, normalize_text(pair.chosen), normalize_text(pair.rejected))
                 if emit("preferences", split, key, _pair_row(rec, prompt, pair), pair.simulated):
                     counts["pairs_by_source"][pair.source] += 1
             for demo in demonstrations(rec):
                 if emit(
-                    "sft", split, _key(prompt_key, demo.text), _sft_row(rec, prompt, demo), demo.simulated
+                    "sft",
+                    split,
+                    _key(prompt_key, normalize_text(demo.text)),
+                    _sft_row(rec, prompt, demo),
+                    demo.simulated,
                 ):
                     counts["demonstrations_by_source"][demo.source] += 1
         digests = {w.final.name: w.finish() for w in writers.values()}
