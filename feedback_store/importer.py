@@ -211,7 +211,7 @@ def _parse_lines(path: Path, items: list[Item], errors: list[str], max_text_char
                 continue
             try:
                 try:
-                    obj = json.loads(line)
+                    obj = json.loads(line.rstrip("\r\n"))
                 except json.JSONDecodeError as exc:
                     raise _LineError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
                 if not isinstance(obj, dict):

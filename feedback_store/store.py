@@ -687,7 +687,13 @@ class FeedbackStore:
         cur = conn.execute(
             "INSERT INTO interactions (question, context_json, session_id, user_name, created_at, prompt_json) "
             "VALUES (?, '[]', ?, ?, ?, ?)",
-            (item.question, origin, item.rater, now, _dumps([dict(m) for m in item.prompt])),
+            (
+                item.question,
+                origin,
+                item.rater,
+                now,
+                json.dumps([dict(m) for m in item.prompt], ensure_ascii=False),
+            ),
         )
         iid = int(cur.lastrowid)
 

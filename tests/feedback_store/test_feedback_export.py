@@ -97,7 +97,9 @@ def test_snapshot_id_is_content_addressed(store: FeedbackStore, history: History
     a = export_snapshot(store, tmp_path / "a", test_fraction=TEST_FRACTION)
     b = export_snapshot(store, tmp_path / "b", test_fraction=TEST_FRACTION)
     assert a.snapshot_id == b.snapshot_id and len(a.snapshot_id) == 64
-    store.record_correction(history.i1, "Weekdays 9 am to 5 pm [1].", replaces=[history.c1], session_id="late")
+    store.record_correction(
+        history.i1, "Weekdays 9 am to 5 pm [1].", replaces=[history.c1], session_id="late"
+    )
     c = export_snapshot(store, tmp_path / "c", test_fraction=TEST_FRACTION)
     assert c.snapshot_id != a.snapshot_id
     assert not list((tmp_path / "c").glob(".*partial"))
