@@ -14,8 +14,12 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from feedback_store.errors import FeedbackError
+
+if TYPE_CHECKING:
+    from feedback_store.store import FeedbackStore
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -26,10 +30,10 @@ def _default_db() -> Path:
     return Paths.from_env().feedback_db
 
 
-def _open(args: argparse.Namespace, *, must_exist: bool = True):  # -> FeedbackStore
-    from feedback_store.store import FeedbackStore
+def _open(args: argparse.Namespace, *, must_exist: bool = True) -> FeedbackStore:
+    from feedback_store.store import FeedbackStore, sqlite_path_from_dsn
 
-    db = Path(args.db) if args.db else _default_db()
+    db = sqlite_path_from_dsn(args.db) if args.db else _default_db()
     if must_exist and not db.exists():
         raise FeedbackError(f"no feedback database at {db} (nothing recorded yet, or pass --db)")
     return FeedbackStore.open(db)
