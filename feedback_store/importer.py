@@ -131,8 +131,6 @@ def _preference(obj: Mapping[str, Any], limit: int) -> ImportedPreference:
             raise _LineError("no 'prompt', and chosen and rejected share no leading messages to use as one")
         prompt = _prompt(full_c[:n], "the shared prompt")
         chosen, rejected = _answer(full_c[n:], "chosen"), _answer(full_r[n:], "rejected")
-    if not chosen.strip() or not rejected.strip():
-        raise _LineError("chosen or rejected is empty")
     if normalize_text(chosen) == normalize_text(rejected):
         raise _LineError("chosen and rejected are the same answer (no preference)")
     _check_len([m["content"] for m in prompt] + [chosen, rejected], limit)

@@ -262,6 +262,12 @@ class FeedbackStore:
             raise FeedbackValidationError(f"{name} must be a string, got {type(value).__name__}")
         if not allow_empty and not value.strip():
             raise FeedbackValidationError(f"{name} is empty")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise FeedbackValidationError(
+                f"{name} is not valid Unicode text ({exc.reason} at character {exc.start})"
+            ) from None
         if len(value) > self.max_text_chars:
             raise FeedbackValidationError(
                 f"{name} has {len(value)} characters, more than the limit of {self.max_text_chars}"

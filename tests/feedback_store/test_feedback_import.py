@@ -18,14 +18,16 @@ def pair_set(out: Path) -> set[tuple[str, str, str]]:
     """What a preference export means for training: (prompt, chosen, rejected)."""
     pairs = set()
     for split in SPLITS:
-        for line in (out / file_name("preferences", split)).read_text(encoding="utf-8").splitlines():
+        for line in (out / file_name("preferences", split)).read_text(encoding="utf-8").split("\n")[:-1]:
             r = json.loads(line)
             pairs.add((json.dumps(r["prompt"]), r["chosen"][0]["content"], r["rejected"][0]["content"]))
     return pairs
 
 
 def lines(out: Path, kind: str) -> list[str]:
-    return [x for s in SPLITS for x in (out / file_name(kind, s)).read_text(encoding="utf-8").splitlines()]
+    return [
+        x for s in SPLITS for x in (out / file_name(kind, s)).read_text(encoding="utf-8").split("\n")[:-1]
+    ]
 
 
 def _write(path: Path, rows: list[object]) -> Path:
@@ -53,11 +55,15 @@ def test_round_trip_gives_the_same_pairs(store: FeedbackStore, history: History,
     for split in SPLITS:
         one = [
             json.loads(x)
-            for x in (tmp_path / "one" / file_name("preferences", split)).read_text().splitlines()
+            for x in (tmp_path / "one" / file_name("preferences", split))
+            .read_text(encoding="utf-8")
+            .split("\n")[:-1]
         ]
         two = [
             json.loads(x)
-            for x in (tmp_path / "two" / file_name("preferences", split)).read_text().splitlines()
+            for x in (tmp_path / "two" / file_name("preferences", split))
+            .read_text(encoding="utf-8")
+            .split("\n")[:-1]
         ]
         key = lambda r: (r["chosen"][0]["content"], r["rejected"][0]["content"])  # noqa: E731
         assert sorted(map(key, one)) == sorted(map(key, two))
@@ -135,7 +141,7 @@ GOOD = {"prompt": [{"role": "user", "content": "q"}], "chosen": "a", "rejected":
             {**GOOD, "chosen": "same", "rejected": " same "},
             "bad.jsonl:2: chosen and rejected are the same answer",
         ),
-        ({**GOOD, "chosen": ""}, "bad.jsonl:2: chosen or rejected is empty"),
+        ({**GOOD, "chosen": 3}, "bad.jsonl:2: chosen must be a non-empty list"),
         ({**GOOD, "prompt": []}, "bad.jsonl:2: prompt must be a non-empty list"),
         (
             {**GOOD, "prompt": [{"role": "robot", "content": "x"}]},
