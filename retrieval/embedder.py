@@ -15,6 +15,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from retrieval.errors import EmbedderError
+
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -105,8 +107,17 @@ def _load_st(source: str, device: str, bf16: bool):
     import torch
     from sentence_transformers import SentenceTransformer
 
+    looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1
+    if looks_local and not Path(source).expanduser().is_dir():
+        raise EmbedderError(f"embedding model folder {source} not found: give a sentence-transformers folder")
     kwargs = {"model_kwargs": {"dtype": torch.bfloat16}} if bf16 else {}
-    return SentenceTransformer(source, device=device, **kwargs)
+    try:
+        return SentenceTransformer(source, device=device, **kwargs)
+    except (OSError, ValueError) as e:
+        raise EmbedderError(
+            f"embedding model {source!r} not found or not loadable offline ({type(e).__name__}: {e}); "
+            "give a local sentence-transformers folder or a hub id already in the local cache"
+        ) from None
 
 
 def _cpu_has_fast_bf16() -> bool:

@@ -31,6 +31,10 @@ class InvalidConfigError(RetrievalError):
     """A retrieval setting is out of range (e.g. chunk overlap not smaller than the chunk)."""
 
 
+class EmbedderError(RetrievalError):
+    """The embedding model cannot be loaded (path missing, not a sentence-transformers model, not cached)."""
+
+
 class IngestError(RetrievalError):
     """The path given to ingest cannot be ingested at all (missing, not a file or folder)."""
 
