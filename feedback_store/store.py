@@ -166,7 +166,11 @@ class FeedbackStore:
         max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
         busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
         read_only: bool = False,
+        synchronous: str = "FULL",
     ) -> None:
+        if synchronous not in ("FULL", "NORMAL"):
+            raise FeedbackError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")
+        self.synchronous = synchronous
         self.path = path
         self.max_text_chars = max_text_chars
         self.busy_timeout_s = busy_timeout_s
@@ -185,14 +189,24 @@ class FeedbackStore:
         max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
         busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
         read_only: bool = False,
+        synchronous: str = "FULL",
     ) -> FeedbackStore:
         """Open (creating and migrating if needed) the store at a file path or `sqlite:///` DSN.
 
         read_only=True never writes: the schema must already be current, and every write raises
-        FeedbackStoreUnavailable.
+        FeedbackStoreUnavailable. synchronous="FULL" (default) fsyncs the WAL at every commit, so an
+        acknowledged write survives a power cut; "NORMAL" survives a crash of the process (the app) but
+        the last commits before an OS crash or power cut may be lost (the file stays consistent), for
+        about 4x the write rate on a disk with slow fsync (benchmarks/store_throughput.py).
         """
         path = sqlite_path_from_dsn(path_or_dsn)
-        store = cls(path, max_text_chars=max_text_chars, busy_timeout_s=busy_timeout_s, read_only=read_only)
+        store = cls(
+            path,
+            max_text_chars=max_text_chars,
+            busy_timeout_s=busy_timeout_s,
+            read_only=read_only,
+            synchronous=synchronous,
+        )
         try:
             if read_only:
                 if not path.exists():
@@ -230,10 +244,10 @@ class FeedbackStore:
             conn.execute("PRAGMA foreign_keys = ON")
             if write:
                 conn.execute("PRAGMA journal_mode = WAL")
-                # FULL, not NORMAL: in WAL mode NORMAL skips the fsync of the WAL at each commit, so a
-                # power cut can lose the last acknowledged writes. FULL fsyncs the WAL on every COMMIT,
-                # so "acknowledged" means "on disk"; it still reaches >1000 writes/s (benchmarks/).
-                conn.execute("PRAGMA synchronous = FULL")
+                # FULL by default: in WAL mode NORMAL skips the fsync of the WAL at each commit, so a
+                # power cut (not a process crash) can lose the last acknowledged writes. FULL fsyncs the
+                # WAL on every COMMIT, so "acknowledged" means "on disk".
+                conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         except BaseException:
             conn.close()
             raise

@@ -266,3 +266,23 @@ def history_db(tmp_path: Path) -> Path:
     with FeedbackStore.open(db) as s:
         build_history(s)
     return db
+
+
+@pytest.mark.parametrize(("mode", "level"), [("FULL", 2), ("NORMAL", 1)])
+def test_synchronous_setting(tmp_path: Path, mode: str, level: int) -> None:
+    with FeedbackStore.open(tmp_path / "f.db", synchronous=mode) as store:
+        assert store._writer.execute("PRAGMA synchronous").fetchone()[0] == level
+        assert store._writer.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    with pytest.raises(FeedbackError, match="synchronous must be FULL or NORMAL"):
+        FeedbackStore.open(tmp_path / "g.db", synchronous="OFF")
+
+
+def test_store_import_is_light() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, feedback_store.export, feedback_store.importer, feedback_store.commands; " + (
+        "print(sorted(m for m in ('torch', 'trl', 'transformers', 'datasets') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
