@@ -124,8 +124,9 @@ class _Grouped:
 class FeedbackStore:
     """Durable record of questions, the passages and candidate answers shown, and all feedback.
 
-    Open with `FeedbackStore.open(path_or_dsn)` (creates the file and applies migrations); use as a
-    context manager or call `close()`. One instance is shared by all threads of a process.
+    Open with `FeedbackStore.open(path_or_dsn, *, max_text_chars=100_000, busy_timeout_s=5.0,
+    read_only=False, synchronous="FULL")` (creates the file and applies migrations); use as a context
+    manager or call `close()`. One instance is shared by all threads of a process.
 
     Writes (each one short `BEGIN IMMEDIATE` transaction on the single writer connection, serialised by
     a lock; when the call returns, the row is on disk):
