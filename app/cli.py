@@ -93,6 +93,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
     from app.qa import QAService
 
     qa = QAService(_config(args))
+    qa.check_question(args.question)
+    qa.warm_up()  # loading is not part of the answer's timings
     if args.json:
         print(json.dumps(qa.ask(args.question, k=args.k).to_json(), ensure_ascii=False))
         return 0

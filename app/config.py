@@ -30,7 +30,7 @@ class AppConfig:
     chunk_overlap: int = 40
     max_file_mb: float = 50.0
     # Generation
-    max_new_tokens: int = 256
+    max_new_tokens: int = 160
     repetition_penalty: float = 1.1
     generation_timeout_s: float = 120.0
     num_candidates: int = 2  # alternatives shown for ranking, 2..4

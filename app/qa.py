@@ -145,6 +145,14 @@ class QAService:
             )
         return q
 
+    def warm_up(self) -> None:
+        """Load the embedder, the index and the current model now, so the first answer is not slowed by it."""
+        self.retriever().search("warm up", k=1)
+        try:
+            self.generator.current()
+        except GenerationError as e:
+            raise QAError(str(e)) from e
+
     # ---- retrieval ---------------------------------------------------------------------------------
     def embedder(self) -> Any:
         with self._lock:

@@ -1,0 +1,260 @@
+"""Pure metric functions: answer scoring (SQuAD EM/F1), abstention, retrieval ranking, latency percentiles.
+
+Everything here works on plain strings and lists so it is unit-tested on hand-computed cases and reused by
+`ragqa eval`, `ragqa compare`, `ragqa eval-rm` and the loop benchmark.
+
+Definitions (also written into every report):
+  - Normalisation is SQuAD's official one: lowercase, drop punctuation, drop the articles a/an/the, collapse
+    whitespace. Citation markers such as "[1]" or "[1, 2]" are removed from a model answer before scoring.
+  - EM and F1 are the maximum over all gold answers.
+  - Abstention: the answer is empty, or its first sentence says the passages lack the answer (the NO_ANSWER
+    sentence of retrieval.prompt or a close variant, see `ABSTENTION_PATTERNS`).
+  - Unanswerable questions follow SQuAD 2.0: EM = F1 = 1 iff the model abstained. An answerable question the
+    model abstained on scores 0 (SQuAD 2.0 scores an empty prediction 0 against a non-empty gold).
+  - Answer length is counted in words (whitespace-separated, citation markers removed).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+
+from retrieval.prompt import NO_ANSWER
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_PUNCT = frozenset(string.punctuation)
+_CITATION_MARK = re.compile(r"\s*\[\d+(?:\s*,\s*\d+)*\]")
+_FIRST_SENTENCE = re.compile(r"^(.*?)(?:[.!?](?:\s|$)|\n|$)", re.DOTALL)
+
+# Matched against the first sentence after lowercasing and replacing curly apostrophes; each pattern is one
+# way small instruction-tuned models say "I cannot answer from these passages".
+ABSTENTION_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
+    re.compile(p)
+    for p in (
+        # "The passages do not contain / mention ..." (the subject must be the passages, so "The Normans did
+        # not contain ..." stays an answer)
+        r"\b(passages?|documents?|context|texts?|sources?)\b.*\b(do|does|did)(?: not|n't) "
+        r"(contain|include|mention|provide|say|state|specify|give|answer)",
+        r"\bnot (mentioned|provided|stated|specified|given|found|available|included|contained) in "
+        r"(the|these|any of the) (passages?|documents?|context|texts?|sources?)\b",
+        r"\b(cannot|can't|can not|unable to) (be )?(answer|find|determine|tell)",
+        r"\bno (relevant )?(answer|information)\b",
+        r"\bnot enough information\b",
+        r"\bi (do not|don't) know\b",
+    )
+)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's official normalisation: lowercase, strip punctuation, drop a/an/the, collapse whitespace."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in _PUNCT)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def strip_citations(answer: str) -> str:
+    """Remove "[1]"-style citation markers so they do not count as answer tokens."""
+    return _CITATION_MARK.sub("", answer).strip()
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    """SQuAD token F1 between one prediction and one gold answer (bag of normalised tokens)."""
+    pred = normalize_answer(prediction).split()
+    ref = normalize_answer(gold).split()
+    if not pred or not ref:
+        # SQuAD 2.0: two empty answers agree, an empty and a non-empty one do not.
+        return float(pred == ref)
+    common = Counter(pred) & Counter(ref)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred), same / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def max_over_golds(metric: Callable[[str, str], float], prediction: str, golds: Sequence[str]) -> float:
+    """The best score of `prediction` against any gold answer (0 when there is none)."""
+    return max((metric(prediction, g) for g in golds), default=0.0)
+
+
+def contains_answer(text: str, golds: Iterable[str]) -> bool:
+    """True when some normalised gold answer appears, token-aligned, in the normalised text."""
+    hay = f" {normalize_answer(text)} "
+    return any(n and f" {n} " in hay for n in (normalize_answer(g) for g in golds))
+
+
+def first_sentence(text: str) -> str:
+    match = _FIRST_SENTENCE.match(text.strip())
+    return match.group(1) if match else ""
+
+
+def is_abstention(answer: str) -> bool:
+    """Did the model decline to answer? (empty, NO_ANSWER, or a close variant in the first sentence)."""
+    text = strip_citations(answer).strip()
+    if not text or NO_ANSWER.lower().rstrip(".") in text.lower():
+        return True
+    head = first_sentence(text).lower().replace("\u2019", "'")
+    return any(p.search(head) for p in ABSTENTION_PATTERNS)
+
+
+def answer_words(answer: str) -> int:
+    """Answer length in whitespace-separated words, citation markers removed."""
+    return len(strip_citations(answer).split())
+
+
+def score_answer(answer: str, golds: Sequence[str], unanswerable: bool) -> dict[str, float | bool]:
+    """EM, F1, contains-gold and abstention for one answer, with SQuAD 2.0 rules for unanswerable questions."""
+    abstained = is_abstention(answer)
+    if unanswerable:
+        em = f1 = float(abstained)
+        contains = False
+    elif abstained:
+        em = f1 = 0.0
+        contains = False
+    else:
+        text = strip_citations(answer)
+        em = max_over_golds(exact_match, text, golds)
+        f1 = max_over_golds(token_f1, text, golds)
+        contains = contains_answer(text, golds)
+    return {"em": em, "f1": f1, "contains": contains, "abstained": abstained}
+
+
+# ---- retrieval ----------------------------------------------------------------------------------------
+def first_relevant_rank(relevant: Sequence[bool]) -> int | None:
+    """1-based rank of the first relevant item in a ranking (None when no item is relevant)."""
+    for i, hit in enumerate(relevant, start=1):
+        if hit:
+            return i
+    return None
+
+
+def recall_at_k(first_ranks: Sequence[int | None], k: int) -> float:
+    """Fraction of queries whose gold item is in the top `k` (one gold context per query)."""
+    if not first_ranks:
+        return math.nan
+    return sum(1 for r in first_ranks if r is not None and r <= k) / len(first_ranks)
+
+
+def mean_reciprocal_rank(first_ranks: Sequence[int | None]) -> float:
+    """Mean of 1/rank of the first gold item; a miss (None: not in the retrieved list) counts 0."""
+    if not first_ranks:
+        return math.nan
+    return sum(1.0 / r for r in first_ranks if r is not None) / len(first_ranks)
+
+
+# ---- aggregation --------------------------------------------------------------------------------------
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation between closest ranks (numpy's default)."""
+    if not values:
+        return math.nan
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def mean(values: Iterable[float]) -> float:
+    xs = list(values)
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def ratio(numerator: int, denominator: int) -> float:
+    """numerator / denominator, NaN (reported as null) when there is nothing to divide."""
+    return numerator / denominator if denominator else math.nan
+
+
+def abstention_scores(abstained: Sequence[bool], unanswerable: Sequence[bool]) -> dict[str, float]:
+    """Precision and recall of abstaining as a detector of unanswerable questions, plus the abstention rate."""
+    true_pos = sum(1 for a, u in zip(abstained, unanswerable, strict=True) if a and u)
+    return {
+        "abstention_rate": ratio(sum(abstained), len(abstained)),
+        "abstention_precision": ratio(true_pos, sum(abstained)),
+        "abstention_recall": ratio(true_pos, sum(unanswerable)),
+    }
+
+
+# ---- preference pairs and head-to-head ----------------------------------------------------------------
+LENGTH_BUCKETS = ("< -30", "-30..-11", "-10..-4", "-3..3", "4..10", "11..30", "> 30")
+
+
+def length_bucket(diff: int) -> str:
+    """Bucket of (chosen words - rejected words); symmetric so a length bias shows as a slope across buckets."""
+    if diff < -30:
+        return "< -30"
+    if diff < -10:
+        return "-30..-11"
+    if diff < -3:
+        return "-10..-4"
+    if diff <= 3:
+        return "-3..3"
+    if diff <= 10:
+        return "4..10"
+    if diff <= 30:
+        return "11..30"
+    return "> 30"
+
+
+def pair_metrics(
+    chosen: Sequence[float],
+    rejected: Sequence[float],
+    chosen_words: Sequence[int],
+    rejected_words: Sequence[int],
+) -> dict[str, object]:
+    """Reward-model pair accuracy (chosen scored strictly higher), margins, and the length-bias view.
+
+    `rm_prefers_longer_rate` vs `chosen_longer_rate` (over pairs of different length): a reward model that picks
+    the longer answer much more often than the human labels did has learnt length, not quality.
+    """
+    margins = [c - r for c, r in zip(chosen, rejected, strict=True)]
+    diffs = [c - r for c, r in zip(chosen_words, rejected_words, strict=True)]
+    correct = [m > 0 for m in margins]
+    buckets = []
+    for label in LENGTH_BUCKETS:
+        idx = [i for i, d in enumerate(diffs) if length_bucket(d) == label]
+        buckets.append(
+            {
+                "bucket": label,
+                "n": len(idx),
+                "accuracy": mean(float(correct[i]) for i in idx),
+                "mean_margin": mean(margins[i] for i in idx),
+            }
+        )
+    unequal = [i for i, d in enumerate(diffs) if d != 0]
+    # margin > 0 means the RM prefers chosen; it prefers the longer answer when that sign agrees with diff's.
+    prefers_longer = [(margins[i] > 0) == (diffs[i] > 0) and margins[i] != 0 for i in unequal]
+    return {
+        "pairs": len(margins),
+        "accuracy": mean(float(c) for c in correct),
+        "ties": sum(1 for m in margins if m == 0),
+        "mean_margin": mean(margins),
+        "mean_chosen_score": mean(chosen),
+        "mean_rejected_score": mean(rejected),
+        "chosen_longer_rate": ratio(sum(1 for i in unequal if diffs[i] > 0), len(unequal)),
+        "rm_prefers_longer_rate": ratio(sum(prefers_longer), len(unequal)),
+        "by_length_diff": buckets,
+    }
+
+
+def head_to_head(
+    scores_a: Sequence[float], scores_b: Sequence[float], tol: float = 1e-6
+) -> dict[str, float | int]:
+    """Wins of B over A per question; ties (|diff| <= tol) count half in `win_rate_b`."""
+    a = b = tie = 0
+    for sa, sb in zip(scores_a, scores_b, strict=True):
+        if abs(sb - sa) <= tol:
+            tie += 1
+        elif sb > sa:
+            b += 1
+        else:
+            a += 1
+    n = a + b + tie
+    return {"a": a, "b": b, "tie": tie, "win_rate_b": ratio(2 * b + tie, 2 * n)}
