@@ -166,7 +166,7 @@ def main() -> None:
         json.dumps(
             {
                 "machine": platform.processor() or platform.machine(),
-                "synchronous": "FULL",
+                "default_synchronous": "FULL",
                 "writes": writes,
                 "export": export,
             },
