@@ -205,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Command groups that live with their packages (feedback, retrain, eval)."""
-    return []
+    from feedback_store.commands import add_commands as feedback_commands
+
+    return [feedback_commands]
 
 
 def main(argv: list[str] | None = None) -> int:
