@@ -7,6 +7,7 @@ problem with one file becomes `DocumentSkipped(reason)`; ingest reports it and c
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
@@ -115,7 +116,7 @@ def _real(p: Path) -> str:
 
 
 def _stat_problem(entry: os.DirEntry, e: OSError) -> str:
-    if e.errno is not None and e.errno == 40:  # ELOOP on Linux
+    if e.errno == errno.ELOOP:
         return "symlink loop"
     if entry.is_symlink():
         return "broken symlink"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -18,6 +20,7 @@ import numpy as np
 from retrieval.errors import EmbedderError
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+QUERY_THREADS = 1
 
 
 @runtime_checkable
@@ -50,10 +53,10 @@ class SentenceTransformerEmbedder:
 
     `model` is a local sentence-transformers folder or a hub id (which must already be cached: the app
     runs offline). Precision, measured here (2 shared cores, Sapphire Rapids with AMX bf16, 500 passages
-    of ~100 tokens, batch 64; queries of 3-30 words):
-      - batch encoding (ingest): bf16 83-103 passages/s vs fp32 43-52/s (STACK-NOTES measured 315 vs
-        95 on an idle machine), cosine to the fp32 vectors >= 0.998;
-      - one query: bf16 p50 6-9 ms vs fp32 10-12 ms.
+    of ~100 tokens, batch 64; 100 queries of ~15 words):
+      - batch encoding (ingest, 2 threads): bf16 83-103 passages/s vs fp32 43-52/s (STACK-NOTES: 315
+        vs 95 on an idle machine), cosine to the fp32 vectors >= 0.998;
+      - one query (1 thread, see encode_query): bf16 p50 9.5-10 ms / p95 11-12 ms, fp32 14-15 / 16-19 ms.
     bf16 wins both, so one bf16 model serves ingest and queries (fp32 where the CPU lacks bf16).
     """
 
@@ -80,7 +83,11 @@ class SentenceTransformerEmbedder:
         return _normalise(vecs)
 
     def encode_query(self, text: str) -> np.ndarray:
-        vec = self._model.encode([text], convert_to_numpy=True, normalize_embeddings=True)
+        # One short text is too little work to share between threads: with 2 torch threads on the 2
+        # shared cores under load, single queries took p50 111-480 ms (a descheduled worker stalls
+        # every parallel region); on 1 thread 9-10 ms (bf16) / 13-16 ms (fp32), measured together.
+        with _torch_threads(QUERY_THREADS):
+            vec = self._model.encode([text], convert_to_numpy=True, normalize_embeddings=True)
         return _normalise(vec)[0]
 
     def tokenize_offsets(self, text: str) -> list[tuple[int, int]]:
@@ -88,6 +95,20 @@ class SentenceTransformerEmbedder:
             text, add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False
         )
         return [(int(s), int(e)) for s, e in enc["offset_mapping"] if e > s]
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if before != n:
+            torch.set_num_threads(before)
 
 
 def _resolve_model(model: str | None) -> str:

@@ -37,7 +37,7 @@ from retrieval.documents import (
 )
 from retrieval.embedder import Embedder
 from retrieval.errors import DocumentSkipped, IndexMissingError, IngestError
-from retrieval.index import DEFAULT_HNSW_THRESHOLD, FileEntry, HybridIndex
+from retrieval.index import DEFAULT_HNSW_THRESHOLD, FileEntry, HybridIndex, remove_stale_copies
 from retrieval.types import Chunk
 
 
@@ -100,6 +100,7 @@ def ingest(
     params = ChunkingParams(chunk_tokens, overlap).validated(embedder.max_tokens)
     report = IngestReport()
     with _ingest_lock(index_dir):
+        remove_stale_copies(index_dir)
         old = None if rebuild else _open_existing(index_dir, embedder)
         same_chunking = old is not None and old.chunking == params
         plan = _Plan()
@@ -114,7 +115,7 @@ def ingest(
             report.removed = len(set(old.files) - set(plan.files))
         changed = rebuild or old is None or report.removed or plan.new_chunks or not same_chunking
         if changed:
-            new_vectors = embedder.encode([c.text for c in plan.new_chunks], progress=progress)
+            new_vectors = _embed(plan.new_chunks, embedder, progress)
             kept_vectors = _kept_vectors(old, plan.kept_rows, embedder.dim)
             index = HybridIndex.build(
                 plan.kept_chunks + plan.new_chunks,
@@ -218,6 +219,13 @@ def _plan_file(
         report.indexed += 1
     else:
         report.updated += 1
+
+
+def _embed(chunks: list[Chunk], embedder: Embedder, progress: bool) -> np.ndarray:
+    """(len(chunks), dim) float32 unit vectors of the new chunks (no model call when there are none)."""
+    if not chunks:
+        return np.zeros((0, embedder.dim), dtype=np.float32)
+    return np.asarray(embedder.encode([c.text for c in chunks], progress=progress), dtype=np.float32)
 
 
 def _kept_vectors(old: HybridIndex | None, rows: list[int], dim: int) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 
 from retrieval.embedder import Embedder
 from retrieval.errors import InvalidConfigError
-from retrieval.index import HybridIndex
+from retrieval.index import HybridIndex, check_embedder
 from retrieval.types import Passage
 
 K_RRF = 60
@@ -40,6 +40,9 @@ class Retriever:
     """
 
     def __init__(self, index: HybridIndex, embedder: Embedder, k_rrf: int = K_RRF) -> None:
+        """`embedder` must be the one that built `index` (checked: IndexMismatchError otherwise)."""
+        if embedder is not None:
+            check_embedder(index.meta, embedder.name, int(embedder.dim), index.path or "memory")
         self.index = index
         self.embedder = embedder
         self.k_rrf = k_rrf

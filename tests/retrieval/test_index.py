@@ -79,6 +79,8 @@ def test_embedder_mismatch(docs_root: Path, index_dir: Path, embedder) -> None:
 
     with pytest.raises(IndexMismatchError, match="other-model"):
         HybridIndex.open(index_dir, Renamed())
+    with pytest.raises(IndexMismatchError, match="--rebuild"):
+        Retriever(HybridIndex.open(index_dir), Renamed())
     with pytest.raises(IndexMismatchError):
         ingest(docs_root, index_dir, Renamed(), progress=False)
     ingest(docs_root, index_dir, Renamed(), rebuild=True, progress=False)
@@ -174,6 +176,12 @@ def test_crash_between_renames_is_recovered(
     assert not index_dir.exists()
     opened = HybridIndex.open(index_dir, embedder)  # puts the old copy back
     assert set(opened.files) == {"volcano.md", "guide/tea.txt", "guide/ferry.rst"}
+    # The next ingest cleans up and completes.
+    report = ingest(docs_root, index_dir, embedder, progress=False)
+    assert report.indexed == 1 and "new.md" in HybridIndex.open(index_dir, embedder).files
+    assert sorted(p.name for p in index_dir.parent.iterdir() if p.name.startswith(".index.")) == [
+        ".index.lock"
+    ]
 
 
 def test_errors_share_a_base() -> None:
