@@ -1,0 +1,681 @@
+"""Run a labelled QA file through the real ask path and turn the answers into metrics.
+
+The questions go through `QAService.ask`, exactly as the UI and `ragqa ask` answer them. The documents are the
+file's own contexts, written one file per context into a temporary folder and indexed into a temporary RAGQA
+home (or an existing index with `--index`). That home's `models/` holds a symlink to the one version being
+evaluated plus its own `current` pointer, so no weights are copied and the user's registry - in particular its
+`current` - is never touched (`--model VERSION` evaluates a version without switching to it).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from app.config import AppConfig
+from app.evaluation import metrics as M
+from app.evaluation.formats import QADataset, QAExample, load_qa
+from retrieval.types import Passage
+from training.paths import Paths
+from training.registry import ModelRegistry, RegistryError
+
+
+class EvalError(RuntimeError):
+    """The evaluation cannot run as asked; the message says what to do."""
+
+
+RECALL_KS = (1, 5, 10)
+
+
+@dataclass
+class EvalOptions:
+    qa_path: Path
+    fmt: str | None = None  # None: detect from the content
+    model: str | None = None  # registry version; None: the registry's current
+    k: int | None = None  # passages per answer; None: config.k
+    limit: int | None = None  # evaluate a seeded random subset of this many questions
+    seed: int = 0
+    out_dir: Path | None = None  # None: RAGQA_HOME/evals/<stamp>-<file>-<version>
+    index_dir: Path | None = None  # an existing index instead of indexing the file's contexts
+    max_new_tokens: int | None = None  # None: config.max_new_tokens
+    depth: int = 10  # passages retrieved for recall@k / MRR
+    progress: bool = True
+
+
+@dataclass
+class ExampleResult:
+    """One question through the ask path, scored."""
+
+    example: QAExample
+    answer: str = ""
+    passages: list[Passage] = field(default_factory=list)  # what the model saw, rank order
+    ranking: list[str] = field(default_factory=list)  # sources of the top-`depth` retrieval
+    gold_known: bool = False  # False: no gold context/source to score retrieval against
+    first_gold_rank: int | None = None
+    scores: dict[str, Any] = field(default_factory=dict)  # em, f1, contains, abstained
+    cited: list[int] = field(default_factory=list)
+    citation_mode: str = "none"
+    citation_correct: bool | None = None  # None: the answer has no model-written citation
+    words: int = 0
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    finished: bool = True
+    model_version: str = ""
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        e = self.example
+        return {
+            "id": e.qid,
+            "question": e.question,
+            "answers": list(e.answers),
+            "unanswerable": e.unanswerable,
+            "gold_source": e.source or e.doc_id,
+            "answer": self.answer,
+            "model_version": self.model_version,
+            "passages": [{"rank": p.rank, "source": p.source, "chunk_id": p.chunk_id} for p in self.passages],
+            "ranking": self.ranking,
+            "first_gold_rank": self.first_gold_rank,
+            **{k: self.scores.get(k) for k in ("em", "f1", "contains", "abstained")},
+            "cited": self.cited,
+            "citation_mode": self.citation_mode,
+            "citation_correct": self.citation_correct,
+            "words": self.words,
+            "finished": self.finished,
+            "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
+            "error": self.error,
+        }
+
+
+# ---- selection and corpus ----------------------------------------------------------------------------------
+def select_examples(examples: Sequence[QAExample], limit: int | None, seed: int) -> list[QAExample]:
+    """A seeded random subset of `limit` questions, kept in file order (all of them when limit is None)."""
+    if limit is None or limit >= len(examples):
+        return list(examples)
+    if limit < 1:
+        raise EvalError(f"--limit must be at least 1, got {limit}")
+    picked = sorted(random.Random(seed).sample(range(len(examples)), limit))
+    return [examples[i] for i in picked]
+
+
+def write_corpus(dataset: QADataset, folder: Path) -> int:
+    """Write each distinct context as `folder/<doc_id>` (plain text); returns the number of files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for doc in dataset.documents.values():
+        (folder / doc.doc_id).write_text(doc.text, encoding="utf-8")
+    return len(dataset.documents)
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+def gold_matcher(
+    example: QAExample, dataset: QADataset, corpus_from_file: bool
+) -> Callable[[Passage], bool] | None:
+    """How to recognise the question's gold passage in a ranking (None: it cannot be recognised).
+
+    With the file's own corpus the gold is the context's file; with an existing index it is the `source` the
+    file names, else any chunk whose text lies inside the gold context (chunks are slices of a document).
+    """
+    if example.source:
+        return lambda p: p.source == example.source
+    if example.doc_id is None:
+        return None
+    if corpus_from_file:
+        return lambda p: p.source == example.doc_id
+    context = _squash(dataset.documents[example.doc_id].text)
+    return lambda p: bool(_squash(p.text)) and _squash(p.text) in context
+
+
+# ---- the temporary home --------------------------------------------------------------------------------------
+def resolve_version(registry: ModelRegistry, requested: str | None) -> str:
+    """`requested`, or the registry's current version; checked to exist before any indexing starts."""
+    name = requested or registry.current_name()
+    if name is None:
+        raise EvalError(f"no model is published in {registry.root}: run `ragqa setup` first")
+    try:
+        registry.get(name)
+    except RegistryError as e:
+        raise EvalError(str(e)) from e
+    return name
+
+
+def pin_version(models_dir: Path, registry: ModelRegistry, name: str) -> str:
+    """Make `models_dir` (a private folder) serve version `name` of `registry` via symlinks; returns the name.
+
+    Registry versions are immutable, so a symlink to the folder is as good as a copy and costs nothing.
+    """
+    version = registry.get(resolve_version(registry, name))
+    models_dir.mkdir(parents=True, exist_ok=True)
+    link = models_dir / name
+    if not link.exists():
+        os.symlink(version.path.resolve(), link)
+    tmp = models_dir / ".current.tmp"
+    if tmp.is_symlink():
+        tmp.unlink()
+    os.symlink(name, tmp)
+    os.replace(tmp, models_dir / "current")
+    return name
+
+
+@contextmanager
+def eval_home(
+    base: AppConfig,
+    dataset: QADataset,
+    *,
+    embedder: Any,
+    index_dir: Path | None,
+    progress: bool = True,
+) -> Iterator[AppConfig]:
+    """A temporary RAGQA home with the file's contexts indexed (or `index_dir` linked); removed afterwards."""
+    tmp = Path(tempfile.mkdtemp(prefix="ragqa-eval-"))
+    try:
+        paths = Paths(tmp)
+        if index_dir is not None:
+            index_dir = Path(index_dir).expanduser().resolve()
+            if not (index_dir / "meta.json").is_file():
+                raise EvalError(f"{index_dir} is not an index (no meta.json); build one with `ragqa ingest`")
+            os.symlink(index_dir, paths.index_dir)
+        else:
+            if not dataset.documents:
+                raise EvalError(
+                    f"{dataset.path} has no contexts to index (plain JSONL with only `source`): pass --index DIR"
+                )
+            _index_contexts(base, dataset, tmp / "corpus", paths.index_dir, embedder, progress)
+        (tmp / "models").mkdir()
+        yield base.with_(paths=paths)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _index_contexts(
+    cfg: AppConfig, dataset: QADataset, corpus: Path, index_dir: Path, embedder: Any, progress: bool
+) -> None:
+    from retrieval.ingest import ingest
+
+    write_corpus(dataset, corpus)
+    report = ingest(
+        corpus,
+        index_dir,
+        embedder,
+        chunk_tokens=cfg.chunk_tokens,
+        overlap=cfg.chunk_overlap,
+        max_file_bytes=int(cfg.max_file_mb * 1024 * 1024),
+        progress=progress,
+    )
+    if report.skipped:
+        raise EvalError(f"{len(report.skipped)} contexts could not be indexed: {report.skipped[:3]}")
+
+
+# ---- answering -----------------------------------------------------------------------------------------------
+def answer_examples(
+    qa: Any,
+    examples: Sequence[QAExample],
+    dataset: QADataset,
+    *,
+    k: int,
+    depth: int,
+    corpus_from_file: bool,
+    progress: bool = True,
+    desc: str = "questions",
+) -> list[ExampleResult]:
+    """Ask every question through `qa` (a QAService) and score each answer."""
+    from app.qa import QAError
+
+    results = []
+    for example in tqdm(examples, desc=desc, unit="q", disable=not progress):
+        result = ExampleResult(example)
+        matcher = gold_matcher(example, dataset, corpus_from_file)
+        try:
+            ranking = qa.retrieve(example.question, (), depth)
+            asked = qa.ask(example.question, k=k)
+        except QAError as e:
+            result.error = str(e)
+            results.append(result)
+            continue
+        result.ranking = [p.source for p in ranking]
+        if matcher is not None:
+            result.gold_known = True
+            result.first_gold_rank = M.first_relevant_rank([matcher(p) for p in ranking])
+        _score_answer(result, asked)
+        results.append(result)
+    return results
+
+
+def _score_answer(result: ExampleResult, asked: Any) -> None:
+    e = result.example
+    result.answer = asked.answer
+    result.passages = list(asked.passages)
+    result.cited, result.citation_mode = list(asked.cited), asked.citation_mode
+    result.timings_ms = dict(asked.timings_ms)
+    result.finished = asked.finished
+    result.model_version = asked.model_version
+    result.scores = M.score_answer(asked.answer, e.answers, e.unanswerable)
+    result.words = M.answer_words(asked.answer)
+    if asked.citation_mode == "model" and not e.unanswerable:
+        by_rank = {p.rank: p for p in asked.passages}
+        result.citation_correct = any(
+            M.contains_answer(by_rank[r].text, e.answers) for r in asked.cited if r in by_rank
+        )
+
+
+# ---- aggregation ----------------------------------------------------------------------------------------------
+def nan_to_none(value: Any) -> Any:
+    """NaN means "nothing to average"; JSON has no NaN, so reports carry null."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [nan_to_none(v) for v in value]
+    return value
+
+
+def aggregate(results: Sequence[ExampleResult], depth: int = 10) -> dict[str, Any]:
+    """All metrics of one run (see metrics.py for the definitions). NaN (nothing to average) becomes null."""
+    ok = [r for r in results if r.error is None]
+    answerable = [r for r in ok if not r.example.unanswerable]
+    unanswerable = [r for r in ok if r.example.unanswerable]
+    with_gold = [r for r in ok if r.gold_known]
+    ranks = [r.first_gold_rank for r in with_gold]
+    citing = [r for r in answerable if r.citation_correct is not None]
+    answered = [r for r in answerable if not r.scores["abstained"]]
+    out: dict[str, Any] = {
+        "counts": {
+            "questions": len(results),
+            "answered_ok": len(ok),
+            "errors": len(results) - len(ok),
+            "answerable": len(answerable),
+            "unanswerable": len(unanswerable),
+            "with_gold_passage": len(with_gold),
+        },
+        "retrieval": {
+            **{f"recall@{k}": M.recall_at_k(ranks, k) for k in RECALL_KS},
+            "mrr": M.mean_reciprocal_rank(ranks),
+            "recall_curve": [M.recall_at_k(ranks, k) for k in range(1, depth + 1)],
+        },
+        "answers": {
+            "em": M.mean(r.scores["em"] for r in ok),
+            "f1": M.mean(r.scores["f1"] for r in ok),
+            "em_answerable": M.mean(r.scores["em"] for r in answerable),
+            "f1_answerable": M.mean(r.scores["f1"] for r in answerable),
+            "contains_gold_rate": M.mean(float(r.scores["contains"]) for r in answerable),
+            "citation_rate": M.ratio(len(citing), len(answered)),
+            "citation_correctness": M.mean(float(bool(r.citation_correct)) for r in citing),
+            **M.abstention_scores([r.scores["abstained"] for r in ok], [r.example.unanswerable for r in ok]),
+            "no_answer_accuracy": M.mean(r.scores["em"] for r in unanswerable),
+            "mean_answer_words": M.mean(r.words for r in ok),
+            "unfinished_rate": M.mean(float(not r.finished) for r in ok),
+        },
+        "latency_ms": {
+            f"{name}_p{q}": M.percentile([r.timings_ms[name] for r in ok if name in r.timings_ms], q)
+            for name in ("retrieve", "first_token", "total")
+            for q in (50, 95)
+        },
+    }
+    return nan_to_none(out)
+
+
+# ---- the whole run ------------------------------------------------------------------------------------------
+@dataclass
+class EvalRun:
+    """What `run_eval` / `run_compare` produced: the report dict, the per-question results, the report folder."""
+
+    report: dict[str, Any]
+    results: list[ExampleResult]
+    out_dir: Path
+
+
+def _default_out_dir(cfg: AppConfig, name: str, tag: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return cfg.paths.home / "evals" / f"{stamp}-{name.split('.')[0]}-{tag}"
+
+
+def _embedder_for(cfg: AppConfig, embedder: Any) -> Any:
+    if embedder is not None:
+        return embedder
+    from retrieval.embedder import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder(cfg.embedder)
+
+
+def prepare(options: EvalOptions, base: AppConfig | None) -> tuple[AppConfig, QADataset, list[QAExample]]:
+    """Load the config and the QA file, pick the subset; shared by eval, compare and the loop benchmark."""
+    cfg = base or AppConfig.load()
+    overrides = {"k": options.k, "max_new_tokens": options.max_new_tokens}
+    cfg = cfg.with_(**{k: v for k, v in overrides.items() if v is not None})
+    cfg.validate()
+    dataset = load_qa(options.qa_path, options.fmt)
+    return cfg, dataset, select_examples(dataset.examples, options.limit, options.seed)
+
+
+def run_eval(
+    options: EvalOptions, *, embedder: Any = None, base: AppConfig | None = None, write: bool = True
+) -> EvalRun:
+    """`ragqa eval`: answer the selected questions with one model version, write the report files.
+
+    `embedder` defaults to the configured sentence-transformer (tests pass a HashEmbedder); `base` to
+    AppConfig.load() of RAGQA_HOME, whose registry provides the model.
+    """
+    from app.evaluation.reports import write_eval_report
+    from app.qa import QAService
+
+    cfg, dataset, examples = prepare(options, base)
+    registry = ModelRegistry(cfg.paths.models_dir)
+    version = resolve_version(registry, options.model)
+    embedder = _embedder_for(cfg, embedder)
+    depth = max(options.depth, cfg.k)
+    t0 = time.perf_counter()
+    with eval_home(
+        cfg, dataset, embedder=embedder, index_dir=options.index_dir, progress=options.progress
+    ) as tmp:
+        pin_version(tmp.paths.models_dir, registry, version)
+        qa = QAService(tmp, embedder=embedder)
+        qa.generator.current()  # load once, so the first question's latency is not the model load
+        results = answer_examples(
+            qa,
+            examples,
+            dataset,
+            k=cfg.k,
+            depth=depth,
+            corpus_from_file=options.index_dir is None,
+            progress=options.progress,
+        )
+    report = {
+        "kind": "eval",
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "dataset": dataset_info(dataset, examples, options),
+        "model": {"version": version, "manifest": _manifest_summary(registry, version)},
+        "settings": settings_info(cfg, options, embedder),
+        "metrics": aggregate(results, depth),
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "definitions": DEFINITIONS,
+    }
+    out_dir = (
+        Path(options.out_dir)
+        if options.out_dir
+        else _default_out_dir(cfg, Path(options.qa_path).name, version)
+    )
+    if write:
+        write_eval_report(report, results, out_dir)
+    return EvalRun(report, results, out_dir)
+
+
+def dataset_info(dataset: QADataset, examples: Sequence[QAExample], options: EvalOptions) -> dict[str, Any]:
+    return {
+        "path": str(dataset.path),
+        "format": dataset.format,
+        "questions_in_file": len(dataset.examples),
+        "questions_evaluated": len(examples),
+        "unanswerable_evaluated": sum(e.unanswerable for e in examples),
+        "documents": len(dataset.documents),
+        "limit": options.limit,
+        "seed": options.seed,
+    }
+
+
+def settings_info(cfg: AppConfig, options: EvalOptions, embedder: Any) -> dict[str, Any]:
+    return {
+        "k": cfg.k,
+        "retrieval_depth": max(options.depth, cfg.k),
+        "max_new_tokens": cfg.max_new_tokens,
+        "repetition_penalty": cfg.repetition_penalty,
+        "dtype": cfg.dtype,
+        "embedder": getattr(embedder, "name", type(embedder).__name__),
+        "index": str(options.index_dir) if options.index_dir else "the file's contexts (temporary)",
+        "chunk_tokens": cfg.chunk_tokens,
+        "chunk_overlap": cfg.chunk_overlap,
+    }
+
+
+def _manifest_summary(registry: ModelRegistry, version: str) -> dict[str, Any]:
+    manifest = registry.get(version).manifest
+    keep = ("kind", "stage", "parent", "base_model", "run_id", "created_at", "feedback_snapshot", "source")
+    return {k: manifest[k] for k in keep if k in manifest}
+
+
+DEFINITIONS = {
+    "normalisation": "SQuAD official: lowercase, strip punctuation, drop a/an/the, collapse whitespace; "
+    "citation markers like [1] are removed from answers first",
+    "em_f1": "max over gold answers; unanswerable questions score 1 iff the model abstained (SQuAD 2.0); "
+    "an answerable question the model abstained on scores 0",
+    "abstained": "the answer is empty or its first sentence says the passages lack the answer "
+    "(retrieval.prompt.NO_ANSWER or a variant in app.evaluation.metrics.ABSTENTION_PATTERNS)",
+    "contains_gold_rate": "answerable questions whose answer contains a normalised gold answer",
+    "citation_rate": "answered (not abstained) answerable questions whose answer cites a passage as [n]",
+    "citation_correctness": "of those, the share where a cited passage contains a gold answer",
+    "abstention_precision_recall": "abstaining treated as a detector of unanswerable questions",
+    "recall@k_mrr": "the gold context (its file, the `source`, or a chunk inside it) among the top k of a "
+    "separate retrieval of `retrieval_depth` passages; MRR counts a miss as 0",
+    "mean_answer_words": "whitespace-separated words, citation markers removed",
+    "latency": "from QAService timings: retrieve, first_token and total are measured from the start of the "
+    "request; the model is loaded before the first question",
+}
+
+
+# ---- compare -----------------------------------------------------------------------------------------------------
+def run_compare(
+    version_a: str,
+    version_b: str,
+    options: EvalOptions,
+    *,
+    rm: Path | None = None,
+    embedder: Any = None,
+    base: AppConfig | None = None,
+    max_differences: int = 20,
+    write: bool = True,
+) -> EvalRun:
+    """`ragqa compare A B`: the same questions and the same retrieval through two versions, side by side.
+
+    The head-to-head judge is the reward model (`rm`, else the one the registry records) when there is one,
+    otherwise token F1 against the gold answers.
+    """
+    from app.evaluation.reports import write_compare_report
+    from app.evaluation.reward_scoring import describe, load_scorer
+    from app.qa import QAService
+
+    cfg, dataset, examples = prepare(options, base)
+    registry = ModelRegistry(cfg.paths.models_dir)
+    for name in (version_a, version_b):
+        resolve_version(registry, name)
+    embedder = _embedder_for(cfg, embedder)
+    depth = max(options.depth, cfg.k)
+    t0 = time.perf_counter()
+    results: dict[str, list[ExampleResult]] = {}
+    with eval_home(
+        cfg, dataset, embedder=embedder, index_dir=options.index_dir, progress=options.progress
+    ) as tmp:
+        qa = QAService(tmp, embedder=embedder)
+        for name in (version_a, version_b):
+            pin_version(tmp.paths.models_dir, registry, name)
+            qa.generator.current()  # the generator follows the private `current`: load before timing
+            results[name] = answer_examples(
+                qa,
+                examples,
+                dataset,
+                k=cfg.k,
+                depth=depth,
+                corpus_from_file=options.index_dir is None,
+                progress=options.progress,
+                desc=name,
+            )
+    scorer = load_scorer(rm, registry, required=rm is not None)
+    rewards = reward_scores(scorer, results, progress=options.progress) if scorer else None
+    report = {
+        "kind": "compare",
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": [version_a, version_b],
+        "dataset": dataset_info(dataset, examples, options),
+        "settings": settings_info(cfg, options, embedder),
+        "reward_model": describe(scorer),
+        "metrics": {name: aggregate(rs, depth) for name, rs in results.items()},
+        "win_rate": win_rate(results[version_a], results[version_b], rewards, (version_a, version_b)),
+        "differences": differences(results[version_a], results[version_b], rewards, max_differences),
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "definitions": {
+            **DEFINITIONS,
+            "win_rate": "share of questions (both answered) where B's answer is judged better than A's, ties "
+            "counted half; the judge is the reward model's score of (prompt with passages, answer) when one is "
+            "available, else token F1 against the gold answers",
+        },
+    }
+    tag = f"{version_a}-vs-{version_b}"
+    out_dir = (
+        Path(options.out_dir) if options.out_dir else _default_out_dir(cfg, Path(options.qa_path).name, tag)
+    )
+    if write:
+        write_compare_report(report, results, out_dir)
+    return EvalRun(report, [r for rs in results.values() for r in rs], out_dir)
+
+
+def reward_scores(
+    scorer: Any, results: dict[str, list[ExampleResult]], progress: bool = False
+) -> dict[str, list[float | None]]:
+    """The reward model's score of each answer given its prompt (question + the passages it saw); None on error."""
+    from retrieval.prompt import render_prompt
+
+    out: dict[str, list[float | None]] = {}
+    for name, rs in results.items():
+        ok = [r for r in rs if r.error is None]
+        scores = scorer.score(
+            [render_prompt(r.example.question, r.passages) for r in ok],
+            [r.answer for r in ok],
+            progress=progress,
+        )
+        by_id = {id(r): s for r, s in zip(ok, scores, strict=True)}
+        out[name] = [by_id.get(id(r)) for r in rs]
+    return out
+
+
+def win_rate(
+    a: list[ExampleResult],
+    b: list[ExampleResult],
+    rewards: dict[str, list[float | None]] | None,
+    names: tuple[str, str],
+) -> dict[str, Any]:
+    """Head-to-head of B over A on the questions both answered: by reward when given, else by F1."""
+    both = [i for i, (ra, rb) in enumerate(zip(a, b, strict=True)) if ra.error is None and rb.error is None]
+    if rewards is not None:
+        sa = [float(rewards[names[0]][i]) for i in both]
+        sb = [float(rewards[names[1]][i]) for i in both]
+        judge = "reward model"
+    else:
+        sa = [a[i].scores["f1"] for i in both]
+        sb = [b[i].scores["f1"] for i in both]
+        judge = "F1"
+    return {"judge": judge, **nan_to_none(M.head_to_head(sa, sb))}
+
+
+def differences(
+    a: list[ExampleResult],
+    b: list[ExampleResult],
+    rewards: dict[str, list[float | None]] | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Questions where the two answers differ (after normalisation), largest F1 (then reward) gap first."""
+    rows = []
+    names = list(rewards) if rewards else []
+    for i, (ra, rb) in enumerate(zip(a, b, strict=True)):
+        if ra.error or rb.error or M.normalize_answer(ra.answer) == M.normalize_answer(rb.answer):
+            continue
+        reward_diff = None
+        if rewards is not None:
+            ya, yb = rewards[names[0]][i], rewards[names[1]][i]
+            reward_diff = None if ya is None or yb is None else yb - ya
+        rows.append(
+            {
+                "id": ra.example.qid,
+                "question": ra.example.question,
+                "answers": list(ra.example.answers),
+                "answer_a": ra.answer,
+                "answer_b": rb.answer,
+                "f1_a": ra.scores["f1"],
+                "f1_b": rb.scores["f1"],
+                "reward_diff": reward_diff,
+            }
+        )
+    rows.sort(key=lambda d: (abs(d["f1_b"] - d["f1_a"]), abs(d["reward_diff"] or 0.0)), reverse=True)
+    return rows[:limit]
+
+
+# ---- eval-rm -------------------------------------------------------------------------------------------------------
+@dataclass
+class RMOptions:
+    pairs_path: Path
+    rm: Path | None = None  # None: the reward model the registry records
+    fmt: str | None = None
+    limit: int | None = None
+    seed: int = 0
+    out_dir: Path | None = None
+    batch_size: int = 8
+    max_length: int = 1024
+    progress: bool = True
+
+
+RM_DEFINITIONS = {
+    "accuracy": "pairs where score(chosen) > score(rejected) (ties count as wrong)",
+    "margin": "score(chosen) - score(rejected)",
+    "length": "answer length in whitespace-separated words; buckets are chosen minus rejected",
+    "length_bias": "rm_prefers_longer_rate (the RM scores the longer answer higher) next to chosen_longer_rate "
+    "(the human label picked the longer one), over pairs of different length",
+    "scoring": "the RM tokenizer's chat template over prompt + answer (HH text form without a template), "
+    "left-truncated to max_length tokens",
+}
+
+
+def run_eval_rm(options: RMOptions, *, base: AppConfig | None = None, write: bool = True) -> dict[str, Any]:
+    """`ragqa eval-rm`: pair accuracy, margins and accuracy by length difference of a reward model."""
+    from app.evaluation.formats import load_pairs
+    from app.evaluation.reports import write_rm_report
+    from app.evaluation.reward_scoring import RewardScorer, default_reward_model
+
+    cfg = base or AppConfig.load()
+    fmt, pairs = load_pairs(options.pairs_path, options.fmt)
+    if options.limit is not None and options.limit < 1:
+        raise EvalError(f"--limit must be at least 1, got {options.limit}")
+    if options.limit is not None and options.limit < len(pairs):
+        pairs = [
+            pairs[i] for i in sorted(random.Random(options.seed).sample(range(len(pairs)), options.limit))
+        ]
+    path = options.rm or default_reward_model(ModelRegistry(cfg.paths.models_dir))
+    if path is None:
+        raise EvalError(
+            "no reward model given and none recorded in the model registry: pass --rm PATH "
+            "(a reward model folder written by `ragqa retrain`, or any AutoModelForSequenceClassification folder)"
+        )
+    t0 = time.perf_counter()
+    scorer = RewardScorer(path, max_length=options.max_length, batch_size=options.batch_size)
+    prompts = [list(p.prompt) for p in pairs]
+    chosen = scorer.score(prompts, [p.chosen for p in pairs], progress=options.progress)
+    rejected = scorer.score(prompts, [p.rejected for p in pairs], progress=options.progress)
+    metrics = M.pair_metrics(
+        chosen, rejected, [len(p.chosen.split()) for p in pairs], [len(p.rejected.split()) for p in pairs]
+    )
+    report: dict[str, Any] = {
+        "kind": "eval-rm",
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "pairs_file": str(Path(options.pairs_path).expanduser()),
+        "format": fmt,
+        "limit": options.limit,
+        "seed": options.seed,
+        "reward_model": {"path": str(scorer.path), "max_length": options.max_length},
+        "metrics": nan_to_none(metrics),
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "definitions": RM_DEFINITIONS,
+    }
+    if write:
+        name = f"rm-{Path(options.pairs_path).name.split('.')[0]}"
+        out_dir = Path(options.out_dir) if options.out_dir else _default_out_dir(cfg, name, scorer.path.name)
+        write_rm_report(report, [c - r for c, r in zip(chosen, rejected, strict=True)], out_dir)
+        report["out_dir"] = str(out_dir)
+    return report
