@@ -15,10 +15,14 @@ old one, or (crash between the renames) the old one set aside, which `open` puts
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -183,7 +187,10 @@ class HybridIndex:
 
     # ---- persistence ------------------------------------------------------------------------------
     def save(self, index_dir: Path) -> None:
-        """Write the index atomically to `index_dir` (replacing what was there)."""
+        """Write the index atomically to `index_dir` (replacing what was there).
+
+        The caller holds `writer_lock(index_dir)` when other processes may write (ingest does).
+        """
         index_dir = Path(index_dir)
         index_dir.parent.mkdir(parents=True, exist_ok=True)
         _recover_interrupted_swap(index_dir)
@@ -221,7 +228,8 @@ class HybridIndex:
         IndexCorruptError (unreadable or inconsistent files); each message says what to run.
         """
         index_dir = Path(index_dir)
-        _recover_interrupted_swap(index_dir)
+        if not index_dir.exists() and index_dir.parent.exists():
+            _await_or_recover_swap(index_dir)
         meta = _read_meta(index_dir)
         if embedder is not None:
             check_embedder(meta, embedder.name, int(embedder.dim), index_dir)
@@ -409,8 +417,41 @@ def _swap_in(new_dir: Path, index_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+@contextmanager
+def writer_lock(index_dir: Path, blocking: bool = True) -> Iterator[bool]:
+    """Exclusive lock of one index's writers (ingest), released when the process dies.
+
+    Yields whether the lock is held (always True when blocking). Two writers at once would lose each
+    other's files; readers never need it except to repair an interrupted swap.
+    """
+    index_dir.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(index_dir.with_name(f".{index_dir.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            held = True
+        except BlockingIOError:
+            held = False
+        yield held
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _await_or_recover_swap(index_dir: Path) -> None:
+    """Reader side: the folder is missing but a set-aside copy exists. Either a writer is between its
+    two renames (wait for it), or one died there (put the old copy back, holding the writer lock)."""
+    deadline = time.monotonic() + 5.0
+    while not index_dir.exists() and _old_copies(index_dir) and time.monotonic() < deadline:
+        with writer_lock(index_dir, blocking=False) as held:
+            if held:
+                _recover_interrupted_swap(index_dir)
+                return
+        time.sleep(0.02)
+
+
 def _recover_interrupted_swap(index_dir: Path) -> None:
-    """After a crash between the two renames of `_swap_in`, put the old index back in place."""
+    """After a crash between the two renames of `_swap_in`, put the old index back in place.
+    Only call with the writer lock held."""
     if index_dir.exists() or not index_dir.parent.exists():
         return
     old = [p for p in _old_copies(index_dir) if (p / META_FILE).exists()]

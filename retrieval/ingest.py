@@ -16,11 +16,8 @@ are skipped and listed with a reason in the report; ingest never stops on one ba
 
 from __future__ import annotations
 
-import fcntl
-import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,8 +33,8 @@ from retrieval.documents import (
     walk_files,
 )
 from retrieval.embedder import Embedder
-from retrieval.errors import DocumentSkipped, IndexMissingError, IngestError
-from retrieval.index import DEFAULT_HNSW_THRESHOLD, FileEntry, HybridIndex, remove_stale_copies
+from retrieval.errors import DocumentSkipped, IndexMissingError, IngestError, InvalidConfigError
+from retrieval.index import DEFAULT_HNSW_THRESHOLD, FileEntry, HybridIndex, remove_stale_copies, writer_lock
 from retrieval.types import Chunk
 
 
@@ -99,13 +96,18 @@ def ingest(
         raise IngestError(f"{root} does not exist: give a folder or a file of documents")
     params = ChunkingParams(chunk_tokens, overlap).validated(embedder.max_tokens)
     report = IngestReport()
-    with _ingest_lock(index_dir):
+    with writer_lock(index_dir):
         remove_stale_copies(index_dir)
         old = None if rebuild else _open_existing(index_dir, embedder)
         same_chunking = old is not None and old.chunking == params
         plan = _Plan()
         single_file = root.is_file()
         if single_file and old is not None:
+            if not same_chunking:
+                raise InvalidConfigError(
+                    f"the index was chunked with {old.chunking}, not {params}: ingest the whole folder "
+                    "to re-chunk every file (a single file cannot change the settings for the others)"
+                )
             _keep_all_files(plan, old)
         for found in _documents(root, index_dir, report):
             _plan_file(
@@ -233,17 +235,3 @@ def _kept_vectors(old: HybridIndex | None, rows: list[int], dim: int) -> np.ndar
     if old is None or not rows:
         return np.zeros((0, dim), dtype=np.float32)
     return np.asarray(old.vectors[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
-
-
-@contextmanager
-def _ingest_lock(index_dir: Path) -> Iterator[None]:
-    """One ingest at a time per index (a second one waits): two writers would lose each other's files."""
-    index_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = index_dir.with_name(f".{index_dir.name}.lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)

@@ -3,6 +3,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from retrieval.chunking import ChunkingParams, chunk_document, chunk_id, token_spans, window_bounds
 from retrieval.errors import InvalidConfigError
@@ -104,3 +106,24 @@ def test_real_tokenizer_offsets_map_to_text() -> None:
     for c in chunks:
         assert c.text == c.text.strip() and c.text in text
         assert len(tok(c.text, add_special_tokens=False)["input_ids"]) <= 16
+
+
+@given(
+    words=st.lists(st.sampled_from(["a", "b.", "c\n\n", "d!", "ee", "f;"]), min_size=1, max_size=120),
+    size=st.integers(2, 30),
+    data=st.data(),
+)
+@settings(max_examples=150, deadline=None)
+def test_windows_property(words: list[str], size: int, data: st.DataObject) -> None:
+    """Any text: windows start at 0, end at the last token, never exceed the size, overlap exactly,
+    always advance, and every chunk is a substring of the text."""
+    overlap = data.draw(st.integers(0, size - 1))
+    text = " ".join(words)
+    spans = token_spans(text, ws_tokenize)
+    bounds = window_bounds(text, spans, size, overlap)
+    assert bounds[0][0] == 0 and bounds[-1][1] == len(spans)
+    for (i0, j0), (i1, _j1) in zip(bounds, bounds[1:], strict=False):
+        assert i1 == max(j0 - overlap, i0 + 1)
+    assert all(0 < j - i <= size for i, j in bounds)
+    for c in chunk_document("p.md", text, "h", ws_tokenize, ChunkingParams(size, overlap)):
+        assert c.text in text and c.text == c.text.strip()

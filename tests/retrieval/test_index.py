@@ -186,3 +186,18 @@ def test_crash_between_renames_is_recovered(
 
 def test_errors_share_a_base() -> None:
     assert issubclass(IndexCorruptError, RetrievalError) and issubclass(IndexMismatchError, RetrievalError)
+
+
+def test_reader_waits_for_a_writer_between_renames(docs_root: Path, index_dir: Path, embedder) -> None:
+    """A reader that finds the folder moved aside by a live writer waits instead of 'repairing' it."""
+    import threading
+
+    ingest(docs_root, index_dir, embedder, progress=False)
+    aside = index_dir.with_name(".index.old-test")
+    with index_module.writer_lock(index_dir):
+        index_dir.rename(aside)  # the writer's first rename
+        timer = threading.Timer(0.2, lambda: aside.rename(index_dir))  # ...and, later, the second
+        timer.start()
+        opened = HybridIndex.open(index_dir, embedder)
+        timer.join()
+    assert len(opened) == 3 and not aside.exists()

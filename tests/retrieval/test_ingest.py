@@ -183,3 +183,10 @@ def test_empty_folder_gives_empty_searchable_index(tmp_path: Path, index_dir: Pa
     report = ingest(tmp_path / "empty", index_dir, embedder, progress=False)
     assert report.chunks_total == 0
     assert Retriever(HybridIndex.open(index_dir, embedder), embedder).search("anything") == []
+
+
+def test_single_file_cannot_change_chunking(docs_root: Path, index_dir: Path, embedder) -> None:
+    ingest(docs_root, index_dir, embedder, progress=False)
+    with pytest.raises(InvalidConfigError, match="whole folder"):
+        ingest(docs_root / "volcano.md", index_dir, embedder, chunk_tokens=50, overlap=5, progress=False)
+    assert HybridIndex.open(index_dir, embedder).chunking.chunk_tokens == 200
