@@ -117,42 +117,16 @@ class ActorCritic(nn.Module):
             torch.save(self.value_head.state_dict(), out_dir / "value_head.pt")
 
 
-def load_causal_lm(path: Path, *, dtype: torch.dtype, load_in_4bit: bool, device: torch.device) -> Any:
-    """Load the frozen base; prefers training.modeling (the project's one model loader) when it exists."""
-    try:
-        from training.modeling import load_causal_lm as project_loader
-    except ImportError:
-        project_loader = None
-    if project_loader is not None:
-        return project_loader(path, dtype=dtype, load_in_4bit=load_in_4bit, device=device)
-
-    from transformers import AutoModelForCausalLM
-
-    if not load_in_4bit:
-        return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device)
-    if device.type != "cuda":
-        raise RuntimeError(
-            "load_in_4bit needs a CUDA device (bitsandbytes nf4); set load_in_4bit: false on CPU"
-        )
-    from transformers import BitsAndBytesConfig
-
-    quant = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_compute_dtype=dtype,
-        bnb_4bit_use_double_quant=True,
-    )
-    return AutoModelForCausalLM.from_pretrained(
-        str(path), quantization_config=quant, dtype=dtype, device_map={"": device.index or 0}
-    )
-
-
 def build_actor_critic(cfg: PPOConfig, policy_dir: Path, device: torch.device) -> ActorCritic:
     """Base (frozen, bf16/fp32 or nf4) + LoRA "policy" + LoRA "value" + zero-initialised value head."""
     from peft import LoraConfig, get_peft_model
 
+    from training.modeling import load_causal_lm
+
     dtype = torch.bfloat16 if cfg.bf16 else torch.float32
-    base = load_causal_lm(policy_dir, dtype=dtype, load_in_4bit=cfg.load_in_4bit, device=device)
+    # 4-bit: the project loader places the nf4 model on CUDA device 0 (one GPU per process is not handled).
+    target = "cuda" if cfg.load_in_4bit else str(device)
+    base = load_causal_lm(policy_dir, dtype=dtype, load_in_4bit=cfg.load_in_4bit, device=target)
     base.config.use_cache = True
     if cfg.load_in_4bit:
         from peft import prepare_model_for_kbit_training

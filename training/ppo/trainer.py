@@ -401,9 +401,9 @@ def run_ppo(
         out_dir.mkdir(parents=True, exist_ok=True)
         save_ppo_config(cfg, out_dir / "ppo_config.yaml")
 
-    from transformers import AutoTokenizer
+    from training.modeling import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(policy_dir))
+    tokenizer = load_tokenizer(policy_dir)
     kept, query_tokens = tokenize_prompts(tokenizer, prompts, cfg.max_prompt_tokens)
     kept_prompts = [prompts[i] for i in kept]
     model = build_actor_critic(cfg, policy_dir, device)
@@ -419,6 +419,12 @@ def run_ppo(
         )
         if cfg.init_value_head_from_reward:
             value_head_from_rm = init_value_head_from_reward(model, scorer.reward_model)
+
+    # A fixed probe of the reference logits: they must not move during training (the base stays frozen).
+    probe_ids, probe_mask = left_pad(query_tokens[:1], pad_id)
+    probe = (probe_ids.to(device), probe_mask.to(device), max(1, probe_ids.shape[1] - 1))
+    with torch.no_grad():
+        ref_before = model.ref_logits(*probe).float()
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
@@ -504,9 +510,12 @@ def run_ppo(
     adapters_dir = out_dir / "adapters"
     accelerator.wait_for_everyone()
     model.save_adapters(adapters_dir, is_main_process=accelerator.is_main_process)
+    with torch.no_grad():
+        ref_change = float((model.ref_logits(*probe).float() - ref_before).abs().max())
     summary = _summarise(
         metrics,
         {
+            "reference_logits_max_abs_change": ref_change,
             "prompts_total": len(prompts),
             "prompts_skipped_too_long": len(prompts) - len(kept),
             "processes": world,
