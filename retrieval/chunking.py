@@ -90,8 +90,21 @@ def window_bounds(
         windows.append((i, j))
         if j >= n:
             break
-        i = max(j - overlap, i + 1)
+        i = _snap_start(text, spans, max(j - overlap, i + 1), j)
     return windows
+
+
+def _snap_start(text: str, spans: list[tuple[int, int]], i: int, j: int) -> int:
+    """Move an overlapping window's start forward to the first token that begins a word.
+
+    Word-piece tokenizers split words ("ingest" -> "in", "##gest"); a chunk starting inside a word would show the
+    user a fragment like "gest". Stays at `i` when no word start lies before the previous window's end `j`.
+    """
+    for t in range(i, j):
+        start = spans[t][0]
+        if start == 0 or text[start - 1].isspace():
+            return t
+    return i
 
 
 def _snap_end(text: str, spans: list[tuple[int, int]], i: int, j: int, chunk_tokens: int) -> int:

@@ -127,3 +127,20 @@ def test_windows_property(words: list[str], size: int, data: st.DataObject) -> N
     assert all(0 < j - i <= size for i, j in bounds)
     for c in chunk_document("p.md", text, "h", ws_tokenize, ChunkingParams(size, overlap)):
         assert c.text in text and c.text == c.text.strip()
+
+
+def piece_tokenize(text: str) -> list[tuple[int, int]]:
+    """Like a word-piece tokenizer: each word split into pieces of up to 3 characters."""
+    spans = []
+    for m in re.finditer(r"\S+", text):
+        for s in range(m.start(), m.end(), 3):
+            spans.append((s, min(s + 3, m.end())))
+    return spans
+
+
+def test_overlapping_chunks_start_at_a_word_not_inside_one() -> None:
+    text = " ".join(f"wordnumber{i}" for i in range(200))
+    chunks = chunk_document("a.md", text, "h", piece_tokenize, ChunkingParams(chunk_tokens=20, overlap=7))
+    assert len(chunks) > 5
+    for c in chunks:
+        assert c.text.startswith("wordnumber"), c.text[:20]
