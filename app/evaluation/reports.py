@@ -53,7 +53,7 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,7 +65,7 @@ def _pyplot() -> Any:
 def _save(fig: Any, path: Path) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path.name
 
 
@@ -87,7 +87,7 @@ ANSWER_BARS = (
 
 def chart_answer_metrics(series: dict[str, dict[str, Any]], path: Path) -> str:
     """Grouped bars of the answer metrics, one group per metric and one bar per run (model version)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.6))
     width = 0.8 / max(len(series), 1)
     for i, (name, answers) in enumerate(series.items()):
@@ -102,7 +102,7 @@ def chart_answer_metrics(series: dict[str, dict[str, Any]], path: Path) -> str:
 
 
 def chart_recall_curve(curve: Sequence[float | None], path: Path) -> str:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.4))
     ks = list(range(1, len(curve) + 1))
     ax.plot(ks, [_num(v) for v in curve], marker="o")
@@ -117,7 +117,7 @@ def chart_recall_curve(curve: Sequence[float | None], path: Path) -> str:
 
 def chart_latency(series: dict[str, dict[str, list[float]]], path: Path) -> str:
     """Histograms of time to first token and total latency (ms), one colour per run."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for ax, key, title in zip(
         axes, ("first_token", "total"), ("time to first token (ms)", "total (ms)"), strict=True
@@ -134,7 +134,7 @@ def chart_latency(series: dict[str, dict[str, list[float]]], path: Path) -> str:
 
 def chart_buckets(buckets: Sequence[dict[str, Any]], path: Path) -> str:
     """Reward-model pair accuracy per bucket of (chosen - rejected) length in words, with counts."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.4))
     labels = [b["bucket"] for b in buckets]
     bars = ax.bar(labels, [_num(b["accuracy"]) for b in buckets])
@@ -149,7 +149,7 @@ def chart_buckets(buckets: Sequence[dict[str, Any]], path: Path) -> str:
 
 
 def chart_margins(margins: Sequence[float], path: Path) -> str:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.4))
     ax.hist(margins, bins=min(40, max(5, len(margins) // 5)))
     ax.axvline(0, color="grey", linestyle="--", linewidth=1)
@@ -160,7 +160,7 @@ def chart_margins(margins: Sequence[float], path: Path) -> str:
 
 
 def chart_wins(wins: dict[str, int], names: tuple[str, str], path: Path) -> str:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3))
     labels = [f"{names[0]} better", "tie", f"{names[1]} better"]
     ax.bar(labels, [wins["a"], wins["tie"], wins["b"]], color=["tab:blue", "tab:grey", "tab:orange"])
