@@ -1,6 +1,7 @@
 """`python -m training.ppo --config training/configs/ppo.yaml [--set key=value ...] [--resume]`.
 
-Also under several processes: `accelerate launch -m training.ppo --config ...`.
+Several processes: `accelerate launch --multi_gpu --num_processes 2 -m training.ppo --config ...` (torchrun
+underneath; without CUDA the trainer selects gloo). On CPU, `accelerate launch --cpu` starts ONE process only.
 The config file names policy_dir, reward_dir, prompts_file and out_dir (see training/configs/ppo.yaml).
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -35,7 +37,8 @@ def run_from_config(config_path: str, overrides: list[str], resume: bool) -> int
     except (PPOConfigError, PromptError, FileNotFoundError, NotImplementedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"policy_adapter_dir": str(result.policy_adapter_dir), **result.summary}, indent=1))
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary, not one per process
+        print(json.dumps({"policy_adapter_dir": str(result.policy_adapter_dir), **result.summary}, indent=1))
     return 0
 
 

@@ -6,7 +6,12 @@
 
 peft trap (STACK-NOTES section 6): `set_adapter(name)` sets requires_grad=False on every other adapter, so
 after a policy forward and a value forward a single backward would leave the policy LoRA without gradient.
-`use_adapter` re-enables gradients on both adapters after every switch; a test checks both get gradients.
+Re-enabling requires_grad after each switch fixes that on one process but not under DDP: flipping a
+leaf's requires_grad off and on replaces its gradient accumulator, which (observed with 2 gloo processes)
+drops DDP's all-reduce hook, and the processes silently drift apart. So `use_adapter` only switches which
+adapter the LoRA layers run (their `_active_adapter`, what peft's own set_adapter assigns) and never
+touches requires_grad; both adapters stay trainable for the whole run. Tests check that both adapters get
+gradients and that two processes end with identical weights.
 """
 
 from __future__ import annotations
@@ -33,14 +38,20 @@ class ActorCritic(nn.Module):
     """Policy + critic on one peft model. `forward` returns what a PPO micro-batch needs, with gradients."""
 
     def __init__(self, lm: Any, value_head: nn.Linear) -> None:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
         super().__init__()
         self.lm = lm  # peft PeftModel with adapters "policy" and "value"
         self.value_head = value_head
+        self._tuner_layers = [m for m in lm.modules() if isinstance(m, BaseTunerLayer)]
+        self.lm.set_requires_grad(list(ADAPTERS), True)
 
     # --- plumbing ---
     def use_adapter(self, name: str) -> None:
-        self.lm.set_adapter(name)
-        self.lm.set_requires_grad(list(ADAPTERS), True)
+        """Route every LoRA layer through adapter `name`, leaving requires_grad alone (see module docstring)."""
+        for layer in self._tuner_layers:
+            layer._active_adapter = [name]
+        self.lm.base_model.active_adapter = name
 
     def _causal_lm(self) -> Any:
         return self.lm.get_base_model()
@@ -96,7 +107,6 @@ class ActorCritic(nn.Module):
 
     def trainable_state(self) -> dict[str, Tensor]:
         """Every trainable tensor (both LoRA adapters + value head), for exact checkpoint/resume."""
-        self.lm.set_requires_grad(list(ADAPTERS), True)
         return {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}
 
     def load_trainable_state(self, state: dict[str, Tensor]) -> None:

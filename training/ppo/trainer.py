@@ -394,7 +394,8 @@ def run_ppo(
     if not (policy_dir / "config.json").is_file():
         raise FileNotFoundError(f"policy folder {policy_dir} has no config.json; run SFT + merge first")
 
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
+    # cpu=True without CUDA: accelerate then picks gloo for several CPU processes (torchrun-style launch).
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     _seed_everything(cfg.seed)
     if accelerator.is_main_process:
@@ -512,10 +513,14 @@ def run_ppo(
     model.save_adapters(adapters_dir, is_main_process=accelerator.is_main_process)
     with torch.no_grad():
         ref_change = float((model.ref_logits(*probe).float() - ref_before).abs().max())
+        # Data-parallel sanity: every process must end with the same trainable weights.
+        checksum = torch.stack([p.detach().double().abs().sum() for p in params]).sum().reshape(1).to(device)
+        checksums = accelerator.gather(checksum)
     summary = _summarise(
         metrics,
         {
             "reference_logits_max_abs_change": ref_change,
+            "processes_in_sync": bool((checksums == checksums[0]).all()),
             "prompts_total": len(prompts),
             "prompts_skipped_too_long": len(prompts) - len(kept),
             "processes": world,
