@@ -29,13 +29,25 @@ class CLIError(RuntimeError):
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from app.config import ConfigError
+    from app.evaluation.commands import expected_errors as eval_errors
     from app.generator import GenerationError
     from app.qa import QAError
+    from feedback_store.errors import FeedbackError
     from retrieval.errors import RetrievalError
     from training.modeling import ModelLoadError
     from training.registry import RegistryError
 
-    return (CLIError, ConfigError, GenerationError, QAError, RetrievalError, ModelLoadError, RegistryError)
+    return (
+        CLIError,
+        ConfigError,
+        GenerationError,
+        QAError,
+        RetrievalError,
+        ModelLoadError,
+        RegistryError,
+        FeedbackError,
+        *eval_errors(),
+    )
 
 
 def _config(args: argparse.Namespace):
@@ -205,9 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Command groups that live with their packages (feedback, retrain, eval)."""
+    from app.evaluation.commands import add_commands as eval_commands
     from feedback_store.commands import add_commands as feedback_commands
 
-    return [feedback_commands]
+    return [feedback_commands, eval_commands]
 
 
 def main(argv: list[str] | None = None) -> int:
