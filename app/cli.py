@@ -28,6 +28,7 @@ class CLIError(RuntimeError):
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
+    from app.auth import AuthError
     from app.config import ConfigError
     from app.evaluation.commands import expected_errors as eval_errors
     from app.generator import GenerationError
@@ -39,6 +40,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
     return (
         CLIError,
+        AuthError,
         ConfigError,
         GenerationError,
         QAError,
@@ -133,12 +135,43 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 # ---- serve -------------------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from app.ui import serve
+    from app.auth import Users, check_bind, users_file
 
     cfg = _config(args)
     overrides = {"host": args.host, "port": args.port}
     cfg = cfg.with_(**{k: v for k, v in overrides.items() if v is not None})
-    serve(cfg)
+    users = Users(users_file(cfg.paths.home))
+    warning = check_bind(cfg.host, users, insecure=args.insecure)
+    if warning:
+        print(warning, file=sys.stderr)
+    from app.ui import serve
+
+    serve(cfg, users=users if users else None)
+    return 0
+
+
+# ---- users -------------------------------------------------------------------------------------------
+def cmd_users(args: argparse.Namespace) -> int:
+    import getpass
+
+    from app.auth import Users, users_file
+
+    users = Users(users_file(_config(args).paths.home))
+    if args.users_cmd == "list":
+        for name in users.names():
+            print(f"{name}  {users.get(name).role}")
+    elif args.users_cmd == "add":
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\n")
+        else:
+            password = getpass.getpass(f"password for {args.name}: ")
+            if getpass.getpass("again: ") != password:
+                raise CLIError("the passwords differ")
+        user = users.add(args.name, password, args.role)
+        print(f"{user.name} ({user.role}) saved to {users.path}")
+    elif args.users_cmd == "remove":
+        users.remove(args.name)
+        print(f"{args.name} removed")
     return 0
 
 
@@ -199,7 +232,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the chat UI (default http://127.0.0.1:7860)")
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
+    p.add_argument(
+        "--insecure", action="store_true", help="allow a non-local --host without logins (not recommended)"
+    )
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("users", help="manage logins for `ragqa serve` (hashed, in RAGQA_HOME/users.json)")
+    usub = p.add_subparsers(dest="users_cmd", required=True)
+    usub.add_parser("list", help="user names and roles")
+    a = usub.add_parser("add", help="add a user or change a password/role")
+    a.add_argument("name")
+    a.add_argument("--role", choices=["user", "admin"], default="user")
+    a.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    r = usub.add_parser("remove", help="remove a user")
+    r.add_argument("name")
+    p.set_defaults(func=cmd_users)
 
     p = sub.add_parser("models", help="list, show and switch published model versions")
     msub = p.add_subparsers(dest="models_cmd", required=True)

@@ -346,19 +346,23 @@ def build_ui(services: Services) -> Any:
     return demo
 
 
-def launch(services: Services, *, prevent_thread_lock: bool = False) -> tuple[Any, str]:
-    """Start the server; returns (demo, local_url)."""
+def launch(services: Services, *, prevent_thread_lock: bool = False, users: Any = None) -> tuple[Any, str]:
+    """Start the server; returns (demo, local_url). With `users` (app.auth.Users) every visitor must log in."""
     cfg = services.config
     demo = build_ui(services)
     # A bounded queue: when it is full, users get Gradio's "too many requests" error instead of a hang.
     demo.queue(default_concurrency_limit=2, max_size=64)
     _app, url, _ = demo.launch(
-        server_name=cfg.host, server_port=cfg.port, prevent_thread_lock=prevent_thread_lock, share=False
+        server_name=cfg.host,
+        server_port=cfg.port,
+        prevent_thread_lock=prevent_thread_lock,
+        share=False,
+        auth=users.check if users else None,
     )
     return demo, url
 
 
-def serve(cfg: AppConfig) -> None:
+def serve(cfg: AppConfig, users: Any = None) -> None:
     services = Services(cfg)
     try:
         services.qa.warm_up()
@@ -368,4 +372,4 @@ def serve(cfg: AppConfig) -> None:
         f"rlhf-rag-qa: http://{cfg.host}:{cfg.port}  (model {services.qa.registry.current_name()})",
         flush=True,
     )
-    launch(services)
+    launch(services, users=users)

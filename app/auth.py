@@ -1,0 +1,149 @@
+"""Who may use the app: a users file with salted PBKDF2 password hashes and two roles.
+
+Roles: `user` asks and gives feedback; `admin` also sees feedback counts, exports and model versions. The file is
+`RAGQA_HOME/users.json` (or the path in `RAGQA_USERS_FILE`), written by `ragqa users add NAME --role ROLE`:
+
+    {"alice": {"role": "admin", "password": "pbkdf2_sha256$240000$<salt hex>$<hash hex>"}}
+
+Only hashes are stored; checks take constant time. Stdlib only (hashlib.pbkdf2_hmac), so nothing heavy is imported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROLES = ("user", "admin")
+ALGORITHM = "pbkdf2_sha256"
+ITERATIONS = 240_000
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+
+
+class AuthError(ValueError):
+    """The users file or a user entry is invalid; the message says how to fix it."""
+
+
+def hash_password(password: str, *, iterations: int = ITERATIONS, salt: bytes | None = None) -> str:
+    if len(password) < 8:
+        raise AuthError("a password needs at least 8 characters")
+    salt = salt or secrets.token_bytes(16)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    return f"{ALGORITHM}${iterations}${salt.hex()}${digest.hex()}"
+
+
+def verify_password(password: str, encoded: str) -> bool:
+    try:
+        algorithm, iterations, salt, expected = encoded.split("$")
+        if algorithm != ALGORITHM:
+            return False
+        digest = hashlib.pbkdf2_hmac("sha256", password.encode(), bytes.fromhex(salt), int(iterations))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(digest.hex(), expected)
+
+
+def users_file(home: Path) -> Path:
+    return Path(os.environ.get("RAGQA_USERS_FILE") or home / "users.json")
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+class Users:
+    """The users file, loaded once; `check` is what Gradio's login calls."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._entries: dict[str, dict[str, str]] = self._load()
+
+    def _load(self) -> dict[str, dict[str, str]]:
+        if not self.path.exists():
+            return {}
+        try:
+            data = json.loads(self.path.read_text())
+        except json.JSONDecodeError as e:
+            raise AuthError(
+                f"{self.path} is not valid JSON ({e}); fix it or recreate it with `ragqa users add`"
+            ) from e
+        if not isinstance(data, dict):
+            raise AuthError(f"{self.path} must map user names to {{role, password}}")
+        for name, entry in data.items():
+            if not isinstance(entry, dict) or entry.get("role") not in ROLES or "password" not in entry:
+                raise AuthError(
+                    f"{self.path}: user {name!r} needs a role ({' or '.join(ROLES)}) and a password hash"
+                )
+        return data
+
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def check(self, name: str, password: str) -> bool:
+        entry = self._entries.get(name)
+        if entry is None:
+            # Spend the same time as for a real user, so timing does not reveal which names exist.
+            verify_password(password, hash_password("x" * 8, iterations=ITERATIONS, salt=b"\0" * 16))
+            return False
+        return verify_password(password, entry["password"])
+
+    def get(self, name: str | None) -> User | None:
+        entry = self._entries.get(name or "")
+        return None if entry is None else User(str(name), entry["role"])
+
+    def add(self, name: str, password: str, role: str = "user") -> User:
+        if not _NAME.match(name):
+            raise AuthError("a user name is 1-64 letters, digits or _ . @ -")
+        if role not in ROLES:
+            raise AuthError(f"role must be one of {', '.join(ROLES)}")
+        self._entries[name] = {"role": role, "password": hash_password(password)}
+        self._save()
+        return User(name, role)
+
+    def remove(self, name: str) -> None:
+        if self._entries.pop(name, None) is None:
+            raise AuthError(f"no user {name!r}")
+        self._save()
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".users.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self._entries, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)  # password hashes are still secrets
+        os.replace(tmp, self.path)
+
+
+def check_bind(host: str, users: Users, insecure: bool) -> str | None:
+    """Refuse to expose the app beyond this machine without logins; returns a warning to print, if any."""
+    if host in LOCAL_HOSTS:
+        return None
+    if users:
+        return None
+    if insecure:
+        return (
+            f"WARNING: serving on {host} WITHOUT authentication (--insecure): anyone who can reach this address "
+            "can ask, read answers and write feedback. Add users with `ragqa users add NAME --role admin`."
+        )
+    raise AuthError(
+        f"refusing to listen on {host} without authentication: add users with `ragqa users add NAME --role admin` "
+        "(stored hashed in RAGQA_HOME/users.json), or pass --insecure to accept the risk"
+    )
