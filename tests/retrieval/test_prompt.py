@@ -66,3 +66,27 @@ def test_parse_citations() -> None:
     assert parse_citations("It opened in 1893 [2], see also [1, 3] and [2][4].", 4) == [2, 1, 3, 4]
     assert parse_citations("Out of range [7] and [0].", 4) == []
     assert parse_citations("No citation.", 4) == []
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    question=st.text(min_size=1, max_size=200).filter(str.strip),
+    texts=st.lists(st.text(max_size=300), max_size=5),
+    sources=st.lists(st.text(max_size=40), min_size=5, max_size=5),
+)
+def test_prompt_renders_any_unicode(question: str, texts: list[str], sources: list[str]) -> None:
+    passages = [{"text": t, "source": s} for t, s in zip(texts, sources, strict=False)]
+    messages = render_prompt(question, passages)
+    assert [m["role"] for m in messages] == ["system", "user"]
+    user = messages[-1]["content"]
+    assert user.endswith(f"Question: {question.strip()}")
+    for i, p in enumerate(passages, start=1):
+        assert f"[{i}] (source: {p['source']})" in user
+        assert " ".join(p["text"].split()) in user
+    # Rendering is a pure function: the same input gives the same prompt.
+    assert render_prompt(question, passages) == messages
+    assert parse_citations(user, len(passages)) == parse_citations(user, len(passages))
