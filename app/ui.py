@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from app.config import AppConfig
-from app.qa import AskResult, QAError
+from app.qa import AskResult, QAError, plain_history
 from app.ranking import TWO_WAY_CHOICES, RankingError, parse_order, two_way
 from app.render import inert_markdown, snippet
 from app.services import Services
@@ -124,7 +124,8 @@ class Handlers:
         yield chat_value(state), sources, f"Model: **{result.model_version}**", status, state, ""
 
     def _record_answer(self, question: str, result: AskResult, state: dict[str, Any]) -> str:
-        context = list(state["history"])
+        # The turns the model saw: plain_history drops empty answers, which the store would refuse as context.
+        context = plain_history(state["history"])
         candidate = {
             "text": result.answer,
             "model_version": result.model_version,
@@ -285,6 +286,18 @@ def _ranking_visibility(n: int) -> Any:
     return gr.update(visible=n > 0)
 
 
+def _like_handler(h: Handlers) -> Any:
+    """The chat's like event. Gradio passes gr.LikeData only to a parameter whose type hint says so, and the
+    hint must resolve at run time (this module's annotations are strings and gradio is imported lazily)."""
+    import gradio as gr
+
+    def on_like(evt: Any, state: dict[str, Any]) -> str:
+        return h.like(evt.index, evt.liked, state)
+
+    on_like.__annotations__ = {"evt": gr.LikeData, "state": dict, "return": str}
+    return on_like
+
+
 # ---- layout ------------------------------------------------------------------------------------------
 def build_ui(services: Services) -> Any:
     import gradio as gr
@@ -339,7 +352,7 @@ def build_ui(services: Services) -> Any:
         rank_btn.click(h.rank, [choice, order, state], [status], api_name="rank")
         up.click(lambda r, s: h.rate(True, r, s), [reason, state], [status], api_name="rate_up")
         down.click(lambda r, s: h.rate(False, r, s), [reason, state], [status], api_name="rate_down")
-        chat.like(lambda evt, s: h.like(evt.index, evt.liked, s), [state], [status], api_name=False)
+        chat.like(_like_handler(h), [state], [status], api_name=False)
         correct_btn.click(h.correct, [correction, state], [status], api_name="correct")
         stats_btn.click(h.stats, None, [stats_md], api_name="stats")
         demo.load(h.model_label, None, [model_md], api_name=False)
