@@ -19,6 +19,9 @@ from training.registry import ModelRegistry, ModelVersion, RegistryError
 # the KV cache small on CPU.
 MAX_CONTEXT_TOKENS = 8192
 
+# Decode paths of `LoadedModel.stream`: "generate" = transformers' generate with a TextIteratorStreamer.
+DECODE_PATHS = ("generate",)
+
 
 class GenerationError(RuntimeError):
     """No answer could be generated; the message says what to do."""
@@ -52,11 +55,20 @@ def pick_dtype(requested: str) -> Any:
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
 
 
+def check_decode(decode: str) -> None:
+    if decode not in DECODE_PATHS:
+        raise GenerationError(f"unknown decode path {decode!r}: use one of {', '.join(DECODE_PATHS)}")
+
+
 class LoadedModel:
     """One published version in memory."""
 
-    def __init__(self, version: ModelVersion, model: Any, tokenizer: Any) -> None:
+    def __init__(
+        self, version: ModelVersion, model: Any, tokenizer: Any, *, decode: str = "generate"
+    ) -> None:
+        check_decode(decode)
         self.version = version.name
+        self.decode = decode  # the decode path `stream` uses when not told otherwise
         self.manifest = version.manifest
         self.model = model
         self.tokenizer = tokenizer
@@ -109,8 +121,19 @@ class LoadedModel:
         max_new_tokens: int = 256,
         timeout_s: float = 120.0,
         repetition_penalty: float = 1.1,
+        decode: str | None = None,
     ) -> Iterator[str]:
-        """Greedy answer, yielded as text pieces as soon as they are decoded."""
+        """Greedy answer, yielded as text pieces as soon as they are decoded.
+
+        `decode` picks the decode path (DECODE_PATHS); None uses this model's default (`self.decode`).
+        """
+        decode = decode or self.decode
+        check_decode(decode)
+        yield from self._stream_generate(messages, max_new_tokens, timeout_s, repetition_penalty)
+
+    def _stream_generate(
+        self, messages: list[dict[str, str]], max_new_tokens: int, timeout_s: float, repetition_penalty: float
+    ) -> Iterator[str]:
         import torch
         from transformers import TextIteratorStreamer
 
