@@ -154,3 +154,85 @@ def load_causal_lm(
     if not load_in_4bit:
         model.to(device)
     return model
+
+
+def lora_config(r: int, alpha: int, dropout: float, targets: list[str] | str, task_type: str) -> Any:
+    """A peft LoraConfig. `targets` ["all-linear"] (or "all-linear") = every linear layer but the LM head.
+
+    task_type "SEQ_CLS" also trains the score head (peft adds it to modules_to_save), "CAUSAL_LM" does not
+    touch the (tied) embeddings.
+    """
+    from peft import LoraConfig
+
+    if isinstance(targets, list) and targets == ["all-linear"]:
+        targets = "all-linear"
+    return LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type=task_type
+    )
+
+
+def use_reward_padding(tokenizer: Any) -> Any:
+    """Pad with `<|endoftext|>` (when it exists and differs from EOS) for sequence-classification models.
+
+    Llama-style classifiers pool at the last token whose id differs from pad_token_id; with SmolLM2's
+    pad = `<|im_end|>` = EOS a text ending in EOS would be scored one token early (STACK-NOTES section 4).
+    Right padding, so the pooled position is the last real token. Returns the tokenizer (changed in place).
+    """
+    vocab = tokenizer.get_vocab()
+    if "<|endoftext|>" in vocab and vocab["<|endoftext|>"] != tokenizer.eos_token_id:
+        tokenizer.pad_token = "<|endoftext|>"
+    elif tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_sequence_classifier(
+    path: str | Path,
+    *,
+    dtype: Any = None,
+    load_in_4bit: bool = False,
+    device: str | None = None,
+    pad_token_id: int | None = None,
+) -> Any:
+    """Load a one-output sequence classifier (reward model) from a causal LM or reward model folder.
+
+    From a causal LM folder the score head is new (randomly initialised; the load report says MISSING).
+    Same precision rules as load_causal_lm.
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    kwargs: dict[str, Any] = {}
+    if load_in_4bit:
+        if device != "cuda":
+            raise ModelLoadError("4-bit loading (bitsandbytes nf4) needs a CUDA GPU")
+        kwargs["quantization_config"] = qlora_bnb_config()
+        kwargs["device_map"] = {"": 0}
+    if dtype is None:
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path), num_labels=1, dtype=dtype, **kwargs
+        )
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load a sequence classifier from {path}: {e}") from e
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    if not load_in_4bit:
+        model.to(device)
+    return model
+
+
+def qlora_bnb_config() -> Any:
+    """The QLoRA quantisation: nf4, double quantisation, bf16 compute (the same as load_causal_lm's)."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )

@@ -1,0 +1,152 @@
+"""Fixtures for the retrain pipeline: a tiny random Llama with a char-level ChatML tokenizer, a registry
+holding it as v0001, and hand-made feedback exports in feedback_store/export.py's format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from retrieval.prompt import render_prompt
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_CONFIG = REPO / "training" / "configs" / "tiny.yaml"
+
+FACTS = [
+    ("Where is the Eiffel Tower?", "The Eiffel Tower stands in Paris.", "Paris"),
+    ("Who wrote Hamlet?", "Hamlet was written by Shakespeare.", "Shakespeare"),
+    ("What is water made of?", "Water is hydrogen and oxygen.", "hydrogen and oxygen"),
+    ("When did Apollo 11 land?", "Apollo 11 landed in 1969.", "1969"),
+    ("What colour is the sky?", "The clear sky looks blue.", "blue"),
+    ("How many legs has a spider?", "A spider has eight legs.", "eight"),
+    ("What is the capital of Peru?", "Lima is the capital of Peru.", "Lima"),
+    ("Which planet is red?", "Mars is called the red planet.", "Mars"),
+]
+
+
+def prompt_for(i: int) -> list[dict[str, str]]:
+    question, passage, _ = FACTS[i % len(FACTS)]
+    suffix = f" (case {i})" if i >= len(FACTS) else ""
+    return render_prompt(question + suffix, [{"text": passage, "source": "facts.md"}])
+
+
+def write_export(
+    folder: Path,
+    *,
+    demos: int = 4,
+    pairs: int = 4,
+    pairs_test: int = 2,
+    prompts: int = 4,
+    prompts_test: int = 2,
+) -> Path:
+    """A feedback export folder: manifest.json + {sft,preferences,prompts}.{train,test}.jsonl."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, list[dict]] = {}
+
+    def answer(i: int) -> str:
+        return f"{FACTS[i % len(FACTS)][2]} [1]"
+
+    rows["sft.train.jsonl"] = [
+        {
+            "messages": [*prompt_for(i), {"role": "assistant", "content": answer(i)}],
+            "meta": {"source": "correction"},
+        }
+        for i in range(demos)
+    ]
+    rows["sft.test.jsonl"] = []
+
+    def pair(i: int) -> dict:
+        return {
+            "prompt": prompt_for(i),
+            "chosen": [{"role": "assistant", "content": answer(i)}],
+            "rejected": [{"role": "assistant", "content": "I do not know."}],
+            "meta": {"source": "ranking", "margin": 1},
+        }
+
+    rows["preferences.train.jsonl"] = [pair(i) for i in range(pairs)]
+    rows["preferences.test.jsonl"] = [pair(100 + i) for i in range(pairs_test)]
+    rows["prompts.train.jsonl"] = [
+        {"prompt": prompt_for(i), "question": FACTS[i % 8][0]} for i in range(prompts)
+    ]
+    rows["prompts.test.jsonl"] = [
+        {"prompt": prompt_for(100 + i), "question": "q"} for i in range(prompts_test)
+    ]
+    digests = {}
+    for name, items in rows.items():
+        text = "".join(json.dumps(r) + "\n" for r in items)
+        (folder / name).write_text(text)
+        digests[name] = hashlib.sha256(text.encode()).hexdigest()
+    snapshot = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+    manifest = {"snapshot_id": snapshot, "files": {n: {"rows": len(r)} for n, r in rows.items()}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random Llama (hidden 64, 2 layers, 4 heads) + the char-level ChatML tokenizer of training/ppo/toy.py."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from training.ppo.toy import build_toy_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tok = build_toy_tokenizer(128)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+        initializer_range=0.1,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = 2
+    model.generation_config.pad_token_id = 0
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def tiny_registry(ragqa_home: Path, tiny_model_dir: Path) -> Path:
+    """RAGQA_HOME/models with the tiny model as v0001 (current). Returns the models folder."""
+    from training.registry import ModelRegistry
+
+    registry = ModelRegistry(ragqa_home / "models")
+    registry.publish(
+        lambda out: [shutil.copy2(p, out / p.name) for p in tiny_model_dir.iterdir() if p.is_file()],
+        {"kind": "base", "base_model": "tiny-random-llama"},
+    )
+    return ragqa_home / "models"
+
+
+@pytest.fixture
+def export_dir(tmp_path: Path) -> Path:
+    return write_export(tmp_path / "export")
+
+
+@pytest.fixture
+def tiny_cfg():
+    from training.config import load_config
+
+    def make(*overrides: str):
+        return load_config(TINY_CONFIG, list(overrides))
+
+    return make
+
+
+def subprocess_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}

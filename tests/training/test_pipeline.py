@@ -1,0 +1,99 @@
+"""End to end on a tiny random Llama with the tiny preset: all stages, publish, resume after a kill, refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.training.conftest import TINY_CONFIG, write_export
+from training.pipeline import RetrainOptions, run_retrain
+from training.registry import ModelRegistry
+
+
+def options(export: Path, *extra: str, **kw) -> RetrainOptions:
+    return RetrainOptions(config=TINY_CONFIG, overrides=[f"data.export_dir={export}", *extra], **kw)
+
+
+def test_all_stages_publish_and_switch_current(
+    tiny_registry: Path, export_dir: Path, ragqa_home: Path
+) -> None:
+    lines: list[str] = []
+    state = run_retrain(options(export_dir), say=lines.append)
+    registry = ModelRegistry(tiny_registry)
+    assert state["status"] == "finished"
+    assert [s for s in state["plan"]] == ["export", "sft", "rm", "ppo", "merge", "evaluate", "publish"]
+    assert all(state["stages"][s]["status"] == "done" for s in state["plan"]), state["stages"]
+    assert registry.current_name() == "v0002"
+    manifest = registry.current().manifest
+    snapshot = json.loads((export_dir / "manifest.json").read_text())["snapshot_id"]
+    assert manifest["parent"] == "v0001"
+    assert manifest["started_from"] == "v0001"
+    assert manifest["base_model"] == "tiny-random-llama"
+    assert manifest["run_id"] == state["run_id"]
+    assert manifest["feedback_snapshot"] == snapshot
+    assert manifest["config"]["algorithm"] == "ppo"
+    run_dir = ragqa_home / "runs" / state["run_id"]
+    assert manifest["config_sha256"] == (run_dir / "config.yaml.sha256").read_text().strip()
+    assert set(manifest["metrics"]) >= {"export", "sft", "rm", "ppo", "merge", "evaluate"}
+    assert manifest["gate"]["passed"] is True and manifest["gate"]["criteria"]
+    assert (ragqa_home / manifest["reward_model"]["path"] / "config.json").is_file()
+    # run folder: per-stage configs/metrics/plots, report embedding the PPO and SFT plots
+    assert (run_dir / "ppo" / "ppo_config.yaml").is_file()
+    assert (run_dir / "sft" / "metrics.json").is_file() and (run_dir / "rm" / "metrics.json").is_file()
+    report = (run_dir / "report.md").read_text()
+    for png in (
+        "sft/plots/sft_loss.png",
+        "rm/plots/rm_curves.png",
+        "ppo/plots/reward.png",
+        "ppo/plots/kl.png",
+    ):
+        assert (run_dir / png).is_file()
+        assert f"]({png})" in report
+    assert "published and made current" in report
+    assert any(line.startswith("[7/7] publish: v0002") for line in lines), lines
+    # the published version is a plain model folder
+    assert not (registry.current().path / "adapter_config.json").exists()
+
+
+def test_killed_run_keeps_current_and_resumes(
+    tiny_registry: Path, export_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training import evaluate, sft
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed during the evaluate stage")
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(evaluate, "evaluate_candidate", killed)
+        run_retrain(options(export_dir), say=lambda _: None)
+    registry = ModelRegistry(tiny_registry)
+    assert registry.current_name() == "v0001"
+    assert [v.name for v in registry.versions()] == ["v0001"]
+    run_id = sorted(p.name for p in (tiny_registry.parent / "runs").iterdir())[-1]
+    state = json.loads((tiny_registry.parent / "runs" / run_id / "state.json").read_text())
+    assert state["status"] == "failed"
+    assert state["stages"]["evaluate"]["status"] == "failed"
+    assert all(state["stages"][s]["status"] == "done" for s in ("export", "sft", "rm", "ppo", "merge"))
+
+    def must_not_rerun(*args, **kwargs):
+        raise AssertionError("a finished stage ran again on resume")
+
+    monkeypatch.setattr(sft, "train_sft", must_not_rerun)
+    lines: list[str] = []
+    state = run_retrain(RetrainOptions(resume=run_id), say=lines.append)
+    assert state["status"] == "finished"
+    assert registry.current_name() == "v0002"
+    assert registry.current().manifest["run_id"] == run_id
+    assert any("sft: already done" in line for line in lines)
+
+
+def test_too_little_data_is_refused_clearly(tiny_registry: Path, tmp_path: Path) -> None:
+    from training.data import TrainingDataError
+
+    export = write_export(tmp_path / "small", demos=1, pairs=1)
+    with pytest.raises(TrainingDataError, match=r"too little data: 1 preference pairs .*need at least 2"):
+        run_retrain(options(export), say=lambda _: None)
+    registry = ModelRegistry(tiny_registry)
+    assert registry.current_name() == "v0001" and len(registry.versions()) == 1

@@ -1,0 +1,158 @@
+"""`ragqa retrain`: the whole training pipeline from the command line.
+
+`add_commands(subparsers)` registers `retrain` (the lead wires it into app/cli.py); `scripts/retrain.py` runs
+the same parser without the app. Expected failures (bad config, too little data, a failed merge check, a
+busy run) print one `error:` line and return 1, never a traceback; the run folder keeps what finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from training.config import STAGES
+
+
+def _stages(text: str) -> list[str]:
+    stages = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        raise argparse.ArgumentTypeError(f"--stages takes a comma list of {', '.join(STAGES)}; got {text!r}")
+    return stages
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """The errors that mean "the user must change something", printed as one line."""
+    from training.config import ConfigError
+    from training.data import TrainingDataError
+    from training.merge import MergeError
+    from training.modeling import ModelLoadError
+    from training.pipeline import RetrainError
+    from training.registry import RegistryError
+
+    errors: list[type[BaseException]] = [
+        ConfigError,
+        TrainingDataError,
+        MergeError,
+        ModelLoadError,
+        RetrainError,
+        RegistryError,
+    ]
+    try:
+        from feedback_store.errors import FeedbackError
+
+        errors.append(FeedbackError)
+    except ImportError:  # the store is optional for a run from an export folder
+        pass
+    try:
+        from training.ppo.config import PPOConfigError
+        from training.ppo.rollout import PromptError
+
+        errors += [PPOConfigError, PromptError]
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    """Run or resume a retrain; print the plan, progress per stage and a short report."""
+    from training.pipeline import RetrainOptions, run_retrain
+
+    options = RetrainOptions(
+        config=args.config,
+        overrides=list(args.overrides or []),
+        resume=args.resume,
+        stages=args.stages,
+        publish=not args.no_publish,
+        force=args.force,
+        start_from=args.start_from,
+        dry_run=args.dry_run,
+    )
+    try:
+        state = run_retrain(options)
+    except expected_errors() as e:
+        print("error: " + "; ".join(str(e).splitlines()), file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(state, indent=1, default=str))
+    if state.get("dry_run"):
+        return 0
+    print_report(state)
+    return 0
+
+
+def print_report(state: dict) -> None:
+    """The short end-of-run report: data, metrics per stage, candidate vs current, published or not and why."""
+    from training.pipeline import stage_summary
+
+    print(f"\nrun {state['run_id']}: {state['status']}")
+    export = state["stages"].get("export", {}).get("metrics", {})
+    if export:
+        print(
+            f"  data: snapshot {str(export.get('snapshot_id'))[:12]}, {export.get('demonstrations_train')} demonstrations, "
+            f"{export.get('pairs_train')} pairs, {export.get('prompts_train')} prompts (train); "
+            f"{export.get('prompts_test')} held-out prompts"
+        )
+    for name in state["plan"]:
+        print("  " + stage_summary(name, state["stages"].get(name, {})))
+    evaluated = state["stages"].get("evaluate", {}).get("metrics", {})
+    if evaluated.get("candidate"):
+        cand, cur = evaluated["candidate"], evaluated["current"]
+        parts = [
+            f"{k} {cur.get(k):.4g} -> {cand.get(k):.4g}"
+            for k in ("mean_reward", "mean_length", "f1")
+            if cand.get(k) is not None
+        ]
+        print(f"  candidate vs current ({evaluated.get('current_version')}): " + ", ".join(parts))
+    publish = state["stages"].get("publish", {})
+    gate = (publish.get("metrics") or {}).get("gate") or {}
+    for reason in gate.get("reasons", []):
+        print(f"    gate {reason}")
+    print(f"  {publish.get('reason') or 'not published'}")
+    print(f"  report: {state.get('report')}")
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register `retrain` on a subparsers object (the `ragqa` CLI or scripts/retrain.py)."""
+    p = subparsers.add_parser(
+        "retrain",
+        help="train a new model version from the feedback (SFT, reward model, PPO/DPO, merge, gate, publish)",
+        description="Export the feedback, run SFT, the reward model and PPO (or DPO), merge, evaluate the "
+        "candidate against the current model and publish it when the gate passes.",
+    )
+    p.add_argument(
+        "--config", type=Path, default=None, help="YAML config (default training/configs/default.yaml)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override, e.g. sft.lr=1e-4",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        default=None,
+        help="continue an interrupted run (finished stages are skipped)",
+    )
+    p.add_argument("--no-publish", action="store_true", help="evaluate but never publish")
+    p.add_argument(
+        "--force", action="store_true", help="publish even if the evaluation gate fails (recorded)"
+    )
+    p.add_argument(
+        "--stages", type=_stages, default=None, help="training stages, e.g. sft,rm,ppo (default: all)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the plan and the data counts, train nothing")
+    p.add_argument(
+        "--from",
+        dest="start_from",
+        choices=["base", "current"],
+        default=None,
+        help="start model (default base)",
+    )
+    p.add_argument("--json", action="store_true", help="also print the run state as JSON")
+    p.set_defaults(func=cmd_retrain, handler=cmd_retrain)

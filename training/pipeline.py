@@ -1,0 +1,751 @@
+"""`ragqa retrain`: export -> SFT -> reward model -> PPO (or DPO) -> merge -> evaluation gate -> publish.
+
+A run lives in `RAGQA_HOME/runs/<run_id>/`:
+  config.yaml (+ .sha256)   the resolved config; a resumed run keeps it
+  state.json                every stage's status (done | skipped | failed), outputs, metrics, plots
+  export/                   the feedback snapshot used (its snapshot_id goes into the manifest)
+  sft/ rm/ ppo/ dpo/        each stage's checkpoints, adapter, merged model, metrics.json, plots/
+  merged/                   the candidate: the policy adapter merged into the SFT model (full precision)
+  evaluate/                 gate metrics.json and samples.jsonl (candidate vs current answers)
+  report.md                 data, metrics per stage, gate decision, publish outcome, the plots
+Stages are recorded in state.json as they finish (written atomically), so a run killed at any point
+resumes with `--resume RUN_ID`: finished stages are skipped, the trainers continue from their newest
+checkpoint, and the registry's `.partial` + rename publish means a kill never leaves a half-published
+version (a version published just before a kill is found again by its run_id and not published twice).
+
+Stage results are plain dicts: {"status", "reason", "outputs": {name: path}, "metrics": {...}, "plots": [...]}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from training.config import (
+    STAGES,
+    ConfigError,
+    TrainConfig,
+    config_from_dict,
+    config_sha256,
+    load_config,
+    resolve_device,
+    resolved_dict,
+    save_config,
+    want_4bit,
+)
+from training.data import ExportData, TrainingDataError, load_export, require
+from training.paths import Paths
+
+STATE = "state.json"
+# Stages whose "skipped" is final on resume; publish is retried (a later --force may publish).
+FINAL_WHEN_SKIPPED = {"export", "sft", "rm", "ppo", "dpo", "merge", "evaluate"}
+
+
+class RetrainError(RuntimeError):
+    """A retrain could not run or finish; the message says why and what to do."""
+
+
+@dataclass
+class RetrainOptions:
+    """What `ragqa retrain` was asked to do (the CLI flags)."""
+
+    config: Path | None = None
+    overrides: list[str] = field(default_factory=list)
+    resume: str | None = None  # run id
+    stages: list[str] | None = None  # training stages (sft, rm, ppo, dpo); None = the algorithm's default
+    publish: bool = True
+    force: bool = False
+    start_from: str | None = None  # "base" | "current"; None = config's model.start_from
+    dry_run: bool = False
+
+
+# ---- state ----------------------------------------------------------------------------------------------------
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(json.dumps(data, indent=1, default=str) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class RunState:
+    """state.json of one run; saved after every change."""
+
+    def __init__(self, run_dir: Path, data: dict[str, Any]) -> None:
+        self.run_dir = run_dir
+        self.data = data
+
+    @classmethod
+    def load(cls, run_dir: Path) -> RunState:
+        path = run_dir / STATE
+        if not path.is_file():
+            raise RetrainError(f"run {run_dir.name} has no {STATE}; it cannot be resumed (start a new run)")
+        return cls(run_dir, json.loads(path.read_text()))
+
+    def save(self) -> None:
+        write_json_atomic(self.run_dir / STATE, self.data)
+
+    def stage(self, name: str) -> dict[str, Any]:
+        return self.data["stages"].get(name) or {}
+
+    def finished(self, name: str) -> bool:
+        status = self.stage(name).get("status")
+        return status == "done" or (status == "skipped" and name in FINAL_WHEN_SKIPPED)
+
+    def record(self, name: str, result: dict[str, Any]) -> None:
+        self.data["stages"][name] = {**result, "finished_at": _now()}
+        self.save()
+
+
+# ---- plan -----------------------------------------------------------------------------------------------------
+def training_stages(cfg: TrainConfig, requested: list[str] | None) -> list[str]:
+    """The training stages to run, in order. Default: sft, rm, ppo (ppo) or sft, rm, dpo (dpo: the RM is the
+    gate's judge). `ppo` needs `rm` in the same run."""
+    default = ["sft", "rm", cfg.algorithm]
+    chosen = default if requested is None else [s.strip() for s in requested if s.strip()]
+    unknown = [s for s in chosen if s not in STAGES]
+    if unknown:
+        raise RetrainError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
+    if "ppo" in chosen and "dpo" in chosen:
+        raise RetrainError("choose one policy stage: ppo or dpo, not both")
+    if "ppo" in chosen and "rm" not in chosen:
+        raise RetrainError(
+            "the ppo stage needs the reward model: add rm to --stages (e.g. --stages sft,rm,ppo)"
+        )
+    return [s for s in STAGES if s in chosen]
+
+
+def full_plan(stages: list[str]) -> list[str]:
+    policy = [s for s in stages if s in ("ppo", "dpo")]
+    return ["export", *stages, *(["merge"] if policy else []), "evaluate", "publish"]
+
+
+def describe_plan(cfg: TrainConfig, plan: list[str], data: ExportData | None) -> list[str]:
+    """Human lines: what each stage will do with this data (used by --dry-run and the run header)."""
+    lines = []
+    counts = data.counts() if data else {}
+    for i, name in enumerate(plan, 1):
+        note = ""
+        if name == "export":
+            note = f"snapshot {data.snapshot_id[:12]}" if data else "feedback store -> snapshot"
+        elif name == "sft" and data:
+            n = counts["demonstrations_train"]
+            ok = n >= cfg.data.min_demonstrations
+            note = f"{n} demonstrations" + (
+                "" if ok else f" < {cfg.data.min_demonstrations}: will be SKIPPED"
+            )
+        elif name in ("rm", "dpo") and data:
+            n = counts["pairs_train"]
+            ok = n >= cfg.data.min_pairs
+            note = f"{n} preference pairs" + ("" if ok else f" < {cfg.data.min_pairs}: will REFUSE")
+        elif name == "ppo" and data:
+            n = counts["prompts_train"]
+            ok = n >= cfg.data.min_prompts
+            note = f"{n} prompts, {cfg.ppo_config().total_steps} PPO steps" + ("" if ok else " : will REFUSE")
+        elif name == "evaluate" and data:
+            prompts, source = data.eval_prompts()
+            note = f"{min(len(prompts), cfg.gate.num_prompts)} held-out prompts from {source}"
+        lines.append(f"  {i}. {name:<8} {note}")
+    return lines
+
+
+# ---- the stages -----------------------------------------------------------------------------------------------
+@dataclass
+class RunContext:
+    """What the stages share: config, paths, the run's folder and state, the models involved."""
+
+    cfg: TrainConfig
+    paths: Paths
+    run_dir: Path
+    state: RunState
+    options: RetrainOptions
+    data: ExportData | None = None
+
+    @property
+    def resuming(self) -> bool:
+        return self.options.resume is not None
+
+    def output(self, stage: str, key: str) -> Path | None:
+        value = self.state.stage(stage).get("outputs", {}).get(key)
+        return Path(value) if value else None
+
+    @property
+    def start_dir(self) -> Path:
+        return Path(self.state.data["start_model"]["path"])
+
+    @property
+    def policy_base(self) -> Path:
+        """The model the reward model and the policy start from: SFT merged, else the start model."""
+        return self.output("sft", "merged") or self.start_dir
+
+
+def stage_export(ctx: RunContext) -> dict[str, Any]:
+    from feedback_store import FeedbackStore
+    from feedback_store.export import export_snapshot
+
+    out = ctx.run_dir / "export"
+    cfg = ctx.cfg
+    if cfg.data.export_dir:
+        src = Path(cfg.data.export_dir)
+        load_export(src)  # validates before copying
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(src, out)
+        source = f"export folder {src}"
+    else:
+        db = ctx.paths.feedback_db
+        if not db.is_file():
+            raise TrainingDataError(
+                f"no feedback yet ({db} does not exist); ask and rank answers in the app first"
+            )
+        store = FeedbackStore.open(db, read_only=True)
+        try:
+            export_snapshot(
+                store,
+                out,
+                test_fraction=cfg.data.test_fraction,
+                min_margin=cfg.data.min_margin,
+                progress=cfg.progress,
+            )
+        finally:
+            store.close()
+        source = f"feedback store {db}"
+    data = load_export(out)
+    ctx.data = data
+    return {
+        "status": "done",
+        "reason": None,
+        "outputs": {"export": str(out)},
+        "metrics": {"snapshot_id": data.snapshot_id, "source": source, **data.counts()},
+        "plots": [],
+    }
+
+
+def stage_sft(ctx: RunContext) -> dict[str, Any]:
+    from training import sft
+
+    return sft.train_sft(
+        ctx.cfg, model_dir=ctx.start_dir, data=ctx.data, out_dir=ctx.run_dir / "sft", resume=ctx.resuming
+    )
+
+
+def stage_rm(ctx: RunContext) -> dict[str, Any]:
+    from training import reward
+
+    return reward.train_reward_model(
+        ctx.cfg, model_dir=ctx.policy_base, data=ctx.data, out_dir=ctx.run_dir / "rm", resume=ctx.resuming
+    )
+
+
+def stage_ppo(ctx: RunContext) -> dict[str, Any]:
+    from training.ppo import run_ppo
+
+    prompts = ctx.data.prompts.get("train", [])
+    require(
+        len(prompts),
+        ctx.cfg.data.min_prompts,
+        "PPO prompts in the train split",
+        "Ask more questions in the app.",
+    )
+    ppo_cfg = ctx.cfg.ppo_config()
+    out = ctx.run_dir / "ppo"
+    resume = ctx.resuming and any((out / "checkpoints").glob("step-*"))
+    result = run_ppo(
+        ppo_cfg,
+        policy_dir=ctx.policy_base,
+        prompts=prompts,
+        out_dir=out,
+        reward_dir=ctx.output("rm", "merged"),
+        resume=resume,
+    )
+    plots = sorted(str(p) for p in (out / "plots").glob("*.png"))
+    return {
+        "status": "done",
+        "reason": None,
+        "outputs": {"adapter": str(result.policy_adapter_dir)},
+        "metrics": {"prompts_train": len(prompts), **result.summary},
+        "plots": plots,
+    }
+
+
+def stage_dpo(ctx: RunContext) -> dict[str, Any]:
+    from training import dpo
+
+    return dpo.train_dpo(
+        ctx.cfg, model_dir=ctx.policy_base, data=ctx.data, out_dir=ctx.run_dir / "dpo", resume=ctx.resuming
+    )
+
+
+def _policy_stage(ctx: RunContext) -> str | None:
+    for name in ("ppo", "dpo"):
+        if ctx.state.stage(name).get("status") == "done":
+            return name
+    return None
+
+
+def stage_merge(ctx: RunContext) -> dict[str, Any]:
+    from training import merge
+
+    policy = _policy_stage(ctx)
+    if policy is None:
+        return {
+            "status": "skipped",
+            "reason": "no policy adapter to merge",
+            "outputs": {},
+            "metrics": {},
+            "plots": [],
+        }
+    device = resolve_device(ctx.cfg)
+    qlora = ctx.cfg.ppo_config().load_in_4bit if policy == "ppo" else want_4bit(ctx.cfg, device)
+    checks = ctx.data.prompts.get("train", [])[: ctx.cfg.merge.check_prompts] or [
+        p["prompt"] for p in ctx.data.pairs.get("train", [])[: ctx.cfg.merge.check_prompts]
+    ]
+    out = ctx.run_dir / "merged"
+    metrics = merge.merge_adapter(
+        ctx.policy_base,
+        ctx.output(policy, "adapter"),
+        out,
+        task="causal_lm",
+        qlora=qlora,
+        check_conversations=checks,
+        atol=ctx.cfg.merge.qlora_atol if qlora else ctx.cfg.merge.atol,
+        device="cuda" if qlora else "cpu",
+    )
+    return {
+        "status": "done",
+        "reason": None,
+        "outputs": {"merged": str(out)},
+        "metrics": metrics,
+        "plots": [],
+    }
+
+
+def candidate_dir(ctx: RunContext) -> Path | None:
+    """The model this run would publish: merged policy, else the SFT model; None when nothing was trained."""
+    return ctx.output("merge", "merged") or ctx.output("sft", "merged")
+
+
+def stage_evaluate(ctx: RunContext) -> dict[str, Any]:
+    from training import evaluate
+    from training.plots import plot_gate
+    from training.registry import ModelRegistry
+
+    candidate = candidate_dir(ctx)
+    if candidate is None:
+        return {
+            "status": "skipped",
+            "reason": "nothing was trained in this run (every training stage was skipped or not selected)",
+            "outputs": {},
+            "metrics": {},
+            "plots": [],
+        }
+    current = ModelRegistry(ctx.paths.models_dir).current()
+    if current is None:
+        raise RetrainError("the registry has no current model to compare against")
+    prompts, source = ctx.data.eval_prompts()
+    out = ctx.run_dir / "evaluate"
+    metrics = evaluate.evaluate_candidate(
+        ctx.cfg,
+        candidate_dir=candidate,
+        current_dir=current.path,
+        reward_dir=ctx.output("rm", "merged"),
+        prompts=prompts,
+        out_dir=out,
+    )
+    metrics = {"current_version": current.name, "prompt_source": source, **metrics}
+    plots = []
+    if ctx.cfg.plots:
+        png = plot_gate(metrics["candidate"], metrics["current"], out / "plots" / "gate.png")
+        plots = [str(png)] if png else []
+    return {
+        "status": "done",
+        "reason": None,
+        "outputs": {"samples": str(out / "samples.jsonl")},
+        "metrics": metrics,
+        "plots": plots,
+    }
+
+
+def build_manifest(ctx: RunContext, decision: dict[str, Any]) -> dict[str, Any]:
+    """What the registry records for a published retrain (the registry adds version, parent, created_at)."""
+    stages = ctx.state.data["stages"]
+    rm = ctx.output("rm", "merged")
+    start = ctx.state.data["start_model"]
+    return {
+        "kind": "retrain",
+        "stage": "publish",
+        "run_id": ctx.run_dir.name,
+        "base_model": start.get("base_model"),
+        "started_from": start["name"],
+        "algorithm": ctx.cfg.algorithm,
+        "feedback_snapshot": ctx.data.snapshot_id,
+        "data": ctx.data.counts(),
+        "config": resolved_dict(ctx.cfg),
+        "config_sha256": config_sha256(ctx.cfg),
+        "metrics": {name: s.get("metrics", {}) for name, s in stages.items() if name != "publish"},
+        "stages": {name: s.get("status") for name, s in stages.items()},
+        "gate": decision,
+        # Relative to RAGQA_HOME (app.evaluation.reward_scoring resolves it there): `ragqa compare` finds the RM.
+        "reward_model": {"path": os.path.relpath(rm, ctx.paths.home)} if rm else None,
+    }
+
+
+def stage_publish(ctx: RunContext) -> dict[str, Any]:
+    from training import evaluate
+    from training.registry import ModelRegistry
+
+    registry = ModelRegistry(ctx.paths.models_dir)
+    run_id = ctx.run_dir.name
+    for version in registry.versions():  # published just before a kill: record it, do not publish twice
+        if version.manifest.get("run_id") == run_id and version.manifest.get("kind") == "retrain":
+            if registry.current_name() != version.name and version.manifest.get("gate", {}).get("publish"):
+                registry.switch(version.name)
+            return _published(
+                version.name, version.manifest.get("gate", {}), "found after an interrupted publish"
+            )
+    evaluated = ctx.state.stage("evaluate")
+    if evaluated.get("status") != "done":
+        return _not_published(None, evaluated.get("reason") or "the candidate was not evaluated")
+    decision = evaluate.gate_decision(evaluated["metrics"], ctx.cfg.gate, force=ctx.options.force)
+    if not ctx.options.publish:
+        return _not_published(decision, "--no-publish")
+    if not decision["publish"]:
+        return _not_published(
+            decision, "gate failed: " + "; ".join(r for r in decision["reasons"] if r.startswith("FAILED"))
+        )
+    version = registry.publish_folder(candidate_dir(ctx), build_manifest(ctx, decision))
+    return _published(version.name, decision, "published and made current")
+
+
+def _published(name: str, decision: dict[str, Any], why: str) -> dict[str, Any]:
+    return {
+        "status": "done",
+        "reason": why,
+        "outputs": {"version": name},
+        "metrics": {"gate": decision},
+        "plots": [],
+    }
+
+
+def _not_published(decision: dict[str, Any] | None, why: str) -> dict[str, Any]:
+    return {
+        "status": "skipped",
+        "reason": f"not published: {why}",
+        "outputs": {},
+        "metrics": {"gate": decision},
+        "plots": [],
+    }
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[RunContext], dict[str, Any]]] = {
+    "export": stage_export,
+    "sft": stage_sft,
+    "rm": stage_rm,
+    "ppo": stage_ppo,
+    "dpo": stage_dpo,
+    "merge": stage_merge,
+    "evaluate": stage_evaluate,
+    "publish": stage_publish,
+}
+
+
+# ---- reporting ------------------------------------------------------------------------------------------------
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+KEY_METRICS = {
+    "export": ["snapshot_id", "demonstrations_train", "pairs_train", "prompts_train", "prompts_test"],
+    "sft": ["demonstrations_train", "steps", "train_loss", "eval_loss"],
+    "rm": [
+        "pairs_used",
+        "pairs_dropped_too_long",
+        "steps",
+        "train_loss",
+        "heldout_accuracy",
+        "heldout_mean_margin",
+    ],
+    "ppo": ["steps", "score_first", "score_last", "kl_last", "response_length_last"],
+    "dpo": ["pairs_train", "steps", "train_loss", "heldout_accuracy", "heldout_mean_margin"],
+    "merge": ["max_abs_logit_diff", "atol"],
+    "evaluate": ["current_version", "prompts", "win_rate", "reward_delta", "kl", "kl_per_token"],
+}
+
+
+def stage_summary(name: str, result: dict[str, Any]) -> str:
+    status = result.get("status", "not run")
+    if status != "done":
+        return f"{name}: {status}" + (f" ({result.get('reason')})" if result.get("reason") else "")
+    metrics = result.get("metrics", {})
+    if name == "publish":
+        return f"publish: {result['outputs'].get('version')} ({result.get('reason')})"
+    shown = [f"{k}={_fmt(metrics[k])[:16]}" for k in KEY_METRICS.get(name, []) if metrics.get(k) is not None]
+    return f"{name}: done  " + " ".join(shown)
+
+
+def write_report(ctx: RunContext) -> Path:
+    """report.md: data, each stage's status and metrics, the gate's criteria, the publish outcome, plots."""
+    state = ctx.state.data
+    lines = [
+        f"# Retrain run {ctx.run_dir.name}",
+        "",
+        f"- started: {state['created_at']}, from {state['start_model']['name']} ({state['start_model'].get('base_model')})",
+        f"- algorithm: {ctx.cfg.algorithm}; stages: {', '.join(state['plan'])}",
+        f"- config sha256: `{state['config_sha256']}`",
+    ]
+    if ctx.data:
+        lines.append(f"- feedback snapshot: `{ctx.data.snapshot_id}`")
+        lines.append("- data: " + ", ".join(f"{k} {v}" for k, v in ctx.data.counts().items()))
+    lines += ["", "## Stages", "", "| stage | status | key metrics |", "|---|---|---|"]
+    for name in state["plan"]:
+        result = ctx.state.stage(name)
+        metrics = result.get("metrics", {})
+        shown = ", ".join(
+            f"{k} {_fmt(metrics[k])}" for k in KEY_METRICS.get(name, []) if metrics.get(k) is not None
+        )
+        status = result.get("status", "not run")
+        if result.get("reason"):
+            shown = (shown + "; " if shown else "") + str(result["reason"])
+        lines.append(f"| {name} | {status} | {shown.replace('|', '/')} |")
+    evaluated = ctx.state.stage("evaluate").get("metrics") or {}
+    if evaluated.get("candidate"):
+        lines += ["", "## Candidate vs current", "", "| | current | candidate |", "|---|---|---|"]
+        for key in ("mean_reward", "mean_length", "em", "f1"):
+            if evaluated["candidate"].get(key) is not None:
+                lines.append(
+                    f"| {key} | {_fmt(evaluated['current'].get(key))} | {_fmt(evaluated['candidate'].get(key))} |"
+                )
+    decision = (ctx.state.stage("publish").get("metrics") or {}).get("gate")
+    if decision:
+        lines += ["", "## Gate", ""] + [f"- {r}" for r in decision["reasons"]]
+    publish = ctx.state.stage("publish")
+    if publish:
+        lines += ["", "## Publish", "", f"- {publish.get('status')}: {publish.get('reason')}"]
+        if publish.get("outputs", {}).get("version"):
+            lines.append(f"- version: {publish['outputs']['version']}")
+    plots = [p for name in state["plan"] for p in ctx.state.stage(name).get("plots", [])]
+    if plots:
+        lines += ["", "## Plots", ""]
+        for p in plots:
+            rel = os.path.relpath(p, ctx.run_dir)
+            lines.append(f"![{rel}]({rel})")
+    path = ctx.run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ---- the run --------------------------------------------------------------------------------------------------
+def _start_model(cfg: TrainConfig, paths: Paths, start_from: str) -> dict[str, Any]:
+    from training.modeling import ensure_base_model
+    from training.registry import ModelRegistry
+
+    registry = ModelRegistry(paths.models_dir)
+    ensure_base_model(registry, cfg.model.base)
+    version = registry.base() if start_from == "base" else registry.current()
+    if version is None:
+        raise RetrainError("the model registry is empty; run `ragqa setup` first")
+    return {"name": version.name, "path": str(version.path), "base_model": version.manifest.get("base_model")}
+
+
+def _dry_run(cfg: TrainConfig, plan: list[str], paths: Paths, say: Callable[[str], None]) -> dict[str, Any]:
+    """Export into a temporary folder (or read data.export_dir), print the plan with the data counts."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ragqa-dry-run-") as tmp:
+        ctx = RunContext(
+            cfg, paths, Path(tmp), RunState(Path(tmp), {"stages": {}}), RetrainOptions(dry_run=True)
+        )
+        stage_export(ctx)
+        data = ctx.data
+        say("retrain plan (dry run: nothing is trained or published)")
+        for line in describe_plan(cfg, plan, data):
+            say(line)
+        return {"dry_run": True, "plan": plan, "data": data.counts(), "snapshot_id": data.snapshot_id}
+
+
+def _open_run(options: RetrainOptions, paths: Paths) -> tuple[TrainConfig, Path, RunState]:
+    """Resume an existing run, or create a new one (config, plan and start model resolved first)."""
+    if options.resume:
+        run_dir = paths.runs_dir / options.resume
+        if not run_dir.is_dir():
+            known = sorted(p.name for p in paths.runs_dir.iterdir()) if paths.runs_dir.is_dir() else []
+            raise RetrainError(
+                f"no run {options.resume!r} under {paths.runs_dir} (runs: {', '.join(known[-5:]) or 'none'})"
+            )
+        if options.config or options.overrides:
+            raise RetrainError("a resumed run keeps its own config.yaml; drop --config/--set with --resume")
+        import yaml
+
+        cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+        state = RunState.load(run_dir)
+        if state.stage("publish").get("status") == "done":
+            raise RetrainError(
+                f"run {options.resume} already published {state.stage('publish')['outputs']['version']}"
+            )
+        if (
+            options.stages is not None
+            and full_plan(training_stages(cfg, options.stages)) != state.data["plan"]
+        ):
+            raise RetrainError("a resumed run keeps its stages; drop --stages with --resume")
+        return cfg, run_dir, state
+    cfg = load_config(options.config, options.overrides)
+    if options.start_from:
+        cfg.model.start_from = options.start_from
+        cfg.validate()
+    plan = full_plan(training_stages(cfg, options.stages))
+    start = _start_model(cfg, paths, cfg.model.start_from)
+    run_dir = paths.runs_dir / new_run_id()
+    run_dir.mkdir(parents=True)
+    state = RunState(
+        run_dir,
+        {
+            "run_id": run_dir.name,
+            "created_at": _now(),
+            "status": "running",
+            "plan": plan,
+            "config_sha256": save_config(cfg, run_dir / "config.yaml"),
+            "start_model": start,
+            "stages": {},
+        },
+    )
+    state.save()
+    return cfg, run_dir, state
+
+
+def run_retrain(
+    options: RetrainOptions, paths: Paths | None = None, say: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Run (or resume) a retrain and return its state (plus `report` = the report.md path)."""
+    paths = paths or Paths.from_env()
+    if options.dry_run:
+        cfg = load_config(options.config, options.overrides)
+        if options.start_from:
+            cfg.model.start_from = options.start_from
+        return _dry_run(cfg, full_plan(training_stages(cfg, options.stages)), paths, say)
+
+    cfg, run_dir, state = _open_run(options, paths)
+    with open(run_dir / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            raise RetrainError(f"run {run_dir.name} is being run by another process") from e
+        return _run_stages(RunContext(cfg, paths, run_dir, state, options), say)
+
+
+def _run_stages(ctx: RunContext, say: Callable[[str], None]) -> dict[str, Any]:
+    state, plan = ctx.state, ctx.state.data["plan"]
+    verb = "resuming" if ctx.resuming else "starting"
+    say(f"{verb} retrain run {ctx.run_dir.name} from {state.data['start_model']['name']} ({ctx.run_dir})")
+    if state.finished("export"):
+        ctx.data = load_export(ctx.output("export", "export"))
+    for line in describe_plan(ctx.cfg, plan, ctx.data):
+        say(line)
+    state.data["status"] = "running"
+    for i, name in enumerate(plan, 1):
+        if state.finished(name):
+            say(f"[{i}/{len(plan)}] {name}: already {state.stage(name)['status']} (skipped on resume)")
+            continue
+        say(f"[{i}/{len(plan)}] {name} ...")
+        started = time.perf_counter()
+        try:
+            from transformers import set_seed
+
+            set_seed(ctx.cfg.seed)
+            result = STAGE_FUNCTIONS[name](ctx)
+        except BaseException as e:
+            state.data["status"] = "failed"
+            state.record(
+                name,
+                {
+                    "status": "failed",
+                    "reason": f"{type(e).__name__}: {e}",
+                    "outputs": {},
+                    "metrics": {},
+                    "plots": [],
+                },
+            )
+            write_report(ctx)
+            if isinstance(e, KeyboardInterrupt | Exception):
+                say(f"[{i}/{len(plan)}] {name}: FAILED ({type(e).__name__}: {e})")
+                say(f"nothing was published; resume with: ragqa retrain --resume {ctx.run_dir.name}")
+            raise
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        state.record(name, result)
+        say(f"[{i}/{len(plan)}] " + stage_summary(name, result) + f"  ({result['seconds']} s)")
+    state.data["status"] = "finished"
+    state.save()
+    report = write_report(ctx)
+    say(f"report: {report}")
+    return {**state.data, "report": str(report)}
+
+
+# ---- standalone stage entry points (python -m training.sft / .reward / .dpo) -----------------------------------
+def run_stage_cli(stage: str, argv: list[str] | None = None) -> int:
+    """`python -m training.<stage> --config FILE [--set k=v] [--data EXPORT] [--model DIR] [--out DIR] [--resume]`.
+
+    Runs one training stage outside a retrain run: data from --data (or data.export_dir), the model from
+    --model (or the registry's start model), outputs into --out (or RAGQA_HOME/runs/<new id>/<stage>).
+    """
+    from training.modeling import ModelLoadError
+    from training.registry import RegistryError
+
+    parser = argparse.ArgumentParser(prog=f"python -m training.{ {'rm': 'reward'}.get(stage, stage) }")
+    parser.add_argument(
+        "--config", type=Path, default=None, help="retrain YAML (default training/configs/default.yaml)"
+    )
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--data", type=Path, default=None, help="feedback export folder (default: data.export_dir)"
+    )
+    parser.add_argument(
+        "--model", type=Path, default=None, help="model folder to train from (default: registry)"
+    )
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        export = args.data or (Path(cfg.data.export_dir) if cfg.data.export_dir else None)
+        if export is None:
+            raise ConfigError(
+                "give --data EXPORT_DIR (a `ragqa feedback export` folder) or set data.export_dir"
+            )
+        data = load_export(export)
+        paths = Paths.from_env()
+        model = args.model or Path(_start_model(cfg, paths, cfg.model.start_from)["path"])
+        out = args.out or paths.runs_dir / new_run_id() / stage
+        from training import dpo, reward, sft
+
+        fn = {"sft": sft.train_sft, "rm": reward.train_reward_model, "dpo": dpo.train_dpo}[stage]
+        result = fn(cfg, model_dir=model, data=data, out_dir=out, resume=args.resume)
+    except (ConfigError, TrainingDataError, RetrainError, ModelLoadError, RegistryError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            json.dumps(
+                {k: result[k] for k in ("status", "reason", "outputs", "metrics")}, indent=1, default=str
+            )
+        )
+    return 0

@@ -1,0 +1,184 @@
+"""Stage 3, the reward model: TRL RewardTrainer, a one-output sequence classifier + LoRA (SEQ_CLS), from SFT.
+
+Traps handled (STACK-NOTES section 4):
+  - `RewardConfig.max_length` DROPS longer pairs instead of truncating them: it is set from the data
+    (longest pair + a small margin) unless the config caps it; the pairs dropped are counted, and an empty
+    train set after filtering is a clear error, not an IndexError deep in the Trainer;
+  - the pad token is `<|endoftext|>` (not EOS) so the classifier pools at the real last token.
+Below `data.min_pairs` preference pairs the stage refuses with a message saying how to get more.
+
+Held-out metrics: the merged model scores the snapshot's test pairs with the same scoring function PPO uses
+(training.ppo.rollout.score_with_reward_model): pair accuracy (chosen > rejected) and mean margin.
+
+Outputs in `out_dir`: `adapter/`, `merged/` (the folder PPO takes as reward_dir), `checkpoints/`,
+`metrics.json`, `plots/rm_curves.png`.
+
+`python -m training.reward --config FILE [--set k=v] [--data EXPORT] [--model DIR] [--out DIR] [--resume]`
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from training.config import TrainConfig, resolve_device, trainer_kwargs, want_4bit
+from training.data import ExportData, TrainingDataError, conversation_lengths, require
+
+LENGTH_MARGIN = 8  # tokens on top of the longest rendered pair (TRL may append an EOS of its own)
+
+
+def pair_lengths(tokenizer: Any, pairs: list[dict[str, Any]]) -> list[int]:
+    """Per pair, the longer of the rendered prompt+chosen and prompt+rejected, in tokens."""
+    chosen = conversation_lengths(tokenizer, [p["prompt"] + p["chosen"] for p in pairs])
+    rejected = conversation_lengths(tokenizer, [p["prompt"] + p["rejected"] for p in pairs])
+    return [max(a, b) for a, b in zip(chosen, rejected, strict=True)]
+
+
+def heldout_metrics(
+    model_dir: Path, pairs: list[dict[str, Any]], batch_size: int, device: str
+) -> dict[str, Any]:
+    """Pair accuracy and mean margin (chosen score - rejected score) of a merged reward model folder."""
+    import torch
+
+    from training.ppo.rollout import load_reward_model, score_with_reward_model
+
+    if not pairs:
+        return {"heldout_pairs": 0, "heldout_accuracy": None, "heldout_mean_margin": None}
+    model, tokenizer = load_reward_model(model_dir, bf16=False, device=torch.device(device))
+    prompts = [p["prompt"] for p in pairs]
+    dev = torch.device(device)
+    chosen = score_with_reward_model(
+        model, tokenizer, prompts, [p["chosen"][-1]["content"] for p in pairs], batch_size, dev
+    )
+    rejected = score_with_reward_model(
+        model, tokenizer, prompts, [p["rejected"][-1]["content"] for p in pairs], batch_size, dev
+    )
+    margins = chosen - rejected
+    return {
+        "heldout_pairs": len(pairs),
+        "heldout_accuracy": float((margins > 0).float().mean()),
+        "heldout_mean_margin": float(margins.mean()),
+    }
+
+
+def train_reward_model(
+    cfg: TrainConfig, *, model_dir: Path, data: ExportData, out_dir: Path, resume: bool = False
+) -> dict[str, Any]:
+    """Train, merge and evaluate the reward model. Returns the stage result dict."""
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    from training.merge import merge_adapter
+    from training.modeling import load_sequence_classifier, load_tokenizer, lora_config, use_reward_padding
+    from training.plots import plot_curves
+    from training.sft import last_checkpoint
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    pairs = data.pairs.get("train", [])
+    require(
+        len(pairs),
+        cfg.data.min_pairs,
+        "preference pairs in the train split",
+        "Rank more answers in the app (or lower data.min_pairs) before training a reward model.",
+    )
+    device = resolve_device(cfg)
+    four_bit = want_4bit(cfg, device)
+    tokenizer = use_reward_padding(load_tokenizer(model_dir))
+    lengths = pair_lengths(tokenizer, pairs)
+    max_length = cfg.reward.max_length or (max(lengths) + LENGTH_MARGIN)
+    too_long = sum(n > max_length for n in lengths)
+
+    model = load_sequence_classifier(
+        model_dir, load_in_4bit=four_bit, device=device, pad_token_id=tokenizer.pad_token_id
+    )
+    if four_bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.reward.gradient_checkpointing
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args = RewardConfig(
+        **trainer_kwargs(cfg.reward, cfg, device, out_dir / "checkpoints"),
+        max_length=max_length,
+        eval_strategy="no",
+    )
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(pairs),
+        processing_class=tokenizer,
+        peft_config=lora_config(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets, "SEQ_CLS"),
+    )
+    kept = len(trainer.train_dataset)
+    if kept == 0:
+        raise TrainingDataError(
+            f"every one of the {len(pairs)} preference pairs is longer than reward.max_length={max_length} "
+            "tokens and RewardTrainer drops them; raise reward.max_length (or set it to null to size it "
+            "from the data)"
+        )
+    train_out = trainer.train(
+        resume_from_checkpoint=last_checkpoint(out_dir / "checkpoints") if resume else None
+    )
+    adapter = out_dir / "adapter"
+    trainer.save_model(str(adapter))
+    history = list(trainer.state.log_history)
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():
+        return {"status": "done", "reason": None, "outputs": {}, "metrics": {}, "plots": []}
+    tokenizer.save_pretrained(str(adapter))  # with the <|endoftext|> pad token the merged model needs
+    del trainer, model
+
+    checks = [p["prompt"] + p["chosen"] for p in pairs[: cfg.merge.check_prompts]]
+    merged = out_dir / "merged"
+    merge = merge_adapter(
+        model_dir,
+        adapter,
+        merged,
+        task="seq_cls",
+        qlora=four_bit,
+        check_conversations=checks,
+        atol=cfg.merge.qlora_atol if four_bit else cfg.merge.atol,
+        device=device,
+    )
+    accuracies = [row["accuracy"] for row in history if "accuracy" in row]
+    metrics = {
+        "pairs_train": len(pairs),
+        "pairs_used": kept,
+        "pairs_dropped_too_long": len(pairs) - kept,
+        "pairs_longer_than_max_length": too_long,
+        "max_length": max_length,
+        "steps": int(train_out.global_step),
+        "train_loss": float(train_out.training_loss),
+        "last_logged_train_accuracy": accuracies[-1] if accuracies else None,
+        "runtime_s": float(train_out.metrics.get("train_runtime", 0.0)),
+        "qlora": four_bit,
+        "merge": merge,
+        **heldout_metrics(merged, data.pairs.get("test", []), cfg.reward.batch_size, device),
+    }
+    (out_dir / "metrics.json").write_text(json.dumps({"summary": metrics, "log_history": history}, indent=1))
+    plots = []
+    if cfg.plots:
+        png = plot_curves(
+            history, ["loss", "accuracy", "margin"], out_dir / "plots" / "rm_curves.png", "Reward model"
+        )
+        plots = [str(png)] if png else []
+    return {
+        "status": "done",
+        "reason": None,
+        "outputs": {"adapter": str(adapter), "merged": str(merged)},
+        "metrics": metrics,
+        "plots": plots,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from training.pipeline import run_stage_cli
+
+    return run_stage_cli("rm", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
