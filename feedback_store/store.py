@@ -1,8 +1,9 @@
 """The feedback store: every question asked, what was shown, and what raters said about it.
 
 `FeedbackStore` is the only way the app, the CLI and training read or write feedback; no SQL lives
-outside this package. SQLite in WAL mode, one serialised writer, short `BEGIN IMMEDIATE`
-transactions; see the class docstring for the API and its guarantees.
+outside this package. SQLite in WAL mode, one writer connection, short `BEGIN IMMEDIATE`
+transactions with group commit (concurrent writes share one transaction and one fsync, each in its
+own SAVEPOINT); see the class docstring for the API and its guarantees.
 """
 
 from __future__ import annotations
@@ -121,6 +122,73 @@ class _Grouped:
         return rows
 
 
+class _Request:
+    """One write waiting for the group commit: its work, then its result or its error."""
+
+    __slots__ = ("run", "result", "error", "done")
+
+    def __init__(self, run: Callable[[sqlite3.Connection], Any]) -> None:
+        self.run = run
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = False
+
+    def fail(self, exc: BaseException) -> None:
+        self.error, self.result = exc, None
+
+
+class _GroupCommit:
+    """Group commit: concurrent writers share one transaction and one fsync instead of one each.
+
+    A writer enqueues its request. If no batch is running, it becomes the leader: it takes every request queued
+    so far (its own included, up to `max_batch`), runs them with `run_batch` (one transaction, one COMMIT), then
+    marks them done and wakes their writers. Writers that arrived while a batch was running wait; when it ends,
+    one of those still pending leads the next batch with all of them. Every write is acknowledged (its call
+    returns) only after the COMMIT holding it has returned, so durability is that of one commit (FULL: fsynced).
+    One writer alone gets batches of one: no gain, and no loss beyond a savepoint.
+    """
+
+    def __init__(self, run_batch: Callable[[list[_Request]], None], max_batch: int = 256) -> None:
+        self._run_batch = run_batch
+        self._max_batch = max_batch
+        self._cond = threading.Condition()
+        self._pending: list[_Request] = []
+        self._leading = False
+
+    def submit(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        """Queue `run` and return its result once committed (or raise its error); thread-safe."""
+        req = _Request(run)
+        with self._cond:
+            self._pending.append(req)
+        while True:
+            with self._cond:
+                while self._leading and not req.done:
+                    self._cond.wait()
+                if req.done:
+                    break
+                self._leading = True  # FIFO: leading until our own request has been in a batch
+                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+            self._lead(batch)
+        if req.error is not None:
+            raise req.error
+        return req.result
+
+    def _lead(self, batch: list[_Request]) -> None:
+        try:
+            self._run_batch(batch)
+        except BaseException as exc:  # run_batch reports per request; this is a last resort
+            for r in batch:
+                if r.error is None:
+                    r.fail(exc)
+            raise
+        finally:
+            with self._cond:
+                for r in batch:
+                    r.done = True
+                self._leading = False
+                self._cond.notify_all()
+
+
 class FeedbackStore:
     """Durable record of questions, the passages and candidate answers shown, and all feedback.
 
@@ -128,8 +196,9 @@ class FeedbackStore:
     read_only=False, synchronous="FULL")` (creates the file and applies migrations); use as a context
     manager or call `close()`. One instance is shared by all threads of a process.
 
-    Writes (each one short `BEGIN IMMEDIATE` transaction on the single writer connection, serialised by
-    a lock; when the call returns, the row is on disk):
+    Writes (on the single writer connection; writes from concurrent threads are grouped into one short
+    `BEGIN IMMEDIATE` transaction, each in its own SAVEPOINT so it fails alone, and one COMMIT: see
+    _GroupCommit; when the call returns, the row is committed, and on disk with synchronous=FULL):
       record_interaction(question, passages, candidates, *, context=(), session_id, user=None,
                          client_token=None) -> InteractionIds
           passages: Passage or dicts with `source`, `text` (+ `chunk_id`, `score`, `rank`), rank order.
@@ -176,8 +245,9 @@ class FeedbackStore:
         self.max_text_chars = max_text_chars
         self.busy_timeout_s = busy_timeout_s
         self.read_only = read_only
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the writer connection
         self._writer: sqlite3.Connection | None = None
+        self._group = _GroupCommit(self._run_batch)
         self._closed = False
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -364,55 +434,94 @@ class FeedbackStore:
         encode: Callable[[T], Any],
         decode: Callable[[Any], T],
     ) -> T:
-        """Run `work` in one BEGIN IMMEDIATE transaction; replay the stored result for a known token."""
+        """Run `work` durably (see _GroupCommit); replay the stored result for a known client token."""
         if client_token is not None:
             self._ident("client_token", client_token)
         request_sha = hashlib.sha256(_dumps([kind, request]).encode()).hexdigest()
-        with self._lock:
-            if self.read_only:
-                raise FeedbackStoreUnavailable(
-                    f"the feedback database {self.path} was opened read-only; nothing was recorded"
+        if self.read_only:
+            raise FeedbackStoreUnavailable(
+                f"the feedback database {self.path} was opened read-only; nothing was recorded"
+            )
+
+        def run(conn: sqlite3.Connection) -> T:
+            if client_token is not None:
+                row = conn.execute(
+                    "SELECT kind, request_sha256, result_json FROM client_tokens WHERE token = ?",
+                    (client_token,),
+                ).fetchone()
+                if row is not None:
+                    if (row[0], row[1]) != (kind, request_sha):
+                        raise FeedbackConflict(
+                            f"client token {client_token!r} was already used for a different "
+                            f"{row[0]} request; use a new token per submission"
+                        )
+                    return decode(json.loads(row[2]))
+            result = work(conn)
+            if client_token is not None:
+                conn.execute(
+                    "INSERT INTO client_tokens (token, kind, request_sha256, result_json, session_id, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        client_token,
+                        kind,
+                        request_sha,
+                        _dumps(encode(result)),
+                        session_id if isinstance(session_id, str) else session_id(),
+                        _now(),
+                    ),
                 )
-            if self._writer is None:
-                raise FeedbackError("the feedback store is closed")
+            return result
+
+        return self._group.submit(run)
+
+    def _run_batch(self, batch: list[_Request]) -> None:
+        """Run a batch of writes in ONE `BEGIN IMMEDIATE` transaction and one COMMIT (one fsync).
+
+        Each write runs inside its own SAVEPOINT, so a write that fails (bad input, a conflict) is rolled back
+        alone and gets its own error while the others commit. An error that ends the whole transaction (a full
+        disk, a lock held too long, a failed COMMIT) fails every write of the batch: none is acknowledged.
+        Called by the group-commit leader only, which holds no other lock; `self._lock` guards the connection.
+        """
+        with self._lock:
             conn = self._writer
+            if conn is None:
+                for req in batch:
+                    req.fail(FeedbackError("the feedback store is closed"))
+                return
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                if client_token is not None:
-                    row = conn.execute(
-                        "SELECT kind, request_sha256, result_json FROM client_tokens WHERE token = ?",
-                        (client_token,),
-                    ).fetchone()
-                    if row is not None:
-                        conn.execute("ROLLBACK")
-                        if (row[0], row[1]) != (kind, request_sha):
-                            raise FeedbackConflict(
-                                f"client token {client_token!r} was already used for a different "
-                                f"{row[0]} request; use a new token per submission"
-                            )
-                        return decode(json.loads(row[2]))
-                result = work(conn)
-                if client_token is not None:
-                    conn.execute(
-                        "INSERT INTO client_tokens (token, kind, request_sha256, result_json, session_id, "
-                        "created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                        (
-                            client_token,
-                            kind,
-                            request_sha,
-                            _dumps(encode(result)),
-                            session_id if isinstance(session_id, str) else session_id(),
-                            _now(),
-                        ),
-                    )
+                for req in batch:
+                    self._run_in_savepoint(conn, req)
+                    if not conn.in_transaction:  # SQLite rolled back everything (e.g. SQLITE_FULL)
+                        raise req.error  # type: ignore[misc]
                 conn.execute("COMMIT")
-                return result
             except sqlite3.Error as exc:
                 self._rollback(conn)
-                raise _unavailable(exc, self.path, self.busy_timeout_s) from exc
-            except BaseException:
+                self._fail_all(batch, _unavailable(exc, self.path, self.busy_timeout_s))
+            except BaseException as exc:
                 self._rollback(conn)
-                raise
+                self._fail_all(batch, exc)
+
+    def _run_in_savepoint(self, conn: sqlite3.Connection, req: _Request) -> None:
+        conn.execute("SAVEPOINT write")
+        try:
+            req.result = req.run(conn)
+            conn.execute("RELEASE write")
+        except BaseException as exc:
+            req.error = (
+                _unavailable(exc, self.path, self.busy_timeout_s) if isinstance(exc, sqlite3.Error) else exc
+            )
+            if conn.in_transaction:
+                conn.execute("ROLLBACK TO write")
+                conn.execute("RELEASE write")
+
+    @staticmethod
+    def _fail_all(batch: list[_Request], exc: BaseException) -> None:
+        """Nothing of the batch was committed: every write reports the failure (its own error if it had one)."""
+        for req in batch:
+            if req.error is None:
+                req.error = exc
+            req.result = None
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
