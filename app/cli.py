@@ -35,6 +35,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from app.qa import QAError
     from feedback_store.errors import FeedbackError
     from retrieval.errors import RetrievalError
+    from training.commands import expected_errors as retrain_errors
     from training.modeling import ModelLoadError
     from training.registry import RegistryError
 
@@ -49,6 +50,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         RegistryError,
         FeedbackError,
         *eval_errors(),
+        *retrain_errors(),
     )
 
 
@@ -266,8 +268,9 @@ def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Command groups that live with their packages (feedback, retrain, eval)."""
     from app.evaluation.commands import add_commands as eval_commands
     from feedback_store.commands import add_commands as feedback_commands
+    from training.commands import add_commands as retrain_commands
 
-    return [feedback_commands, eval_commands]
+    return [feedback_commands, retrain_commands, eval_commands]
 
 
 def main(argv: list[str] | None = None) -> int:
