@@ -27,7 +27,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from training.ppo.actor_critic import ActorCritic, build_actor_critic, init_value_head_from_reward
+from training.ppo.actor_critic import (
+    POLICY,
+    VALUE,
+    ActorCritic,
+    build_actor_critic,
+    init_value_head_from_reward,
+)
 from training.ppo.advantages import (
     AdaptiveKLController,
     FixedKLController,
@@ -120,7 +126,10 @@ def _forward_in_chunks(
     logprobs, ref_logprobs, values = [], [], []
     response_len = rollout.response_ids.shape[1]
     for start in range(0, rollout.query_ids.shape[0], chunk):
-        part = rollout.select(torch.arange(start, min(start + chunk, rollout.query_ids.shape[0])))
+        rows = torch.arange(
+            start, min(start + chunk, rollout.query_ids.shape[0]), device=rollout.query_ids.device
+        )
+        part = rollout.select(rows)
         ids, mask = part.input_ids, part.attention_mask
         logits = model.policy_logits(ids, mask, response_len).float() / temperature
         logprobs.append(logprobs_from_logits(logits, part.response_ids))
@@ -176,7 +185,7 @@ def _collect_rollout(
     )
     empty = torch.zeros_like(response_mask)
     rollout = Rollout(
-        query_ids, query_mask, response_ids, response_mask, ended.cpu(), scores, empty, empty, empty
+        query_ids, query_mask, response_ids, response_mask, ended, scores.to(device), empty, empty, empty
     )
     chunk = cfg.mini_batch_size // cfg.grad_accum
     rollout.logprobs, rollout.ref_logprobs, rollout.values = _forward_in_chunks(
@@ -190,7 +199,7 @@ def _shape_rewards(rollout: Rollout, cfg: PPOConfig, kl_coef: float) -> dict[str
     device = rollout.logprobs.device
     scores = rollout.scores.to(device).clone()
     if cfg.missing_eos_penalty is not None:
-        scores[~rollout.ends_with_eos.to(device)] -= cfg.missing_eos_penalty
+        scores[~rollout.ends_with_eos] -= cfg.missing_eos_penalty
     if cfg.score_clip is not None:
         scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
     mask = rollout.response_mask
@@ -229,16 +238,30 @@ def _ppo_update(
             for mc_start in range(mb_start, mb_start + cfg.mini_batch_size, micro):
                 part = rollout.select(order[mc_start : mc_start + micro])
                 with accelerator.accumulate(model):
-                    logits, values = model(part.input_ids, part.attention_mask, response_len)
+                    if cfg.gradient_checkpointing:
+                        # Recomputation during backward runs whichever adapter is active then, so each
+                        # adapter's loss is backpropagated before switching (single process only).
+                        inner = accelerator.unwrap_model(model)
+                        logits = inner.policy_logits(part.input_ids, part.attention_mask, response_len)
+                    else:
+                        logits, values = model(part.input_ids, part.attention_mask, response_len)
                     logits = logits.float() / cfg.temperature
                     new_logprobs = logprobs_from_logits(logits, part.response_ids)
                     pg_loss, pg_stats = policy_loss(
                         new_logprobs, part.logprobs, part.advantages, part.response_mask, cfg.cliprange
                     )
+                    if cfg.gradient_checkpointing:
+                        accelerator.backward(pg_loss)
+                        values = inner.values(part.input_ids, part.attention_mask, response_len)
                     vf_loss, vf_stats = value_loss(
                         values.float(), part.values, part.returns, part.response_mask, cfg.cliprange_value
                     )
-                    accelerator.backward(pg_loss + cfg.vf_coef * vf_loss)
+                    if cfg.gradient_checkpointing:
+                        inner.use_adapter(VALUE)  # recomputation must see the adapter of the forward
+                        accelerator.backward(cfg.vf_coef * vf_loss)
+                        inner.use_adapter(POLICY)
+                    else:
+                        accelerator.backward(pg_loss + cfg.vf_coef * vf_loss)
                     if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                         sums["grad_norm"] += float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
                     optimizer.step()
@@ -397,6 +420,11 @@ def run_ppo(
     # cpu=True without CUDA: accelerate then picks gloo for several CPU processes (torchrun-style launch).
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    if cfg.gradient_checkpointing and world > 1:
+        raise NotImplementedError(
+            "gradient_checkpointing: true needs one backward per adapter, which DDP does not allow; "
+            "run one process or set gradient_checkpointing: false"
+        )
     _seed_everything(cfg.seed)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
