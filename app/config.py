@@ -38,6 +38,9 @@ class AppConfig:
     top_p: float = 0.95
     # Limits
     max_question_chars: int = 2000
+    rate_limit_per_minute: float = 30.0  # questions + alternatives per user (0 = no limit)
+    concurrency: int = 2  # answers generated at once (2 cores)
+    max_queue: int = 64  # requests waiting beyond this get "queue is full, try again"
     # Server
     host: str = "127.0.0.1"
     port: int = 7860

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from app.config import AppConfig
+from app.limits import RateLimited, RateLimiter
 from app.qa import AskResult, QAError, plain_history
 from app.ranking import TWO_WAY_CHOICES, RankingError, parse_order, two_way
 from app.render import inert_markdown, snippet
@@ -73,19 +74,35 @@ def _err(msg: str) -> str:
 
 # ---- handlers (plain functions: unit-testable without a browser) -------------------------------------
 class Handlers:
-    def __init__(self, services: Services) -> None:
+    """Event handlers. `user` is the logged-in name (None without logins); feedback is attributed to it."""
+
+    def __init__(self, services: Services, users: Any = None) -> None:
         self.s = services
+        self.users = users
+        self.limiter = RateLimiter(services.config.rate_limit_per_minute)
+
+    def is_admin(self, user: str | None) -> bool:
+        """Without logins the app only listens on this machine: its one user owns it and is the admin."""
+        if not self.users:
+            return True
+        found = self.users.get(user)
+        return bool(found and found.is_admin)
+
+    def _limit(self, user: str | None, state: dict[str, Any]) -> None:
+        self.limiter.check(user or state["session_id"])
 
     def model_label(self) -> str:
         name = self.s.qa.registry.current_name()
         return f"Model: **{name or 'none (run ragqa setup)'}**"
 
-    def ask(self, question: str, state: dict[str, Any] | None) -> Iterator[tuple]:
+    def ask(self, question: str, state: dict[str, Any] | None, user: str | None = None) -> Iterator[tuple]:
         """Stream an answer. Yields (chat, sources, model label, status, state, cleared textbox)."""
         state = state or new_state()
         state.setdefault("display", [])
+        state["user"] = user
         try:
             q = self.s.qa.check_question(question)
+            self._limit(user, state)
             pieces: list[str] = []
             for kind, value in self.s.qa.stream(q, state["history"]):
                 if kind == "sources":
@@ -103,7 +120,7 @@ class Handlers:
                     )
                 else:
                     result: AskResult = value
-        except QAError as e:
+        except (QAError, RateLimited) as e:
             yield (
                 chat_value(state),
                 sources_markdown([], [], "none"),
@@ -140,6 +157,7 @@ class Handlers:
                 [candidate],
                 context=context,
                 session_id=state["session_id"],
+                user=state.get("user"),
             )
         except Exception as e:  # the answer is still shown; say clearly that feedback on it cannot be saved
             log.exception("recording the interaction failed")
@@ -159,7 +177,7 @@ class Handlers:
         t = result.timings_ms
         return f"Answered in {t['total'] / 1000:.1f} s (first token {t['first_token'] / 1000:.1f} s)."
 
-    def alternatives(self, n: int, state: dict[str, Any]) -> tuple:
+    def alternatives(self, n: int, state: dict[str, Any], user: str | None = None) -> tuple:
         """Sample n candidates for the latest question and passages; returns n markdown boxes + visibility."""
         last = (state or {}).get("last")
         hidden = [_box_update(None, False)] * MAX_CANDIDATES
@@ -167,10 +185,11 @@ class Handlers:
             return (*hidden, _ranking_visibility(0), _err("ask a question first"), state)
         n = int(n or self.s.config.num_candidates)
         try:
+            self._limit(user, state)
             cands = self.s.qa.candidates(last["question"], last["passages"], last["context"], n=n)
             records = [dict(c.to_record(), label=LABELS[i]) for i, c in enumerate(cands)]
             ids = self.s.store.add_candidates(last["interaction_id"], records)
-        except QAError as e:
+        except (QAError, RateLimited) as e:
             return (*hidden, _ranking_visibility(0), _err(str(e)), state)
         except Exception as e:
             log.exception("sampling or storing alternatives failed")
@@ -189,7 +208,9 @@ class Handlers:
             state,
         )
 
-    def rank(self, choice: str | None, order_text: str | None, state: dict[str, Any]) -> str:
+    def rank(
+        self, choice: str | None, order_text: str | None, state: dict[str, Any], user: str | None = None
+    ) -> str:
         last = (state or {}).get("last")
         if not last or not last.get("alternatives"):
             return _err("get alternatives first")
@@ -205,6 +226,7 @@ class Handlers:
                 order,
                 both_bad=both_bad,
                 session_id=state["session_id"],
+                user=user,
                 client_token=f"rank:{last['token']}",
             )
         except RankingError as e:
@@ -214,7 +236,12 @@ class Handlers:
         return _ok(f"ranking saved (#{rid}). Thank you!")
 
     def rate(
-        self, up: bool, reason: str | None, state: dict[str, Any], candidate_id: int | None = None
+        self,
+        up: bool,
+        reason: str | None,
+        state: dict[str, Any],
+        candidate_id: int | None = None,
+        user: str | None = None,
     ) -> str:
         last = (state or {}).get("last")
         cid = candidate_id if candidate_id is not None else (last or {}).get("answer_id")
@@ -226,20 +253,21 @@ class Handlers:
                 bool(up),
                 reason=(reason or "").strip() or None,
                 session_id=state["session_id"],
+                user=user,
                 client_token=f"rate:{cid}:{int(bool(up))}:{(reason or '').strip()}",
             )
         except Exception as e:
             return _err(f"the rating was NOT saved: {e}")
         return _ok(f"{'👍' if up else '👎'} saved (#{rid}).")
 
-    def like(self, index: Any, liked: bool, state: dict[str, Any]) -> str:
+    def like(self, index: Any, liked: bool, state: dict[str, Any], user: str | None = None) -> str:
         key = str(index[0] if isinstance(index, list | tuple) else index)
         cid = (state or {}).get("answers", {}).get(key)
         if cid is None:
             return _err("only answers recorded in this session can be rated")
-        return self.rate(liked, None, state, candidate_id=cid)
+        return self.rate(liked, None, state, candidate_id=cid, user=user)
 
-    def correct(self, text: str, state: dict[str, Any]) -> str:
+    def correct(self, text: str, state: dict[str, Any], user: str | None = None) -> str:
         last = (state or {}).get("last")
         if not last:
             return _err("ask a question first")
@@ -250,18 +278,43 @@ class Handlers:
                 text or "",
                 replaces=replaces,
                 session_id=state["session_id"],
+                user=user,
                 client_token=f"correct:{last['interaction_id']}:{uuid.uuid5(uuid.NAMESPACE_OID, text or '')}",
             )
         except Exception as e:
             return _err(f"the correction was NOT saved: {e}")
         return _ok(f"your answer is saved as a demonstration (#{cid}).")
 
-    def stats(self) -> str:
+    def stats(self, user: str | None = None) -> str:
+        if not self.is_admin(user):
+            return _err("only admins can see the feedback counts")
         try:
             st = self.s.store.stats()
         except Exception as e:
             return _err(f"feedback store unavailable: {e}")
         return stats_markdown(st)
+
+    def versions(self, user: str | None = None) -> str:
+        if not self.is_admin(user):
+            return _err("only admins can see model versions")
+        current = self.s.qa.registry.current_name()
+        rows = [
+            f"| {'**' + v.name + '** (current)' if v.name == current else v.name} | {v.created_at} | "
+            f"{v.manifest.get('parent') or '-'} | {inert_markdown(str(v.manifest.get('kind', '')))} |"
+            for v in self.s.qa.registry.versions()
+        ]
+        return "| version | created | parent | kind |\n|---|---|---|---|\n" + "\n".join(rows)
+
+    def rollback(self, version: str | None, user: str | None = None) -> str:
+        if not self.is_admin(user):
+            return _err("only admins can switch model versions")
+        from training.registry import RegistryError
+
+        try:
+            v = self.s.qa.registry.rollback((version or "").strip() or None)
+        except RegistryError as e:
+            return _err(str(e))
+        return _ok(f"current is now {v.name}; the next answer uses it")
 
 
 def stats_markdown(st: dict[str, Any]) -> str:
@@ -291,18 +344,55 @@ def _like_handler(h: Handlers) -> Any:
     hint must resolve at run time (this module's annotations are strings and gradio is imported lazily)."""
     import gradio as gr
 
-    def on_like(evt: Any, state: dict[str, Any]) -> str:
-        return h.like(evt.index, evt.liked, state)
+    def on_like(evt: Any, state: dict[str, Any], request: Any = None) -> str:
+        return h.like(evt.index, evt.liked, state, user=_username(request))
 
-    on_like.__annotations__ = {"evt": gr.LikeData, "state": dict, "return": str}
+    on_like.__annotations__ = {"evt": gr.LikeData, "state": dict, "request": gr.Request, "return": str}
     return on_like
 
 
-# ---- layout ------------------------------------------------------------------------------------------
-def build_ui(services: Services) -> Any:
+def _username(request: Any) -> str | None:
+    return getattr(request, "username", None) if request is not None else None
+
+
+def _as_user(fn: Any, n_inputs: int, generator: bool = False) -> Any:
+    """Wrap `fn(*inputs, user=...)` as a Gradio handler that reads the logged-in user from gr.Request.
+
+    The user comes from the server-side request (the login cookie), never from anything the client sends.
+    """
+    import inspect
+
     import gradio as gr
 
-    h = Handlers(services)
+    params = [inspect.Parameter(f"arg{i}", inspect.Parameter.POSITIONAL_OR_KEYWORD) for i in range(n_inputs)]
+    params.append(
+        inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request)
+    )
+
+    if generator:
+
+        def wrapped_gen(*args: Any) -> Any:
+            *inputs, request = args
+            yield from fn(*inputs, user=_username(request))
+
+        wrapped = wrapped_gen
+    else:
+
+        def wrapped_fn(*args: Any) -> Any:
+            *inputs, request = args
+            return fn(*inputs, user=_username(request))
+
+        wrapped = wrapped_fn
+    wrapped.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    wrapped.__annotations__ = {"request": gr.Request}
+    return wrapped
+
+
+# ---- layout ------------------------------------------------------------------------------------------
+def build_ui(services: Services, users: Any = None) -> Any:
+    import gradio as gr
+
+    h = Handlers(services, users)
     with gr.Blocks(title="rlhf-rag-qa") as demo:
         state = gr.State(new_state)
         with gr.Row():
@@ -339,32 +429,56 @@ def build_ui(services: Services) -> Any:
         with gr.Accordion("Write a better answer", open=False):
             correction = gr.Textbox(lines=4, label="Your answer (cite passages as [1], [2]…)")
             correct_btn = gr.Button("Save my answer")
-        with gr.Accordion("Feedback collected (admin)", open=False):
+        with gr.Accordion("Admin: feedback collected and model versions", open=False, visible=False) as admin:
             stats_md = gr.Markdown("")
             stats_btn = gr.Button("Refresh counts")
+            versions_md = gr.Markdown("")
+            with gr.Row():
+                version_box = gr.Textbox(
+                    placeholder="v0001 (empty: the current version's parent)", show_label=False
+                )
+                rollback_btn = gr.Button("Roll back / switch")
+            admin_status = gr.Markdown("")
 
         outputs = [chat, sources, model_md, status, state, question]
-        question.submit(h.ask, [question, state], outputs, api_name="ask")
-        send.click(h.ask, [question, state], outputs, api_name=False)
+        ask = _as_user(h.ask, 2, generator=True)
+        question.submit(ask, [question, state], outputs, api_name="ask")
+        send.click(ask, [question, state], outputs, api_name=False)
         alt_btn.click(
-            h.alternatives, [n_alt, state], [*boxes, rank_group, status, state], api_name="alternatives"
+            _as_user(h.alternatives, 2),
+            [n_alt, state],
+            [*boxes, rank_group, status, state],
+            api_name="alternatives",
         )
-        rank_btn.click(h.rank, [choice, order, state], [status], api_name="rank")
-        up.click(lambda r, s: h.rate(True, r, s), [reason, state], [status], api_name="rate_up")
-        down.click(lambda r, s: h.rate(False, r, s), [reason, state], [status], api_name="rate_down")
+        rank_btn.click(_as_user(h.rank, 3), [choice, order, state], [status], api_name="rank")
+
+        def rate_up(r: str, s: dict, user: str | None = None) -> str:
+            return h.rate(True, r, s, user=user)
+
+        def rate_down(r: str, s: dict, user: str | None = None) -> str:
+            return h.rate(False, r, s, user=user)
+
+        up.click(_as_user(rate_up, 2), [reason, state], [status], api_name="rate_up")
+        down.click(_as_user(rate_down, 2), [reason, state], [status], api_name="rate_down")
         chat.like(_like_handler(h), [state], [status], api_name=False)
-        correct_btn.click(h.correct, [correction, state], [status], api_name="correct")
-        stats_btn.click(h.stats, None, [stats_md], api_name="stats")
-        demo.load(h.model_label, None, [model_md], api_name=False)
+        correct_btn.click(_as_user(h.correct, 2), [correction, state], [status], api_name="correct")
+        stats_btn.click(_as_user(h.stats, 0), None, [stats_md], api_name="stats")
+        stats_btn.click(_as_user(h.versions, 0), None, [versions_md], api_name="versions")
+        rollback_btn.click(_as_user(h.rollback, 1), [version_box], [admin_status], api_name="rollback")
+
+        def on_load(user: str | None = None) -> tuple:
+            return h.model_label(), gr.update(visible=h.is_admin(user))
+
+        demo.load(_as_user(on_load, 0), None, [model_md, admin], api_name=False)
     return demo
 
 
 def launch(services: Services, *, prevent_thread_lock: bool = False, users: Any = None) -> tuple[Any, str]:
     """Start the server; returns (demo, local_url). With `users` (app.auth.Users) every visitor must log in."""
     cfg = services.config
-    demo = build_ui(services)
-    # A bounded queue: when it is full, users get Gradio's "too many requests" error instead of a hang.
-    demo.queue(default_concurrency_limit=2, max_size=64)
+    demo = build_ui(services, users)
+    # A bounded queue: when it is full, users get Gradio's "queue is full" error instead of a hang.
+    demo.queue(default_concurrency_limit=cfg.concurrency, max_size=cfg.max_queue)
     _app, url, _ = demo.launch(
         server_name=cfg.host,
         server_port=cfg.port,
