@@ -231,6 +231,7 @@ def stage_export(ctx: RunContext) -> dict[str, Any]:
         source = f"feedback store {db}"
     data = load_export(out)
     ctx.data = data
+    check_enough_data(ctx.cfg, ctx.state.data.get("plan", []), data)
     return {
         "status": "done",
         "reason": None,
@@ -238,6 +239,26 @@ def stage_export(ctx: RunContext) -> dict[str, Any]:
         "metrics": {"snapshot_id": data.snapshot_id, "source": source, **data.counts()},
         "plots": [],
     }
+
+
+def check_enough_data(cfg: TrainConfig, plan: list[str], data: ExportData) -> None:
+    """Refuse right after the export, before any training, when a planned stage would refuse later."""
+    counts = data.counts()
+    if "rm" in plan or "dpo" in plan:
+        stage = "reward model" if "rm" in plan else "DPO"
+        require(
+            counts["pairs_train"],
+            cfg.data.min_pairs,
+            f"preference pairs in the train split (the {stage} needs them)",
+            "Rank more answers in the app, or lower data.min_pairs.",
+        )
+    if "ppo" in plan:
+        require(
+            counts["prompts_train"],
+            cfg.data.min_prompts,
+            "PPO prompts in the train split",
+            "Ask more questions in the app, or lower data.min_prompts.",
+        )
 
 
 def stage_sft(ctx: RunContext) -> dict[str, Any]:

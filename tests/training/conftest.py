@@ -29,10 +29,16 @@ FACTS = [
 ]
 
 
-def prompt_for(i: int) -> list[dict[str, str]]:
+def prompt_for(i: int, serving_format: bool = False) -> list[dict[str, str]]:
+    """Chat messages for fact i. serving_format=True renders THE prompt (retrieval.prompt: ~450 tokens with
+    the char-level tokenizer); the default keeps its shape with a one-line system prompt (~90 tokens), which
+    keeps the end-to-end runs fast on 2 shared cores."""
     question, passage, _ = FACTS[i % len(FACTS)]
     suffix = f" (case {i})" if i >= len(FACTS) else ""
-    return render_prompt(question + suffix, [{"text": passage, "source": "facts.md"}])
+    messages = render_prompt(question + suffix, [{"text": passage, "source": "facts.md"}])
+    if not serving_format:
+        messages[0] = {"role": "system", "content": "Answer from the passage; cite it."}
+    return messages
 
 
 def write_export(
@@ -43,9 +49,14 @@ def write_export(
     pairs_test: int = 2,
     prompts: int = 4,
     prompts_test: int = 2,
+    serving_format: bool = False,
 ) -> Path:
     """A feedback export folder: manifest.json + {sft,preferences,prompts}.{train,test}.jsonl."""
     folder.mkdir(parents=True, exist_ok=True)
+
+    def prompt(i: int) -> list[dict[str, str]]:
+        return prompt_for(i, serving_format)
+
     rows: dict[str, list[dict]] = {}
 
     def answer(i: int) -> str:
@@ -53,7 +64,7 @@ def write_export(
 
     rows["sft.train.jsonl"] = [
         {
-            "messages": [*prompt_for(i), {"role": "assistant", "content": answer(i)}],
+            "messages": [*prompt(i), {"role": "assistant", "content": answer(i)}],
             "meta": {"source": "correction"},
         }
         for i in range(demos)
@@ -62,7 +73,7 @@ def write_export(
 
     def pair(i: int) -> dict:
         return {
-            "prompt": prompt_for(i),
+            "prompt": prompt(i),
             "chosen": [{"role": "assistant", "content": answer(i)}],
             "rejected": [{"role": "assistant", "content": "I do not know."}],
             "meta": {"source": "ranking", "margin": 1},
@@ -70,12 +81,8 @@ def write_export(
 
     rows["preferences.train.jsonl"] = [pair(i) for i in range(pairs)]
     rows["preferences.test.jsonl"] = [pair(100 + i) for i in range(pairs_test)]
-    rows["prompts.train.jsonl"] = [
-        {"prompt": prompt_for(i), "question": FACTS[i % 8][0]} for i in range(prompts)
-    ]
-    rows["prompts.test.jsonl"] = [
-        {"prompt": prompt_for(100 + i), "question": "q"} for i in range(prompts_test)
-    ]
+    rows["prompts.train.jsonl"] = [{"prompt": prompt(i), "question": FACTS[i % 8][0]} for i in range(prompts)]
+    rows["prompts.test.jsonl"] = [{"prompt": prompt(100 + i), "question": "q"} for i in range(prompts_test)]
     digests = {}
     for name, items in rows.items():
         text = "".join(json.dumps(r) + "\n" for r in items)

@@ -93,7 +93,62 @@ def test_too_little_data_is_refused_clearly(tiny_registry: Path, tmp_path: Path)
     from training.data import TrainingDataError
 
     export = write_export(tmp_path / "small", demos=1, pairs=1)
-    with pytest.raises(TrainingDataError, match=r"too little data: 1 preference pairs .*need at least 2"):
+    with pytest.raises(
+        TrainingDataError, match=r"too little data: 1 preference pairs .*need at least 2"
+    ):  # before any training
         run_retrain(options(export), say=lambda _: None)
     registry = ModelRegistry(tiny_registry)
     assert registry.current_name() == "v0001" and len(registry.versions()) == 1
+
+
+def test_gate_failure_is_recorded_and_force_on_resume_publishes(
+    tiny_registry: Path, export_dir: Path
+) -> None:
+    # sft + rm only: the candidate is the SFT model, judged by this run's reward model (no PPO: faster)
+    state = run_retrain(
+        options(export_dir, "gate.min_win_rate=1.01", stages=["sft", "rm"]), say=lambda _: None
+    )
+    assert state["plan"] == ["export", "sft", "rm", "evaluate", "publish"]
+    registry = ModelRegistry(tiny_registry)
+    publish = state["stages"]["publish"]
+    assert publish["status"] == "skipped"
+    assert publish["reason"].startswith("not published: gate failed: FAILED: win_rate")
+    assert publish["metrics"]["gate"]["passed"] is False
+    assert registry.current_name() == "v0001" and len(registry.versions()) == 1
+
+    state = run_retrain(RetrainOptions(resume=state["run_id"], force=True), say=lambda _: None)
+    assert state["stages"]["publish"]["status"] == "done"
+    gate = registry.current().manifest["gate"]
+    assert registry.current_name() == "v0002"
+    assert (
+        gate["forced"] is True
+        and gate["passed"] is False
+        and gate["reasons"][-1] == "published anyway: --force"
+    )
+
+
+@pytest.mark.slow
+def test_dpo_alternative_publishes(tiny_registry: Path, export_dir: Path) -> None:
+    state = run_retrain(options(export_dir, "algorithm=dpo"), say=lambda _: None)
+    assert state["plan"] == ["export", "sft", "rm", "dpo", "merge", "evaluate", "publish"]
+    assert state["stages"]["dpo"]["metrics"]["heldout_accuracy"] is not None
+    manifest = ModelRegistry(tiny_registry).current().manifest
+    assert manifest["algorithm"] == "dpo" and manifest["metrics"]["dpo"]["steps"] == 2
+
+
+def test_sft_only_without_publishing(tiny_registry: Path, export_dir: Path) -> None:
+    state = run_retrain(options(export_dir, stages=["sft"], publish=False), say=lambda _: None)
+    assert state["plan"] == ["export", "sft", "evaluate", "publish"]
+    assert state["stages"]["evaluate"]["metrics"]["win_rate"] is None  # no reward model in this run
+    assert state["stages"]["publish"]["reason"] == "not published: --no-publish"
+    assert ModelRegistry(tiny_registry).current_name() == "v0001"
+
+
+def test_stage_choices_are_checked(tiny_registry: Path, export_dir: Path) -> None:
+    from training.pipeline import RetrainError
+
+    with pytest.raises(RetrainError, match="the ppo stage needs the reward model"):
+        run_retrain(options(export_dir, stages=["sft", "ppo"]), say=lambda _: None)
+    with pytest.raises(RetrainError, match="unknown stage"):
+        run_retrain(options(export_dir, stages=["grpo"]), say=lambda _: None)
+    assert not (tiny_registry.parent / "runs").exists()  # refused before a run folder was made
