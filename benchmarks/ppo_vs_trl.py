@@ -62,16 +62,17 @@ args = PPOConfig(
     temperature=spec["temperature"], learning_rate=spec["lr"], num_sample_generations=0, use_cpu=True,
     bf16=spec["bf16_autocast"], report_to="none", save_strategy="no", logging_steps=1, seed=spec["seed"],
 )
-marks = []
+marks, cpu_marks = [], []
 class Timer(TrainerCallback):
-    def on_train_begin(self, *a, **k): marks.append(time.perf_counter())
-    def on_step_end(self, *a, **k): marks.append(time.perf_counter())
+    def on_train_begin(self, *a, **k): marks.append(time.perf_counter()); cpu_marks.append(time.process_time())
+    def on_step_end(self, *a, **k): marks.append(time.perf_counter()); cpu_marks.append(time.process_time())
 trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=reward,
                      train_dataset=dataset, value_model=value, peft_config=peft_config, callbacks=[Timer()])
 trainer.train()
 logs = [h for h in trainer.state.log_history if "objective/scores" in h]
 print("RESULT " + json.dumps({
     "step_seconds": [b - a for a, b in zip(marks, marks[1:])],
+    "step_cpu_seconds": [b - a for a, b in zip(cpu_marks, cpu_marks[1:])],
     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     "cpu_seconds": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
     "scores": [h["objective/scores"] for h in logs],
@@ -162,6 +163,7 @@ def ours_worker(spec: dict) -> dict:
         )
     return {
         "step_seconds": [m["seconds_per_step"] for m in result.metrics],
+        "step_cpu_seconds": [m["cpu_seconds_per_step"] for m in result.metrics],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "cpu_seconds": _cpu_seconds(),
         "scores": [m["score"] for m in result.metrics],
@@ -169,7 +171,7 @@ def ours_worker(spec: dict) -> dict:
     }
 
 
-def run_worker(command: list[str], spec: dict) -> dict:
+def run_worker(command: list[str], spec: dict, threads: int | None) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(spec, fh)
     env = {
@@ -187,6 +189,8 @@ def run_worker(command: list[str], spec: dict) -> dict:
     result["wall_seconds"] = time.perf_counter() - started
     timed = result["step_seconds"][1:] or result["step_seconds"]
     result["seconds_per_step"] = sum(timed) / len(timed)
+    cpu = result["step_cpu_seconds"][1:] or result["step_cpu_seconds"]
+    result["cpu_seconds_per_step"] = sum(cpu) / len(cpu)
     return result
 
 
@@ -201,6 +205,9 @@ def main() -> None:
         "--repeats", type=int, default=1, help="runs per variant, alternating; the best is kept"
     )
     parser.add_argument("--variants", default="ours,trl-lora,trl-full")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads per worker (1 is steadier on a shared machine)"
+    )
     parser.add_argument("--ours-fp32", action="store_true", help="our frozen base in fp32 instead of bf16")
     parser.add_argument(
         "--venv", type=Path, default=Path(tempfile.gettempdir()) / "ppo_bench" / "venv-trl112"
@@ -253,7 +260,7 @@ def main() -> None:
                 spec = {**base_spec, "variant": variant, "bf16_weights": False, "bf16_autocast": False}
                 command = [str(trl_python), str(trl_script)]
             print(f"running {variant} ...", flush=True)
-            result = run_worker(command, spec)
+            result = run_worker(command, spec, args.threads)
             runs.setdefault(variant, []).append(result["seconds_per_step"])
             best = results.get(variant)
             if best is None or result["seconds_per_step"] < best["seconds_per_step"]:
@@ -266,28 +273,36 @@ def main() -> None:
         "ours_base_dtype": "fp32" if args.ours_fp32 else "bf16",
         "trl_dtype": "fp32",
         "repeats": args.repeats,
+        "threads": args.threads,
         "results": results,
     }
     if "ours" in results:
+        ours = results["ours"]
         for variant in (v for v in results if v != "ours"):
-            report[f"speedup_vs_{variant}"] = (
-                results[variant]["seconds_per_step"] / results["ours"]["seconds_per_step"]
+            theirs = results[variant]
+            report[f"speedup_vs_{variant}"] = theirs["seconds_per_step"] / ours["seconds_per_step"]
+            report[f"cpu_speedup_vs_{variant}"] = (
+                theirs["cpu_seconds_per_step"] / ours["cpu_seconds_per_step"]
             )
-            report[f"memory_ratio_vs_{variant}"] = (
-                results["ours"]["peak_rss_mb"] / results[variant]["peak_rss_mb"]
-            )
+            report[f"memory_ratio_vs_{variant}"] = ours["peak_rss_mb"] / theirs["peak_rss_mb"]
     print(
-        f"\nPPO, model={args.model}, batch {args.batch}, {args.response_length} new tokens, {args.epochs} epochs"
+        f"\nPPO, model={args.model}, batch {args.batch}, {args.response_length} new tokens, "
+        f"{args.epochs} epochs, threads={args.threads or 'default'}"
     )
-    header = f"{'variant':<10} {'s/update':>9} {'CPU s/run':>10} {'peak RSS MB':>12} {'speedup':>8} {'mem ratio':>10}"
-    print(header + "   (speedup = their s/update / ours; mem ratio = ours / theirs)")
+    print(
+        f"{'variant':<10} {'s/update':>9} {'CPU s/update':>13} {'peak RSS MB':>12} "
+        f"{'speedup':>8} {'CPU speedup':>12} {'mem ratio':>10}"
+    )
     for variant, r in results.items():
-        speed = report.get(f"speedup_vs_{variant}", 1.0 if variant == "ours" else float("nan"))
-        mem = report.get(f"memory_ratio_vs_{variant}", 1.0 if variant == "ours" else float("nan"))
+        own = variant == "ours"
+        speed = 1.0 if own else report.get(f"speedup_vs_{variant}", float("nan"))
+        cpu = 1.0 if own else report.get(f"cpu_speedup_vs_{variant}", float("nan"))
+        mem = 1.0 if own else report.get(f"memory_ratio_vs_{variant}", float("nan"))
         print(
-            f"{variant:<10} {r['seconds_per_step']:>9.2f} {r['cpu_seconds']:>10.1f} {r['peak_rss_mb']:>12.0f}"
-            f" {speed:>7.2f}x {mem:>9.2f}x"
+            f"{variant:<10} {r['seconds_per_step']:>9.2f} {r['cpu_seconds_per_step']:>13.2f} "
+            f"{r['peak_rss_mb']:>12.0f} {speed:>7.2f}x {cpu:>11.2f}x {mem:>9.2f}x"
         )
+    print("speedup = their time per update / ours; mem ratio = our peak RSS / theirs")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}")

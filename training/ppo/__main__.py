@@ -17,6 +17,7 @@ from training.ppo.config import PPOConfigError, load_ppo_config
 
 
 def run_from_config(config_path: str, overrides: list[str], resume: bool) -> int:
+    from training.modeling import ModelLoadError
     from training.ppo.rollout import PromptError, read_prompts_jsonl
     from training.ppo.trainer import run_ppo
 
@@ -34,7 +35,7 @@ def run_from_config(config_path: str, overrides: list[str], resume: bool) -> int
             out_dir=Path(cfg.out_dir),
             resume=resume,
         )
-    except (PPOConfigError, PromptError, FileNotFoundError, NotImplementedError) as exc:
+    except (PPOConfigError, PromptError, ModelLoadError, FileNotFoundError, NotImplementedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:  # one summary, not one per process

@@ -46,6 +46,7 @@ from training.ppo.advantages import (
 from training.ppo.config import PPOConfig, save_ppo_config
 from training.ppo.losses import entropy_from_logits, logprobs_from_logits, policy_loss, value_loss
 from training.ppo.rollout import (
+    PromptError,
     RewardFn,
     Rollout,
     left_pad,
@@ -92,6 +93,17 @@ def _seed_everything(seed: int) -> None:
 def _step_seed(seed: int, step: int, rank: int) -> int:
     """Every step reseeds from (seed, step, rank), so a resumed run samples exactly what an unbroken one would."""
     return (seed * 1_000_003 + step * 1_009 + rank) % 2**63
+
+
+def _draw_prompts(n_prompts: int, cfg: PPOConfig, step: int, rank: int, world: int) -> list[int]:
+    """This process's `batch_size` prompt indices for `step`: one global draw seeded by (seed, step), sliced by rank."""
+    draw = torch.Generator().manual_seed(_step_seed(cfg.seed, step, 0))
+    n_global = cfg.batch_size * world
+    if n_prompts >= n_global:
+        picks = torch.randperm(n_prompts, generator=draw)[:n_global]
+    else:  # fewer prompts than the global batch: sample with replacement
+        picks = torch.randint(n_prompts, (n_global,), generator=draw)
+    return picks[rank * cfg.batch_size : (rank + 1) * cfg.batch_size].tolist()
 
 
 def _generation_config(cfg: PPOConfig, tokenizer: Any, eos_ids: list[int], pad_id: int) -> Any:
@@ -416,6 +428,8 @@ def run_ppo(
         )
     if not (policy_dir / "config.json").is_file():
         raise FileNotFoundError(f"policy folder {policy_dir} has no config.json; run SFT + merge first")
+    if not prompts:
+        raise PromptError("no prompts to train on; export feedback prompts first")
 
     # cpu=True without CUDA: accelerate then picks gloo for several CPU processes (torchrun-style launch).
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
@@ -486,17 +500,11 @@ def run_ppo(
     )
     last_checkpoint: Path | None = None
     for step in range(start_step + 1, cfg.total_steps + 1):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         seed = _step_seed(cfg.seed, step, rank)
         torch.manual_seed(seed)
         # 1. rollout: this process's share of the step's prompts (same draw on every rank).
-        draw = torch.Generator().manual_seed(_step_seed(cfg.seed, step, 0))
-        n_global = cfg.batch_size * world
-        if len(query_tokens) >= n_global:
-            picks = torch.randperm(len(query_tokens), generator=draw)[:n_global]
-        else:
-            picks = torch.randint(len(query_tokens), (n_global,), generator=draw)
-        mine = picks[rank * cfg.batch_size : (rank + 1) * cfg.batch_size].tolist()
+        mine = _draw_prompts(len(query_tokens), cfg, step, rank, world)
         # 2. score + reference log-probs + values (no gradients).
         model.eval()
         rollout = _collect_rollout(
@@ -520,8 +528,10 @@ def run_ppo(
         # 6. log.
         stats = _reduce_stats(accelerator, stats)
         stats["kl_coef"] = kl_ctl.value
-        kl_ctl.update(stats["kl"], n_global)
+        kl_ctl.update(stats["kl"], cfg.batch_size * world)
         stats["seconds_per_step"] = time.perf_counter() - started
+        # CPU seconds of this process (all threads): with wall time it shows how busy the machine was.
+        stats["cpu_seconds_per_step"] = time.process_time() - cpu_started
         stats["step"] = step
         metrics.append(stats)
         if accelerator.is_main_process:

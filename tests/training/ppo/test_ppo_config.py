@@ -56,3 +56,23 @@ def test_unknown_key_in_yaml_is_an_error(tmp_path: Path) -> None:
     path.write_text("kl_coef: 0.1\nklcoef: 0.2\n")
     with pytest.raises(PPOConfigError, match="klcoef"):
         load_ppo_config(path)
+
+
+def test_cli_reports_bad_config_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    from training.ppo.__main__ import main
+
+    assert main(["--config", str(CONFIGS / "ppo_tiny.yaml"), "--set", "lrr=1"]) == 2
+    assert "unknown PPO config key" in capsys.readouterr().err
+    assert main(["--config", str(CONFIGS / "ppo_tiny.yaml")]) == 2  # the tiny config names no paths
+    assert "policy_dir" in capsys.readouterr().err
+
+
+def test_cli_reports_a_missing_prompts_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.ppo.__main__ import main
+
+    paths = [f"{k}={tmp_path / k}" for k in ("policy_dir", "reward_dir", "prompts_file", "out_dir")]
+    args = ["--config", str(CONFIGS / "ppo_tiny.yaml")]
+    for item in paths:
+        args += ["--set", item]
+    assert main(args) == 2
+    assert "does not exist" in capsys.readouterr().err
