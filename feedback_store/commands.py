@@ -2,8 +2,9 @@
 
 `add_commands(subparsers)` registers the `feedback` group; each subcommand sets `func` (and
 `handler`, the same function) to a handler `(args) -> int`. Errors print one line to stderr and return
-1, never a traceback. The database defaults to `Paths.from_env().feedback_db` (RAGQA_HOME); `--db`
-overrides it.
+1, never a traceback. The database defaults to $RAGQA_FEEDBACK_DSN when set (e.g. a postgresql:// DSN
+shared by app replicas), else `Paths.from_env().feedback_db` (RAGQA_HOME); `--db` (a path, sqlite:///path or
+postgresql://...) overrides both.
 """
 
 from __future__ import annotations
@@ -24,16 +25,21 @@ if TYPE_CHECKING:
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _default_db() -> Path:
+def _default_db() -> str | Path:
+    from feedback_store.store import feedback_target
     from training.paths import Paths
 
-    return Paths.from_env().feedback_db
+    return feedback_target(Paths.from_env().feedback_db)
 
 
 def _open(args: argparse.Namespace, *, must_exist: bool = True) -> FeedbackStore:
+    from feedback_store.postgres_db import is_postgres_dsn
     from feedback_store.store import FeedbackStore, sqlite_path_from_dsn
 
-    db = sqlite_path_from_dsn(args.db) if args.db else _default_db()
+    target = args.db or _default_db()
+    if is_postgres_dsn(str(target)):
+        return FeedbackStore.open(str(target))
+    db = sqlite_path_from_dsn(target)
     if must_exist and not db.exists():
         raise FeedbackError(f"no feedback database at {db} (nothing recorded yet, or pass --db)")
     return FeedbackStore.open(db)
@@ -134,7 +140,12 @@ def _help(parser: argparse.ArgumentParser) -> Handler:
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register `feedback` and its subcommands on the `ragqa` parser's subparsers."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", default=None, help="feedback database (default: RAGQA_HOME/feedback.db)")
+    common.add_argument(
+        "--db",
+        default=None,
+        help="feedback database: a path, sqlite:///path or postgresql://... "
+        "(default: $RAGQA_FEEDBACK_DSN, else RAGQA_HOME/feedback.db)",
+    )
 
     feedback = subparsers.add_parser("feedback", help="inspect, export, import or delete recorded feedback")
     feedback.set_defaults(func=_help(feedback), handler=_help(feedback))

@@ -1,25 +1,27 @@
 """The feedback store: every question asked, what was shown, and what raters said about it.
 
 `FeedbackStore` is the only way the app, the CLI and training read or write feedback; no SQL lives
-outside this package. SQLite in WAL mode, one writer connection, short `BEGIN IMMEDIATE`
-transactions with group commit (concurrent writes share one transaction and one fsync, each in its
-own SAVEPOINT); see the class docstring for the API and its guarantees.
+outside this package. One writer connection per process, short transactions with group commit
+(concurrent writes share one transaction and one commit, each in its own SAVEPOINT). The database is a
+SQLite file in WAL mode (default, `sqlite_db.py`) or a PostgreSQL database shared by several app
+replicas (`postgresql://` DSN, `postgres_db.py`); the SQL and the API are the same. See the class
+docstring for the API and its guarantees.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import sqlite3
+import os
+import random
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 from feedback_store.errors import (
     FeedbackConflict,
@@ -30,6 +32,7 @@ from feedback_store.errors import (
 )
 from feedback_store.migrations import LATEST_VERSION, migrate, schema_version
 from feedback_store.pairs import demonstrations, interaction_pairs, normalize_text
+from feedback_store.postgres_db import PostgresBackend, is_postgres_dsn
 from feedback_store.records import (
     SIMULATED_PREFIX,
     CandidateRecord,
@@ -42,12 +45,17 @@ from feedback_store.records import (
     RankingRecord,
     RatingRecord,
 )
+from feedback_store.sqlite_db import SqliteBackend, sqlite_path_from_dsn
+
+__all__ = ["FeedbackStore", "feedback_target", "sqlite_path_from_dsn"]
 
 T = TypeVar("T")
 
 DEFAULT_MAX_TEXT_CHARS = 100_000
 DEFAULT_BUSY_TIMEOUT_S = 5.0
 _MAX_ID_CHARS = 200  # session ids, user names, model versions, labels, client tokens
+_BATCH_ATTEMPTS = 3  # a batch rolled back by a deadlock / serialization failure is run again this often
+DSN_ENV = "RAGQA_FEEDBACK_DSN"
 
 
 def _now() -> str:
@@ -58,67 +66,25 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
-def sqlite_path_from_dsn(path_or_dsn: str | Path) -> Path:
-    """The SQLite file a path or DSN names: `path`, `sqlite:///relative`, `sqlite:////absolute`.
-
-    A `postgresql://` DSN is accepted by the signature (the schema is portable SQL) but not
-    implemented yet: it raises FeedbackError saying so.
-    """
-    text = str(path_or_dsn)
-    if text.startswith(("postgresql://", "postgres://")):
-        raise FeedbackError(
-            "the PostgreSQL backend is not implemented yet; give a SQLite file path or sqlite:///path"
-        )
-    if text.startswith("sqlite:///"):
-        text = text[len("sqlite:///") :]
-    elif "://" in text:
-        raise FeedbackError(f"unsupported feedback store DSN {text!r}; use a file path or sqlite:///path")
-    if text in ("", ":memory:"):
-        raise FeedbackError("the feedback store needs a file (readers open their own connections)")
-    return Path(text).expanduser()
-
-
-def _unavailable(exc: sqlite3.Error, path: Path, busy_timeout_s: float) -> FeedbackError:
-    """Translate a SQLite failure into an error that says what happened and what to do."""
-    msg = str(exc).lower()
-    what = f"feedback database {path}"
-    if "locked" in msg or "busy" in msg:
-        return FeedbackStoreUnavailable(
-            f"the {what} stayed locked by another writer for more than {busy_timeout_s:g} s; "
-            "nothing was recorded, retry later"
-        )
-    if "readonly" in msg or "read-only" in msg:
-        return FeedbackStoreUnavailable(
-            f"the {what} is read-only (file permissions, a read-only mount, or opened read_only); "
-            "nothing was recorded"
-        )
-    if "full" in msg:
-        return FeedbackStoreUnavailable(
-            f"the {what} cannot grow: the disk (or its size limit) is full; free space and retry. "
-            "Nothing was recorded; what was stored before is intact"
-        )
-    if "unable to open" in msg or "disk i/o" in msg:
-        return FeedbackStoreUnavailable(f"cannot open or write the {what}: {exc}")
-    if "not a database" in msg or "malformed" in msg:
-        return FeedbackStoreUnavailable(f"the {what} is not a SQLite database or is corrupt: {exc}")
-    if isinstance(exc, sqlite3.IntegrityError):
-        return FeedbackValidationError(f"rejected by the {what}: {exc}")
-    return FeedbackStoreUnavailable(f"the {what} failed: {exc}")
+def feedback_target(default: str | Path) -> str | Path:
+    """Where the app's feedback goes: $RAGQA_FEEDBACK_DSN when set (e.g. postgresql://... shared by replicas),
+    else `default` (the SQLite file RAGQA_HOME/feedback.db)."""
+    return os.environ.get(DSN_ENV) or default
 
 
 class _Grouped:
-    """Walk a cursor ordered by interaction id alongside the interactions (a merge join)."""
+    """Walk rows ordered by interaction id alongside the interactions (a merge join)."""
 
-    def __init__(self, cursor: sqlite3.Cursor) -> None:
-        self._cursor = cursor
-        self._pending = cursor.fetchone()
+    def __init__(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        self._rows = iter(rows)
+        self._pending = next(self._rows, None)
 
     def take(self, interaction_id: int) -> list[tuple[Any, ...]]:
         rows = []
         while self._pending is not None and self._pending[0] <= interaction_id:
             if self._pending[0] == interaction_id:
-                rows.append(self._pending[1:])
-            self._pending = self._cursor.fetchone()
+                rows.append(tuple(self._pending[1:]))
+            self._pending = next(self._rows, None)
         return rows
 
 
@@ -127,7 +93,7 @@ class _Request:
 
     __slots__ = ("run", "result", "error", "done")
 
-    def __init__(self, run: Callable[[sqlite3.Connection], Any]) -> None:
+    def __init__(self, run: Callable[[Any], Any]) -> None:
         self.run = run
         self.result: Any = None
         self.error: BaseException | None = None
@@ -155,7 +121,7 @@ class _GroupCommit:
         self._pending: list[_Request] = []
         self._leading = False
 
-    def submit(self, run: Callable[[sqlite3.Connection], T]) -> T:
+    def submit(self, run: Callable[[Any], T]) -> T:
         """Queue `run` and return its result once committed (or raise its error); thread-safe."""
         req = _Request(run)
         with self._cond:
@@ -187,6 +153,14 @@ class _GroupCommit:
                     r.done = True
                 self._leading = False
                 self._cond.notify_all()
+
+
+class _RetryBatch(Exception):
+    """A write hit a deadlock / serialization failure: the whole batch must be rolled back and run again."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 class FeedbackStore:
@@ -229,24 +203,17 @@ class FeedbackStore:
     Raters whose session id or user starts with "simulated:" are reported as simulated everywhere.
     """
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
-        busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
-        read_only: bool = False,
-        synchronous: str = "FULL",
-    ) -> None:
-        if synchronous not in ("FULL", "NORMAL"):
-            raise FeedbackError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")
-        self.synchronous = synchronous
-        self.path = path
+    def __init__(self, backend: SqliteBackend | PostgresBackend, *, max_text_chars: int) -> None:
+        self._backend = backend
+        self.backend = backend.name  # "sqlite" | "postgresql"
+        # A SQLite store's file; for PostgreSQL the DSN without its password (for messages and manifests).
+        self.path: Path | str = backend.path if isinstance(backend, SqliteBackend) else backend.location
         self.max_text_chars = max_text_chars
-        self.busy_timeout_s = busy_timeout_s
-        self.read_only = read_only
+        self.busy_timeout_s = backend.busy_timeout_s
+        self.read_only = backend.read_only
+        self.synchronous = backend.synchronous
         self._lock = threading.Lock()  # guards the writer connection
-        self._writer: sqlite3.Connection | None = None
+        self._writer: Any = None  # sqlite3.Connection | postgres_db.PgConnection
         self._group = _GroupCommit(self._run_batch)
         self._closed = False
 
@@ -262,74 +229,56 @@ class FeedbackStore:
         read_only: bool = False,
         synchronous: str = "FULL",
     ) -> FeedbackStore:
-        """Open (creating and migrating if needed) the store at a file path or `sqlite:///` DSN.
+        """Open (creating and migrating if needed) the store at a file path, `sqlite:///` or `postgresql://` DSN.
 
         read_only=True never writes: the schema must already be current, and every write raises
-        FeedbackStoreUnavailable. synchronous="FULL" (default) fsyncs the WAL at every commit, so an
-        acknowledged write survives a power cut; "NORMAL" survives a crash of the process (the app) but
-        the last commits before an OS crash or power cut may be lost (the file stays consistent), for
-        about 4x the write rate on a disk with slow fsync (benchmarks/store_throughput.py).
+        FeedbackStoreUnavailable. synchronous="FULL" (default) makes an acknowledged write durable: SQLite
+        fsyncs the WAL at every commit, PostgreSQL runs with synchronous_commit=on (survives a power cut).
+        "NORMAL" survives a crash of the process (the app) but the last commits before an OS or server crash
+        may be lost (the database stays consistent), for about 4x the write rate on a disk with slow fsync
+        (benchmarks/store_throughput.py). busy_timeout_s bounds the wait for another writer's lock
+        (SQLite busy_timeout, PostgreSQL lock_timeout) before FeedbackStoreUnavailable.
         """
-        path = sqlite_path_from_dsn(path_or_dsn)
-        store = cls(
-            path,
-            max_text_chars=max_text_chars,
-            busy_timeout_s=busy_timeout_s,
-            read_only=read_only,
-            synchronous=synchronous,
-        )
+        if synchronous not in ("FULL", "NORMAL"):
+            raise FeedbackError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")
+        settings = {"busy_timeout_s": busy_timeout_s, "read_only": read_only, "synchronous": synchronous}
+        if is_postgres_dsn(str(path_or_dsn)):
+            backend: SqliteBackend | PostgresBackend = PostgresBackend(str(path_or_dsn), **settings)
+        else:
+            backend = SqliteBackend(sqlite_path_from_dsn(path_or_dsn), **settings)
+        store = cls(backend, max_text_chars=max_text_chars)
         try:
             if read_only:
-                if not path.exists():
-                    raise FeedbackStoreUnavailable(f"no feedback database at {path}")
-                with store._reader() as conn:
-                    version = schema_version(conn)
-                if version != LATEST_VERSION:
-                    raise FeedbackStoreUnavailable(
-                        f"the feedback database {path} is at schema v{version}, this code needs "
-                        f"v{LATEST_VERSION}; open it once writable to migrate it"
-                    )
+                store._check_current_schema()
             else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                store._writer = store._connect(write=True)
+                backend.prepare()
+                store._writer = backend.connect(write=True)
                 migrate(store._writer)
-        except sqlite3.Error as exc:
+        except backend.errors as exc:
             store.close()
-            raise _unavailable(exc, path, busy_timeout_s) from exc
+            raise backend.translate(exc) from exc
         except BaseException:
             store.close()
             raise
         return store
 
-    def _connect(self, *, write: bool) -> sqlite3.Connection:
-        mode = "ro" if (self.read_only or not write) else "rwc"
-        conn = sqlite3.connect(
-            f"file:{quote(str(self.path.resolve()))}?mode={mode}",
-            uri=True,
-            timeout=self.busy_timeout_s,
-            isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
-            check_same_thread=False,  # the writer is shared by threads, guarded by self._lock
-        )
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-            conn.execute("PRAGMA foreign_keys = ON")
-            if write:
-                conn.execute("PRAGMA journal_mode = WAL")
-                # FULL by default: in WAL mode NORMAL skips the fsync of the WAL at each commit, so a
-                # power cut (not a process crash) can lose the last acknowledged writes. FULL fsyncs the
-                # WAL on every COMMIT, so "acknowledged" means "on disk".
-                conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+    def _check_current_schema(self) -> None:
+        if not self._backend.exists():
+            raise FeedbackStoreUnavailable(f"no feedback database at {self.path}")
+        with self._backend.reader() as conn:
+            version = schema_version(conn)
+        if version != LATEST_VERSION:
+            raise FeedbackStoreUnavailable(
+                f"the feedback database {self.path} is at schema v{version}, this code needs "
+                f"v{LATEST_VERSION}; open it once writable to migrate it"
+            )
 
     def close(self) -> None:
         """Close the writer connection. Further writes raise FeedbackError."""
         with self._lock:
             self._closed = True
             if self._writer is not None:
-                self._writer.close()
+                self._backend.close_writer(self._writer)
                 self._writer = None
 
     def __enter__(self) -> FeedbackStore:
@@ -347,6 +296,10 @@ class FeedbackStore:
             raise FeedbackValidationError(f"{name} must be a string, got {type(value).__name__}")
         if not allow_empty and not value.strip():
             raise FeedbackValidationError(f"{name} is empty")
+        if self._backend.forbids_nul and "\x00" in value:
+            raise FeedbackValidationError(
+                f"{name} contains a NUL character (U+0000), which PostgreSQL cannot store; remove it"
+            )
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as exc:
@@ -430,11 +383,16 @@ class FeedbackStore:
         session_id: str | Callable[[], str],
         client_token: str | None,
         request: Any,
-        work: Callable[[sqlite3.Connection], T],
+        work: Callable[[Any], T],
         encode: Callable[[T], Any],
         decode: Callable[[Any], T],
     ) -> T:
-        """Run `work` durably (see _GroupCommit); replay the stored result for a known client token."""
+        """Run `work` durably (see _GroupCommit); replay the stored result for a known client token.
+
+        The token is claimed first (`INSERT ... ON CONFLICT DO NOTHING` on its primary key), so two processes
+        submitting the same token at once record it once: the second waits for the first's commit, finds the
+        row and replays its result (PostgreSQL); on SQLite the write lock serialises them anyway.
+        """
         if client_token is not None:
             self._ident("client_token", client_token)
         request_sha = hashlib.sha256(_dumps([kind, request]).encode()).hexdigest()
@@ -443,74 +401,102 @@ class FeedbackStore:
                 f"the feedback database {self.path} was opened read-only; nothing was recorded"
             )
 
-        def run(conn: sqlite3.Connection) -> T:
+        def run(conn: Any) -> T:
             if client_token is not None:
-                row = conn.execute(
-                    "SELECT kind, request_sha256, result_json FROM client_tokens WHERE token = ?",
-                    (client_token,),
-                ).fetchone()
-                if row is not None:
-                    if (row[0], row[1]) != (kind, request_sha):
-                        raise FeedbackConflict(
-                            f"client token {client_token!r} was already used for a different "
-                            f"{row[0]} request; use a new token per submission"
-                        )
-                    return decode(json.loads(row[2]))
-            result = work(conn)
-            if client_token is not None:
-                conn.execute(
+                claimed = conn.execute(
                     "INSERT INTO client_tokens (token, kind, request_sha256, result_json, session_id, "
-                    "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    "created_at) VALUES (?, ?, ?, '', ?, ?) ON CONFLICT (token) DO NOTHING RETURNING token",
                     (
                         client_token,
                         kind,
                         request_sha,
+                        session_id if isinstance(session_id, str) else "",
+                        _now(),
+                    ),
+                ).fetchone()
+                if claimed is None:
+                    return self._replay(conn, client_token, kind, request_sha, decode)
+            result = work(conn)
+            if client_token is not None:
+                conn.execute(
+                    "UPDATE client_tokens SET result_json = ?, session_id = ? WHERE token = ?",
+                    (
                         _dumps(encode(result)),
                         session_id if isinstance(session_id, str) else session_id(),
-                        _now(),
+                        client_token,
                     ),
                 )
             return result
 
         return self._group.submit(run)
 
+    @staticmethod
+    def _replay(conn: Any, token: str, kind: str, request_sha: str, decode: Callable[[Any], T]) -> T:
+        row = conn.execute(
+            "SELECT kind, request_sha256, result_json FROM client_tokens WHERE token = ?", (token,)
+        ).fetchone()
+        if (row[0], row[1]) != (kind, request_sha):
+            raise FeedbackConflict(
+                f"client token {token!r} was already used for a different "
+                f"{row[0]} request; use a new token per submission"
+            )
+        return decode(json.loads(row[2]))
+
     def _run_batch(self, batch: list[_Request]) -> None:
-        """Run a batch of writes in ONE `BEGIN IMMEDIATE` transaction and one COMMIT (one fsync).
+        """Run a batch of writes in ONE transaction and one COMMIT (one fsync / one WAL flush).
 
         Each write runs inside its own SAVEPOINT, so a write that fails (bad input, a conflict) is rolled back
         alone and gets its own error while the others commit. An error that ends the whole transaction (a full
-        disk, a lock held too long, a failed COMMIT) fails every write of the batch: none is acknowledged.
+        disk, a lock held too long, a failed COMMIT, a dropped connection) fails every write of the batch: none
+        is acknowledged. A deadlock or serialization failure between processes (PostgreSQL) rolls the batch
+        back and runs it again, up to _BATCH_ATTEMPTS times.
         Called by the group-commit leader only, which holds no other lock; `self._lock` guards the connection.
         """
+        backend = self._backend
         with self._lock:
-            conn = self._writer
-            if conn is None:
+            if self._writer is None:
                 for req in batch:
                     req.fail(FeedbackError("the feedback store is closed"))
                 return
-            try:
-                conn.execute("BEGIN IMMEDIATE")
+            conn = self._writer
+            for attempt in range(1, _BATCH_ATTEMPTS + 1):
+                if attempt > 1:
+                    time.sleep(random.uniform(0.0, 0.02 * attempt))  # let the other transaction finish
                 for req in batch:
-                    self._run_in_savepoint(conn, req)
-                    if not conn.in_transaction:  # SQLite rolled back everything (e.g. SQLITE_FULL)
-                        raise req.error  # type: ignore[misc]
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback(conn)
-                self._fail_all(batch, _unavailable(exc, self.path, self.busy_timeout_s))
-            except BaseException as exc:
-                self._rollback(conn)
-                self._fail_all(batch, exc)
+                    req.result, req.error = None, None
+                try:
+                    self._writer = conn = backend.alive(self._writer)
+                    backend.begin_write(conn)
+                    for req in batch:
+                        self._run_in_savepoint(conn, req)
+                        if not conn.in_transaction:  # SQLite rolled back everything (e.g. SQLITE_FULL)
+                            raise req.error  # type: ignore[misc]
+                    conn.execute("COMMIT")
+                    return
+                except _RetryBatch as retry:
+                    self._rollback(conn)
+                    if attempt == _BATCH_ATTEMPTS:
+                        self._fail_all(batch, backend.translate(retry.cause))
+                except backend.errors as exc:
+                    self._rollback(conn)
+                    if attempt == _BATCH_ATTEMPTS or not backend.retryable(exc):
+                        self._fail_all(batch, backend.translate(exc))
+                        return
+                except BaseException as exc:
+                    self._rollback(conn)
+                    self._fail_all(batch, exc)
+                    return
 
-    def _run_in_savepoint(self, conn: sqlite3.Connection, req: _Request) -> None:
+    def _run_in_savepoint(self, conn: Any, req: _Request) -> None:
         conn.execute("SAVEPOINT write")
         try:
             req.result = req.run(conn)
             conn.execute("RELEASE write")
         except BaseException as exc:
-            req.error = (
-                _unavailable(exc, self.path, self.busy_timeout_s) if isinstance(exc, sqlite3.Error) else exc
-            )
+            if self._backend.retryable(exc):
+                raise _RetryBatch(exc) from exc
+            is_db = isinstance(exc, self._backend.errors)
+            req.error = self._backend.translate(exc) if is_db else exc
             if conn.in_transaction:
                 conn.execute("ROLLBACK TO write")
                 conn.execute("RELEASE write")
@@ -523,16 +509,18 @@ class FeedbackStore:
                 req.error = exc
             req.result = None
 
-    @staticmethod
-    def _rollback(conn: sqlite3.Connection) -> None:
-        if conn.in_transaction:
-            # SQLite may already have rolled back (e.g. after SQLITE_FULL): nothing left to undo then.
-            with contextlib.suppress(sqlite3.Error):
+    def _rollback(self, conn: Any) -> None:
+        try:
+            if conn.in_transaction:
                 conn.execute("ROLLBACK")
+        except self._backend.errors:
+            # SQLite may already have rolled back (e.g. after SQLITE_FULL); a dropped PostgreSQL connection
+            # rolled back on the server: nothing left to undo, `alive` replaces it before the next batch.
+            pass
 
     @staticmethod
     def _insert_candidates(
-        conn: sqlite3.Connection, interaction_id: int, cands: list[dict[str, Any]], now: str
+        conn: Any, interaction_id: int, cands: list[dict[str, Any]], now: str
     ) -> list[int]:
         start = conn.execute(
             "SELECT COALESCE(MAX(position) + 1, 0) FROM candidates WHERE interaction_id = ?",
@@ -543,7 +531,7 @@ class FeedbackStore:
             label = c["label"] or (chr(ord("A") + pos) if pos < 26 else f"C{pos + 1}")
             cur = conn.execute(
                 "INSERT INTO candidates (interaction_id, position, label, text, model_version, sampling_json, "
-                "latency_ms, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "latency_ms, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (
                     interaction_id,
                     pos,
@@ -555,16 +543,16 @@ class FeedbackStore:
                     now,
                 ),
             )
-            ids.append(int(cur.lastrowid))
+            ids.append(int(cur.fetchone()[0]))
         return ids
 
     @staticmethod
-    def _require_interaction(conn: sqlite3.Connection, interaction_id: int) -> None:
+    def _require_interaction(conn: Any, interaction_id: int) -> None:
         if conn.execute("SELECT 1 FROM interactions WHERE id = ?", (interaction_id,)).fetchone() is None:
             raise FeedbackNotFound(f"no interaction with id {interaction_id}")
 
     @staticmethod
-    def _candidate_texts(conn: sqlite3.Connection, interaction_id: int) -> dict[int, str]:
+    def _candidate_texts(conn: Any, interaction_id: int) -> dict[int, str]:
         rows = conn.execute("SELECT id, text FROM candidates WHERE interaction_id = ?", (interaction_id,))
         return {int(r[0]): r[1] for r in rows}
 
@@ -588,14 +576,14 @@ class FeedbackStore:
         user = self._ident("user", user, optional=True)
         request = [question, passage_rows, turns, cands, session_id, user]
 
-        def work(conn: sqlite3.Connection) -> InteractionIds:
+        def work(conn: Any) -> InteractionIds:
             now = _now()
             cur = conn.execute(
                 "INSERT INTO interactions (question, context_json, session_id, user_name, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?) RETURNING id",
                 (question, _dumps(turns), session_id, user, now),
             )
-            iid = int(cur.lastrowid)
+            iid = int(cur.fetchone()[0])
             conn.executemany(
                 "INSERT INTO passages_shown (interaction_id, rank, chunk_id, source, text, score) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -626,9 +614,12 @@ class FeedbackStore:
 
         session: list[str] = []  # the interaction's session: delete_session also forgets this token
 
-        def work(conn: sqlite3.Connection) -> list[int]:
+        def work(conn: Any) -> list[int]:
+            # Locks the interaction row on PostgreSQL: another replica adding candidates to it waits, so
+            # the next free position is computed once per commit.
             row = conn.execute(
-                "SELECT session_id FROM interactions WHERE id = ?", (interaction_id,)
+                "SELECT session_id FROM interactions WHERE id = ?" + self._backend.lock_for_update,
+                (interaction_id,),
             ).fetchone()
             if row is None:
                 raise FeedbackNotFound(f"no interaction with id {interaction_id}")
@@ -664,7 +655,7 @@ class FeedbackStore:
         session_id = self._ident("session_id", session_id)
         user = self._ident("user", user, optional=True)
 
-        def work(conn: sqlite3.Connection) -> int:
+        def work(conn: Any) -> int:
             self._require_interaction(conn, interaction_id)
             known = self._candidate_texts(conn, interaction_id)
             unknown = [c for c in flat if c not in known]
@@ -675,10 +666,10 @@ class FeedbackStore:
                 )
             cur = conn.execute(
                 "INSERT INTO rankings (interaction_id, order_json, both_bad, session_id, user_name, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                 (interaction_id, _dumps(groups), int(both_bad), session_id, user, _now()),
             )
-            return int(cur.lastrowid)
+            return int(cur.fetchone()[0])
 
         request = [interaction_id, groups, both_bad, session_id, user]
         return self._write("ranking", session_id, client_token, request, work, int, int)
@@ -700,15 +691,15 @@ class FeedbackStore:
         session_id = self._ident("session_id", session_id)
         user = self._ident("user", user, optional=True)
 
-        def work(conn: sqlite3.Connection) -> int:
+        def work(conn: Any) -> int:
             if conn.execute("SELECT 1 FROM candidates WHERE id = ?", (candidate_id,)).fetchone() is None:
                 raise FeedbackNotFound(f"no candidate with id {candidate_id}")
             cur = conn.execute(
                 "INSERT INTO ratings (candidate_id, up, reason, session_id, user_name, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                 (candidate_id, int(bool(up)), reason, session_id, user, _now()),
             )
-            return int(cur.lastrowid)
+            return int(cur.fetchone()[0])
 
         request = [candidate_id, bool(up), reason, session_id, user]
         return self._write("rating", session_id, client_token, request, work, int, int)
@@ -732,7 +723,7 @@ class FeedbackStore:
         session_id = self._ident("session_id", session_id)
         user = self._ident("user", user, optional=True)
 
-        def work(conn: sqlite3.Connection) -> int:
+        def work(conn: Any) -> int:
             self._require_interaction(conn, interaction_id)
             known = self._candidate_texts(conn, interaction_id)
             for cid in replaced:
@@ -747,10 +738,10 @@ class FeedbackStore:
                     )
             cur = conn.execute(
                 "INSERT INTO corrections (interaction_id, text, replaces_json, session_id, user_name, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                "created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                 (interaction_id, text, _dumps(replaced), session_id, user, _now()),
             )
-            return int(cur.lastrowid)
+            return int(cur.fetchone()[0])
 
         request = [interaction_id, text, replaced, session_id, user]
         return self._write("correction", session_id, client_token, request, work, int, int)
@@ -763,7 +754,7 @@ class FeedbackStore:
         """
         session_id = self._ident("session_id", session_id)
 
-        def work(conn: sqlite3.Connection) -> int:
+        def work(conn: Any) -> int:
             n = 0
             for table in ("rankings", "ratings", "corrections", "interactions"):
                 n += conn.execute(f"DELETE FROM {table} WHERE session_id = ?", (session_id,)).rowcount
@@ -788,7 +779,7 @@ class FeedbackStore:
                 if hasattr(item, name):
                     self._text(f"item {i} {name}", getattr(item, name), allow_empty=name != "question")
 
-        def work(conn: sqlite3.Connection) -> ImportResult:
+        def work(conn: Any) -> ImportResult:
             imported = duplicates = 0
             for item in items:
                 payload = asdict(item) if is_dataclass(item) else dict(item)
@@ -796,14 +787,19 @@ class FeedbackStore:
                 token = (
                     "import:" + hashlib.sha256(_dumps([type(item).__name__, payload]).encode()).hexdigest()
                 )
-                if conn.execute("SELECT 1 FROM client_tokens WHERE token = ?", (token,)).fetchone():
+                # Claimed before inserting: the same file imported by two processes at once imports once.
+                claimed = conn.execute(
+                    "INSERT INTO client_tokens (token, kind, request_sha256, result_json, session_id, created_at) "
+                    "VALUES (?, 'import', ?, '', ?, ?) ON CONFLICT (token) DO NOTHING RETURNING token",
+                    (token, token[7:], origin, _now()),
+                ).fetchone()
+                if claimed is None:
                     duplicates += 1
                     continue
                 iid = self._insert_imported(conn, item, origin)
                 conn.execute(
-                    "INSERT INTO client_tokens (token, kind, request_sha256, result_json, session_id, created_at) "
-                    "VALUES (?, 'import', ?, ?, ?, ?)",
-                    (token, token[7:], _dumps({"interaction_id": iid}), origin, _now()),
+                    "UPDATE client_tokens SET result_json = ? WHERE token = ?",
+                    (_dumps({"interaction_id": iid}), token),
                 )
                 imported += 1
             return ImportResult(imported, duplicates, origin)
@@ -811,12 +807,12 @@ class FeedbackStore:
         return self._write("import", origin, None, None, work, asdict, lambda d: ImportResult(**d))
 
     def _insert_imported(
-        self, conn: sqlite3.Connection, item: ImportedPreference | ImportedDemonstration, origin: str
+        self, conn: Any, item: ImportedPreference | ImportedDemonstration, origin: str
     ) -> int:
         now = _now()
         cur = conn.execute(
             "INSERT INTO interactions (question, context_json, session_id, user_name, created_at, prompt_json) "
-            "VALUES (?, '[]', ?, ?, ?, ?)",
+            "VALUES (?, '[]', ?, ?, ?, ?) RETURNING id",
             (
                 item.question,
                 origin,
@@ -825,7 +821,7 @@ class FeedbackStore:
                 json.dumps([dict(m) for m in item.prompt], ensure_ascii=False),
             ),
         )
-        iid = int(cur.lastrowid)
+        iid = int(cur.fetchone()[0])
 
         def cand(text: str, model: str) -> dict[str, Any]:
             return {"text": text, "model_version": model, "sampling": "{}", "latency_ms": None, "label": None}
@@ -862,20 +858,14 @@ class FeedbackStore:
 
     # ----------------------------------------------------------------------------- read path
 
-    def _reader(self) -> sqlite3.Connection:
-        try:
-            return self._connect(write=False)
-        except sqlite3.Error as exc:
-            raise _unavailable(exc, self.path, self.busy_timeout_s) from exc
-
     def schema_version(self) -> int:
         """The schema version of the database file (LATEST_VERSION once opened writable)."""
-        with _closing(self._reader()) as conn:
+        with self._backend.reader() as conn:
             return schema_version(conn)
 
     def count_interactions(self) -> int:
         """How many interactions the store holds (cheap; for progress bars)."""
-        with _closing(self._reader()) as conn:
+        with self._backend.reader() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM interactions").fetchone()[0])
 
     def iter_interactions(self, *, start_id: int = 0) -> Iterator[InteractionRecord]:
@@ -884,19 +874,17 @@ class FeedbackStore:
         Streams: one merge join over the tables ordered by interaction id, so memory stays at one
         interaction whatever the store's size.
         """
-        conn = self._reader()
-        try:
-            conn.execute("BEGIN")  # one read snapshot for all the cursors below
-            yield from self._iter_records(conn, start_id)
-        except sqlite3.Error as exc:
-            raise _unavailable(exc, self.path, self.busy_timeout_s) from exc
-        finally:
-            conn.close()
+        backend = self._backend
+        with backend.reader() as conn:
+            try:
+                backend.begin_snapshot(conn)  # one read snapshot for all the cursors below
+                yield from self._iter_records(conn, start_id)
+            except backend.errors as exc:
+                raise backend.translate(exc) from exc
 
-    @staticmethod
-    def _iter_records(conn: sqlite3.Connection, start_id: int) -> Iterator[InteractionRecord]:
+    def _iter_records(self, conn: Any, start_id: int) -> Iterator[InteractionRecord]:
         def grouped(sql: str) -> _Grouped:
-            return _Grouped(conn.execute(sql, (start_id,)))
+            return _Grouped(self._backend.stream(conn, sql, (start_id,)))
 
         passages = grouped(
             "SELECT interaction_id, rank, chunk_id, source, text, score FROM passages_shown "
@@ -919,7 +907,8 @@ class FeedbackStore:
             "SELECT interaction_id, id, text, replaces_json, session_id, user_name, created_at FROM corrections "
             "WHERE interaction_id >= ? ORDER BY interaction_id, id"
         )
-        rows = conn.execute(
+        rows = self._backend.stream(
+            conn,
             "SELECT id, question, context_json, session_id, user_name, created_at, prompt_json "
             "FROM interactions WHERE id >= ? ORDER BY id",
             (start_id,),
@@ -972,8 +961,8 @@ class FeedbackStore:
         rater sessions), simulated_raters, imported_interactions, schema_version, and per_model_version:
         {version: {candidates, up, down, wins, losses}} (wins/losses over the implied pairs).
         """
-        with _closing(self._reader()) as conn:
-            conn.execute("BEGIN")
+        with self._backend.reader() as conn:
+            self._backend.begin_snapshot(conn)
             one = lambda sql: int(conn.execute(sql).fetchone()[0])  # noqa: E731
             out: dict[str, Any] = {
                 "interactions": one("SELECT COUNT(*) FROM interactions"),
@@ -999,8 +988,9 @@ class FeedbackStore:
             out["simulated_raters"] = sum(r.startswith(SIMULATED_PREFIX) for r in raters)
             per_model: dict[str, dict[str, int]] = {}
             for model, n, up, down in conn.execute(
-                "SELECT c.model_version, COUNT(DISTINCT c.id), COALESCE(SUM(r.up = 1), 0), "
-                "COALESCE(SUM(r.up = 0), 0) FROM candidates c LEFT JOIN ratings r ON r.candidate_id = c.id "
+                "SELECT c.model_version, COUNT(DISTINCT c.id), COALESCE(SUM(CASE WHEN r.up = 1 THEN 1 END), 0), "
+                "COALESCE(SUM(CASE WHEN r.up = 0 THEN 1 END), 0) "
+                "FROM candidates c LEFT JOIN ratings r ON r.candidate_id = c.id "
                 "GROUP BY c.model_version ORDER BY c.model_version"
             ):
                 per_model[model] = {"candidates": n, "up": int(up), "down": int(down), "wins": 0, "losses": 0}
@@ -1016,25 +1006,7 @@ class FeedbackStore:
         return out
 
     def integrity_check(self) -> str:
-        """'ok' when SQLite's integrity and foreign-key checks pass, else their messages."""
-        with _closing(self._reader()) as conn:
-            problems = [r[0] for r in conn.execute("PRAGMA integrity_check")]
-            fks = conn.execute("PRAGMA foreign_key_check").fetchall()
-        if fks:
-            problems = [p for p in problems if p != "ok"] + [
-                f"foreign key violation: {tuple(r)}" for r in fks
-            ]
-        return "\n".join(problems)
-
-
-class _closing:
-    """Context manager closing a connection (sqlite3's own only ends the transaction)."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def __enter__(self) -> sqlite3.Connection:
-        return self.conn
-
-    def __exit__(self, *exc: object) -> None:
-        self.conn.close()
+        """'ok' when the database's integrity and foreign-key checks pass, else their messages."""
+        with self._backend.reader() as conn:
+            problems = self._backend.integrity_problems(conn)
+        return "\n".join(problems) if problems else "ok"

@@ -241,8 +241,10 @@ def test_disk_full_rolls_back_and_keeps_acknowledged_writes(tmp_path: Path) -> N
 
 
 def test_open_rejects_unsupported_targets(tmp_path: Path) -> None:
-    with pytest.raises(FeedbackError, match="PostgreSQL backend is not implemented"):
-        FeedbackStore.open("postgresql://u@h/db")
+    with pytest.raises(FeedbackStoreUnavailable, match="cannot reach the feedback database postgresql://u@"):
+        FeedbackStore.open("postgresql://u:secret@nosuchhost.invalid/db", busy_timeout_s=1)
+    with pytest.raises(FeedbackError, match="unsupported feedback store DSN"):
+        FeedbackStore.open("mysql://u@h/db")
     with pytest.raises(FeedbackError, match="needs a file"):
         FeedbackStore.open(":memory:")
     with FeedbackStore.open(f"sqlite:///{tmp_path}/dsn.db") as s:
