@@ -465,8 +465,7 @@ class FeedbackStore:
                 for req in batch:
                     req.result, req.error = None, None
                 try:
-                    self._writer = conn = backend.alive(self._writer)
-                    backend.begin_write(conn)
+                    self._writer = conn = self._begin(conn)
                     for req in batch:
                         self._run_in_savepoint(conn, req)
                         if not conn.in_transaction:  # SQLite rolled back everything (e.g. SQLITE_FULL)
@@ -486,6 +485,20 @@ class FeedbackStore:
                     self._rollback(conn)
                     self._fail_all(batch, exc)
                     return
+
+    def _begin(self, conn: Any) -> Any:
+        """Start the write transaction on a live writer. A connection that turns out dead at BEGIN (the
+        PostgreSQL server restarted while the app was idle) is replaced once: nothing was sent yet."""
+        backend = self._backend
+        conn = backend.alive(conn)
+        try:
+            backend.begin_write(conn)
+        except backend.errors:
+            if getattr(conn, "usable", True):
+                raise
+            conn = backend.alive(conn)
+            backend.begin_write(conn)
+        return conn
 
     def _run_in_savepoint(self, conn: Any, req: _Request) -> None:
         conn.execute("SAVEPOINT write")

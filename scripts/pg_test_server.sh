@@ -5,7 +5,8 @@
 #                                           listening on a unix socket in DIR only (no TCP), print two lines:
 #                                             DIR=<dir>
 #                                             DSN=postgresql://ragqa@/postgres?host=<dir>
-#   scripts/pg_test_server.sh stop DIR      stop the server (fast shutdown) and delete DIR
+#   scripts/pg_test_server.sh stop DIR      stop the server (immediate: no shutdown checkpoint, the data is
+#                                           thrown away) and delete DIR
 #
 # Needs the server binaries (Debian/Ubuntu: `apt-get install -y postgresql`; found with pg_config, in
 # /usr/lib/postgresql/*/bin, or in $PG_BIN). PostgreSQL refuses to run as root: as root the server runs as the
@@ -58,7 +59,7 @@ stop)
     dir=${2:?usage: pg_test_server.sh stop DIR}
     bin=$(find_bin)
     if [[ -f "$dir/data/postmaster.pid" ]]; then
-        as_owner "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null || true
+        as_owner "$bin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null || true
     fi
     rm -rf "$dir"
     ;;

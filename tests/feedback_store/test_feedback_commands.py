@@ -71,7 +71,10 @@ def test_errors_are_one_line_without_traceback(db: Path, tmp_path: Path, capsys)
     assert "no feedback database" in capsys.readouterr().err
     assert run(["feedback", "stats", "--db", "postgresql://nosuchhost.invalid/y"]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "cannot reach the feedback database postgresql://@nosuchhost.invalid/y" in err
+    assert (
+        err.count("\n") == 1
+        and "cannot reach the feedback database postgresql://@nosuchhost.invalid/y" in err
+    )
     assert run(["feedback", "stats", "--db", "mysql://x/y"]) == 1
     assert "unsupported feedback store DSN" in capsys.readouterr().err
     assert run(["feedback"]) == 1  # no subcommand: usage on stderr

@@ -1,4 +1,6 @@
-"""8 threads x 200 mixed writes through one shared store: every acknowledged write is stored exactly once."""
+"""8 threads x 200 mixed writes through one shared store: every acknowledged write is stored exactly once.
+
+On SQLite and on PostgreSQL (`store_target`); writers in several processes: test_feedback_postgres.py."""
 
 from __future__ import annotations
 
@@ -51,10 +53,10 @@ def _worker(store: FeedbackStore, t: int, acked: dict[str, object], errors: list
         errors.append(exc)
 
 
-def test_concurrent_writers_every_acknowledged_write_once(tmp_path: Path) -> None:
+def test_concurrent_writers_every_acknowledged_write_once(store_target: str | Path) -> None:
     acked: dict[str, object] = {}
     errors: list[BaseException] = []
-    with FeedbackStore.open(tmp_path / "f.db") as store:
+    with FeedbackStore.open(store_target) as store:
         threads = [threading.Thread(target=_worker, args=(store, t, acked, errors)) for t in range(THREADS)]
         for th in threads:
             th.start()

@@ -23,6 +23,12 @@ CHATML = (
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "[UNK]"]
 
 
+@pytest.fixture
+def backend() -> str:
+    """SQLite only: the export is byte-identical on PostgreSQL (test_feedback_export's golden files)."""
+    return "sqlite"
+
+
 def _texts(out: Path) -> list[str]:
     texts = []
     for path in out.glob("*.jsonl"):
