@@ -3,7 +3,7 @@
 `store` runs every test that uses it twice: on a SQLite file and on a database of a REAL PostgreSQL server
 (`pg_server`: started once per session by scripts/pg_test_server.sh, as a normal process on a private unix
 socket, stopped at the end; or the server named by $RAGQA_TEST_PG_DSN). Each PostgreSQL test gets its own
-fresh database. When no server can be started (no binaries, no psycopg), the PostgreSQL cases are skipped
+fresh schema. When no server can be started (no binaries, no psycopg), the PostgreSQL cases are skipped
 with the reason (shown by `-ra`).
 """
 
@@ -14,7 +14,6 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from feedback_history import History, build_history
@@ -47,19 +46,19 @@ def stop_pg_server(server_dir: str | None) -> None:
         subprocess.run(["bash", str(ROOT / "scripts" / "pg_test_server.sh"), "stop", server_dir], check=False)
 
 
-def dsn_with_db(dsn: str, db: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path=f"/{db}"))
+def create_schema(admin_dsn: str, prefix: str = "feedback_test") -> str:
+    """A new empty schema on the server; returns a DSN whose search_path is that schema only.
 
-
-def create_database(admin_dsn: str, prefix: str = "feedback_test") -> str:
-    """A new empty database on the server; returns its DSN."""
+    A schema is as isolated as a database for the store (every name it creates or reads resolves through
+    search_path) and costs a catalog row instead of copying a template database to disk.
+    """
     import psycopg
 
     name = f"{prefix}_{os.getpid()}_{next(_db_names)}"
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return dsn_with_db(admin_dsn, name)
+        conn.execute(f"CREATE SCHEMA {name}")
+    sep = "&" if "?" in admin_dsn else "?"
+    return f"{admin_dsn}{sep}options=-csearch_path%3D{name}"
 
 
 @pytest.fixture(scope="session")
@@ -73,8 +72,8 @@ def pg_server() -> Iterator[str]:
 
 @pytest.fixture
 def pg_dsn(pg_server: str) -> str:
-    """A fresh, empty PostgreSQL database for one test."""
-    return create_database(pg_server)
+    """A fresh, empty PostgreSQL schema for one test (see create_schema)."""
+    return create_schema(pg_server)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -139,7 +139,9 @@ def _schema(conn: PgConnection) -> tuple[dict[str, list[tuple]], list[str], set[
         conn.execute(
             "SELECT tc.table_name, ccu.table_name, rc.delete_rule FROM information_schema.referential_constraints rc "
             "JOIN information_schema.table_constraints tc ON tc.constraint_name = rc.constraint_name "
-            "JOIN information_schema.constraint_column_usage ccu ON ccu.constraint_name = rc.constraint_name"
+            "JOIN information_schema.constraint_column_usage ccu ON ccu.constraint_name = rc.constraint_name "
+            "AND ccu.constraint_schema = rc.constraint_schema "
+            "WHERE rc.constraint_schema = current_schema() AND tc.constraint_schema = current_schema()"
         ).fetchall()
     )
     return columns, sorted(indexes), fks
@@ -217,9 +219,9 @@ def test_migrate_from_every_earlier_version_preserves_data(pg_dsn: str, pg_serve
 
 
 def create_blank(pg_server: str) -> str:
-    from conftest import create_database
+    from conftest import create_schema
 
-    dsn = create_database(pg_server, "blank")
+    dsn = create_schema(pg_server, "blank")
     FeedbackStore.open(dsn).close()
     return dsn
 
