@@ -167,12 +167,14 @@ class FeedbackStore:
     """Durable record of questions, the passages and candidate answers shown, and all feedback.
 
     Open with `FeedbackStore.open(path_or_dsn, *, max_text_chars=100_000, busy_timeout_s=5.0,
-    read_only=False, synchronous="FULL")` (creates the file and applies migrations); use as a context
-    manager or call `close()`. One instance is shared by all threads of a process.
+    read_only=False, synchronous="FULL")` (a SQLite path / `sqlite:///` DSN, or `postgresql://` shared by
+    several processes; creates the file or tables and applies migrations); use as a context manager or call
+    `close()`. One instance is shared by all threads of a process.
 
-    Writes (on the single writer connection; writes from concurrent threads are grouped into one short
-    `BEGIN IMMEDIATE` transaction, each in its own SAVEPOINT so it fails alone, and one COMMIT: see
-    _GroupCommit; when the call returns, the row is committed, and on disk with synchronous=FULL):
+    Writes (on the process's single writer connection; writes from concurrent threads are grouped into one
+    short transaction (SQLite `BEGIN IMMEDIATE`, PostgreSQL `BEGIN` READ COMMITTED), each in its own SAVEPOINT
+    so it fails alone, and one COMMIT: see _GroupCommit; when the call returns, the row is committed, and
+    durable with synchronous=FULL):
       record_interaction(question, passages, candidates, *, context=(), session_id, user=None,
                          client_token=None) -> InteractionIds
           passages: Passage or dicts with `source`, `text` (+ `chunk_id`, `score`, `rank`), rank order.
@@ -197,7 +199,9 @@ class FeedbackStore:
       count_interactions() -> int;  stats() -> dict;  integrity_check() -> str ("ok");  schema_version() -> int
 
     Guarantees: a `client_token` makes a write idempotent (the same token records once and returns
-    the first result; reusing it for a different request raises FeedbackConflict). Bad input raises
+    the first result, also across processes sharing a PostgreSQL store: the token is the primary key of
+    client_tokens, claimed with ON CONFLICT DO NOTHING; reusing it for a different request raises
+    FeedbackConflict). Bad input raises
     FeedbackValidationError (FeedbackNotFound for unknown ids). A locked, read-only or full database
     raises FeedbackStoreUnavailable: the transaction is rolled back and earlier writes are intact.
     Raters whose session id or user starts with "simulated:" are reported as simulated everywhere.
