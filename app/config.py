@@ -41,6 +41,8 @@ class AppConfig:
     rate_limit_per_minute: float = 30.0  # questions + alternatives per user (0 = no limit)
     concurrency: int = 2  # answers generated at once (2 cores)
     max_queue: int = 64  # requests waiting beyond this get "queue is full, try again"
+    # Feedback store: None = SQLite in RAGQA_HOME; postgresql://... shares one store between app replicas
+    feedback_dsn: str | None = None
     # Server
     host: str = "127.0.0.1"
     port: int = 7860

@@ -21,9 +21,11 @@ class Services:
         """The feedback store, opened (and migrated) on first use."""
         with self._lock:
             if self._store is None:
-                from feedback_store.store import FeedbackStore
+                from feedback_store.store import FeedbackStore, feedback_target
 
-                self._store = FeedbackStore.open(self.config.paths.feedback_db)
+                # $RAGQA_FEEDBACK_DSN, else `feedback_dsn` in config.yaml, else the SQLite file in RAGQA_HOME.
+                default = self.config.feedback_dsn or self.config.paths.feedback_db
+                self._store = FeedbackStore.open(feedback_target(default))
             return self._store
 
     def close(self) -> None:
