@@ -20,6 +20,12 @@ from training.registry import ModelRegistry, ModelVersion, RegistryError
 MAX_CONTEXT_TOKENS = 8192
 
 # Decode paths of `LoadedModel.stream`: "generate" = transformers' generate with a TextIteratorStreamer.
+# Only one so far. Measured 2026-11 on the 2-core AMD EPYC (Zen 4, avx512_bf16, no AMX) box, SmolLM2-135M,
+# 1 torch thread, process CPU time per token (the box was shared, load 4-6): a hand-written greedy loop over a
+# preallocated StaticCache (1024) gave 14-16 tok/s eager and 13-15 compiled (torch.compile default mode, one graph,
+# no recompiles, 60-140 s to compile) in fp32, vs 16-17 with the dynamic cache; bf16 15-17 eager and 12-13 compiled.
+# fp32 decode is memory-bound here (538 MB read per token), bf16 gemv is compute-bound, so neither a static cache
+# nor compiling removes the bottleneck; benchmarks/ask_latency.py compares every path listed here.
 DECODE_PATHS = ("generate",)
 
 

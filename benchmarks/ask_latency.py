@@ -2,7 +2,7 @@
 
 Runs in a temporary RAGQA_HOME: the offline default model (SmolLM2-135M, converted from the GGUF, ~20 s, or
 hard-linked from `--model-dir`) and the bundled demo corpus ingested with the real embedder. For each dtype (fp32,
-bf16) and decode path (`generate`, and `static` when app/generator.py has it) it asks ~20 questions about the demo
+bf16) and decode path (app.generator.DECODE_PATHS) it asks ~20 questions about the demo
 corpus through `QAService.stream` (k=4 passages, greedy, fixed max_new_tokens) and reports p50/p95 of:
 
 - retrieval (query embedding + dense + BM25 + fusion), time to first token and total answer time, as
