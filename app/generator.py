@@ -43,12 +43,15 @@ class Sampled:
 
 
 def pick_dtype(requested: str) -> Any:
-    """bf16 on CPUs with native bf16 (AMX / avx512-bf16), else fp32.
+    """bf16 on CPUs with native bf16 (AMX or avx512-bf16), else fp32.
 
-    Measured on this project's 2-core Sapphire Rapids machine with SmolLM2-135M: a 900-token prefill took 1.04 s in
-    bf16 vs 1.85 s in fp32, and greedy decode ran 26.9 vs 15.9 tok/s under load (STACK-NOTES §1 measured 25 vs 27
-    tok/s on an idle machine and 3.6x faster batched forwards in bf16). Time to first token dominates a RAG answer,
-    so bf16 wins where the CPU supports it; without native bf16 it is emulated and much slower.
+    Measured with SmolLM2-135M on this project's 2-core machines (all under load from parallel jobs, so noisy):
+    - AMD EPYC Zen 4 (avx512_bf16, no AMX): a 900-token prefill took 1.04 s in bf16 vs 1.85 s in fp32; time to
+      first token in the app (4 passages, ~780 prompt tokens) p50 3.5 s bf16 vs 4.7 s fp32. Decode per CPU-second
+      at one thread was a tie (15.8 vs 16.5 tok/s); wall-clock decode under load went both ways in two runs.
+    - Sapphire Rapids (AMX), STACK-NOTES §1: batched forwards 3.6x faster in bf16, single-stream decode 25 vs 27 tok/s.
+    Prefill dominates a RAG answer's wait (long prompt, short answer), so bf16 wins where the CPU has native bf16;
+    without it bf16 is emulated and much slower. `dtype: float32` in config.yaml overrides.
     """
     import torch
 
