@@ -74,6 +74,7 @@ def train_dpo(
     adapter = out_dir / "adapter"
     trainer.save_model(str(adapter))
     history = list(trainer.state.log_history)
+    processes = trainer.accelerator.num_processes
     trainer.accelerator.wait_for_everyone()
     if not trainer.is_world_process_zero():
         return {"status": "done", "reason": None, "outputs": {}, "metrics": {}, "plots": []}
@@ -81,6 +82,7 @@ def train_dpo(
         "pairs_train": len(pairs),
         "pairs_test": len(test),
         "steps": int(train_out.global_step),
+        "processes": processes,
         "train_loss": float(train_out.training_loss),
         "beta": cfg.dpo.beta,
         "heldout_accuracy": heldout.get("eval_rewards/accuracies"),

@@ -125,6 +125,7 @@ def train_reward_model(
     adapter = out_dir / "adapter"
     trainer.save_model(str(adapter))
     history = list(trainer.state.log_history)
+    processes = trainer.accelerator.num_processes
     trainer.accelerator.wait_for_everyone()
     if not trainer.is_world_process_zero():
         return {"status": "done", "reason": None, "outputs": {}, "metrics": {}, "plots": []}
@@ -151,6 +152,7 @@ def train_reward_model(
         "pairs_longer_than_max_length": too_long,
         "max_length": max_length,
         "steps": int(train_out.global_step),
+        "processes": processes,
         "train_loss": float(train_out.training_loss),
         "last_logged_train_accuracy": accuracies[-1] if accuracies else None,
         "runtime_s": float(train_out.metrics.get("train_runtime", 0.0)),

@@ -95,6 +95,7 @@ def train_sft(
     adapter = out_dir / "adapter"
     trainer.save_model(str(adapter))  # main process only; adapter weights + tokenizer
     history = list(trainer.state.log_history)
+    processes = trainer.accelerator.num_processes
     trainer.accelerator.wait_for_everyone()
     if not trainer.is_world_process_zero():
         return {"status": "done", "reason": None, "outputs": {}, "metrics": {}, "plots": []}
@@ -118,6 +119,7 @@ def train_sft(
         "demonstrations_train": n_train,
         "demonstrations_test": n_test,
         "steps": int(train_out.global_step),
+        "processes": processes,
         "train_loss": float(train_out.training_loss),
         "first_logged_loss": losses[0] if losses else None,
         "last_logged_loss": losses[-1] if losses else None,

@@ -17,8 +17,10 @@ def options(export: Path, *extra: str, **kw) -> RetrainOptions:
 
 
 def test_all_stages_publish_and_switch_current(
-    tiny_registry: Path, export_dir: Path, ragqa_home: Path
+    tiny_registry: Path, export_dir: Path, ragqa_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from training.commands import print_report
+
     lines: list[str] = []
     state = run_retrain(options(export_dir), say=lines.append)
     registry = ModelRegistry(tiny_registry)
@@ -53,6 +55,10 @@ def test_all_stages_publish_and_switch_current(
         assert f"]({png})" in report
     assert "published and made current" in report
     assert any(line.startswith("[7/7] publish: v0002") for line in lines), lines
+    print_report(state)  # the CLI's closing summary
+    out = capsys.readouterr().out
+    assert "candidate vs current (v0001): mean_reward" in out
+    assert "gate ok: win_rate" in out and "published and made current" in out
     # the published version is a plain model folder
     assert not (registry.current().path / "adapter_config.json").exists()
 
