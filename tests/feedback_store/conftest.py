@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from feedback_history import History, build_history
 
 from feedback_store.store import FeedbackStore
+from tests.feedback_store.feedback_history import History, build_history
 
 ROOT = Path(__file__).resolve().parents[2]
 _db_names = itertools.count()

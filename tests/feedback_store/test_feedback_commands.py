@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-from feedback_history import build_history
 
 from feedback_store.commands import add_commands
 from feedback_store.store import FeedbackStore
+from tests.feedback_store.feedback_history import build_history
 
 
 def run(argv: list[str]) -> int:

@@ -11,11 +11,11 @@ import os
 from pathlib import Path
 
 import pytest
-from feedback_history import History
 
 from feedback_store.export import KINDS, SPLITS, export_snapshot, file_name, read_manifest, split_of
 from feedback_store.store import FeedbackStore
 from retrieval.prompt import render_prompt
+from tests.feedback_store.feedback_history import History
 
 GOLDEN = Path(__file__).parent / "golden"
 TEST_FRACTION = 0.25  # puts "And on Sundays?" (hash 0.21) in test, the other two (0.31, 0.64) in train

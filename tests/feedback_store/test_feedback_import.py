@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from feedback_history import History
 
 from feedback_store.errors import FeedbackImportError
 from feedback_store.export import KINDS, SPLITS, export_snapshot, file_name
 from feedback_store.importer import import_file, parse_file
 from feedback_store.store import FeedbackStore
+from tests.feedback_store.feedback_history import History
 
 
 def pair_set(out: Path) -> set[tuple[str, str, str]]:

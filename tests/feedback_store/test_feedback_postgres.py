@@ -383,9 +383,8 @@ def test_password_never_shown() -> None:
 def test_cli_uses_the_dsn_from_the_environment(pg_dsn: str, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     import argparse
 
-    from feedback_history import build_history
-
     from feedback_store.commands import add_commands
+    from tests.feedback_store.feedback_history import build_history
 
     with FeedbackStore.open(pg_dsn) as store:
         build_history(store)

@@ -7,7 +7,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from feedback_history import PASSAGES_1, History, build_history
 
 from feedback_store.errors import (
     FeedbackConflict,
@@ -17,6 +16,7 @@ from feedback_store.errors import (
     FeedbackValidationError,
 )
 from feedback_store.store import FeedbackStore
+from tests.feedback_store.feedback_history import PASSAGES_1, History, build_history
 
 CANDS = [{"text": "one", "model_version": "v1"}, {"text": "two", "model_version": "v1"}]
 

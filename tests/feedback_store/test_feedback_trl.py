@@ -11,10 +11,10 @@ import math
 from pathlib import Path
 
 import pytest
-from feedback_history import History
 
 from feedback_store.export import export_snapshot
 from feedback_store.store import FeedbackStore
+from tests.feedback_store.feedback_history import History
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
