@@ -219,7 +219,7 @@ def test_migrate_from_every_earlier_version_preserves_data(pg_dsn: str, pg_serve
 
 
 def create_blank(pg_server: str) -> str:
-    from conftest import create_schema
+    from tests.feedback_store.conftest import create_schema
 
     dsn = create_schema(pg_server, "blank")
     FeedbackStore.open(dsn).close()
