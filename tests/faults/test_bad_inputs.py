@@ -240,7 +240,8 @@ def _ingest_cases(cases: Cases, tmp_path: Path) -> None:
 
         cases.check(f"ingest API: {name}", run, expected[name])
     # The real CLI on the whole folder (the real embedder), in a subprocess: exit 0 or 1, one clear summary.
-    env = subprocess_env(tmp_path / "cli-home")  # a fresh home: the app's index was built by the hash embedder
+    # A fresh home: the app's index was built by the hash embedder, which the CLI would rightly refuse.
+    env = subprocess_env(tmp_path / "cli-home")
 
     def cli() -> str:
         done = subprocess.run(
