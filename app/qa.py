@@ -20,6 +20,7 @@ from retrieval.types import Passage
 from training.registry import ModelRegistry
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 # Words too common to show that an answer came from a passage.
 _STOPWORDS = frozenset(
     "a an and are as at be by for from has have in is it its of on or that the this to was were what when where "
@@ -76,19 +77,25 @@ def _content_words(text: str) -> set[str]:
 
 
 def infer_citations(answer: str, passages: Sequence[Passage], min_overlap: float = 0.5) -> list[int]:
-    """Ranks of passages that contain most of the answer's content words, best first.
+    """Ranks of passages that contain most of the content words of one of the answer's sentences, best first.
 
-    Small models often state a passage's fact without writing [n]; this makes the source visible anyway, and the
-    result is labelled "inferred" so nobody mistakes it for the model's own citation.
+    Small models often state a passage's fact without writing [n], and often add a made-up sentence after it; a
+    sentence-level match makes the source of the supported sentence visible anyway. The result is labelled
+    "inferred" so nobody mistakes it for the model's own citation.
     """
-    words = _content_words(answer)
-    if not words or answer.strip() == NO_ANSWER:
+    if not answer.strip() or answer.strip() == NO_ANSWER:
         return []
+    sentences = [_content_words(s) for s in _SENTENCE.split(answer)]
+    sentences = [w for w in sentences if len(w) >= 2]
     scored = []
     for p in passages:
-        overlap = len(words & _content_words(p.text)) / len(words)
-        if overlap >= min_overlap:
-            scored.append((overlap, -p.rank, p.rank))
+        passage_words = _content_words(p.text)
+        # At least two shared content words: one common word ("teams") proves nothing.
+        best = max(
+            (len(w & passage_words) / len(w) for w in sentences if len(w & passage_words) >= 2), default=0.0
+        )
+        if best >= min_overlap:
+            scored.append((best, -p.rank, p.rank))
     return [rank for _o, _r, rank in sorted(scored, reverse=True)[:2]]
 
 

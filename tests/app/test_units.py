@@ -111,3 +111,11 @@ def test_app_import_path_stays_light() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_inferred_citation_survives_an_added_made_up_sentence() -> None:
+    passages = [_p(1, "Quoitball teams have seven players. A match lasts three periods."), _p(2, "Bananas.")]
+    answer = "A quoitball team consists of seven players. The Quoits Ball Team is a group of eight people who play."
+    assert citations_for(answer, passages) == ([1], "inferred")
+    # A single shared word in a sentence is not enough to claim a source.
+    assert citations_for("Teams win. Players lose.", passages) == ([], "none")
