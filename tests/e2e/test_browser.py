@@ -224,3 +224,26 @@ def test_document_headings_do_not_render_as_headings_in_sources(
     # kelvale/tower.md starts with "# The Zorbium Tower": text, not a heading, in the sources panel.
     assert page.locator("blockquote h1, blockquote h2").count() == 0
     page.context.close()
+
+
+def test_visitor_without_login_sees_only_the_login_form(
+    chromium: object, app_url: tuple[str, Services], artifacts: Path
+) -> None:
+    url, services = app_url
+    context = chromium.new_context(viewport={"width": 1280, "height": 700})
+    page = context.new_page()
+    page.goto(url)
+    page.get_by_role("button", name="Login").wait_for()
+    page.screenshot(path=artifacts / "01-login-form.png")
+    assert page.get_by_placeholder("Ask a question about your documents…").count() == 0
+    # The app's config and its API refuse a browser without the login cookie; a wrong password stays out.
+    assert page.request.get(f"{url}config").status == 401
+    assert page.request.post(f"{url}gradio_api/call/stats", data={"data": []}).status in (401, 403)
+    page.locator("input[type=text]").first.fill("bob")
+    page.locator("input[type=password]").fill("wrong-password")
+    page.get_by_role("button", name="Login").click()
+    page.get_by_text(re.compile("Incorrect Credentials", re.IGNORECASE)).wait_for()
+    page.screenshot(path=artifacts / "02-wrong-password.png")
+    assert page.get_by_placeholder("Ask a question about your documents…").count() == 0
+    assert services.store.stats()["interactions"] == 0
+    context.close()
