@@ -44,3 +44,20 @@ def test_generator_switches_on_publish_and_rollback(
 
     reg.rollback()
     assert gen.current().version == "v0001"
+
+
+def test_repetition_penalty_ignores_the_prompt(ragqa_home: Path, tiny_llama_dir: Path) -> None:
+    """The passages are in the prompt; penalising them made the model avoid the very facts it should copy."""
+    reg = ModelRegistry(ragqa_home / "models")
+    reg.publish_folder(tiny_llama_dir, {"kind": "base"})
+    model = Generator(reg, dtype="float32").current()
+    kwargs = model._generate_kwargs(16, 10.0, 1.1, prompt_len=37)
+    assert "repetition_penalty" not in kwargs
+    (processor,) = kwargs["logits_processor"]
+    assert processor.penalty == 1.1 and int(processor.prompt_ignore_length) == 37
+    scores = torch.zeros(1, 10)
+    ids = torch.tensor([[3] * 37 + [5]])  # token 3 only in the prompt, token 5 in the answer
+    scores[0, 3] = scores[0, 5] = 2.0
+    out = processor(ids, scores.clone())
+    assert out[0, 3] == 2.0 and out[0, 5] < 2.0
+    assert "logits_processor" not in model._generate_kwargs(16, 10.0, 1.0, prompt_len=37)
