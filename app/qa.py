@@ -145,6 +145,14 @@ class QAService:
         q = (question or "").strip()
         if not q:
             raise QAError("the question is empty: type a question about your documents")
+        try:
+            q.encode("utf-8")
+        except (
+            UnicodeEncodeError
+        ) as e:  # a lone surrogate pasted in a browser: the tokenizer would crash on it
+            raise QAError(
+                "the question contains characters that are not valid Unicode text; retype it"
+            ) from e
         if len(q) > self.config.max_question_chars:
             raise QAError(
                 f"the question is {len(q)} characters long; the limit is {self.config.max_question_chars} "

@@ -289,7 +289,9 @@ def stage_ppo(ctx: RunContext) -> dict[str, Any]:
     )
     ppo_cfg = ctx.cfg.ppo_config()
     out = ctx.run_dir / "ppo"
-    resume = ctx.resuming and any((out / "checkpoints").glob("step-*"))
+    # Only a checkpoint whose state.json was written is complete (the trainer counts the same way): a kill while
+    # the first checkpoint was being written must start PPO afresh, not fail every later resume.
+    resume = ctx.resuming and any((out / "checkpoints").glob("step-*/state.json"))
     result = run_ppo(
         ppo_cfg,
         policy_dir=ctx.policy_base,
@@ -453,7 +455,15 @@ def stage_publish(ctx: RunContext) -> dict[str, Any]:
         return _not_published(
             decision, "gate failed: " + "; ".join(r for r in decision["reasons"] if r.startswith("FAILED"))
         )
-    version = registry.publish_folder(candidate_dir(ctx), build_manifest(ctx, decision))
+    try:
+        version = registry.publish_folder(candidate_dir(ctx), build_manifest(ctx, decision))
+    except (
+        OSError
+    ) as e:  # disk full, permissions: the registry removed its .partial folder; current is untouched
+        raise RetrainError(
+            f"publish failed: {e}. The current version ({registry.current_name()}) is unchanged; fix the cause "
+            f"(e.g. free disk space), then `ragqa retrain --resume {run_id}`"
+        ) from e
     return _published(version.name, decision, "published and made current")
 
 

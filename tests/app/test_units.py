@@ -119,3 +119,9 @@ def test_inferred_citation_survives_an_added_made_up_sentence() -> None:
     assert citations_for(answer, passages) == ([1], "inferred")
     # A single shared word in a sentence is not enough to claim a source.
     assert citations_for("Teams win. Players lose.", passages) == ([], "none")
+
+
+def test_markdown_block_syntax_is_defused() -> None:
+    out = inert_markdown("# Title\n- item\n1. first\n---\n> quote")
+    assert out.splitlines() == ["\\# Title", "\\- item", "1\\. first", "\\---", "&gt; quote"]
+    assert inert_markdown("price # 5") == "price # 5"  # only at the start of a line

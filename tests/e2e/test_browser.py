@@ -207,12 +207,6 @@ def test_hostile_document_is_inert_in_the_browser(
     page.context.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app bug: sources_markdown quotes a passage as '> ' + text, so a document line starting with '# ' "
-    "(any Markdown heading) renders as a giant <h1> inside the sources panel; inert_markdown escapes HTML and "
-    "links but not block syntax (#, -, 1., >, ---) at the start of a passage",
-)
 def test_document_headings_do_not_render_as_headings_in_sources(
     chromium: object, app_url: tuple[str, Services], artifacts: Path
 ) -> None:

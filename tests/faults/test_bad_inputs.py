@@ -333,14 +333,6 @@ def test_bad_inputs_give_clear_errors_and_never_crash(
     assert not cases.crashes, "\n".join(cases.crashes)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app bug: a question with a lone surrogate (JSON '\\ud800', which a browser's JSON.stringify sends "
-    "for a pasted unpaired surrogate) passes QAService.check_question and reaches the HF tokenizer in "
-    "generator.count_tokens (qa.stream -> build_prompt -> fit_passages), which raises TypeError 'TextEncodeInput "
-    "must be Union[...]': the user gets Gradio's bare error and the log a traceback. Fix: check_question should "
-    "refuse text that does not encode as UTF-8 with a QAError",
-)
 def test_question_with_a_lone_surrogate_is_refused_clearly(served: tuple[Services, object, str]) -> None:
     _services, _client, url = served
     status = raw_ask(url, "When did the Zorbium Tower open? \\ud800")

@@ -80,13 +80,6 @@ def test_disk_full_during_publish_keeps_current_and_resume_publishes(
     assert registry.current_name() == "v0002" and registry.current().manifest["run_id"] == run_dir.name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (training/commands.py, app/cli.py): an OSError such as ENOSPC during publish is not among the "
-    "expected errors, so `ragqa retrain` dies with a traceback instead of one line like "
-    "'error: publish failed: [Errno 28] No space left on device ... free disk space, then ragqa retrain "
-    "--resume RUN_ID' (current is kept intact either way: see the test above)",
-)
 def test_disk_full_during_publish_is_one_clear_error_line(
     tiny_registry: Path,  # noqa: F811
     tmp_path: Path,

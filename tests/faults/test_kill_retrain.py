@@ -13,8 +13,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
-
 from tests.faults.conftest import fill_store, ragqa, run_until_paused
 from tests.training.conftest import TINY_CONFIG
 from training.paths import Paths
@@ -97,15 +95,6 @@ def test_retrain_killed_at_each_stage_resumes_and_publishes_once(
     assert _state(home, run_id)["status"] == "finished"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: training/pipeline.py stage_ppo resumes when any ppo/checkpoints/step-* folder exists "
-    "(`any((out / 'checkpoints').glob('step-*'))`), but training/ppo/trainer.py only counts a checkpoint whose "
-    "state.json was written (_checkpoint_dirs). Killed while writing the FIRST checkpoint, the resume calls "
-    "run_ppo(resume=True), which raises FileNotFoundError 'resume=True but .../checkpoints holds no checkpoint' "
-    "(a traceback, not an expected error) on every resume: the run can never finish. Fix: the same predicate in "
-    "both places (glob('step-*/state.json')), or start PPO over when no complete checkpoint exists",
-)
 def test_retrain_killed_while_writing_the_first_ppo_checkpoint_resumes(
     ragqa_home: Path, tiny_model_dir: Path
 ) -> None:
