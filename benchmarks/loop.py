@@ -92,24 +92,27 @@ QUICK = Preset(
         "gate.max_new_tokens=32",
     ),
 )
-# The full run, sized from the quick run's measured times on the loaded 2-core CPU (simulation ~50-90 s per
-# question at k=4, SFT ~55 s per 800-token example, see docs/results/loop/report.md) to end within ~50-60 minutes.
+# The full run, sized from the quick run's measured times on the shared 2-core CPU at load 4-6 (simulation
+# 50-130 s per question at k=4, SFT ~55 s per 800-token example, RM 564 s for 2 steps, PPO ~5 min per step of 4
+# rollouts; docs/results/loop/report.md) to end within ~50-60 minutes there. On an idle machine it is ~3-5x
+# faster: raise --sim-limit / --eval-limit / --retrain-args then.
 FULL = Preset(
-    sim_limit=20,
-    correct_fraction=0.6,
-    eval_limit=10,
+    sim_limit=16,
+    correct_fraction=0.5,
+    eval_limit=8,
     max_new_tokens=48,
-    kl_limit=10,
+    kl_limit=8,
     k=2,
     retrain=(
-        "data.min_demonstrations=8",
+        "data.min_demonstrations=4",
+        "data.min_pairs=8",
         "sft.epochs=1",
         "sft.batch_size=1",
-        "sft.grad_accum=4",
+        "sft.grad_accum=2",
         "sft.gradient_checkpointing=false",
         "reward.max_steps=4",
-        "reward.batch_size=2",
-        "reward.grad_accum=1",
+        "reward.batch_size=1",
+        "reward.grad_accum=2",
         "reward.gradient_checkpointing=false",
         "ppo.total_steps=3",
         "ppo.batch_size=4",
@@ -702,7 +705,17 @@ def main(argv: list[str] | None = None) -> int:
     elif args.eval_only:
         run_dir = latest_run(home)
         state = json.loads((run_dir / "state.json").read_text())
-        not_run.append(f"setup, simulate, retrain: --eval-only reused {run_dir}")
+        not_run.append(
+            f"setup, simulate, retrain: --eval-only reused {run_dir} (their times are the first pass's)"
+        )
+        for row in stage_table(state):
+            if row["seconds"] is not None:
+                wall[f"retrain: {row['stage']}"] = row["seconds"]
+        sim_log = logs / "simulate.log"
+        if sim_log.is_file():
+            simulation = next(
+                (ln for ln in sim_log.read_text().splitlines() if ln.startswith("simulated")), None
+            )
         versions, final_how = models_to_evaluate(home, state, not_run)
     else:
         from app.evaluation.formats import load_qa
