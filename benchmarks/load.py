@@ -63,27 +63,14 @@ ACK = re.compile(r"✅ ranking saved \(#(\d+)\)")
 def build_tiny_llama(out: Path) -> Path:
     """A random Llama (hidden 64, 2 layers) with the real SmolLM2 tokenizer read from the offline GGUF."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from training.modeling import default_gguf_path
+    from training.modeling import default_gguf_path, tiny_llama_config
 
     gguf = default_gguf_path()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(config).save_pretrained(out)
+    LlamaForCausalLM(tiny_llama_config(tok)).save_pretrained(out)
     tok.save_pretrained(out)
     return out
 

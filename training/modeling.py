@@ -236,3 +236,30 @@ def qlora_bnb_config() -> Any:
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16,
     )
+
+
+def tiny_llama_config(tokenizer: Any = None, *, vocab_size: int | None = None, **overrides: Any) -> Any:
+    """A tiny random Llama (hidden 64, 2 layers): what the tests and the load benchmark run instead of a real model.
+
+    Special-token ids come from `tokenizer` when given; `overrides` replace any LlamaConfig field.
+    """
+    from transformers import LlamaConfig
+
+    fields: dict[str, Any] = {
+        "vocab_size": vocab_size or (len(tokenizer) if tokenizer is not None else 128),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 2048,
+        "tie_word_embeddings": True,
+    }
+    if tokenizer is not None:
+        fields.update(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    fields.update(overrides)
+    return LlamaConfig(**fields)

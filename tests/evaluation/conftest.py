@@ -50,22 +50,9 @@ def build_tokenizer(out: Path) -> Any:
 
 
 def _llama_config(tok: Any, **extra: Any) -> Any:
-    from transformers import LlamaConfig
+    from training.modeling import tiny_llama_config
 
-    return LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
-        **extra,
-    )
+    return tiny_llama_config(tok, **extra)
 
 
 def build_tiny_lm(out: Path, seed: int = 0) -> Path:

@@ -61,21 +61,9 @@ def _tokenizer(texts: list[str]):
 
 
 def _config(tok, **extra: object):
-    from transformers import LlamaConfig
+    from training.modeling import tiny_llama_config
 
-    return LlamaConfig(
-        **extra,
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.bos_token_id,
-    )
+    return tiny_llama_config(tok, max_position_embeddings=4096, tie_word_embeddings=False, **extra)
 
 
 @pytest.fixture

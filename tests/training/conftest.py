@@ -98,28 +98,14 @@ def write_export(
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random Llama (hidden 64, 2 layers, 4 heads) + the char-level ChatML tokenizer of training/ppo/toy.py."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    from training.ppo.toy import build_toy_tokenizer
+    from training.ppo.toy import _llama_config, build_toy_tokenizer
 
     out = tmp_path_factory.mktemp("tiny-llama")
     tok = build_toy_tokenizer(128)
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=1024,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        tie_word_embeddings=False,
-        initializer_range=0.1,
-    )
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(_llama_config(len(tok)))
     model.generation_config.eos_token_id = 2
     model.generation_config.pad_token_id = 0
     model.save_pretrained(out)

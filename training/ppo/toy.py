@@ -40,14 +40,10 @@ def build_toy_tokenizer(vocab_size: int = 128):
 
 
 def _llama_config(vocab_size: int, num_labels: int | None = None, initializer_range: float = 0.1):
-    from transformers import LlamaConfig
+    from training.modeling import tiny_llama_config
 
-    cfg = LlamaConfig(
+    cfg = tiny_llama_config(
         vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
         num_key_value_heads=4,
         max_position_embeddings=1024,
         bos_token_id=1,
