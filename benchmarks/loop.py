@@ -92,29 +92,28 @@ QUICK = Preset(
         "gate.max_new_tokens=32",
     ),
 )
-# The full run, sized from the quick run's measured times on the shared 2-core CPU at load 4-6 (simulation
-# 50-130 s per question at k=4, SFT ~55 s per 800-token example, RM 564 s for 2 steps, PPO ~5 min per step of 4
-# rollouts; docs/results/loop/report.md) to end within ~50-60 minutes there. On an idle machine it is ~3-5x
-# faster: raise --sim-limit / --eval-limit / --retrain-args then.
+# The full run, sized from measured times on the shared 2-core CPU, which swing ~10x with the other jobs' load:
+# at load ~1-2 (k=2) simulation ~8 s per question, SFT 4 steps 31 s, RM 4 steps 32 s, PPO ~27 s per step,
+# evaluation ~2-3 s per answer: this preset is ~25 minutes; at load 4-6 (the quick run: 90 s per simulated
+# question at k=4, PPO ~250 s per step) it is 2-3x that. Raise --sim-limit / --eval-limit on an idle machine.
 FULL = Preset(
-    sim_limit=16,
+    sim_limit=40,
     correct_fraction=0.5,
-    eval_limit=8,
+    eval_limit=16,
     max_new_tokens=48,
-    kl_limit=8,
+    kl_limit=16,
     k=2,
     retrain=(
-        "data.min_demonstrations=4",
-        "data.min_pairs=8",
+        "data.min_demonstrations=8",
         "sft.epochs=1",
         "sft.batch_size=1",
         "sft.grad_accum=2",
         "sft.gradient_checkpointing=false",
-        "reward.max_steps=4",
+        "reward.max_steps=10",
         "reward.batch_size=1",
         "reward.grad_accum=2",
         "reward.gradient_checkpointing=false",
-        "ppo.total_steps=3",
+        "ppo.total_steps=6",
         "ppo.batch_size=4",
         "ppo.mini_batch_size=2",
         "ppo.ppo_epochs=1",
