@@ -454,9 +454,13 @@ def metric_rows(report: dict[str, Any], set_name: str) -> list[tuple[Any, ...]]:
         judge = next(iter(wins.values()))["judge"]
         rows.append((f"win rate vs base ({judge})", *(wins.get(lb, {}).get("win_rate_b") for lb in labels)))
         rows.append(("mean RM reward", *(_mean_reward(wins, lb) for lb in labels)))
-    kls = report.get("kl_vs_base") or {}
-    rows.append(("KL vs base, nats/token", *((kls.get(lb) or {}).get("kl_per_token") for lb in labels)))
-    rows.append(("KL vs base, nats/answer", *((kls.get(lb) or {}).get("kl_per_answer") for lb in labels)))
+    kls = report.get("kl_vs_base") or {}  # over both held-out sets' answers: the same in each table
+    rows.append(
+        ("KL vs base, nats/token (both sets)", *((kls.get(lb) or {}).get("kl_per_token") for lb in labels))
+    )
+    rows.append(
+        ("KL vs base, nats/answer (both sets)", *((kls.get(lb) or {}).get("kl_per_answer") for lb in labels))
+    )
     return rows
 
 
@@ -542,7 +546,8 @@ def write_report(report: dict[str, Any], out: Path) -> None:
         f"- Training articles ({len(report['split']['train'])}): {', '.join(report['split']['train'])}.",
         f"- Held-out articles ({len(report['split']['heldout'])}): {', '.join(report['split']['heldout'])}.",
         f"- xquad-en minus {report['split']['xquad_removed']} contexts shared with squad2-dev-half.",
-        f"- Sizes: {s['sim_limit']} simulated questions (k=4, correct fraction {s['correct_fraction']}), "
+        f"- Sizes: {s['sim_limit']} simulated questions (4 candidates each, correct fraction "
+        f"{s['correct_fraction']}), {s.get('k', 4)} passages shown to the model, "
         f"{s['eval_limit']} questions per held-out set and model, answers capped at {s['max_new_tokens']} "
         f"new tokens, KL over {s['kl_limit']} answers; retrain overrides: `{' '.join(s['retrain'])}`.",
         f"- Simulation: {report.get('simulation') or '-'}",

@@ -175,5 +175,5 @@ def test_metric_rows_put_each_model_in_its_column() -> None:
     assert rows["F1"] == (0.25, 0.5)
     assert rows["win rate vs base (reward model)"] == (None, 0.75)
     assert rows["mean RM reward"] == (-1.0, 1.0)
-    assert rows["KL vs base, nats/token"] == (None, 0.1)
+    assert rows["KL vs base, nats/token (both sets)"] == (None, 0.1)
     assert json.dumps(rows)  # JSON-able for report.json
