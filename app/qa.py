@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from app.config import AppConfig
-from app.generator import GenerationError, Generator, LoadedModel
+from app.generator import GenerationError, GenerationStats, Generator, ServedModel
 from retrieval.prompt import NO_ANSWER, fit_passages, parse_citations, render_prompt
 from retrieval.types import Passage
 from training.registry import ModelRegistry
@@ -41,6 +41,8 @@ class AskResult:
     model_version: str
     timings_ms: dict[str, float]
     finished: bool = True  # False when cut by max_new_tokens or the time limit
+    backend: str = ""  # the backend that wrote the answer (transformers, llamacpp, openai)
+    generation: dict[str, Any] = field(default_factory=dict)  # GenerationStats: tokens, decode tokens/s
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -50,6 +52,8 @@ class AskResult:
             "citation_mode": self.citation_mode,
             "model_version": self.model_version,
             "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
+            "backend": self.backend,
+            "generation": self.generation,
         }
 
 
@@ -134,7 +138,13 @@ class QAService:
     def __init__(self, config: AppConfig, *, embedder: Any = None) -> None:
         self.config = config
         self.registry = ModelRegistry(config.paths.models_dir)
-        self.generator = Generator(self.registry, dtype=config.dtype, load_in_4bit=config.load_in_4bit)
+        self.generator = Generator(
+            self.registry,
+            dtype=config.dtype,
+            load_in_4bit=config.load_in_4bit,
+            backend=config.backend,
+            config=config,
+        )
         self._embedder = embedder
         self._retriever: Any = None
         self._index_stamp: float | None = None
@@ -204,7 +214,7 @@ class QAService:
     # ---- prompting ---------------------------------------------------------------------------------
     def build_prompt(
         self,
-        model: LoadedModel,
+        model: ServedModel,
         question: str,
         passages: list[Passage],
         history: Sequence[dict[str, str]],
@@ -234,12 +244,14 @@ class QAService:
         yield "sources", passages
         pieces: list[str] = []
         first_token: float | None = None
+        stats = GenerationStats()
         try:
             for piece in model.stream(
                 messages,
                 max_new_tokens=self.config.max_new_tokens,
                 timeout_s=self.config.generation_timeout_s,
                 repetition_penalty=self.config.repetition_penalty,
+                stats=stats,
             ):
                 if first_token is None:
                     first_token = time.perf_counter()
@@ -250,16 +262,26 @@ class QAService:
         end = time.perf_counter()
         answer = "".join(pieces).strip()
         cited, mode = citations_for(answer, passages)
-        n_tokens = len(model.tokenizer(answer, add_special_tokens=False)["input_ids"]) if answer else 0
         timings = {
             "retrieve": (t_retrieve - t0) * 1000,
             "first_token": ((first_token or end) - t0) * 1000,
             "total": (end - t0) * 1000,
         }
-        finished = (
-            n_tokens < self.config.max_new_tokens and (end - t_retrieve) < self.config.generation_timeout_s
+        finished = stats.finish_reason == "stop"
+        yield (
+            "done",
+            AskResult(
+                answer,
+                passages,
+                cited,
+                mode,
+                model.version,
+                timings,
+                finished,
+                model.backend,
+                stats.to_json(),
+            ),
         )
-        yield "done", AskResult(answer, passages, cited, mode, model.version, timings, finished)
 
     def ask(self, question: str, history: Sequence[Any] = (), k: int | None = None) -> AskResult:
         result = None

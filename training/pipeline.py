@@ -434,6 +434,7 @@ def build_manifest(ctx: RunContext, decision: dict[str, Any]) -> dict[str, Any]:
 
 def stage_publish(ctx: RunContext) -> dict[str, Any]:
     from training import evaluate
+    from training.gguf_export import GgufExportError
     from training.registry import ModelRegistry
 
     registry = ModelRegistry(ctx.paths.models_dir)
@@ -456,10 +457,13 @@ def stage_publish(ctx: RunContext) -> dict[str, Any]:
             decision, "gate failed: " + "; ".join(r for r in decision["reasons"] if r.startswith("FAILED"))
         )
     try:
-        version = registry.publish_folder(candidate_dir(ctx), build_manifest(ctx, decision))
+        version = registry.publish_folder(
+            candidate_dir(ctx), build_manifest(ctx, decision), gguf=ctx.cfg.publish.gguf
+        )
     except (
-        OSError
-    ) as e:  # disk full, permissions: the registry removed its .partial folder; current is untouched
+        OSError,
+        GgufExportError,
+    ) as e:  # disk full, a failed GGUF: the .partial folder is gone, current untouched
         raise RetrainError(
             f"publish failed: {e}. The current version ({registry.current_name()}) is unchanged; fix the cause "
             f"(e.g. free disk space), then `ragqa retrain --resume {run_id}`"
@@ -592,7 +596,7 @@ def _start_model(cfg: TrainConfig, paths: Paths, start_from: str) -> dict[str, A
     from training.registry import ModelRegistry
 
     registry = ModelRegistry(paths.models_dir)
-    ensure_base_model(registry, cfg.model.base)
+    ensure_base_model(registry, cfg.model.base, gguf=cfg.publish.gguf)
     version = registry.base() if start_from == "base" else registry.current()
     if version is None:
         raise RetrainError("the model registry is empty; run `ragqa setup` first")

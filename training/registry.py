@@ -135,10 +135,13 @@ class ModelRegistry:
         manifest: dict[str, Any],
         *,
         make_current: bool = True,
+        gguf: str = "off",
     ) -> ModelVersion:
         """Publish a new version: `write(folder)` fills a fresh `.partial` folder, then it is made visible.
 
         The manifest gets `version`, `parent` (the current version) and `created_at` unless given.
+        `gguf` ("off", "auto" or an outtype such as "q8_0") also writes a GGUF copy for the llamacpp backend into
+        the folder before it is renamed (training/gguf_export.py), recorded as the manifest's `gguf`.
         """
         self.root.mkdir(parents=True, exist_ok=True)
         # One publisher at a time (a retrain and a `ragqa setup` may race); the lock dies with the process.
@@ -150,6 +153,12 @@ class ModelRegistry:
             partial.mkdir()
             try:
                 write(partial)
+                if gguf != "off":
+                    from training.gguf_export import export_into_partial
+
+                    record = export_into_partial(partial, gguf)
+                    if record is not None:
+                        manifest = {**manifest, "gguf": record}
                 full = {"version": name, "parent": self.current_name(), "created_at": now_iso(), **manifest}
                 (partial / MANIFEST).write_text(
                     json.dumps(full, indent=2, sort_keys=True, default=str) + "\n"
@@ -165,7 +174,7 @@ class ModelRegistry:
         return self.get(name)
 
     def publish_folder(
-        self, src: Path, manifest: dict[str, Any], *, make_current: bool = True
+        self, src: Path, manifest: dict[str, Any], *, make_current: bool = True, gguf: str = "off"
     ) -> ModelVersion:
         """Publish a copy of a finished model folder (weights + tokenizer)."""
         src = Path(src)
@@ -174,14 +183,26 @@ class ModelRegistry:
 
         def copy(dst: Path) -> None:
             for item in src.iterdir():
-                if item.name == MANIFEST:
+                if item.name == MANIFEST or item.suffix == ".gguf":  # a GGUF is made from these weights
                     continue
                 if item.is_dir():
                     shutil.copytree(item, dst / item.name)
                 else:
                     shutil.copy2(item, dst / item.name)
 
-        return self.publish(copy, manifest, make_current=make_current)
+        return self.publish(copy, manifest, make_current=make_current, gguf=gguf)
+
+    def record(self, name: str, key: str, value: Any) -> ModelVersion:
+        """Add a derived artefact's record (e.g. a GGUF made later) to a published manifest, atomically."""
+        version = self.get(name)
+        manifest = {**version.manifest, key: value}
+        tmp = version.path / f".{MANIFEST}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, version.path / MANIFEST)
+        _fsync_dir(version.path)
+        return self.get(name)
 
     def switch(self, name: str) -> ModelVersion:
         """Point `current` at a published version atomically (new symlink, then os.replace onto `current`)."""

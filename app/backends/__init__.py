@@ -1,0 +1,1 @@
+"""Generator backends: transformers (reference), llamacpp (fast CPU), openai (any OpenAI-compatible server)."""

