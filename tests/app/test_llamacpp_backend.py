@@ -1,0 +1,216 @@
+"""The llamacpp backend on the real default model's q8_0 GGUF: same prompt tokens as transformers, the app's
+repetition-penalty rule, streaming, sampling, time limit, the QA pipeline, and every fallback to transformers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.backends.base import GenerationStats
+from app.config import AppConfig
+from app.generator import Generator
+from tests.conftest import llama_cpp_or_skip
+from training.registry import ModelRegistry
+
+pytestmark = pytest.mark.usefixtures("llamacpp_installed")
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Name three primary colours.",
+    "Passage [1]: The Zorbium Tower in Kelvale opened on 14 March 1893.\n\nQuestion: When did the Zorbium Tower open?",
+    "Write one sentence about the sea.",
+]
+
+
+@pytest.fixture
+def llamacpp_installed() -> None:
+    llama_cpp_or_skip()
+
+
+def _messages(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+@pytest.fixture
+def llamacpp_model(gguf_registry: Path):
+    generator = Generator(ModelRegistry(gguf_registry), backend="llamacpp", config=AppConfig.load())
+    model = generator.current()
+    assert model.backend == "llamacpp", generator.fallback_reason
+    return model
+
+
+def test_native_penalty_is_the_apps_rule_token_for_token(default_gguf_dir: Path) -> None:
+    """llama.cpp's penalty (window = context) equals AnswerRepetitionPenalty (prompt ignored), token for token.
+
+    If an upgrade of llama-cpp-python started feeding prompt tokens to the penalty sampler, the passages' words
+    would be penalised again and this would fail.
+    """
+    from llama_cpp import Llama, LogitsProcessorList
+    from transformers import AutoTokenizer
+
+    from app.backends.llamacpp_lm import AnswerRepetitionPenalty, llama_options
+
+    tok = AutoTokenizer.from_pretrained(default_gguf_dir)
+    text = "The tower is tall. The tower is old. The tower is red. " * 6 + "\nDescribe the tower at length."
+    ids = tok.apply_chat_template(_messages(text), add_generation_prompt=True, return_dict=False)
+    llm = Llama(model_path=str(default_gguf_dir / "model.q8_0.gguf"), **llama_options(2, 2048))
+
+    def run(**kwargs) -> list[int]:
+        out = []
+        for t in llm.generate(ids, temp=0.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, **kwargs):
+            if t == llm.token_eos() or len(out) >= 48:
+                break
+            out.append(t)
+        return out
+
+    plain = run(repeat_penalty=1.0)
+    reference = run(
+        repeat_penalty=1.0, logits_processor=LogitsProcessorList([AnswerRepetitionPenalty(1.5, len(ids))])
+    )
+    native = run(repeat_penalty=1.5)
+    llm.close()
+    assert native == reference
+    assert native != plain  # the penalty did something on this repetitive prompt
+
+
+def test_greedy_answers_agree_with_transformers(llamacpp_model, default_gguf_dir: Path) -> None:
+    """Same prompt tokens, greedy, same penalty: q8_0 llama.cpp and fp32 transformers agree on most prompts."""
+    from app.backends.transformers_lm import TransformersModel
+
+    reference = TransformersModel.load(ModelRegistry(default_gguf_dir.parent).get("v0001"), dtype="float32")
+    agree = 0
+    for prompt in PROMPTS:
+        a = "".join(llamacpp_model.stream(_messages(prompt), max_new_tokens=12)).strip()
+        b = "".join(reference.stream(_messages(prompt), max_new_tokens=12)).strip()
+        assert a, prompt
+        agree += a.split()[:6] == b.split()[:6]
+    assert agree >= 3, f"only {agree}/4 greedy answers start alike"
+
+
+def test_stream_fills_stats_and_streams_pieces(llamacpp_model) -> None:
+    stats = GenerationStats()
+    pieces = list(llamacpp_model.stream(_messages(PROMPTS[3]), max_new_tokens=20, stats=stats))
+    assert len(pieces) >= 5  # token by token, not one block at the end
+    assert stats.backend == "llamacpp"
+    assert stats.prompt_tokens == llamacpp_model.count_tokens(_messages(PROMPTS[3]))
+    assert 1 <= stats.completion_tokens <= 20
+    assert stats.finish_reason in ("stop", "length")
+    assert stats.finish_reason == "length" or stats.completion_tokens < 20
+    assert stats.to_json()["decode_tokens_per_s"] is None or stats.to_json()["decode_tokens_per_s"] > 0
+
+
+def test_time_limit_stops_the_answer(llamacpp_model) -> None:
+    stats = GenerationStats()
+    list(llamacpp_model.stream(_messages(PROMPTS[3]), max_new_tokens=200, timeout_s=0.0, stats=stats))
+    assert stats.finish_reason == "time"
+    assert stats.completion_tokens == 1
+
+
+def test_sampled_candidates_are_reproducible_by_seed(llamacpp_model) -> None:
+    first = llamacpp_model.sample(_messages(PROMPTS[3]), 3, seed=7, max_new_tokens=16)
+    again = llamacpp_model.sample(_messages(PROMPTS[3]), 3, seed=7, max_new_tokens=16)
+    assert [s.text for s in first] == [s.text for s in again]
+    assert len({s.text for s in first}) >= 2  # different seeds, different answers
+    assert [s.sampling["seed"] for s in first] == [7, 8, 9]
+    assert all(s.sampling["backend"] == "llamacpp" for s in first)
+
+
+def test_prompt_too_long_for_the_window_is_a_clear_error(llamacpp_model) -> None:
+    from app.generator import GenerationError
+
+    huge = "word " * (llamacpp_model.context_window + 10)
+    with pytest.raises(GenerationError, match="do not fit"):
+        list(llamacpp_model.stream(_messages(huge), max_new_tokens=8))
+
+
+def test_qa_service_answers_with_sources_on_llamacpp(gguf_registry: Path, tmp_path: Path) -> None:
+    from app.qa import QAService
+    from retrieval.embedder import HashEmbedder
+    from retrieval.ingest import ingest
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "tower.md").write_text(
+        "The Zorbium Tower in Kelvale opened on 14 March 1893. It is 212 metres tall."
+    )
+    (docs / "ship.md").write_text(
+        "The research ship Marigold Vance carries a crew of 31 and sails from Tessport."
+    )
+    cfg = AppConfig.load(backend="llamacpp", max_new_tokens=32)
+    embedder = HashEmbedder()
+    ingest(docs, cfg.paths.index_dir, embedder, progress=False)
+    qa = QAService(cfg, embedder=embedder)
+    events = list(qa.stream("When did the Zorbium Tower open?"))
+    kinds = [k for k, _ in events]
+    assert kinds[0] == "sources" and kinds[-1] == "done" and kinds.count("token") >= 3
+    result = events[-1][1]
+    assert result.backend == "llamacpp"
+    assert result.passages[0].source.endswith("tower.md")
+    assert result.generation["completion_tokens"] >= 1
+    assert result.to_json()["backend"] == "llamacpp"
+    candidates = qa.candidates("When did the Zorbium Tower open?", result.passages, n=2, seed=1)
+    assert len(candidates) == 2 and all(c.model_version == "v0001" for c in candidates)
+
+
+# ---- choosing the backend, and falling back ------------------------------------------------------------
+def test_auto_serves_llamacpp_when_the_version_has_a_gguf(gguf_registry: Path) -> None:
+    assert Generator(ModelRegistry(gguf_registry), backend="auto").current().backend == "llamacpp"
+
+
+def test_auto_serves_transformers_without_a_gguf(default_registry: Path) -> None:
+    generator = Generator(ModelRegistry(default_registry), backend="auto")
+    assert generator.current().backend == "transformers"
+    assert not list(default_registry.joinpath("v0001").glob("*.gguf"))  # auto never converts
+
+
+def test_llamacpp_converts_a_version_published_without_gguf(default_registry: Path) -> None:
+    registry = ModelRegistry(default_registry)
+    generator = Generator(registry, backend="llamacpp", config=AppConfig.load())
+    assert generator.current().backend == "llamacpp"
+    record = registry.get("v0001").manifest["gguf"]
+    assert record["outtype"] == "q8_0" and (default_registry / "v0001" / record["file"]).is_file()
+
+
+def test_missing_llama_cpp_falls_back_to_transformers_with_the_reason(
+    gguf_registry: Path, monkeypatch
+) -> None:
+    import app.backends.llamacpp_lm as llamacpp_lm
+
+    monkeypatch.setattr(
+        llamacpp_lm, "llama_cpp_available", lambda: False
+    )  # as on a machine without the extra
+    generator = Generator(ModelRegistry(gguf_registry), backend="llamacpp")
+    assert generator.current().backend == "transformers"
+    assert "llama-cpp-python is not installed" in generator.fallback_reason
+    assert "CMAKE_ARGS" in generator.fallback_reason
+
+
+def test_corrupt_gguf_falls_back_to_transformers(gguf_registry: Path) -> None:
+    gguf = gguf_registry / "v0001" / "model.q8_0.gguf"
+    gguf.unlink()  # a hard link: replace it, never write through it
+    gguf.write_bytes(b"GGUF" + os.urandom(4096))
+    generator = Generator(ModelRegistry(gguf_registry), backend="llamacpp")
+    assert generator.current().backend == "transformers"
+    assert "cannot load" in generator.fallback_reason
+
+
+def test_hot_swap_loads_the_new_versions_gguf(gguf_registry: Path, default_gguf_dir: Path) -> None:
+    registry = ModelRegistry(gguf_registry)
+    generator = Generator(registry, backend="llamacpp")
+    first = generator.current()
+
+    def copy(dst: Path) -> None:
+        for item in default_gguf_dir.iterdir():
+            if item.name != "manifest.json":
+                os.link(item, dst / item.name)
+
+    registry.publish(copy, {"kind": "test", "gguf": {"file": "model.q8_0.gguf", "outtype": "q8_0"}})
+    second = generator.current()
+    assert (first.version, second.version) == ("v0001", "v0002")
+    assert second.backend == "llamacpp" and second.gguf_path.parent.name == "v0002"
+    assert json.loads((gguf_registry / "v0002" / "manifest.json").read_text())["parent"] == "v0001"
+    shutil.rmtree(gguf_registry / "v0002")
