@@ -138,7 +138,11 @@ class Handlers:
         )
         state["history"] += [{"role": "user", "content": q}, {"role": "assistant", "content": result.answer}]
         sources = sources_markdown(result.passages, result.cited, result.citation_mode)
-        yield chat_value(state), sources, f"Model: **{result.model_version}**", status, state, ""
+        label = f"Model: **{result.model_version}** · {result.backend}"
+        fallback = self.s.qa.generator.fallback_reason
+        if fallback:
+            label += f" ({inert_markdown(fallback)})"
+        yield chat_value(state), sources, label, status, state, ""
 
     def _record_answer(self, question: str, result: AskResult, state: dict[str, Any]) -> str:
         # The turns the model saw: plain_history drops empty answers, which the store would refuse as context.
@@ -175,7 +179,9 @@ class Handlers:
             "token": None,
         }
         t = result.timings_ms
-        return f"Answered in {t['total'] / 1000:.1f} s (first token {t['first_token'] / 1000:.1f} s)."
+        rate = result.generation.get("decode_tokens_per_s")
+        speed = f", {rate:.0f} tokens/s" if rate else ""
+        return f"Answered in {t['total'] / 1000:.1f} s (first token {t['first_token'] / 1000:.1f} s{speed})."
 
     def alternatives(self, n: int, state: dict[str, Any], user: str | None = None) -> tuple:
         """Sample n candidates for the latest question and passages; returns n markdown boxes + visibility."""

@@ -193,11 +193,15 @@ class OpenAIModel(ServedModel):
                 index=i,
                 n=n,
                 max_new_tokens=max_new_tokens,
-                penalty=repetition_penalty,
+                penalty=self._penalty(),
             )
             settings.update(backend=self.backend, served_model=self.model)
             results.append(Sampled(text, choice.finish_reason == "stop", tokens, latency, settings))
         return results
+
+    def _penalty(self) -> float:
+        """The repetition penalty the server applied: only what `openai_extra_body` sent (vLLM / llama.cpp)."""
+        return float(self.extra_body.get("repetition_penalty", self.extra_body.get("repeat_penalty", 1.0)))
 
     def close(self) -> None:
         self.client.close()

@@ -214,3 +214,32 @@ def test_hot_swap_loads_the_new_versions_gguf(gguf_registry: Path, default_gguf_
     assert second.backend == "llamacpp" and second.gguf_path.parent.name == "v0002"
     assert json.loads((gguf_registry / "v0002" / "manifest.json").read_text())["parent"] == "v0001"
     shutil.rmtree(gguf_registry / "v0002")
+
+
+def test_served_ui_streams_and_cites_on_llamacpp(gguf_registry: Path, tmp_path: Path) -> None:
+    """The acceptance path: the Gradio app on the llamacpp backend, driven over HTTP like a browser."""
+    from gradio_client import Client
+
+    from app.services import Services
+    from app.ui import launch
+    from retrieval.embedder import HashEmbedder
+    from tests.app.test_ui import QUESTION, _free_port, _ingest, _last_answer
+
+    cfg = AppConfig.load(backend="llamacpp", max_new_tokens=40, port=_free_port(), host="127.0.0.1")
+    embedder = HashEmbedder()
+    _ingest(cfg, tmp_path, embedder)
+    services = Services(cfg, embedder=embedder)
+    demo, url = launch(services, prevent_thread_lock=True)
+    try:
+        job = Client(url, verbose=False).submit(QUESTION, api_name="/ask")
+        chat, sources, model, status, _box = job.result(timeout=300)
+        assert len(job.outputs()) >= 3, "tokens are streamed"
+        assert "v0001" in model and "llamacpp" in model
+        assert "tokens/s" in status
+        assert sources.startswith("**[1] kelvale/tower.md**"), sources
+        answer = _last_answer(chat)
+        assert "1893" in answer, answer  # the default model copies the date from the passage
+        assert "Sources: [1]" in answer and "**cited" in sources
+    finally:
+        demo.close()
+        services.close()
