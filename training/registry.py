@@ -140,7 +140,7 @@ class ModelRegistry:
         """Publish a new version: `write(folder)` fills a fresh `.partial` folder, then it is made visible.
 
         The manifest gets `version`, `parent` (the current version) and `created_at` unless given.
-        `gguf` ("off", "auto" or an outtype such as "q8_0") also writes a GGUF copy for the llamacpp backend into
+        `gguf` ("off", "auto" or an outtype such as "f16") also writes a GGUF copy for the llamacpp backend into
         the folder before it is renamed (training/gguf_export.py), recorded as the manifest's `gguf`.
         """
         self.root.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,8 @@ class GenerationStats:
 
     backend: str = ""
     prompt_tokens: int = 0
-    completion_tokens: int = 0
+    completion_tokens: int = 0  # answer tokens; the EOS step is not one of them
+    eos: bool = False  # the model ended with EOS: one more decode step was spent than completion_tokens
     started: float = field(default_factory=time.perf_counter)
     first_token: float | None = None  # perf_counter of the first generated piece
     ended: float | None = None
@@ -50,20 +51,30 @@ class GenerationStats:
             self.first_token = time.perf_counter()
         self.completion_tokens += n
 
+    def mark_eos(self) -> None:
+        if self.first_token is None:
+            self.first_token = time.perf_counter()
+        self.eos = True
+
     def end(self, reason: str) -> None:
         self.ended = time.perf_counter()
         self.finish_reason = reason
 
     @property
     def decode_tokens_per_s(self) -> float | None:
-        """Tokens after the first / time from the first to the end (prefill excluded)."""
-        if self.first_token is None or self.ended is None or self.completion_tokens < 2:
+        """Decode steps after the first / time from the first to the end (prefill excluded).
+
+        The EOS step counts as a step (it took the same time) but not as an answer token, the same in every backend.
+        """
+        steps = self.completion_tokens + int(self.eos)
+        if self.first_token is None or self.ended is None or steps < 2:
             return None
         span = self.ended - self.first_token
-        return (self.completion_tokens - 1) / span if span > 0 else None
+        return (steps - 1) / span if span > 0 else None
 
     def to_json(self) -> dict[str, Any]:
         first = None if self.first_token is None else (self.first_token - self.started) * 1000
+        span = None if self.first_token is None or self.ended is None else self.ended - self.first_token
         rate = self.decode_tokens_per_s
         return {
             "backend": self.backend,
@@ -71,6 +82,8 @@ class GenerationStats:
             "completion_tokens": self.completion_tokens,
             "first_token_ms": None if first is None else round(first, 1),
             "decode_tokens_per_s": None if rate is None else round(rate, 2),
+            "decode_s": None if span is None else round(span, 4),  # first token -> end
+            "eos": self.eos,
             "finish_reason": self.finish_reason,
         }
 

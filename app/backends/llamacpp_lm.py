@@ -158,6 +158,7 @@ class LlamaCppModel(ServedModel):
         reason = "length"
         for token in tokens:
             if token in self._eos:
+                stats.mark_eos()
                 reason = "stop"
                 break
             stats.mark_token()

@@ -166,9 +166,7 @@ class TransformersModel(ServedModel):
         thread.join()
         if errors:
             raise GenerationError(f"generation failed: {errors[0]}") from errors[0]
-        stats.end(
-            "stop" if streamer.saw_eos else "length" if stats.completion_tokens >= max_new_tokens else "time"
-        )
+        stats.end("stop" if stats.eos else "length" if stats.completion_tokens >= max_new_tokens else "time")
 
     def sample(
         self,
@@ -224,17 +222,18 @@ class TransformersModel(ServedModel):
 
 
 def _counting_streamer(tokenizer: Any, stats: GenerationStats, timeout: float) -> Any:
-    """A TextIteratorStreamer that also counts generated tokens (and notes EOS) into `stats`."""
+    """A TextIteratorStreamer that also counts answer tokens (EOS noted apart, as llamacpp does) into `stats`."""
     from transformers import TextIteratorStreamer
 
     class CountingStreamer(TextIteratorStreamer):
-        saw_eos = False
-
         def put(self, value: Any) -> None:
             if not (self.skip_prompt and self.next_tokens_are_prompt):
                 ids = value.reshape(-1).tolist()
-                stats.mark_token(len(ids))
-                self.saw_eos = self.saw_eos or tokenizer.eos_token_id in ids
+                answer = [i for i in ids if i != tokenizer.eos_token_id]
+                if answer:
+                    stats.mark_token(len(answer))
+                if len(answer) < len(ids):
+                    stats.mark_eos()
             super().put(value)
 
     return CountingStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=timeout)

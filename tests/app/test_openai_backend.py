@@ -29,10 +29,10 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def llama_server(default_gguf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`python -m llama_cpp.server` on the q8_0 GGUF, serving it as model "v0001"; yields the /v1 base URL."""
+    """`python -m llama_cpp.server` on the f16 GGUF, serving it as model "v0001"; yields the /v1 base URL."""
     llama_cpp_or_skip()
     port = _free_port()
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(default_gguf_dir / "model.q8_0.gguf")]
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(default_gguf_dir / "model.f16.gguf")]
     cmd += ["--model_alias", "v0001", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"]
     cmd += ["--n_threads", "2"]
     log = tmp_path_factory.mktemp("llama-server") / "server.log"  # a file: a full pipe would block the server

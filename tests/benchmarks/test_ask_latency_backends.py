@@ -31,16 +31,15 @@ from benchmarks.ask_latency import (
 
 
 # ---- decode accounting ---------------------------------------------------------------------------------
-def test_decoded_tokens_counts_the_eos_step_the_llamacpp_backend_leaves_out() -> None:
-    assert decoded_tokens({"backend": "llamacpp", "completion_tokens": 30, "finish_reason": "stop"}) == 31
-    assert decoded_tokens({"backend": "llamacpp", "completion_tokens": 64, "finish_reason": "length"}) == 64
-    # transformers' streamer already counted EOS in completion_tokens
-    assert decoded_tokens({"backend": "transformers", "completion_tokens": 30, "finish_reason": "stop"}) == 30
+def test_decoded_tokens_counts_the_eos_step() -> None:
+    assert decoded_tokens({"backend": "llamacpp", "completion_tokens": 30, "eos": True}) == 31
+    assert decoded_tokens({"backend": "transformers", "completion_tokens": 30, "eos": True}) == 31
+    assert decoded_tokens({"backend": "llamacpp", "completion_tokens": 64, "eos": False}) == 64
 
 
-def test_decode_span_is_recovered_from_the_stats_rate() -> None:
-    assert decode_span_s({"completion_tokens": 21, "decode_tokens_per_s": 100.0}) == pytest.approx(0.2)
-    assert decode_span_s({"completion_tokens": 1, "decode_tokens_per_s": None}) == 0.0
+def test_decode_span_is_the_stats_decode_time() -> None:
+    assert decode_span_s({"completion_tokens": 21, "decode_s": 0.2}) == pytest.approx(0.2)
+    assert decode_span_s({"completion_tokens": 1, "decode_s": None}) == 0.0
 
 
 def test_decode_rate_sums_tokens_and_spans_and_skips_one_token_answers() -> None:
@@ -214,6 +213,7 @@ def test_table_rows_for_an_app_row_and_a_raw_row() -> None:
         "mean_answer_tokens": 41.25,
         "decode_tokens_per_s": 99.6,
         "vs_raw": 0.958,
+        "vs_raw_engine": 0.94,
         "vs_fp32": 6.09,
         "bound_tokens_per_s": 448.2,
         "percent_of_bound": 22.2,
@@ -231,6 +231,7 @@ def test_table_rows_for_an_app_row_and_a_raw_row() -> None:
         "41.2",
         "99.6",
         "0.96x",
+        "0.94x",
         "6.09x",
         "448",
         "22%",
@@ -257,7 +258,7 @@ def test_table_rows_for_an_app_row_and_a_raw_row() -> None:
 def test_parse_args_defaults_and_raw_needs_the_app_row() -> None:
     args = parse_args([])
     assert args.backends == ["transformers", "llamacpp", "raw"]
-    assert args.gguf_type == "q8_0" and args.agreement_questions == 50 and args.penalty_row
+    assert args.gguf_type == "f16" and args.agreement_questions == 50 and args.penalty_row
     args = parse_args(["--backends", "llamacpp", "raw", "--gguf-type", "f16", "--sizes", "--no-penalty-row"])
     assert args.sizes == [] and args.gguf_type == "f16" and not args.penalty_row
     with pytest.raises(SystemExit):
@@ -275,3 +276,42 @@ def test_drop_gguf_record_never_writes_through_the_hard_link(tmp_path: Path) -> 
     assert json.loads(source.read_text())["gguf"] == {"file": "model.q8_0.gguf"}
     assert json.loads(linked.read_text()) == {"version": "v0001"}
     assert os.stat(source).st_nlink == 1
+
+
+def test_vs_raw_compares_rows_that_sample_alike() -> None:
+    """The app row with penalty 1.1 is compared with raw llama.cpp at 1.1; vs_raw_engine with raw at 1.0."""
+    runs = [
+        {
+            "backend": "llamacpp f16",
+            "repetition_penalty": 1.1,
+            "decode_tokens_per_s": 84.0,
+            "first_token_ms": None,
+        },
+        {
+            "backend": "raw",
+            "kind": "raw",
+            "repetition_penalty": 1.0,
+            "decode_tokens_per_s": 88.0,
+            "first_token_ms": None,
+        },
+        {
+            "backend": "raw pen",
+            "kind": "raw",
+            "repetition_penalty": 1.1,
+            "decode_tokens_per_s": 86.0,
+            "first_token_ms": None,
+        },
+        {
+            "backend": "llamacpp f16 (penalty 1.0)",
+            "repetition_penalty": 1.0,
+            "decode_tokens_per_s": 87.0,
+            "first_token_ms": None,
+        },
+    ]
+    add_ratios(runs)
+    assert (runs[0]["vs_raw_reference"], runs[0]["vs_raw"], runs[0]["vs_raw_engine"]) == (
+        "raw pen",
+        0.977,
+        0.955,
+    )
+    assert (runs[3]["vs_raw_reference"], runs[3]["vs_raw"]) == ("raw", 0.989)
