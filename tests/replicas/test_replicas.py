@@ -1,4 +1,4 @@
-"""Two app replicas (separate processes, two ports) share one RAGQA_HOME registry and one PostgreSQL feedback store.
+"""Two `ragqa serve` processes (two ports) share one RAGQA_HOME registry and one PostgreSQL feedback store.
 
 Driven over HTTP with gradio_client like two browser sessions at once: ask, alternatives, rank on each replica;
 every acknowledged ranking is in the shared store. Then a new registry version is published and both replicas
@@ -22,7 +22,7 @@ import pytest
 
 from app.config import AppConfig
 from feedback_store.store import FeedbackStore
-from retrieval.embedder import HashEmbedder
+from retrieval.embedder import SentenceTransformerEmbedder
 from retrieval.ingest import ingest
 from training.registry import ModelRegistry
 
@@ -66,12 +66,13 @@ def replicas(
     import psycopg
 
     ModelRegistry(ragqa_home / "models").publish_folder(tiny_llama_dir, {"kind": "base"})
+    (ragqa_home / "config.yaml").write_text("max_new_tokens: 8\n")  # read by both `ragqa serve` processes
     cfg = AppConfig.load()
     docs = tmp_path / "docs"
     for rel, text in DOCS.items():
         (docs / rel).parent.mkdir(parents=True, exist_ok=True)
         (docs / rel).write_text(text, encoding="utf-8")
-    ingest(docs, cfg.paths.index_dir, HashEmbedder(), progress=False)
+    ingest(docs, cfg.paths.index_dir, SentenceTransformerEmbedder(cfg.embedder), progress=False)
 
     name = f"replicas_{os.getpid()}_{time.monotonic_ns()}"
     with psycopg.connect(replica_pg_server, autocommit=True) as conn:
@@ -87,7 +88,8 @@ def replicas(
             with log.open("w") as fh:
                 procs.append(
                     subprocess.Popen(
-                        [sys.executable, str(Path(__file__).parent / "replica_app.py"), str(port)],
+                        # `ragqa serve`, run as `python -m app` so the test needs no console script on PATH
+                        [sys.executable, "-m", "app", "serve", "--port", str(port)],
                         stdout=fh,
                         stderr=subprocess.STDOUT,
                         env=env,
