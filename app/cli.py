@@ -206,8 +206,10 @@ def cmd_models(args: argparse.Namespace) -> int:
             m = v.manifest
             mark = "*" if v.name == current else " "
             detail = m.get("run_id") or m.get("source", "")
+            served = _serves_with(m)
             print(
-                f"{mark} {v.name}  {v.created_at}  parent={m.get('parent') or '-'}  {m.get('kind', '?')}  {detail}"
+                f"{mark} {v.name}  {v.created_at}  parent={m.get('parent') or '-'}  {m.get('kind', '?')}  "
+                f"{served}  {detail}"
             )
     elif args.models_cmd == "current":
         if current is None:
@@ -222,6 +224,15 @@ def cmd_models(args: argparse.Namespace) -> int:
     elif args.models_cmd == "publish-served":
         return _models_publish_served(registry, args)
     return 0
+
+
+def _serves_with(manifest: dict) -> str:
+    """What a version offers the backends: a served model name, a GGUF (for llamacpp), or weights only."""
+    serving = manifest.get("serving") or {}
+    if serving:
+        return f"served={serving.get('model')}@{serving.get('base_url')}"
+    gguf = manifest.get("gguf") or {}
+    return f"gguf={gguf['outtype']}" if gguf.get("file") else "gguf=-"
 
 
 def _models_gguf(registry, name: str | None, outtype: str) -> int:

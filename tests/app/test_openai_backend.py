@@ -94,6 +94,9 @@ def test_publish_served_points_the_app_at_a_served_model(
     assert (model.backend, model.version, model.context_window) == ("openai", "v0002", 2048)
     assert "".join(model.stream(MESSAGES, max_new_tokens=8)).strip()
     assert "v0002" in capsys.readouterr().out
+    assert main(["models", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert f"served=v0001@{llama_server}" in listed and "gguf=-" in listed
 
 
 def test_unreachable_server_is_a_clear_error(default_registry: Path) -> None:

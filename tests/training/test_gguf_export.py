@@ -109,6 +109,8 @@ def test_models_gguf_command_adds_one_to_a_published_version(
     manifest = registry.get("v0001").manifest
     assert manifest["gguf"]["file"] == "model.f16.gguf" and manifest["kind"] == "base"
     assert "model.f16.gguf" in capsys.readouterr().out
+    assert main(["models", "list"]) == 0
+    assert "gguf=f16" in capsys.readouterr().out
     assert not [p for p in (ragqa_home / "models" / "v0001").iterdir() if p.name.startswith(".")]
 
 
