@@ -126,7 +126,8 @@ def export_into_partial(folder: Path, setting: str) -> dict[str, Any] | None:
         return export_gguf(folder, outtype)
     except GgufExportError as e:
         if setting == "auto":
-            return {"error": str(e).splitlines()[0], "outtype": outtype}
+            lines = str(e).splitlines()  # "conversion of X failed (exit 1):" + the converter's last lines
+            return {"error": " ".join(dict.fromkeys([lines[0], lines[-1]])), "outtype": outtype}
         raise
 
 

@@ -22,7 +22,8 @@ def test_all_stages_publish_and_switch_current(
     from training.commands import print_report
 
     lines: list[str] = []
-    state = run_retrain(options(export_dir), say=lines.append)
+    # publish.gguf=auto (the default config's): the GGUF hook runs inside the publish, before the switch
+    state = run_retrain(options(export_dir, "publish.gguf=auto"), say=lines.append)
     registry = ModelRegistry(tiny_registry)
     assert state["status"] == "finished"
     assert [s for s in state["plan"]] == ["export", "sft", "rm", "ppo", "merge", "evaluate", "publish"]
@@ -40,6 +41,14 @@ def test_all_stages_publish_and_switch_current(
     assert manifest["config_sha256"] == (run_dir / "config.yaml.sha256").read_text().strip()
     assert set(manifest["metrics"]) >= {"export", "sft", "rm", "ppo", "merge", "evaluate"}
     assert manifest["gate"]["passed"] is True and manifest["gate"]["criteria"]
+    from training.gguf_export import converter_available
+
+    if converter_available():  # the llamacpp extra
+        gguf = manifest["gguf"]
+        # the char-level toy tokenizer is not one the converter knows: recorded, and the publish went on
+        assert "failed" in gguf["error"] and "file" not in gguf
+    else:
+        assert "gguf" not in manifest
     assert (ragqa_home / manifest["reward_model"]["path"] / "config.json").is_file()
     # run folder: per-stage configs/metrics/plots, report embedding the PPO and SFT plots
     assert (run_dir / "ppo" / "ppo_config.yaml").is_file()
