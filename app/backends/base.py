@@ -88,20 +88,37 @@ class GenerationStats:
         }
 
 
-def sampling_record(
-    *, temperature: float, top_p: float, seed: int, index: int, n: int, max_new_tokens: int, penalty: float
-) -> dict[str, Any]:
-    """The settings stored with each candidate so it can be reproduced (same keys for every backend)."""
-    return {
-        "do_sample": True,
-        "temperature": temperature,
-        "top_p": top_p,
-        "seed": seed,
-        "sequence_index": index,
-        "num_return_sequences": n,
-        "max_new_tokens": max_new_tokens,
-        "repetition_penalty": penalty,
-    }
+@dataclass(frozen=True)
+class Decoding:
+    """Limits of one generation (every backend)."""
+
+    max_new_tokens: int = 256
+    timeout_s: float = 120.0
+    repetition_penalty: float = 1.1
+
+
+@dataclass(frozen=True)
+class Sampling(Decoding):
+    """One request for `n` sampled candidates."""
+
+    n: int = 2
+    temperature: float = 0.8
+    top_p: float = 0.95
+    seed: int = 0
+
+    def record(self, index: int, *, seed: int | None = None, **extra: Any) -> dict[str, Any]:
+        """The settings stored with candidate `index` so it can be reproduced (same keys for every backend)."""
+        return {
+            "do_sample": True,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed if seed is None else seed,
+            "sequence_index": index,
+            "num_return_sequences": self.n,
+            "max_new_tokens": self.max_new_tokens,
+            "repetition_penalty": self.repetition_penalty,
+            **extra,
+        }
 
 
 class PromptCodec:
@@ -154,7 +171,6 @@ class ServedModel(ABC):
         assert self.codec is not None
         return self.codec.count_text(text)
 
-    @abstractmethod
     def stream(
         self,
         messages: list[dict[str, str]],
@@ -165,8 +181,10 @@ class ServedModel(ABC):
         stats: GenerationStats | None = None,
     ) -> Iterator[str]:
         """Greedy answer, yielded as text pieces as soon as they are decoded; `stats` is filled in."""
+        stats = stats if stats is not None else GenerationStats()
+        stats.backend = self.backend
+        return self._stream(messages, Decoding(max_new_tokens, timeout_s, repetition_penalty), stats)
 
-    @abstractmethod
     def sample(
         self,
         messages: list[dict[str, str]],
@@ -179,7 +197,17 @@ class ServedModel(ABC):
         timeout_s: float = 120.0,
         repetition_penalty: float = 1.1,
     ) -> list[Sampled]:
-        """`n` sampled answers to the same prompt, with the settings that reproduce each."""
+        """`n` sampled answers to the same prompt, each with the settings that reproduce it."""
+        request = Sampling(max_new_tokens, timeout_s, repetition_penalty, n, temperature, top_p, seed)
+        return self._sample(messages, request)
+
+    @abstractmethod
+    def _stream(
+        self, messages: list[dict[str, str]], decoding: Decoding, stats: GenerationStats
+    ) -> Iterator[str]: ...
+
+    @abstractmethod
+    def _sample(self, messages: list[dict[str, str]], request: Sampling) -> list[Sampled]: ...
 
     def describe(self) -> str:
         return f"{self.version} ({self.backend})"

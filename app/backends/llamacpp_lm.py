@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from app.backends.base import (
+    Decoding,
     GenerationError,
     GenerationStats,
     PromptCodec,
     Sampled,
+    Sampling,
     ServedModel,
-    sampling_record,
 )
 
 INSTALL_HINT = (
@@ -128,21 +129,19 @@ class LlamaCppModel(ServedModel):
     def _tokens(
         self,
         prompt: list[int],
-        *,
-        max_new_tokens: int,
-        timeout_s: float,
-        penalty: float,
+        decoding: Decoding,
         stats: GenerationStats,
+        *,
         temperature: float = 0.0,
         top_p: float = 1.0,
     ) -> Iterator[int]:
         """Generated token ids (EOS excluded). The caller holds the lock."""
-        if len(prompt) + max_new_tokens > self.context_window:
+        if len(prompt) + decoding.max_new_tokens > self.context_window:
             raise GenerationError(
-                f"the prompt ({len(prompt)} tokens) and the answer ({max_new_tokens}) do not fit the "
+                f"the prompt ({len(prompt)} tokens) and the answer ({decoding.max_new_tokens}) do not fit the "
                 f"{self.context_window}-token window"
             )
-        deadline = time.perf_counter() + timeout_s
+        deadline = time.perf_counter() + decoding.timeout_s
         stats.prompt_tokens = len(prompt)
         # top_k=0 / min_p=0 / typical_p=1 switch llama.cpp's extra samplers off: temperature + top-p only, as the
         # transformers backend samples (order differs: llama.cpp applies top-p before the temperature).
@@ -153,7 +152,7 @@ class LlamaCppModel(ServedModel):
             top_p=top_p,
             min_p=0.0,
             typical_p=1.0,
-            repeat_penalty=penalty,
+            repeat_penalty=decoding.repetition_penalty,
         )
         reason = "length"
         for token in tokens:
@@ -163,35 +162,21 @@ class LlamaCppModel(ServedModel):
                 break
             stats.mark_token()
             yield token
-            if stats.completion_tokens >= max_new_tokens:
+            if stats.completion_tokens >= decoding.max_new_tokens:
                 break
             if time.perf_counter() > deadline:
                 reason = "time"
                 break
         stats.end(reason)
 
-    def stream(
-        self,
-        messages: list[dict[str, str]],
-        *,
-        max_new_tokens: int = 256,
-        timeout_s: float = 120.0,
-        repetition_penalty: float = 1.1,
-        stats: GenerationStats | None = None,
+    def _stream(
+        self, messages: list[dict[str, str]], decoding: Decoding, stats: GenerationStats
     ) -> Iterator[str]:
-        stats = stats if stats is not None else GenerationStats()
-        stats.backend = self.backend
         prompt = self.codec.prompt_ids(messages)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")  # a character may span two tokens
         with self._lock:
             try:
-                for token in self._tokens(
-                    prompt,
-                    max_new_tokens=max_new_tokens,
-                    timeout_s=timeout_s,
-                    penalty=repetition_penalty,
-                    stats=stats,
-                ):
+                for token in self._tokens(prompt, decoding, stats):
                     piece = decoder.decode(self.llama.detokenize([token]))
                     if piece:
                         yield piece
@@ -203,48 +188,20 @@ class LlamaCppModel(ServedModel):
         if tail:
             yield tail
 
-    def sample(
-        self,
-        messages: list[dict[str, str]],
-        n: int,
-        *,
-        temperature: float = 0.8,
-        top_p: float = 0.95,
-        seed: int = 0,
-        max_new_tokens: int = 256,
-        timeout_s: float = 120.0,
-        repetition_penalty: float = 1.1,
-    ) -> list[Sampled]:
-        """`n` answers one after another; llama.cpp keeps the prompt's KV cache, so the prompt is read once."""
+    def _sample(self, messages: list[dict[str, str]], request: Sampling) -> list[Sampled]:
+        """One after another, seeds seed..seed+n-1; llama.cpp keeps the prompt's KV cache, so it is read once."""
         prompt = self.codec.prompt_ids(messages)
         results = []
         start = time.perf_counter()
         with self._lock:
-            for i in range(n):
-                self.llama.set_seed(seed + i)
+            for i in range(request.n):
+                self.llama.set_seed(request.seed + i)
                 stats = GenerationStats(backend=self.backend)
                 ids = list(
-                    self._tokens(
-                        prompt,
-                        max_new_tokens=max_new_tokens,
-                        timeout_s=timeout_s,
-                        penalty=repetition_penalty,
-                        stats=stats,
-                        temperature=temperature,
-                        top_p=top_p,
-                    )
+                    self._tokens(prompt, request, stats, temperature=request.temperature, top_p=request.top_p)
                 )
                 text = self.llama.detokenize(ids).decode("utf-8", errors="replace").strip()
-                settings = sampling_record(
-                    temperature=temperature,
-                    top_p=top_p,
-                    seed=seed + i,
-                    index=i,
-                    n=n,
-                    max_new_tokens=max_new_tokens,
-                    penalty=repetition_penalty,
-                )
-                settings["backend"] = self.backend
+                settings = request.record(i, seed=request.seed + i, backend=self.backend)
                 results.append(Sampled(text, stats.finish_reason == "stop", len(ids), 0.0, settings))
         latency = (time.perf_counter() - start) * 1000
         for s in results:

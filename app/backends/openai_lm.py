@@ -19,12 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from app.backends.base import (
+    Decoding,
     GenerationError,
     GenerationStats,
     PromptCodec,
     Sampled,
+    Sampling,
     ServedModel,
-    sampling_record,
 )
 
 CHARS_PER_TOKEN_ESTIMATE = 3.0  # English averages ~4 characters per token; 3 leaves room for code and numbers
@@ -115,25 +116,21 @@ class OpenAIModel(ServedModel):
         except openai.APIError as e:
             raise GenerationError(f"the model server at {self.base_url} failed: {e}") from e
 
-    def stream(
-        self,
-        messages: list[dict[str, str]],
-        *,
-        max_new_tokens: int = 256,
-        timeout_s: float = 120.0,
-        repetition_penalty: float = 1.1,
-        stats: GenerationStats | None = None,
+    def _stream(
+        self, messages: list[dict[str, str]], decoding: Decoding, stats: GenerationStats
     ) -> Iterator[str]:
         """Greedy (temperature 0). The repetition penalty is not an OpenAI parameter: servers take it in
         `openai_extra_body` (vLLM: repetition_penalty, llama.cpp server: repeat_penalty)."""
         import openai
 
-        stats = stats if stats is not None else GenerationStats()
-        stats.backend = self.backend
         stats.prompt_tokens = self.count_tokens(messages)
         reason = "stop"
         chunks = self._request(
-            messages=messages, max_tokens=max_new_tokens, temperature=0.0, stream=True, timeout=timeout_s
+            messages=messages,
+            max_tokens=decoding.max_new_tokens,
+            temperature=0.0,
+            stream=True,
+            timeout=decoding.timeout_s,
         )
         try:
             for chunk in chunks:
@@ -152,33 +149,22 @@ class OpenAIModel(ServedModel):
             chunks.close()
         stats.end(reason)
 
-    def sample(
-        self,
-        messages: list[dict[str, str]],
-        n: int,
-        *,
-        temperature: float = 0.8,
-        top_p: float = 0.95,
-        seed: int = 0,
-        max_new_tokens: int = 256,
-        timeout_s: float = 120.0,
-        repetition_penalty: float = 1.1,
-    ) -> list[Sampled]:
+    def _sample(self, messages: list[dict[str, str]], request: Sampling) -> list[Sampled]:
         """`n` requests at once (not the `n` parameter: llama.cpp's server ignores it), seeds seed..seed+n-1."""
         start = time.perf_counter()
 
         def one(i: int) -> Any:
             return self._request(
                 messages=messages,
-                max_tokens=max_new_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                seed=seed + i,
-                timeout=timeout_s,
+                max_tokens=request.max_new_tokens,
+                temperature=request.temperature,
+                top_p=request.top_p,
+                seed=request.seed + i,
+                timeout=request.timeout_s,
             )
 
-        with ThreadPoolExecutor(max_workers=n) as pool:
-            responses = list(pool.map(one, range(n)))
+        with ThreadPoolExecutor(max_workers=request.n) as pool:
+            responses = list(pool.map(one, range(request.n)))
         latency = (time.perf_counter() - start) * 1000
         results = []
         for i, response in enumerate(responses):
@@ -186,16 +172,8 @@ class OpenAIModel(ServedModel):
             text = (choice.message.content or "").strip()
             usage = getattr(response, "usage", None)
             tokens = usage.completion_tokens if usage else self.count_text_tokens(text)
-            settings = sampling_record(
-                temperature=temperature,
-                top_p=top_p,
-                seed=seed + i,
-                index=i,
-                n=n,
-                max_new_tokens=max_new_tokens,
-                penalty=self._penalty(),
-            )
-            settings.update(backend=self.backend, served_model=self.model)
+            settings = request.record(i, seed=request.seed + i, backend=self.backend, served_model=self.model)
+            settings["repetition_penalty"] = self._penalty()  # what the server applied, not what was asked
             results.append(Sampled(text, choice.finish_reason == "stop", tokens, latency, settings))
         return results
 

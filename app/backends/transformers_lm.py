@@ -8,12 +8,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from app.backends.base import (
+    Decoding,
     GenerationError,
     GenerationStats,
     PromptCodec,
     Sampled,
+    Sampling,
     ServedModel,
-    sampling_record,
 )
 
 # Decode paths of `TransformersModel.stream`: "generate" = transformers' generate with a TextIteratorStreamer.
@@ -89,14 +90,13 @@ class TransformersModel(ServedModel):
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         ).to(self.model.device)
 
-    def _generate_kwargs(
-        self, max_new_tokens: int, timeout_s: float, repetition_penalty: float, prompt_len: int
-    ) -> dict[str, Any]:
+    def _generate_kwargs(self, decoding: Decoding, prompt_len: int) -> dict[str, Any]:
         from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
+        repetition_penalty = decoding.repetition_penalty
         kwargs: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
-            "max_time": timeout_s,  # transformers stops generation after this many seconds
+            "max_new_tokens": decoding.max_new_tokens,
+            "max_time": decoding.timeout_s,  # transformers stops generation after this many seconds
             "eos_token_id": self.tokenizer.eos_token_id,
             "pad_token_id": self.tokenizer.pad_token_id,
         }
@@ -112,39 +112,17 @@ class TransformersModel(ServedModel):
         return kwargs
 
     # ---- generation --------------------------------------------------------------------------------
-    def stream(
-        self,
-        messages: list[dict[str, str]],
-        *,
-        max_new_tokens: int = 256,
-        timeout_s: float = 120.0,
-        repetition_penalty: float = 1.1,
-        stats: GenerationStats | None = None,
-        decode: str | None = None,
+    def _stream(
+        self, messages: list[dict[str, str]], decoding: Decoding, stats: GenerationStats
     ) -> Iterator[str]:
-        """Greedy answer, yielded as text pieces as soon as they are decoded.
-
-        `decode` picks the decode path (DECODE_PATHS); None uses this model's default (`self.decode`).
-        """
-        check_decode(decode or self.decode)
-        stats = stats if stats is not None else GenerationStats()
-        stats.backend = self.backend
-        yield from self._stream_generate(messages, max_new_tokens, timeout_s, repetition_penalty, stats)
-
-    def _stream_generate(
-        self,
-        messages: list[dict[str, str]],
-        max_new_tokens: int,
-        timeout_s: float,
-        repetition_penalty: float,
-        stats: GenerationStats,
-    ) -> Iterator[str]:
+        """Greedy, on the decode path `self.decode` (DECODE_PATHS)."""
         import torch
 
+        check_decode(self.decode)
         inputs = self.encode(messages)
         prompt_len = inputs["input_ids"].shape[1]
         stats.prompt_tokens = prompt_len
-        streamer = _counting_streamer(self.tokenizer, stats, timeout=timeout_s + 30)
+        streamer = _counting_streamer(self.tokenizer, stats, timeout=decoding.timeout_s + 30)
         errors: list[BaseException] = []
 
         def run() -> None:
@@ -154,7 +132,7 @@ class TransformersModel(ServedModel):
                         **inputs,
                         streamer=streamer,
                         do_sample=False,
-                        **self._generate_kwargs(max_new_tokens, timeout_s, repetition_penalty, prompt_len),
+                        **self._generate_kwargs(decoding, prompt_len),
                     )
             except BaseException as e:  # surfaced to the caller below, never lost in the thread
                 errors.append(e)
@@ -166,38 +144,30 @@ class TransformersModel(ServedModel):
         thread.join()
         if errors:
             raise GenerationError(f"generation failed: {errors[0]}") from errors[0]
-        stats.end("stop" if stats.eos else "length" if stats.completion_tokens >= max_new_tokens else "time")
+        stats.end(
+            "stop"
+            if stats.eos
+            else "length"
+            if stats.completion_tokens >= decoding.max_new_tokens
+            else "time"
+        )
 
-    def sample(
-        self,
-        messages: list[dict[str, str]],
-        n: int,
-        *,
-        temperature: float = 0.8,
-        top_p: float = 0.95,
-        seed: int = 0,
-        max_new_tokens: int = 256,
-        timeout_s: float = 120.0,
-        repetition_penalty: float = 1.1,
-    ) -> list[Sampled]:
-        """`n` sampled answers to the same prompt in one batched generate call (much faster than n calls).
-
-        The settings needed to reproduce them (seed, temperature, top_p, batch position) are returned with each.
-        """
+    def _sample(self, messages: list[dict[str, str]], request: Sampling) -> list[Sampled]:
+        """All `n` in one batched generate call (much faster than n calls); one seed, told apart by position."""
         import torch
 
         inputs = self.encode(messages)
         prompt_len = inputs["input_ids"].shape[1]
-        torch.manual_seed(seed)
+        torch.manual_seed(request.seed)
         start = time.perf_counter()
         with torch.inference_mode():
             out = self.model.generate(
                 **inputs,
                 do_sample=True,
-                temperature=temperature,
-                top_p=top_p,
-                num_return_sequences=n,
-                **self._generate_kwargs(max_new_tokens, timeout_s, repetition_penalty, prompt_len),
+                temperature=request.temperature,
+                top_p=request.top_p,
+                num_return_sequences=request.n,
+                **self._generate_kwargs(request, prompt_len),
             )
         latency = (time.perf_counter() - start) * 1000
         results = []
@@ -208,16 +178,7 @@ class TransformersModel(ServedModel):
             if finished:
                 ids = ids[: ids.index(eos)]
             text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
-            settings = sampling_record(
-                temperature=temperature,
-                top_p=top_p,
-                seed=seed,
-                index=i,
-                n=n,
-                max_new_tokens=max_new_tokens,
-                penalty=repetition_penalty,
-            )
-            results.append(Sampled(text, finished, len(ids), latency, settings))
+            results.append(Sampled(text, finished, len(ids), latency, request.record(i)))
         return results
 
 

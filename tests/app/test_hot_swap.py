@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from app.backends.base import Decoding
 from app.generator import Generator
 from training.registry import ModelRegistry
 
@@ -51,7 +52,7 @@ def test_repetition_penalty_ignores_the_prompt(ragqa_home: Path, tiny_llama_dir:
     reg = ModelRegistry(ragqa_home / "models")
     reg.publish_folder(tiny_llama_dir, {"kind": "base"})
     model = Generator(reg, dtype="float32").current()
-    kwargs = model._generate_kwargs(16, 10.0, 1.1, prompt_len=37)
+    kwargs = model._generate_kwargs(Decoding(16, 10.0, 1.1), prompt_len=37)
     assert "repetition_penalty" not in kwargs
     (processor,) = kwargs["logits_processor"]
     assert processor.penalty == 1.1 and int(processor.prompt_ignore_length) == 37
@@ -60,4 +61,4 @@ def test_repetition_penalty_ignores_the_prompt(ragqa_home: Path, tiny_llama_dir:
     scores[0, 3] = scores[0, 5] = 2.0
     out = processor(ids, scores.clone())
     assert out[0, 3] == 2.0 and out[0, 5] < 2.0
-    assert "logits_processor" not in model._generate_kwargs(16, 10.0, 1.0, prompt_len=37)
+    assert "logits_processor" not in model._generate_kwargs(Decoding(16, 10.0, 1.0), prompt_len=37)
