@@ -21,12 +21,6 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DEMO_CORPUS = Path(__file__).parent / "demo_corpus"
-BACKEND_CHOICES = (
-    "auto",
-    "transformers",
-    "llamacpp",
-    "openai",
-)  # app.backends.base.BACKENDS, without imports
 
 
 class CLIError(RuntimeError):
@@ -290,6 +284,9 @@ def _models_publish_served(registry, args: argparse.Namespace) -> int:
 
 # ---- parser ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    from app.backends.base import BACKENDS  # light: no torch, no llama_cpp
+    from training.gguf_export import DEFAULT_OUTTYPE, OUTTYPES
+
     parser = argparse.ArgumentParser(
         prog="ragqa",
         description="Ask questions about your documents; rank answers; retrain the model from the feedback. "
@@ -312,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("question")
     p.add_argument("-k", type=int, default=None, help="number of passages (default from config: 4)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--backend", choices=BACKEND_CHOICES, default=None, help="override the config's backend")
+    p.add_argument("--backend", choices=BACKENDS, default=None, help="override the config's backend")
     p.set_defaults(func=cmd_ask)
 
     p = sub.add_parser("serve", help="run the chat UI (default http://127.0.0.1:7860)")
@@ -321,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--insecure", action="store_true", help="allow a non-local --host without logins (not recommended)"
     )
-    p.add_argument("--backend", choices=BACKEND_CHOICES, default=None, help="override the config's backend")
+    p.add_argument("--backend", choices=BACKENDS, default=None, help="override the config's backend")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("users", help="manage logins for `ragqa serve` (hashed, in RAGQA_HOME/users.json)")
@@ -346,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         "gguf", help="write a GGUF copy of VERSION (default: current) for the llamacpp backend"
     )
     g.add_argument("version", nargs="?", default=None)
-    g.add_argument("--type", default="f16", choices=["q8_0", "f16", "bf16", "f32"], help="GGUF tensor type")
+    g.add_argument("--type", default=DEFAULT_OUTTYPE, choices=OUTTYPES, help="GGUF tensor type")
     s = msub.add_parser(
         "publish-served", help="publish a model served by an OpenAI-compatible server (vLLM, TGI, llama.cpp)"
     )

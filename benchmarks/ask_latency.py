@@ -548,22 +548,9 @@ def open_raw_llama(gguf_path: Path, n_ctx: int) -> tuple[Any, dict[str, Any]]:
     """llama_cpp.Llama on the file with the app's context settings (threads = default_threads())."""
     from llama_cpp import Llama
 
-    from app.backends.llamacpp_lm import default_threads
+    from app.backends.llamacpp_lm import default_threads, llama_options
 
-    threads = default_threads()
-    try:
-        from app.backends.llamacpp_lm import llama_options
-
-        options = llama_options(threads, n_ctx)
-    except ImportError:  # app code that predates llama_options: its settings, spelled out
-        options = {
-            "n_ctx": n_ctx,
-            "n_batch": 512,
-            "n_threads": threads,
-            "n_threads_batch": threads,
-            "last_n_tokens_size": n_ctx,
-            "verbose": False,
-        }
+    options = llama_options(default_threads(), n_ctx)
     return Llama(model_path=str(gguf_path), **options), options
 
 

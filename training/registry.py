@@ -66,6 +66,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _manifest_text(manifest: dict[str, Any]) -> str:
+    return json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n"
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -160,9 +164,7 @@ class ModelRegistry:
                     if record is not None:
                         manifest = {**manifest, "gguf": record}
                 full = {"version": name, "parent": self.current_name(), "created_at": now_iso(), **manifest}
-                (partial / MANIFEST).write_text(
-                    json.dumps(full, indent=2, sort_keys=True, default=str) + "\n"
-                )
+                (partial / MANIFEST).write_text(_manifest_text(full))
                 _fsync_tree(partial)
                 os.rename(partial, self.root / name)
                 _fsync_dir(self.root)
@@ -197,7 +199,7 @@ class ModelRegistry:
         version = self.get(name)
         manifest = {**version.manifest, key: value}
         tmp = version.path / f".{MANIFEST}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+        tmp.write_text(_manifest_text(manifest))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, version.path / MANIFEST)

@@ -140,9 +140,6 @@ class PromptCodec:
             self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
         )
 
-    def prompt_text(self, messages: list[dict[str, str]]) -> str:
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
     def count_text(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
 

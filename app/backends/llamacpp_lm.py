@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from app.backends.base import (
+    MAX_CONTEXT_TOKENS,
     Decoding,
     GenerationError,
     GenerationStats,
@@ -109,8 +110,6 @@ class LlamaCppModel(ServedModel):
         cls, version: Any, gguf_path: Path, *, threads: int | None = None, n_ctx: int | None = None
     ) -> Any:
         from llama_cpp import Llama
-
-        from app.backends.base import MAX_CONTEXT_TOKENS
 
         threads = threads or default_threads()
         codec = PromptCodec.from_folder(version.path)
