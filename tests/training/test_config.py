@@ -72,3 +72,13 @@ def test_resolved_config_is_written_and_round_trips(tmp_path: Path) -> None:
     again = config_from_dict(written)
     assert again == cfg and config_sha256(again) == digest
     assert config_sha256(load_config(TINY, ["sft.lr=0.5"])) != digest
+
+
+def test_publish_gguf_off_unquoted_means_off(tmp_path: Path) -> None:
+    """`--set publish.gguf=off` and an unquoted `off` in YAML (read as false) both mean "off"."""
+    assert load_config(DEFAULT_CONFIG, ["publish.gguf=off"]).publish.gguf == "off"
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("publish:\n  gguf: off\n")
+    assert load_config(cfg_file).publish.gguf == "off"
+    with pytest.raises(ConfigError, match="publish.gguf must be one of"):
+        load_config(DEFAULT_CONFIG, ["publish.gguf=q4_k"])
