@@ -20,6 +20,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.errors import AppError
+
 ROLES = ("user", "admin")
 ALGORITHM = "pbkdf2_sha256"
 ITERATIONS = 240_000
@@ -27,7 +29,7 @@ LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 
 
-class AuthError(ValueError):
+class AuthError(AppError, ValueError):
     """The users file or a user entry is invalid; the message says how to fix it."""
 
 

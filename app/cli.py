@@ -13,6 +13,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from app.errors import AppError
+from settings.errors import run_guarded
+
 # Offline by default: nothing in this product downloads at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -23,37 +26,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 DEMO_CORPUS = Path(__file__).parent / "demo_corpus"
 
 
-class CLIError(RuntimeError):
+class CLIError(AppError):
     """An expected failure, reported as one line."""
-
-
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    from app.auth import AuthError
-    from app.config import ConfigError
-    from app.generator import GenerationError
-    from app.qa import QAError
-    from evaluation.commands import expected_errors as eval_errors
-    from feedback_store.errors import FeedbackError
-    from model_store.gguf import GgufExportError
-    from model_store.loading import ModelLoadError
-    from model_store.registry import RegistryError
-    from retrieval.errors import RetrievalError
-    from training.commands import expected_errors as retrain_errors
-
-    return (
-        CLIError,
-        AuthError,
-        ConfigError,
-        GenerationError,
-        QAError,
-        RetrievalError,
-        ModelLoadError,
-        RegistryError,
-        GgufExportError,
-        FeedbackError,
-        *eval_errors(),
-        *retrain_errors(),
-    )
 
 
 def _config(args: argparse.Namespace):
@@ -370,14 +344,7 @@ def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except _expected_errors() as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_guarded(lambda: args.func(args))
 
 
 if __name__ == "__main__":

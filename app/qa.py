@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from app.config import AppConfig
+from app.errors import AppError
 from app.generator import GenerationError, GenerationStats, Generator, ServedModel
 from model_store.registry import ModelRegistry
 from retrieval.prompt import NO_ANSWER, fit_passages, parse_citations, render_prompt
@@ -28,7 +29,7 @@ _STOPWORDS = frozenset(
 )
 
 
-class QAError(ValueError):
+class QAError(AppError, ValueError):
     """The question cannot be answered as asked (empty, too long, nothing ingested...): the message says why."""
 
 

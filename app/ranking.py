@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 
+from app.errors import AppError
+
 TWO_WAY_CHOICES = ("A is better", "B is better", "Tie", "Both bad")
 
 
-class RankingError(ValueError):
+class RankingError(AppError, ValueError):
     """The ranking cannot be understood; the message shows the expected form."""
 
 

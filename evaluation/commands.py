@@ -1,12 +1,14 @@
 """`ragqa eval`, `ragqa eval-rm` and `ragqa compare`: argument parsing only; the work is in runner.py.
 
+Expected failures raise EvaluationError (and the other packages' error bases); the ragqa error boundary
+(settings.errors.run_guarded) prints them as one line with exit code 1.
+
 The lead wires `add_commands(subparsers)` into the `ragqa` parser; scripts/evaluate.py uses the same functions.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,45 +16,6 @@ from evaluation.formats import PAIR_FORMATS, QA_FORMATS
 from evaluation.runner import EvalOptions
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def expected_errors() -> tuple[type[BaseException], ...]:
-    """Failures that are the user's to fix: reported as one line, never a traceback."""
-    from app.config import ConfigError
-    from app.generator import GenerationError
-    from app.qa import QAError
-    from evaluation.formats import EvalDataError
-    from evaluation.runner import EvalError
-    from model_store.loading import ModelLoadError
-    from model_store.registry import RegistryError
-    from model_store.reward import RewardModelError
-    from retrieval.errors import RetrievalError
-
-    return (
-        EvalError,
-        EvalDataError,
-        RewardModelError,
-        ConfigError,
-        GenerationError,
-        QAError,
-        RetrievalError,
-        ModelLoadError,
-        RegistryError,
-    )
-
-
-def _guarded(handler: Handler) -> Handler:
-    """Report expected failures as `error: ...` with exit code 1 (the same contract as the ragqa main)."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except expected_errors() as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-
-    run.__doc__ = handler.__doc__
-    return run
 
 
 def _qa_options(args: argparse.Namespace) -> EvalOptions:
@@ -70,7 +33,6 @@ def _qa_options(args: argparse.Namespace) -> EvalOptions:
     )
 
 
-@_guarded
 def cmd_eval(args: argparse.Namespace) -> int:
     from evaluation.runner import run_eval
 
@@ -78,7 +40,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
 def cmd_compare(args: argparse.Namespace) -> int:
     from evaluation.runner import run_compare
 
@@ -86,7 +47,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
 def cmd_eval_rm(args: argparse.Namespace) -> int:
     from evaluation.runner import RMOptions, run_eval_rm
 

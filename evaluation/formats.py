@@ -26,11 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evaluation.errors import EvaluationError
+
 QA_FORMATS = ("squad", "nq-open", "jsonl")
 PAIR_FORMATS = ("hh", "trl")
 
 
-class EvalDataError(ValueError):
+class EvalDataError(EvaluationError, ValueError):
     """A QA or preference file cannot be read; the message names the file and what is wrong with it."""
 
 

@@ -24,13 +24,14 @@ from tqdm.auto import tqdm
 
 from app.config import AppConfig
 from evaluation import metrics as M
+from evaluation.errors import EvaluationError
 from evaluation.formats import QADataset, QAExample, load_qa
 from model_store.registry import ModelRegistry, RegistryError
 from retrieval.types import Passage
 from settings.paths import Paths
 
 
-class EvalError(RuntimeError):
+class EvalError(EvaluationError, RuntimeError):
     """The evaluation cannot run as asked; the message says what to do."""
 
 
@@ -354,7 +355,6 @@ def prepare(options: EvalOptions, base: AppConfig | None) -> tuple[AppConfig, QA
     cfg = base or AppConfig.load()
     overrides = {"k": options.k, "max_new_tokens": options.max_new_tokens}
     cfg = cfg.with_(**{k: v for k, v in overrides.items() if v is not None})
-    cfg.validate()
     dataset = load_qa(options.qa_path, options.fmt)
     return cfg, dataset, select_examples(dataset.examples, options.limit, options.seed)
 

@@ -1,8 +1,8 @@
 """`ragqa feedback stats|export|import|delete`: the feedback store from the command line.
 
 `add_commands(subparsers)` registers the `feedback` group; each subcommand sets `func` (and
-`handler`, the same function) to a handler `(args) -> int`. Errors print one line to stderr and return
-1, never a traceback. The database defaults to $RAGQA_FEEDBACK_DSN when set (e.g. a postgresql:// DSN
+`handler`, the same function) to a handler `(args) -> int`. Errors raise FeedbackError; the ragqa error
+boundary (settings.errors.run_guarded) prints them as one line with exit code 1, never a traceback. The database defaults to $RAGQA_FEEDBACK_DSN when set (e.g. a postgresql:// DSN
 shared by app replicas), else `Paths.from_env().feedback_db` (RAGQA_HOME); `--db` (a path, sqlite:///path or
 postgresql://...) overrides both.
 """
@@ -43,21 +43,6 @@ def _open(args: argparse.Namespace, *, must_exist: bool = True) -> FeedbackStore
     if must_exist and not db.exists():
         raise FeedbackError(f"no feedback database at {db} (nothing recorded yet, or pass --db)")
     return FeedbackStore.open(db)
-
-
-def _guarded(handler: Handler) -> Handler:
-    """Turn expected failures into one line on stderr and exit code 1."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except (FeedbackError, OSError, ValueError) as exc:
-            print("error: " + "; ".join(str(exc).splitlines()), file=sys.stderr)
-            return 1
-
-    run.__name__ = handler.__name__
-    run.__doc__ = handler.__doc__
-    return run
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -153,8 +138,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
     def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=help_text, description=handler.__doc__)
-        guarded = _guarded(handler)
-        p.set_defaults(func=guarded, handler=guarded)
+        p.set_defaults(func=handler, handler=handler)
         return p
 
     p = add("stats", cmd_stats, "counts of interactions, pairs, ratings, raters, per model version")

@@ -7,8 +7,10 @@ was rolled back, nothing was acknowledged, and the caller may retry later.
 
 from __future__ import annotations
 
+from settings.errors import RagqaError
 
-class FeedbackError(Exception):
+
+class FeedbackError(RagqaError):
     """Base class of every error the feedback store raises on purpose."""
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from settings.errors import RagqaError
 
-class ModelStoreError(RuntimeError):
+
+class ModelStoreError(RagqaError, RuntimeError):
     """A published model could not be found, loaded, converted or scored; the message says what to do."""

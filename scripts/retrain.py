@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -12,12 +11,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.commands import add_commands
+    """The same subcommands as `ragqa` (and its one error boundary), without the console script."""
+    from app.cli import main as ragqa
 
-    parser = argparse.ArgumentParser(prog="retrain.py", description="rlhf-rag-qa training pipeline")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    return ragqa(argv)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,15 @@
 """`ragqa retrain`: the whole training pipeline from the command line.
 
 `add_commands(subparsers)` registers `retrain` (the lead wires it into app/cli.py); `scripts/retrain.py` runs
-the same parser without the app. Expected failures (bad config, too little data, a failed merge check, a
-busy run) print one `error:` line and return 1, never a traceback; the run folder keeps what finished.
+the same parser. Expected failures (bad config, too little data, a failed merge check, a busy run) raise
+TrainingError/ConfigError subclasses that the ragqa error boundary prints as one `error:` line (exit 1), never a
+traceback; the run folder keeps what finished.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from training.config import STAGES
@@ -21,39 +21,6 @@ def _stages(text: str) -> list[str]:
     if unknown or not stages:
         raise argparse.ArgumentTypeError(f"--stages takes a comma list of {', '.join(STAGES)}; got {text!r}")
     return stages
-
-
-def expected_errors() -> tuple[type[BaseException], ...]:
-    """The errors that mean "the user must change something", printed as one line."""
-    from model_store.loading import ModelLoadError
-    from model_store.registry import RegistryError
-    from training.config import ConfigError
-    from training.data import TrainingDataError
-    from training.merge import MergeError
-    from training.pipeline import RetrainError
-
-    errors: list[type[BaseException]] = [
-        ConfigError,
-        TrainingDataError,
-        MergeError,
-        ModelLoadError,
-        RetrainError,
-        RegistryError,
-    ]
-    try:
-        from feedback_store.errors import FeedbackError
-
-        errors.append(FeedbackError)
-    except ImportError:  # the store is optional for a run from an export folder
-        pass
-    try:
-        from training.ppo.config import PPOConfigError
-        from training.ppo.rollout import PromptError
-
-        errors += [PPOConfigError, PromptError]
-    except ImportError:
-        pass
-    return tuple(errors)
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
@@ -70,11 +37,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         start_from=args.start_from,
         dry_run=args.dry_run,
     )
-    try:
-        state = run_retrain(options)
-    except expected_errors() as e:
-        print("error: " + "; ".join(str(e).splitlines()), file=sys.stderr)
-        return 1
+    state = run_retrain(options)
     if args.json:
         print(json.dumps(state, indent=1, default=str))
     if state.get("dry_run"):
@@ -85,7 +48,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 def print_report(state: dict) -> None:
     """The short end-of-run report: data, metrics per stage, candidate vs current, published or not and why."""
-    from training.pipeline import stage_summary
+    from training.report import stage_summary
 
     print(f"\nrun {state['run_id']}: {state['status']}")
     export = state["stages"].get("export", {}).get("metrics", {})

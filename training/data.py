@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.errors import TrainingError
+
 KINDS = ("preferences", "sft", "prompts")
 SPLITS = ("train", "test")
 Messages = list[dict[str, str]]
 
 
-class TrainingDataError(RuntimeError):
+class TrainingDataError(TrainingError):
     """The training data is missing, malformed or too small; the message says what to do."""
 
 

@@ -111,9 +111,9 @@ def train_dpo(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.pipeline import run_stage_cli
+    from training.stage_cli import run_stage_cli
 
-    return run_stage_cli("dpo", argv)
+    return run_stage_cli("dpo", train_dpo, argv)
 
 
 if __name__ == "__main__":

@@ -279,12 +279,6 @@ def gate_decision(metrics: dict[str, Any], gate: GateSection, *, force: bool = F
 
 
 def main(argv: list[str] | None = None) -> int:
-    from model_store.loading import ModelLoadError
-    from model_store.registry import ModelRegistry, RegistryError
-    from settings.paths import Paths
-    from training.config import ConfigError, load_config
-    from training.data import TrainingDataError, load_export
-
     parser = argparse.ArgumentParser(
         prog="python -m training.evaluate", description="Candidate vs current gate."
     )
@@ -299,32 +293,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        export = args.data or (Path(cfg.data.export_dir) if cfg.data.export_dir else None)
-        if export is None:
-            raise ConfigError("give --data EXPORT_DIR or set data.export_dir")
-        data = load_export(export)
-        paths = Paths.from_env()
-        current = args.current
-        if current is None:
-            version = ModelRegistry(paths.models_dir).current()
-            if version is None:
-                raise RegistryError("the registry has no current model; pass --current DIR")
-            current = version.path
-        prompts, _source = data.eval_prompts()
-        out = args.out or paths.runs_dir / "evaluate"
-        metrics = evaluate_candidate(
-            cfg,
-            candidate_dir=args.candidate,
-            current_dir=current,
-            reward_dir=args.reward_model,
-            prompts=prompts,
-            out_dir=out,
-        )
-    except (ConfigError, TrainingDataError, ModelLoadError, RegistryError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    from settings.errors import run_guarded  # the one error boundary, as in `ragqa`
+
+    return run_guarded(lambda: _gate_from_args(args))
+
+
+def _gate_from_args(args: argparse.Namespace) -> int:
+    from model_store.registry import ModelRegistry, RegistryError
+    from settings.paths import Paths
+    from training.config import ConfigError, load_config
+    from training.data import load_export
+
+    cfg = load_config(args.config, args.overrides)
+    export = args.data or (Path(cfg.data.export_dir) if cfg.data.export_dir else None)
+    if export is None:
+        raise ConfigError("give --data EXPORT_DIR or set data.export_dir")
+    data = load_export(export)
+    paths = Paths.from_env()
+    current = args.current
+    if current is None:
+        version = ModelRegistry(paths.models_dir).current()
+        if version is None:
+            raise RegistryError("the registry has no current model; pass --current DIR")
+        current = version.path
+    prompts, _source = data.eval_prompts()
+    out = args.out or paths.runs_dir / "evaluate"
+    metrics = evaluate_candidate(
+        cfg,
+        candidate_dir=args.candidate,
+        current_dir=current,
+        reward_dir=args.reward_model,
+        prompts=prompts,
+        out_dir=out,
+    )
     decision = gate_decision(metrics, cfg.gate, force=args.force)
     print(json.dumps({"metrics": metrics, "gate": decision}, indent=1))
     return 0 if decision["publish"] else 3

@@ -21,11 +21,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from training.errors import TrainingError
+
 Messages = list[dict[str, str]]
 TASKS = ("causal_lm", "seq_cls")
 
 
-class MergeError(RuntimeError):
+class MergeError(TrainingError):
     """The merged model does not reproduce the adapter model, or the inputs are unusable."""
 
 
@@ -157,27 +159,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--atol", type=float, default=1e-3)
     parser.add_argument("--check", type=Path, help="JSONL with {'messages': [...]} rows to compare logits on")
     args = parser.parse_args(argv)
-    from training.data import TrainingDataError, read_jsonl
+    from settings.errors import run_guarded  # the one error boundary, as in `ragqa`
 
-    try:
-        rows = read_jsonl(args.check) if args.check else []
-        conversations = [r["messages"] for r in rows[:4] if "messages" in r] or [
-            [{"role": "user", "content": "What does the merge check compare?"}]
-        ]
-        device = "cuda" if args.qlora else "cpu"
-        result = merge_adapter(
-            args.base,
-            args.adapter,
-            args.out,
-            task=args.task,
-            qlora=args.qlora,
-            check_conversations=conversations,
-            atol=args.atol,
-            device=device,
-        )
-    except (MergeError, TrainingDataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_guarded(lambda: _merge_from_args(args))
+
+
+def _merge_from_args(args: argparse.Namespace) -> int:
+    from training.data import read_jsonl
+
+    rows = read_jsonl(args.check) if args.check else []
+    conversations = [r["messages"] for r in rows[:4] if "messages" in r] or [
+        [{"role": "user", "content": "What does the merge check compare?"}]
+    ]
+    device = "cuda" if args.qlora else "cpu"
+    result = merge_adapter(
+        args.base,
+        args.adapter,
+        args.out,
+        task=args.task,
+        qlora=args.qlora,
+        check_conversations=conversations,
+        atol=args.atol,
+        device=device,
+    )
     print(json.dumps(result, indent=1))
     return 0
 

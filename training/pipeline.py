@@ -13,29 +13,24 @@ resumes with `--resume RUN_ID`: finished stages are skipped, the trainers contin
 checkpoint, and the registry's `.partial` + rename publish means a kill never leaves a half-published
 version (a version published just before a kill is found again by its run_id and not published twice).
 
-Stage results are plain dicts: {"status", "reason", "outputs": {name: path}, "metrics": {...}, "plots": [...]}.
+Run state and resume: training/run_state.py; the report: training/report.py; `python -m training.<stage>`:
+training/stage_cli.py. Stage results are plain dicts: {"status", "reason", "outputs": {name: path}, "metrics": {...}, "plots": [...]}.
 """
 
 from __future__ import annotations
 
-import argparse
 import fcntl
-import json
 import os
-import secrets
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from settings.paths import Paths
 from training.config import (
     STAGES,
-    ConfigError,
     TrainConfig,
     config_from_dict,
     config_sha256,
@@ -46,14 +41,8 @@ from training.config import (
     want_4bit,
 )
 from training.data import ExportData, TrainingDataError, load_export, require
-
-STATE = "state.json"
-# Stages whose "skipped" is final on resume; publish is retried (a later --force may publish).
-FINAL_WHEN_SKIPPED = {"export", "sft", "rm", "ppo", "dpo", "merge", "evaluate"}
-
-
-class RetrainError(RuntimeError):
-    """A retrain could not run or finish; the message says why and what to do."""
+from training.report import stage_summary, write_report
+from training.run_state import RetrainError, RunState, new_run_id, now_iso, start_model
 
 
 @dataclass
@@ -68,53 +57,6 @@ class RetrainOptions:
     force: bool = False
     start_from: str | None = None  # "base" | "current"; None = config's model.start_from
     dry_run: bool = False
-
-
-# ---- state ----------------------------------------------------------------------------------------------------
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(json.dumps(data, indent=1, default=str) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-class RunState:
-    """state.json of one run; saved after every change."""
-
-    def __init__(self, run_dir: Path, data: dict[str, Any]) -> None:
-        self.run_dir = run_dir
-        self.data = data
-
-    @classmethod
-    def load(cls, run_dir: Path) -> RunState:
-        path = run_dir / STATE
-        if not path.is_file():
-            raise RetrainError(f"run {run_dir.name} has no {STATE}; it cannot be resumed (start a new run)")
-        return cls(run_dir, json.loads(path.read_text()))
-
-    def save(self) -> None:
-        write_json_atomic(self.run_dir / STATE, self.data)
-
-    def stage(self, name: str) -> dict[str, Any]:
-        return self.data["stages"].get(name) or {}
-
-    def finished(self, name: str) -> bool:
-        status = self.stage(name).get("status")
-        return status == "done" or (status == "skipped" and name in FINAL_WHEN_SKIPPED)
-
-    def record(self, name: str, result: dict[str, Any]) -> None:
-        self.data["stages"][name] = {**result, "finished_at": _now()}
-        self.save()
 
 
 # ---- plan -----------------------------------------------------------------------------------------------------
@@ -161,7 +103,7 @@ def describe_plan(cfg: TrainConfig, plan: list[str], data: ExportData | None) ->
         elif name == "ppo" and data:
             n = counts["prompts_train"]
             ok = n >= cfg.data.min_prompts
-            note = f"{n} prompts, {cfg.ppo_config().total_steps} PPO steps" + ("" if ok else " : will REFUSE")
+            note = f"{n} prompts, {cfg.ppo.total_steps} PPO steps" + ("" if ok else " : will REFUSE")
         elif name == "evaluate" and data:
             prompts, source = data.eval_prompts()
             note = f"{min(len(prompts), cfg.gate.num_prompts)} held-out prompts from {source}"
@@ -287,7 +229,7 @@ def stage_ppo(ctx: RunContext) -> dict[str, Any]:
         "PPO prompts in the train split",
         "Ask more questions in the app.",
     )
-    ppo_cfg = ctx.cfg.ppo_config()
+    ppo_cfg = ctx.cfg.ppo
     out = ctx.run_dir / "ppo"
     # Only a checkpoint whose state.json was written is complete (the trainer counts the same way): a kill while
     # the first checkpoint was being written must start PPO afresh, not fail every later resume.
@@ -338,7 +280,7 @@ def stage_merge(ctx: RunContext) -> dict[str, Any]:
             "plots": [],
         }
     device = resolve_device(ctx.cfg)
-    qlora = ctx.cfg.ppo_config().load_in_4bit if policy == "ppo" else want_4bit(ctx.cfg, device)
+    qlora = ctx.cfg.ppo.load_in_4bit if policy == "ppo" else want_4bit(ctx.cfg, device)
     checks = ctx.data.prompts.get("train", [])[: ctx.cfg.merge.check_prompts] or [
         p["prompt"] for p in ctx.data.pairs.get("train", [])[: ctx.cfg.merge.check_prompts]
     ]
@@ -503,107 +445,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[RunContext], dict[str, Any]]] = {
 }
 
 
-# ---- reporting ------------------------------------------------------------------------------------------------
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-KEY_METRICS = {
-    "export": ["snapshot_id", "demonstrations_train", "pairs_train", "prompts_train", "prompts_test"],
-    "sft": ["demonstrations_train", "steps", "train_loss", "eval_loss"],
-    "rm": [
-        "pairs_used",
-        "pairs_dropped_too_long",
-        "steps",
-        "train_loss",
-        "heldout_accuracy",
-        "heldout_mean_margin",
-    ],
-    "ppo": ["steps", "score_first", "score_last", "kl_last", "response_length_last"],
-    "dpo": ["pairs_train", "steps", "train_loss", "heldout_accuracy", "heldout_mean_margin"],
-    "merge": ["max_abs_logit_diff", "atol"],
-    "evaluate": ["current_version", "prompts", "win_rate", "reward_delta", "kl", "kl_per_token"],
-}
-
-
-def stage_summary(name: str, result: dict[str, Any]) -> str:
-    status = result.get("status", "not run")
-    if status != "done":
-        return f"{name}: {status}" + (f" ({result.get('reason')})" if result.get("reason") else "")
-    metrics = result.get("metrics", {})
-    if name == "publish":
-        return f"publish: {result['outputs'].get('version')} ({result.get('reason')})"
-    shown = [f"{k}={_fmt(metrics[k])[:16]}" for k in KEY_METRICS.get(name, []) if metrics.get(k) is not None]
-    return f"{name}: done  " + " ".join(shown)
-
-
-def write_report(ctx: RunContext) -> Path:
-    """report.md: data, each stage's status and metrics, the gate's criteria, the publish outcome, plots."""
-    state = ctx.state.data
-    lines = [
-        f"# Retrain run {ctx.run_dir.name}",
-        "",
-        f"- started: {state['created_at']}, from {state['start_model']['name']} ({state['start_model'].get('base_model')})",
-        f"- algorithm: {ctx.cfg.algorithm}; stages: {', '.join(state['plan'])}",
-        f"- config sha256: `{state['config_sha256']}`",
-    ]
-    if ctx.data:
-        lines.append(f"- feedback snapshot: `{ctx.data.snapshot_id}`")
-        lines.append("- data: " + ", ".join(f"{k} {v}" for k, v in ctx.data.counts().items()))
-    lines += ["", "## Stages", "", "| stage | status | key metrics |", "|---|---|---|"]
-    for name in state["plan"]:
-        result = ctx.state.stage(name)
-        metrics = result.get("metrics", {})
-        shown = ", ".join(
-            f"{k} {_fmt(metrics[k])}" for k in KEY_METRICS.get(name, []) if metrics.get(k) is not None
-        )
-        status = result.get("status", "not run")
-        if result.get("reason"):
-            shown = (shown + "; " if shown else "") + str(result["reason"])
-        lines.append(f"| {name} | {status} | {shown.replace('|', '/')} |")
-    evaluated = ctx.state.stage("evaluate").get("metrics") or {}
-    if evaluated.get("candidate"):
-        lines += ["", "## Candidate vs current", "", "| | current | candidate |", "|---|---|---|"]
-        for key in ("mean_reward", "mean_length", "em", "f1"):
-            if evaluated["candidate"].get(key) is not None:
-                lines.append(
-                    f"| {key} | {_fmt(evaluated['current'].get(key))} | {_fmt(evaluated['candidate'].get(key))} |"
-                )
-    decision = (ctx.state.stage("publish").get("metrics") or {}).get("gate")
-    if decision:
-        lines += ["", "## Gate", ""] + [f"- {r}" for r in decision["reasons"]]
-    publish = ctx.state.stage("publish")
-    if publish:
-        lines += ["", "## Publish", "", f"- {publish.get('status')}: {publish.get('reason')}"]
-        if publish.get("outputs", {}).get("version"):
-            lines.append(f"- version: {publish['outputs']['version']}")
-    plots = [p for name in state["plan"] for p in ctx.state.stage(name).get("plots", [])]
-    if plots:
-        lines += ["", "## Plots", ""]
-        for p in plots:
-            rel = os.path.relpath(p, ctx.run_dir)
-            lines.append(f"![{rel}]({rel})")
-    path = ctx.run_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 # ---- the run --------------------------------------------------------------------------------------------------
-def _start_model(cfg: TrainConfig, paths: Paths, start_from: str) -> dict[str, Any]:
-    from model_store.base_model import ensure_base_model
-    from model_store.gguf import gguf_extras
-    from model_store.registry import ModelRegistry
-
-    registry = ModelRegistry(paths.models_dir)
-    ensure_base_model(registry, cfg.model.base, extras=gguf_extras(cfg.publish.gguf))
-    version = registry.base() if start_from == "base" else registry.current()
-    if version is None:
-        raise RetrainError("the model registry is empty; run `ragqa setup` first")
-    return {"name": version.name, "path": str(version.path), "base_model": version.manifest.get("base_model")}
-
-
 def _dry_run(cfg: TrainConfig, plan: list[str], paths: Paths, say: Callable[[str], None]) -> dict[str, Any]:
     """Export into a temporary folder (or read data.export_dir), print the plan with the data counts."""
     import tempfile
@@ -650,14 +492,14 @@ def _open_run(options: RetrainOptions, paths: Paths) -> tuple[TrainConfig, Path,
         cfg.model.start_from = options.start_from
         cfg.validate()
     plan = full_plan(training_stages(cfg, options.stages))
-    start = _start_model(cfg, paths, cfg.model.start_from)
+    start = start_model(cfg, paths, cfg.model.start_from)
     run_dir = paths.runs_dir / new_run_id()
     run_dir.mkdir(parents=True)
     state = RunState(
         run_dir,
         {
             "run_id": run_dir.name,
-            "created_at": _now(),
+            "created_at": now_iso(),
             "status": "running",
             "plan": plan,
             "config_sha256": save_config(cfg, run_dir / "config.yaml"),
@@ -734,54 +576,3 @@ def _run_stages(ctx: RunContext, say: Callable[[str], None]) -> dict[str, Any]:
     report = write_report(ctx)
     say(f"report: {report}")
     return {**state.data, "report": str(report)}
-
-
-# ---- standalone stage entry points (python -m training.sft / .reward / .dpo) -----------------------------------
-def run_stage_cli(stage: str, argv: list[str] | None = None) -> int:
-    """`python -m training.<stage> --config FILE [--set k=v] [--data EXPORT] [--model DIR] [--out DIR] [--resume]`.
-
-    Runs one training stage outside a retrain run: data from --data (or data.export_dir), the model from
-    --model (or the registry's start model), outputs into --out (or RAGQA_HOME/runs/<new id>/<stage>).
-    """
-    from model_store.loading import ModelLoadError
-    from model_store.registry import RegistryError
-
-    parser = argparse.ArgumentParser(prog=f"python -m training.{ {'rm': 'reward'}.get(stage, stage) }")
-    parser.add_argument(
-        "--config", type=Path, default=None, help="retrain YAML (default training/configs/default.yaml)"
-    )
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument(
-        "--data", type=Path, default=None, help="feedback export folder (default: data.export_dir)"
-    )
-    parser.add_argument(
-        "--model", type=Path, default=None, help="model folder to train from (default: registry)"
-    )
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        export = args.data or (Path(cfg.data.export_dir) if cfg.data.export_dir else None)
-        if export is None:
-            raise ConfigError(
-                "give --data EXPORT_DIR (a `ragqa feedback export` folder) or set data.export_dir"
-            )
-        data = load_export(export)
-        paths = Paths.from_env()
-        model = args.model or Path(_start_model(cfg, paths, cfg.model.start_from)["path"])
-        out = args.out or paths.runs_dir / new_run_id() / stage
-        from training import dpo, reward, sft
-
-        fn = {"sft": sft.train_sft, "rm": reward.train_reward_model, "dpo": dpo.train_dpo}[stage]
-        result = fn(cfg, model_dir=model, data=data, out_dir=out, resume=args.resume)
-    except (ConfigError, TrainingDataError, RetrainError, ModelLoadError, RegistryError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(
-            json.dumps(
-                {k: result[k] for k in ("status", "reason", "outputs", "metrics")}, indent=1, default=str
-            )
-        )
-    return 0

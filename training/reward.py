@@ -178,9 +178,9 @@ def train_reward_model(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.pipeline import run_stage_cli
+    from training.stage_cli import run_stage_cli
 
-    return run_stage_cli("rm", argv)
+    return run_stage_cli("rm", train_reward_model, argv)
 
 
 if __name__ == "__main__":

@@ -143,9 +143,9 @@ def train_sft(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.pipeline import run_stage_cli
+    from training.stage_cli import run_stage_cli
 
-    return run_stage_cli("sft", argv)
+    return run_stage_cli("sft", train_sft, argv)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.errors import AppError
+
 # Answers longer than this many tokens of context are never needed for a RAG prompt, and a smaller window keeps
 # the KV cache small on CPU.
 MAX_CONTEXT_TOKENS = 8192
 BACKENDS = ("auto", "transformers", "llamacpp", "openai")
 
 
-class GenerationError(RuntimeError):
+class GenerationError(AppError, RuntimeError):
     """No answer could be generated; the message says what to do."""
 
 

@@ -18,7 +18,7 @@ def test_commands_register_on_a_subparser() -> None:
     args = parser.parse_args(["compare", "v0001", "v0002", "--qa", "f.json", "--limit", "3"])
     assert (args.version_a, args.version_b, args.limit, args.rm) == ("v0001", "v0002", 3, None)
     args = parser.parse_args(["eval-rm", "--pairs", "p.jsonl", "--rm", "rm"])
-    assert args.func.__name__ == "run" and args.pairs == "p.jsonl"
+    assert args.func.__name__ == "cmd_eval_rm" and args.pairs == "p.jsonl"
     with pytest.raises(SystemExit):
         parser.parse_args(["eval", "--qa", "f.json", "--limit", "0"])
 

@@ -1,23 +1,19 @@
-"""`ragqa feedback ...` handlers, through an argparse parser built the way app/cli.py builds it."""
+"""`ragqa feedback ...` handlers, through the ragqa command (its parser and its one error boundary)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pytest
 
-from feedback_store.commands import add_commands
+from app.cli import main
 from feedback_store.store import FeedbackStore
 from tests.feedback_store.feedback_history import build_history
 
 
 def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="ragqa")
-    add_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 @pytest.fixture

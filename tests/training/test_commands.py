@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
@@ -11,12 +10,10 @@ from tests.training.conftest import TINY_CONFIG, prompt_for
 
 
 def run_cli(*argv: str) -> int:
-    from training.commands import add_commands
+    """`ragqa retrain ...` through the ragqa command (its parser and its one error boundary)."""
+    from app.cli import main
 
-    parser = argparse.ArgumentParser()
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["retrain", *argv])
-    return args.func(args)
+    return main(["retrain", *argv])
 
 
 def fill_store(db: Path, n: int) -> None:

@@ -17,27 +17,23 @@ from training.ppo.config import PPOConfigError, load_ppo_config
 
 
 def run_from_config(config_path: str, overrides: list[str], resume: bool) -> int:
-    from model_store.loading import ModelLoadError
-    from training.ppo.rollout import PromptError, read_prompts_jsonl
+    """Errors propagate: `main` reports them through the one error boundary (settings.errors.run_guarded)."""
+    from training.ppo.rollout import read_prompts_jsonl
     from training.ppo.trainer import run_ppo
 
-    try:
-        cfg = load_ppo_config(config_path, overrides)
-        missing = [k for k in ("policy_dir", "reward_dir", "prompts_file", "out_dir") if not getattr(cfg, k)]
-        if missing:
-            raise PPOConfigError(f"the standalone run needs {missing} in the config or as --set key=value")
-        prompts = read_prompts_jsonl(Path(cfg.prompts_file))
-        result = run_ppo(
-            cfg,
-            policy_dir=Path(cfg.policy_dir),
-            reward_dir=Path(cfg.reward_dir),
-            prompts=prompts,
-            out_dir=Path(cfg.out_dir),
-            resume=resume,
-        )
-    except (PPOConfigError, PromptError, ModelLoadError, FileNotFoundError, NotImplementedError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_ppo_config(config_path, overrides)
+    missing = [k for k in ("policy_dir", "reward_dir", "prompts_file", "out_dir") if not getattr(cfg, k)]
+    if missing:
+        raise PPOConfigError(f"the standalone run needs {missing} in the config or as --set key=value")
+    prompts = read_prompts_jsonl(Path(cfg.prompts_file))
+    result = run_ppo(
+        cfg,
+        policy_dir=Path(cfg.policy_dir),
+        reward_dir=Path(cfg.reward_dir),
+        prompts=prompts,
+        out_dir=Path(cfg.out_dir),
+        resume=resume,
+    )
     if int(os.environ.get("RANK", "0")) == 0:  # one summary, not one per process
         print(json.dumps({"policy_adapter_dir": str(result.policy_adapter_dir), **result.summary}, indent=1))
     return 0
@@ -51,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         "--resume", action="store_true", help="continue from the newest checkpoint in out_dir"
     )
     args = parser.parse_args(argv)
-    return run_from_config(args.config, args.overrides, args.resume)
+    from settings.errors import run_guarded  # the one error boundary, as in `ragqa`
+
+    return run_guarded(lambda: run_from_config(args.config, args.overrides, args.resume))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""PPO hyper-parameters: the dataclass is the schema, YAML gives values, `--set key=value` overrides.
+"""PPO hyper-parameters: the dataclass is the schema (ranges on the fields), read by the one config loader.
 
-Unknown keys are an error (a typo must not silently fall back to a default). Every run writes the
-resolved config next to its outputs (`out_dir/ppo_config.yaml`).
+YAML gives values, `--set key=value` overrides (settings/loader.py); unknown keys are an error. Inside a retrain
+this is the nested `ppo` section of TrainConfig, resolved once when the retrain config is loaded. Every run writes
+the resolved config next to its outputs (`out_dir/ppo_config.yaml`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from settings.loader import ConfigError, apply, bounds, load
 
-class PPOConfigError(ValueError):
-    """A PPO config file or override is invalid; the message says which key and what to change."""
+PPOConfigError = ConfigError  # one config error type for every schema (kept under its old name for callers)
 
 
 @dataclass
@@ -33,80 +34,74 @@ class PPOConfig:
     out_dir: str | None = None
 
     # --- loop size ---
-    total_steps: int = 100  # PPO steps (rollout + update); each consumes batch_size prompts per process
-    batch_size: int = 8
-    mini_batch_size: int = 4
-    grad_accum: int = 1
-    ppo_epochs: int = 4
+    # PPO steps (rollout + update); each consumes batch_size prompts per process
+    total_steps: int = field(default=100, metadata=bounds(gt=0))
+    batch_size: int = field(default=8, metadata=bounds(gt=0))
+    mini_batch_size: int = field(default=4, metadata=bounds(gt=0))
+    grad_accum: int = field(default=1, metadata=bounds(gt=0))
+    ppo_epochs: int = field(default=4, metadata=bounds(gt=0))
     seed: int = 0
 
     # --- optimisation ---
     # 3e-5: LoRA moves a low-rank slice and usually wants ~10x the full fine-tuning rate (1e-6..1e-5 for
     # full PPO), but PPO batches of user feedback are small and noisy; 3e-5 keeps the per-step policy
     # change (approx KL, clip fraction) small while still moving a zero-initialised LoRA B matrix.
-    lr: float = 3e-5
-    weight_decay: float = 0.0
-    adam_eps: float = 1e-8
-    max_grad_norm: float = 1.0
+    lr: float = field(default=3e-5, metadata=bounds(gt=0))
+    weight_decay: float = field(default=0.0, metadata=bounds(ge=0))
+    adam_eps: float = field(default=1e-8, metadata=bounds(gt=0))
+    max_grad_norm: float = field(default=1.0, metadata=bounds(gt=0))
 
     # --- PPO objective ---
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    gamma: float = 1.0
-    lam: float = 0.95
+    cliprange: float = field(default=0.2, metadata=bounds(gt=0))
+    cliprange_value: float = field(default=0.2, metadata=bounds(gt=0))
+    vf_coef: float = field(default=0.1, metadata=bounds(ge=0))
+    gamma: float = field(default=1.0, metadata=bounds(ge=0, le=1))
+    lam: float = field(default=0.95, metadata=bounds(ge=0, le=1))
     whiten_advantages: bool = True
     whiten_rewards: bool = False  # whiten the per-token rewards (masked) before GAE
-    score_clip: float | None = None  # clip the reward-model score to [-score_clip, score_clip]
+    # clip the reward-model score to [-score_clip, score_clip]
+    score_clip: float | None = field(default=None, metadata=bounds(gt=0))
     missing_eos_penalty: float | None = 1.0  # subtracted from the score of responses that never emit EOS
 
     # --- KL penalty against the reference (the base with adapters disabled) ---
-    kl_coef: float = 0.05
+    kl_coef: float = field(default=0.05, metadata=bounds(ge=0))
     adaptive_kl: bool = False  # Ziegler et al. 2019 proportional controller
-    kl_target: float = 6.0  # target of the summed per-sequence KL (nats)
-    kl_horizon: int = 10000
+    # target of the summed per-sequence KL (nats)
+    kl_target: float = field(default=6.0, metadata=bounds(gt=0))
+    kl_horizon: int = field(default=10000, metadata=bounds(gt=0))
 
     # --- rollout ---
-    max_prompt_tokens: int = 1024  # longer prompts are skipped at load time (counted in the summary)
-    max_new_tokens: int = 128
-    temperature: float = 0.7
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1.0 = off
+    # longer prompts are skipped at load time (counted in the summary)
+    max_prompt_tokens: int = field(default=1024, metadata=bounds(gt=0))
+    max_new_tokens: int = field(default=128, metadata=bounds(gt=0))
+    temperature: float = field(default=0.7, metadata=bounds(gt=0))
+    top_k: int = field(default=0, metadata=bounds(ge=0))  # 0 = off
+    top_p: float = field(default=1.0, metadata=bounds(gt=0, le=1))  # 1.0 = off
 
     # --- models ---
-    lora_r: int = 16
-    lora_alpha: int = 32
+    lora_r: int = field(default=16, metadata=bounds(gt=0))
+    lora_alpha: int = field(default=32, metadata=bounds(gt=0))
     # 0.0: dropout makes the new/old log-prob ratio differ from 1 on the first epoch, which PPO would
     # read as policy change and clip.
-    lora_dropout: float = 0.0
+    lora_dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1))
     lora_targets: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
-    reward_source: str = "separate"  # "separate" (own model folder) | "adapter" (not implemented yet)
+    # "separate" (own model folder) | "adapter" (not implemented yet)
+    reward_source: str = field(default="separate", metadata=bounds(choices=("separate", "adapter")))
     init_value_head_from_reward: bool = True  # copy the RM score head into the value head when shapes match
     bf16: bool = True  # frozen base (and RM) weights in bf16: AMX on CPU makes batched forwards ~3.6x faster
     load_in_4bit: bool = False  # nf4 base via bitsandbytes; CUDA only
     gradient_checkpointing: bool = False
 
     # --- bookkeeping ---
-    checkpoint_every: int = 50  # also at the end; 0 = only at the end
-    keep_checkpoints: int = 2
+    checkpoint_every: int = field(default=50, metadata=bounds(ge=0))  # also at the end; 0 = only at the end
+    keep_checkpoints: int = field(default=2, metadata=bounds(ge=0))
     plots: bool = True
     progress: bool = True
 
     def validate(self) -> None:
-        """Raise PPOConfigError on values that would fail later or silently do the wrong thing."""
-        positive = [
-            "total_steps",
-            "batch_size",
-            "mini_batch_size",
-            "grad_accum",
-            "ppo_epochs",
-            "max_new_tokens",
-        ]
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise PPOConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        """The rules between fields (single-field ranges are on the fields and checked by the loader)."""
         if self.batch_size % self.mini_batch_size:
             raise PPOConfigError(
                 f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size ({self.mini_batch_size})"
@@ -115,94 +110,34 @@ class PPOConfig:
             raise PPOConfigError(
                 f"mini_batch_size ({self.mini_batch_size}) must be a multiple of grad_accum ({self.grad_accum})"
             )
-        if self.temperature <= 0:
-            raise PPOConfigError("temperature must be > 0 (PPO needs sampled rollouts)")
-        if not 0 < self.top_p <= 1:
-            raise PPOConfigError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.reward_source not in ("separate", "adapter"):
-            raise PPOConfigError(f"reward_source must be 'separate' or 'adapter', got {self.reward_source!r}")
-        if self.kl_coef < 0:
-            raise PPOConfigError("kl_coef must be >= 0")
-        if self.checkpoint_every < 0:
-            raise PPOConfigError("checkpoint_every must be >= 0 (0 = only at the end)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _coerce(name: str, raw: Any, current: Any, annotation: str) -> Any:
-    """Turn a YAML/CLI value into the field's type; strings from `--set` are parsed as YAML scalars."""
-    import yaml
-
-    value = yaml.safe_load(raw) if isinstance(raw, str) and "str" not in annotation.split("|")[0] else raw
-    if value is None:
-        if "None" in annotation:
-            return None
-        raise PPOConfigError(f"{name} may not be null")
-    if "list" in annotation:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            raise PPOConfigError(f"{name} must be a list, got {value!r}")
-        return [str(v) for v in value]
-    base = annotation.split("|")[0].strip()
-    try:
-        if base == "bool":
-            if not isinstance(value, bool):
-                raise TypeError
-            return value
-        if base == "int":
-            if isinstance(value, bool) or float(value) != int(value):
-                raise TypeError
-            return int(value)
-        if base == "float":
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)
-        if base == "str":
-            return str(value)
-    except (TypeError, ValueError) as exc:
-        raise PPOConfigError(f"{name} must be {base}, got {value!r}") from exc
-    return value if current is None else type(current)(value)
-
-
 def config_from_dict(values: dict[str, Any], base: PPOConfig | None = None) -> PPOConfig:
     """Apply `values` onto `base` (default: the dataclass defaults); unknown keys raise PPOConfigError."""
-    cfg = dataclasses.replace(base) if base is not None else PPOConfig()
-    fields = {f.name: f for f in dataclasses.fields(PPOConfig)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise PPOConfigError(f"unknown PPO config key(s) {unknown}; valid keys: {sorted(fields)}")
-    for name, raw in values.items():
-        annotation = str(fields[name].type)
-        setattr(cfg, name, _coerce(name, raw, getattr(cfg, name), annotation))
+    cfg = apply(base if base is not None else PPOConfig(), values, what="PPO config")
     cfg.validate()
     return cfg
 
 
-def load_ppo_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PPOConfig:
-    """Read a YAML file (optional) and `key=value` overrides into a validated PPOConfig."""
-    import yaml
-
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise PPOConfigError(f"PPO config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise PPOConfigError(
-                f"{path} must hold a mapping of PPO config keys, got {type(loaded).__name__}"
-            )
-        values.update(loaded)
-    cfg = config_from_dict(values)
-    extra: dict[str, Any] = {}
-    for item in overrides or []:
-        if "=" not in item:
-            raise PPOConfigError(f"override {item!r} must look like key=value")
-        key, raw = item.split("=", 1)
-        extra[key.strip()] = raw
-    return config_from_dict(extra, cfg) if extra else cfg
+def load_ppo_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    values: dict[str, Any] | None = None,
+) -> PPOConfig:
+    """A YAML file (optional), then `values`, then `key=value` overrides, as one validated PPOConfig."""
+    cfg = load(
+        PPOConfig,
+        file=Path(path) if path is not None else None,
+        values=values,
+        overrides=overrides or (),
+        what="PPO config",
+    )
+    cfg.validate()
+    return cfg
 
 
 def save_ppo_config(cfg: PPOConfig, path: Path) -> None:

@@ -13,11 +13,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from training.errors import TrainingError
+
 RewardFn = Callable[[list[Tensor], list[Tensor]], Tensor]
 """(prompt token ids without padding, response ids up to and including EOS) -> scores [B]."""
 
 
-class PromptError(ValueError):
+class PromptError(TrainingError, ValueError):
     """The prompts are unusable (empty file, bad JSON, no chat messages, all too long)."""
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from model_store.reward import load_reward_model, score_with_reward_model
+from training.errors import NotSupportedError
 from training.ppo.actor_critic import (
     POLICY,
     VALUE,
@@ -421,7 +422,7 @@ def run_ppo(
     if (reward_dir is None) == (reward_fn is None):
         raise ValueError("give exactly one of reward_dir (a reward model folder) or reward_fn")
     if reward_dir is not None and cfg.reward_source == "adapter":
-        raise NotImplementedError(
+        raise NotSupportedError(
             "reward_source: adapter (the reward model as an adapter on the shared base) is not implemented; "
             "set reward_source: separate and pass reward_dir (a sequence-classification model folder)"
         )
@@ -434,7 +435,7 @@ def run_ppo(
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     if cfg.gradient_checkpointing and world > 1:
-        raise NotImplementedError(
+        raise NotSupportedError(
             "gradient_checkpointing: true needs one backward per adapter, which DDP does not allow; "
             "run one process or set gradient_checkpointing: false"
         )

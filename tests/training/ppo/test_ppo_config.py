@@ -38,7 +38,7 @@ def test_overrides_are_typed(tmp_path: Path) -> None:
     ("overrides", "message"),
     [
         (["lrr=1"], "unknown PPO config key"),
-        (["batch_size=abc"], "batch_size must be int"),
+        (["batch_size=abc"], "batch_size must be an integer"),
         (["batch_size=6", "mini_batch_size=4"], "multiple of mini_batch_size"),
         (["mini_batch_size=2", "grad_accum=4"], "multiple of grad_accum"),
         (["temperature=0"], "temperature"),
@@ -61,9 +61,9 @@ def test_unknown_key_in_yaml_is_an_error(tmp_path: Path) -> None:
 def test_cli_reports_bad_config_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:
     from training.ppo.__main__ import main
 
-    assert main(["--config", str(CONFIGS / "ppo_tiny.yaml"), "--set", "lrr=1"]) == 2
+    assert main(["--config", str(CONFIGS / "ppo_tiny.yaml"), "--set", "lrr=1"]) == 1
     assert "unknown PPO config key" in capsys.readouterr().err
-    assert main(["--config", str(CONFIGS / "ppo_tiny.yaml")]) == 2  # the tiny config names no paths
+    assert main(["--config", str(CONFIGS / "ppo_tiny.yaml")]) == 1  # the tiny config names no paths
     assert "policy_dir" in capsys.readouterr().err
 
 
@@ -74,5 +74,5 @@ def test_cli_reports_a_missing_prompts_file(tmp_path: Path, capsys: pytest.Captu
     args = ["--config", str(CONFIGS / "ppo_tiny.yaml")]
     for item in paths:
         args += ["--set", item]
-    assert main(args) == 2
+    assert main(args) == 1
     assert "does not exist" in capsys.readouterr().err
