@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from settings.errors import RagqaError
+
 REBUILD_HINT = "rebuild it with `ragqa ingest PATH --rebuild`"
 
 
-class RetrievalError(Exception):
+class RetrievalError(RagqaError):
     """Base class: catch this in the app/CLI to show the message instead of a traceback."""
 
 
