@@ -19,7 +19,7 @@ Starting from the default model and an empty feedback store in a fresh RAGQA_HOM
     python benchmarks/loop.py                    # the full run (aim: < 60 min on the 2-core CPU)
     python benchmarks/loop.py --base-only        # only the base model's held-out numbers (no simulator/retrain)
 
-The data files live in /work/shared/data (benchmark-only; pass --data to point elsewhere). Only squad2-dev-half's
+The data files live in ../shared/data next to the repository (benchmark-only; pass --data to point elsewhere). Only squad2-dev-half's
 training articles are trained or tuned on; xquad-en is held-out evaluation only. Results go to
 benchmarks/results/loop/<stamp>/ unless --out is given. Never asserts on time.
 """
@@ -41,7 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DATA = Path("/work/shared/data")
+DATA = ROOT.parent / "shared" / "data"  # ../shared/data, relative to the repository root
 SQUAD2 = "squad2-dev-half/dev-v2.0.json"
 XQUAD = "xquad-en/xquad.en.json"
 
@@ -62,7 +62,7 @@ class Preset:
 
 # --quick: every training stage really trains (2 steps), on amounts that clear the lowered minimums.
 # Both presets show the model k=2 passages: on the shared 2-core CPU every sampled, trained and evaluated token
-# costs ~10x STACK-NOTES' figures, and 2 passages roughly halve the ~900-token prompts of k=4.
+# costs ~10x the figures measured on an idle machine, and 2 passages roughly halve the ~900-token prompts of k=4.
 QUICK = Preset(
     sim_limit=12,
     correct_fraction=0.5,

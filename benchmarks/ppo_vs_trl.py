@@ -256,7 +256,7 @@ def main() -> None:
                     "bf16_autocast": False,
                 }
                 command = [sys.executable, str(Path(__file__).resolve()), "--worker", "ours"]
-            else:  # TRL in fp32 (its CPU default); STACK-NOTES 7 measured bf16=True as no faster
+            else:  # TRL in fp32 (its CPU default); bf16=True measured no faster for TRL 1.12 PPO on this CPU
                 spec = {**base_spec, "variant": variant, "bf16_weights": False, "bf16_autocast": False}
                 command = [str(trl_python), str(trl_script)]
             print(f"running {variant} ...", flush=True)

@@ -7,7 +7,7 @@ Layout of `out_dir` (flat files, one JSON object per line, UTF-8):
       TRL's conversational preference format (RewardTrainer, DPOTrainer). `meta` holds the
       interaction id, source (ranking | correction | thumbs), margin (rank distance), chosen/rejected
       ids and model versions, rater session and user, simulated flag and origin; TRL ignores it
-      (tests/feedback_store/test_trl_compat.py trains a step on these files).
+      (tests/feedback_store/test_feedback_trl.py trains a step on these files).
   sft.train.jsonl / sft.test.jsonl
       {"messages": prompt + [assistant answer], "meta": {...}}: corrections and thumbs-up answers.
   prompts.train.jsonl / prompts.test.jsonl

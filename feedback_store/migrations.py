@@ -7,7 +7,7 @@ PostgreSQL: DDL is transactional, and a transaction-level advisory lock serialis
 The same SQL runs on both dialects except where they differ: `postgres_sql` spells the few differences
 (an identity column for SQLite's `INTEGER PRIMARY KEY` rowid alias, DOUBLE PRECISION for SQLite's 8-byte REAL,
 BIGINT keys); None means `sql` works on both.
-Never edit a migration that has shipped: add a new one. `tests/feedback_store/test_migrations.py`
+Never edit a migration that has shipped: add a new one. `tests/feedback_store/test_feedback_schema.py`
 pins the exact schema a blank database ends up with, and migrates a database of every earlier
 version with data in it.
 

@@ -2,7 +2,7 @@
 
 `FeedbackStore` is the only way the app, the CLI and training read or write feedback; no SQL lives
 outside this package. One writer connection per process, short transactions with group commit
-(concurrent writes share one transaction and one commit, each in its own SAVEPOINT). The database is a
+(concurrent writes share one transaction and one commit, each in its own SAVEPOINT: commit.py). The database is a
 SQLite file in WAL mode (default, `sqlite_db.py`) or a PostgreSQL database shared by several app
 replicas (`postgresql://` DSN, `postgres_db.py`); the SQL and the API are the same. See the class
 docstring for the API and its guarantees.
@@ -13,9 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime
@@ -23,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from feedback_store.commit import GroupCommit, Request, fail_closed, run_batch
 from feedback_store.errors import (
     FeedbackConflict,
     FeedbackError,
@@ -54,7 +53,6 @@ T = TypeVar("T")
 DEFAULT_MAX_TEXT_CHARS = 100_000
 DEFAULT_BUSY_TIMEOUT_S = 5.0
 _MAX_ID_CHARS = 200  # session ids, user names, model versions, labels, client tokens
-_BATCH_ATTEMPTS = 3  # a batch rolled back by a deadlock / serialization failure is run again this often
 DSN_ENV = "RAGQA_FEEDBACK_DSN"
 
 
@@ -88,81 +86,6 @@ class _Grouped:
         return rows
 
 
-class _Request:
-    """One write waiting for the group commit: its work, then its result or its error."""
-
-    __slots__ = ("run", "result", "error", "done")
-
-    def __init__(self, run: Callable[[Any], Any]) -> None:
-        self.run = run
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.done = False
-
-    def fail(self, exc: BaseException) -> None:
-        self.error, self.result = exc, None
-
-
-class _GroupCommit:
-    """Group commit: concurrent writers share one transaction and one fsync instead of one each.
-
-    A writer enqueues its request. If no batch is running, it becomes the leader: it takes every request queued
-    so far (its own included, up to `max_batch`), runs them with `run_batch` (one transaction, one COMMIT), then
-    marks them done and wakes their writers. Writers that arrived while a batch was running wait; when it ends,
-    one of those still pending leads the next batch with all of them. Every write is acknowledged (its call
-    returns) only after the COMMIT holding it has returned, so durability is that of one commit (FULL: fsynced).
-    One writer alone gets batches of one: no gain, and no loss beyond a savepoint.
-    """
-
-    def __init__(self, run_batch: Callable[[list[_Request]], None], max_batch: int = 256) -> None:
-        self._run_batch = run_batch
-        self._max_batch = max_batch
-        self._cond = threading.Condition()
-        self._pending: list[_Request] = []
-        self._leading = False
-
-    def submit(self, run: Callable[[Any], T]) -> T:
-        """Queue `run` and return its result once committed (or raise its error); thread-safe."""
-        req = _Request(run)
-        with self._cond:
-            self._pending.append(req)
-        while True:
-            with self._cond:
-                while self._leading and not req.done:
-                    self._cond.wait()
-                if req.done:
-                    break
-                self._leading = True  # FIFO: leading until our own request has been in a batch
-                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
-            self._lead(batch)
-        if req.error is not None:
-            raise req.error
-        return req.result
-
-    def _lead(self, batch: list[_Request]) -> None:
-        try:
-            self._run_batch(batch)
-        except BaseException as exc:  # run_batch reports per request; this is a last resort
-            for r in batch:
-                if r.error is None:
-                    r.fail(exc)
-            raise
-        finally:
-            with self._cond:
-                for r in batch:
-                    r.done = True
-                self._leading = False
-                self._cond.notify_all()
-
-
-class _RetryBatch(Exception):
-    """A write hit a deadlock / serialization failure: the whole batch must be rolled back and run again."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
 class FeedbackStore:
     """Durable record of questions, the passages and candidate answers shown, and all feedback.
 
@@ -173,7 +96,7 @@ class FeedbackStore:
 
     Writes (on the process's single writer connection; writes from concurrent threads are grouped into one
     short transaction (SQLite `BEGIN IMMEDIATE`, PostgreSQL `BEGIN` READ COMMITTED), each in its own SAVEPOINT
-    so it fails alone, and one COMMIT: see _GroupCommit; when the call returns, the row is committed, and
+    so it fails alone, and one COMMIT: see commit.GroupCommit; when the call returns, the row is committed, and
     durable with synchronous=FULL):
       record_interaction(question, passages, candidates, *, context=(), session_id, user=None,
                          client_token=None) -> InteractionIds
@@ -218,7 +141,7 @@ class FeedbackStore:
         self.synchronous = backend.synchronous
         self._lock = threading.Lock()  # guards the writer connection
         self._writer: Any = None  # sqlite3.Connection | postgres_db.PgConnection
-        self._group = _GroupCommit(self._run_batch)
+        self._group = GroupCommit(self._run_batch)
         self._closed = False
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -391,7 +314,7 @@ class FeedbackStore:
         encode: Callable[[T], Any],
         decode: Callable[[Any], T],
     ) -> T:
-        """Run `work` durably (see _GroupCommit); replay the stored result for a known client token.
+        """Run `work` durably (see commit.GroupCommit); replay the stored result for a known client token.
 
         The token is claimed first (`INSERT ... ON CONFLICT DO NOTHING` on its primary key), so two processes
         submitting the same token at once record it once: the second waits for the first's commit, finds the
@@ -446,94 +369,13 @@ class FeedbackStore:
             )
         return decode(json.loads(row[2]))
 
-    def _run_batch(self, batch: list[_Request]) -> None:
-        """Run a batch of writes in ONE transaction and one COMMIT (one fsync / one WAL flush).
-
-        Each write runs inside its own SAVEPOINT, so a write that fails (bad input, a conflict) is rolled back
-        alone and gets its own error while the others commit. An error that ends the whole transaction (a full
-        disk, a lock held too long, a failed COMMIT, a dropped connection) fails every write of the batch: none
-        is acknowledged. A deadlock or serialization failure between processes (PostgreSQL) rolls the batch
-        back and runs it again, up to _BATCH_ATTEMPTS times.
-        Called by the group-commit leader only, which holds no other lock; `self._lock` guards the connection.
-        """
-        backend = self._backend
+    def _run_batch(self, batch: list[Request]) -> None:
+        """The group-commit leader's call: run the batch on the writer connection (commit.run_batch)."""
         with self._lock:
             if self._writer is None:
-                for req in batch:
-                    req.fail(FeedbackError("the feedback store is closed"))
+                fail_closed(batch)
                 return
-            conn = self._writer
-            for attempt in range(1, _BATCH_ATTEMPTS + 1):
-                if attempt > 1:
-                    time.sleep(random.uniform(0.0, 0.02 * attempt))  # let the other transaction finish
-                for req in batch:
-                    req.result, req.error = None, None
-                try:
-                    self._writer = conn = self._begin(conn)
-                    for req in batch:
-                        self._run_in_savepoint(conn, req)
-                        if not conn.in_transaction:  # SQLite rolled back everything (e.g. SQLITE_FULL)
-                            raise req.error  # type: ignore[misc]
-                    conn.execute("COMMIT")
-                    return
-                except _RetryBatch as retry:
-                    self._rollback(conn)
-                    if attempt == _BATCH_ATTEMPTS:
-                        self._fail_all(batch, backend.translate(retry.cause))
-                except backend.errors as exc:
-                    self._rollback(conn)
-                    if attempt == _BATCH_ATTEMPTS or not backend.retryable(exc):
-                        self._fail_all(batch, backend.translate(exc))
-                        return
-                except BaseException as exc:
-                    self._rollback(conn)
-                    self._fail_all(batch, exc)
-                    return
-
-    def _begin(self, conn: Any) -> Any:
-        """Start the write transaction on a live writer. A connection that turns out dead at BEGIN (the
-        PostgreSQL server restarted while the app was idle) is replaced once: nothing was sent yet."""
-        backend = self._backend
-        conn = backend.alive(conn)
-        try:
-            backend.begin_write(conn)
-        except backend.errors:
-            if getattr(conn, "usable", True):
-                raise
-            conn = backend.alive(conn)
-            backend.begin_write(conn)
-        return conn
-
-    def _run_in_savepoint(self, conn: Any, req: _Request) -> None:
-        conn.execute("SAVEPOINT write")
-        try:
-            req.result = req.run(conn)
-            conn.execute("RELEASE write")
-        except BaseException as exc:
-            if self._backend.retryable(exc):
-                raise _RetryBatch(exc) from exc
-            is_db = isinstance(exc, self._backend.errors)
-            req.error = self._backend.translate(exc) if is_db else exc
-            if conn.in_transaction:
-                conn.execute("ROLLBACK TO write")
-                conn.execute("RELEASE write")
-
-    @staticmethod
-    def _fail_all(batch: list[_Request], exc: BaseException) -> None:
-        """Nothing of the batch was committed: every write reports the failure (its own error if it had one)."""
-        for req in batch:
-            if req.error is None:
-                req.error = exc
-            req.result = None
-
-    def _rollback(self, conn: Any) -> None:
-        try:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-        except self._backend.errors:
-            # SQLite may already have rolled back (e.g. after SQLITE_FULL); a dropped PostgreSQL connection
-            # rolled back on the server: nothing left to undo, `alive` replaces it before the next batch.
-            pass
+            self._writer = run_batch(self._backend, self._writer, batch)
 
     @staticmethod
     def _insert_candidates(

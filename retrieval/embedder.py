@@ -54,8 +54,8 @@ class SentenceTransformerEmbedder:
     `model` is a local sentence-transformers folder or a hub id (which must already be cached: the app
     runs offline). Precision, measured here (2 shared cores, Sapphire Rapids with AMX bf16, 500 passages
     of ~100 tokens, batch 64; 100 queries of ~15 words):
-      - batch encoding (ingest, 2 threads): bf16 83-103 passages/s vs fp32 43-52/s (STACK-NOTES: 315
-        vs 95 on an idle machine), cosine to the fp32 vectors >= 0.998;
+      - batch encoding (ingest, 2 threads): bf16 83-103 passages/s vs fp32 43-52/s (315 vs 95
+        sentences/s on an idle machine), cosine to the fp32 vectors >= 0.998;
       - one query (1 thread, see encode_query): bf16 p50 9.5-10 ms / p95 11-12 ms, fp32 14-15 / 16-19 ms.
     bf16 wins both, so one bf16 model serves ingest and queries (fp32 where the CPU lacks bf16).
     """

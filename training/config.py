@@ -44,7 +44,7 @@ class ModelSection:
     )
     # "base" (registry's first version: no drift) | "current"
     start_from: str = field(default="base", metadata=bounds(choices=("base", "current")))
-    bf16: bool = True  # bf16 autocast for training: AMX makes it ~1.3-3x faster on this CPU (STACK-NOTES 3-4)
+    bf16: bool = True  # bf16 autocast for training: measured with AMX, SFT 4.5 vs 5.8 s/step and RM 3.1 vs 4.5 s/step (4x256 tokens)
     # "auto" (QLoRA nf4 on CUDA, off on CPU) | "true" | "false"
     load_in_4bit: str = field(
         default="auto", metadata=bounds(choices=("auto", "true", "false"), parse=_bool_word)
@@ -124,7 +124,7 @@ class GateSection:
     temperature: float = field(default=0.7, metadata=bounds(gt=0))
     batch_size: int = field(default=8, metadata=bounds(gt=0))
     # RM win-rate of candidate over current (ties count half)
-    min_win_rate: float | None = field(default=0.5, metadata=bounds(ge=0, le=1))
+    min_win_rate: float | None = field(default=0.5, metadata=bounds(ge=0))
     # mean summed KL(candidate || current) per answer (nats), on the candidate's answers
     max_kl: float | None = field(default=8.0, metadata=bounds(ge=0))
     min_reward_delta: float | None = None  # candidate mean reward - current mean reward
@@ -273,7 +273,8 @@ def trainer_kwargs(
     """TrainingArguments keys shared by SFTConfig, RewardConfig and DPOConfig, set explicitly.
 
     TRL's configs default differently from TrainingArguments (SFTConfig: gradient_checkpointing=True,
-    bf16=True, lr 2e-5, max_length 1024: STACK-NOTES section 3), so nothing is left to their defaults.
+    bf16=True, lr 2e-5, logging_steps 10, max_length 1024, unlike TrainingArguments), so nothing is left to their
+    defaults.
     """
     return {
         "output_dir": str(output_dir),

@@ -4,7 +4,8 @@ An export folder holds `manifest.json` (snapshot_id, counts) and, per kind and s
 `{preferences,sft,prompts}.{train,test}.jsonl`. Conversions:
   - demonstrations `{"messages": [..., assistant]}` -> `{"prompt": messages[:-1], "completion": [last]}`:
     TRL's conversational prompt/completion format gives completion-only loss with the stock SmolLM2 chat
-    template, which has no `{% generation %}` tags for `assistant_only_loss` (STACK-NOTES section 3);
+    template, which has no `{% generation %}` tags for `assistant_only_loss` (TRL 1.16 raises "chat template is not training-compatible" and auto-patches only
+    templates it knows, not SmolLM2's ChatML);
   - preference pairs keep `prompt` / `chosen` / `rejected` (TRL's conversational preference format);
   - PPO prompts are the `prompt` message lists.
 The `meta` columns are dropped: the trainers do not need them and nested dicts of varying shape make

@@ -2,7 +2,8 @@
 
 Loss on the answer tokens only: demonstrations are converted to TRL's conversational prompt/completion
 format (training/data.py), for which SFTTrainer masks the prompt (labels -100) with the stock chat
-template; `assistant_only_loss` would need `{% generation %}` tags SmolLM2's template lacks (STACK-NOTES 3).
+template; `assistant_only_loss` would need `{% generation %}` tags SmolLM2's template lacks (TRL 1.16
+auto-patches only templates it knows).
 On CUDA the base is loaded in 4-bit (QLoRA: nf4, double quantisation, bf16 compute).
 
 Outputs in `out_dir`: `adapter/` (LoRA + tokenizer), `merged/` (the full SFT model: the starting point of

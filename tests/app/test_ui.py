@@ -2,7 +2,7 @@
 ranking, thumbs, correction, admin counts; then the export holds what the user saw and said.
 
 The tiny random Llama and the hash embedder keep the main test fast; the slow test asks the real default model
-with the real embedder. gradio_client cannot send LikeData (STACK-NOTES §8), so `like` is checked on the handler
+with the real embedder. gradio_client cannot send LikeData (Gradio 6.31: the handler gets evt=None), so `like` is checked on the handler
 and on the event wiring directly.
 """
 

@@ -35,7 +35,7 @@ def _set_value(preset_retrain: tuple[str, ...], key: str) -> str | None:
 
 
 def test_simulate_command_is_accepted_by_the_simulator(tmp_path: Path) -> None:
-    from scripts.simulate_feedback import build_parser
+    from evaluation.simulate import build_parser
 
     args = parse_args(["--quick", "--sim-limit", "7", "--correct-fraction", "0.25", "--seed", "3"])
     cmd = simulate_command(tmp_path / "train.json", args)

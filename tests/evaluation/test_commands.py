@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from app.cli import main
 from evaluation.commands import add_commands
-from scripts.evaluate import main
 
 
 def test_commands_register_on_a_subparser() -> None:

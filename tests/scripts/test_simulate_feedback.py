@@ -15,13 +15,7 @@ import pytest
 from app.config import AppConfig
 from app.qa import Candidate, QAService
 from evaluation.formats import QAExample
-from feedback_store.export import export_snapshot
-from feedback_store.store import FeedbackStore
-from model_store.registry import ModelRegistry
-from retrieval.embedder import HashEmbedder
-from retrieval.prompt import NO_ANSWER
-from retrieval.types import Passage
-from scripts.simulate_feedback import (
+from evaluation.simulate import (
     SESSION,
     SimulationError,
     SimulationOptions,
@@ -33,6 +27,12 @@ from scripts.simulate_feedback import (
     pick_corrected,
     simulate,
 )
+from feedback_store.export import export_snapshot
+from feedback_store.store import FeedbackStore
+from model_store.registry import ModelRegistry
+from retrieval.embedder import HashEmbedder
+from retrieval.prompt import NO_ANSWER
+from retrieval.types import Passage
 
 TOWER = (
     "The Zorbium Tower in Kelvale opened on 14 March 1893. It is 212 metres tall and was designed by the "
@@ -326,7 +326,7 @@ def test_an_index_with_other_documents_is_not_emptied(
 def test_cli_reports_bad_input_clearly(
     ragqa_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    assert main(["--qa", str(tmp_path / "missing.json"), "--batch"]) == 2
+    assert main(["--qa", str(tmp_path / "missing.json"), "--batch"]) == 1
     assert "missing.json does not exist" in capsys.readouterr().err
-    assert main(["--qa", str(tmp_path / "missing.json"), "--k-candidates", "5"]) == 2
+    assert main(["--qa", str(tmp_path / "missing.json"), "--k-candidates", "5"]) == 1
     assert "between 2 and 4" in capsys.readouterr().err

@@ -50,9 +50,9 @@ def test_ragqa_refuses_a_bad_config_yaml_in_one_line(tmp_path: Path, yaml_text: 
 
 
 def test_ragqa_retrain_refuses_a_bad_override_in_one_line(tmp_path: Path) -> None:
-    done = ragqa(tmp_path, "retrain", "--dry-run", "--set", "gate.min_win_rate=2")
+    done = ragqa(tmp_path, "retrain", "--dry-run", "--set", "gate.num_prompts=0")
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
-    assert "gate.min_win_rate must be within [0, 1], got 2" in done.stderr
+    assert "gate.num_prompts must be > 0, got 0" in done.stderr
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,368 @@
+"""Simulated annotator: rank the current model's candidates by token F1 against gold answers.
+
+`python scripts/simulate_feedback.py --qa FILE [--k-candidates 4] [--correct-fraction 0.2] ...` (that script is a thin
+entry point; the logic lives here so tests and the loop benchmark import a package, not a script).
+
+For every question of a labelled QA file (SQuAD v1.1/v2.0 JSON, NQ-open or plain JSONL, read by
+evaluation.formats) it does what a careful user of the app would do, through the same code path as the UI:
+  1. retrieve passages with QAService.retrieve and keep those that fit the model's window (what the model sees);
+  2. sample k candidates with QAService.candidates (one batched generate) and record the interaction, the
+     passages shown and the candidates with FeedbackStore.record_interaction;
+  3. rank the candidates by SQuAD token F1 against the gold answers (evaluation.metrics.score_answer: SQuAD
+     normalisation, citation markers removed; an unanswerable SQuAD 2.0 question scores 1 for an abstention);
+     equal F1 is a tie; when every candidate scores 0 the ranking carries no preference and is recorded as
+     "both bad";
+  4. for a seeded `--correct-fraction` of the questions, write the gold answer as a correction replacing all
+     candidates, as a full sentence citing the first shown passage that contains it ("<gold> [n]."), so SFT
+     learns the citation format (the plain gold answer when no shown passage contains it; the NO_ANSWER
+     sentence for an unanswerable question).
+Every row is written by the rater session `simulated:f1`, which the store and its exports report as simulated.
+
+The file's contexts are indexed first (one document per context) into RAGQA_HOME's index, or into `--index DIR`;
+this is skipped when they are all indexed already. The RAGQA_HOME index is never overwritten when it holds other
+documents: pass --index then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.config import AppConfig
+from evaluation.errors import EvaluationError
+from evaluation.formats import QADataset, QAExample, load_qa
+from evaluation.metrics import contains_answer, score_answer
+from retrieval.prompt import NO_ANSWER
+from retrieval.types import Passage
+
+SESSION = "simulated:f1"
+_F1_DECIMALS = 9  # F1 values equal to this precision are a tie (float noise is not a preference)
+
+
+class SimulationError(EvaluationError, RuntimeError):
+    """The simulation cannot run as asked (bad file, no model, an index holding other documents...)."""
+
+
+@dataclass
+class SimulationOptions:
+    qa: Path
+    k_candidates: int = 4
+    limit: int | None = None
+    seed: int = 0
+    correct_fraction: float = 0.0
+    only_answerable: bool = False
+    articles: tuple[str, ...] = ()
+    exclude_articles: tuple[str, ...] = ()
+    index: Path | None = None
+    fmt: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class SimulationSummary:
+    questions: int = 0  # questions recorded (with their candidates)
+    candidates: int = 0
+    rankings: int = 0  # all rankings, both-bad included
+    both_bad: int = 0
+    corrections: int = 0
+    errors: list[str] = field(default_factory=list)  # "qid: message" for questions that could not be asked
+    seconds: float = 0.0
+
+    def text(self) -> str:
+        lines = [
+            f"simulated feedback ({SESSION}): {self.questions} questions, {self.candidates} candidates, "
+            f"{self.rankings} rankings ({self.both_bad} both bad), {self.corrections} corrections, "
+            f"{len(self.errors)} errors in {self.seconds:.1f} s"
+        ]
+        lines += [f"  error {e}" for e in self.errors[:10]]
+        return "\n".join(lines)
+
+
+# ---- pure logic: ranking and corrections ----------------------------------------------------------------
+def candidate_f1(text: str, example: QAExample) -> float:
+    """SQuAD token F1 of one candidate against the gold answers (SQuAD 2.0 rules for unanswerable ones)."""
+    return float(score_answer(text, example.answers, example.unanswerable)["f1"])
+
+
+def f1_ranking(ids: Sequence[int], scores: Sequence[float]) -> tuple[list[list[int]], bool]:
+    """Groups of candidate ids best first (equal F1 = one group) and whether the ranking is "both bad".
+
+    Every candidate at F1 0 carries no preference (none overlaps the gold answer): ([], True).
+    """
+    if len(ids) != len(scores):
+        raise ValueError("one score per candidate is needed")
+    if all(s <= 0.0 for s in scores):
+        return [], True
+    groups: dict[float, list[int]] = {}
+    for cid, score in zip(ids, scores, strict=True):
+        groups.setdefault(round(score, _F1_DECIMALS), []).append(cid)
+    return [groups[s] for s in sorted(groups, reverse=True)], False
+
+
+def correction_text(example: QAExample, passages: Sequence[Passage]) -> str:
+    """The answer a user who knows the gold would write: "<gold> [n]." citing the passage that contains it."""
+    if example.unanswerable or not example.answers:
+        return NO_ANSWER
+    for gold in example.answers:
+        for p in sorted(passages, key=lambda p: p.rank):
+            if contains_answer(p.text, [gold]):
+                return f"{gold.strip().rstrip('.')} [{p.rank}]."
+    return example.answers[0].strip()
+
+
+def pick_corrected(n: int, fraction: float, seed: int) -> set[int]:
+    """Indices (of n questions) to correct: round(fraction * n) of them, chosen by the seed."""
+    if not 0.0 <= fraction <= 1.0:
+        raise SimulationError(f"--correct-fraction must be within [0, 1], got {fraction}")
+    return set(random.Random(f"corrections:{seed}").sample(range(n), round(fraction * n)))
+
+
+# ---- choosing questions ---------------------------------------------------------------------------------
+def title_of(example: QAExample, dataset: QADataset) -> str | None:
+    doc = dataset.documents.get(example.doc_id) if example.doc_id else None
+    return doc.title if doc else None
+
+
+def select(dataset: QADataset, options: SimulationOptions) -> list[QAExample]:
+    """The questions to ask: answerable filter, article filters, then a seeded `limit` subset in file order."""
+    from evaluation.runner import select_examples
+
+    examples = [e for e in dataset.examples if not (options.only_answerable and e.unanswerable)]
+    if options.articles or options.exclude_articles:
+        titles = {title_of(e, dataset) for e in dataset.examples}
+        unknown = sorted(set(options.articles).union(options.exclude_articles) - titles)
+        if unknown:
+            raise SimulationError(f"no article titled {unknown[0]!r} in {dataset.path}")
+        if options.articles:
+            examples = [e for e in examples if title_of(e, dataset) in options.articles]
+        examples = [e for e in examples if title_of(e, dataset) not in options.exclude_articles]
+    if not examples:
+        raise SimulationError(f"no question of {dataset.path} is left after the filters")
+    if options.limit is not None and options.limit < 1:
+        raise SimulationError(f"--limit must be at least 1, got {options.limit}")
+    return select_examples(examples, options.limit, options.seed)
+
+
+# ---- the index ------------------------------------------------------------------------------------------
+def ensure_indexed(
+    dataset: QADataset, examples: Sequence[QAExample], index_dir: Path, cfg: AppConfig, embedder: Any
+) -> int:
+    """Index the contexts of `examples` into `index_dir` unless they are all there; returns files ingested.
+
+    A folder ingest mirrors the folder, so an index that holds other documents is refused rather than emptied.
+    """
+    import hashlib
+
+    from evaluation.runner import write_corpus
+    from retrieval.errors import IndexMissingError, RetrievalError
+    from retrieval.index import HybridIndex
+    from retrieval.ingest import ingest
+
+    wanted = {e.doc_id for e in examples if e.doc_id}
+    if not wanted:
+        raise SimulationError(f"{dataset.path} has no contexts to index: use a file with contexts")
+    try:
+        files = HybridIndex.open(index_dir).files
+    except IndexMissingError:
+        files = {}
+    except RetrievalError as e:
+        raise SimulationError(str(e)) from e
+    digest = {d: hashlib.sha256(dataset.documents[d].text.encode("utf-8")).hexdigest() for d in wanted}
+    if all(d in files and files[d].sha256 == digest[d] for d in wanted):
+        return 0
+    # Contexts of this file indexed by an earlier run (other --articles) stay: the folder ingested has them too.
+    keep = wanted | (set(files) & set(dataset.documents))
+    sub = QADataset(dataset.path, dataset.format, list(examples), {d: dataset.documents[d] for d in keep})
+    others = sorted(set(files) - set(dataset.documents))
+    if others:
+        raise SimulationError(
+            f"the index {index_dir} holds {len(others)} other documents (e.g. {others[0]}); indexing the QA "
+            "file there would remove them: pass --index DIR to simulate on a separate index"
+        )
+    corpus = Path(tempfile.mkdtemp(prefix="ragqa-simulate-"))
+    try:
+        write_corpus(sub, corpus)
+        report = ingest(
+            corpus,
+            index_dir,
+            embedder,
+            chunk_tokens=cfg.chunk_tokens,
+            overlap=cfg.chunk_overlap,
+            max_file_bytes=int(cfg.max_file_mb * 1024 * 1024),
+        )
+    except RetrievalError as e:
+        raise SimulationError(str(e)) from e
+    finally:
+        shutil.rmtree(corpus, ignore_errors=True)
+    if report.skipped:
+        raise SimulationError(f"{len(report.skipped)} contexts could not be indexed: {report.skipped[:3]}")
+    return report.indexed + report.updated
+
+
+@contextmanager
+def serving_config(cfg: AppConfig, index_dir: Path | None) -> Iterator[AppConfig]:
+    """`cfg`, or with `--index`, a config whose index is DIR and whose models are RAGQA_HOME's (via symlinks)."""
+    from settings.paths import Paths
+
+    if index_dir is None:
+        yield cfg
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="ragqa-simulate-home-"))
+    try:
+        os.symlink(Path(index_dir).resolve(), tmp / "index")
+        os.symlink(cfg.paths.models_dir.resolve(), tmp / "models")
+        yield cfg.with_(paths=Paths(tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---- the simulation -------------------------------------------------------------------------------------
+def simulate_one(
+    qa: Any, store: Any, example: QAExample, *, k_candidates: int, seed: int, correct: bool
+) -> dict[str, int]:
+    """Ask one question as the UI does, record it, rank the candidates by F1, maybe correct; returns counts."""
+    passages = qa.retrieve(example.question)
+    _messages, shown = qa.build_prompt(qa.generator.current(), example.question, passages, ())
+    cands = qa.candidates(example.question, shown, (), n=k_candidates, seed=seed)
+    records = [dict(c.to_record(), label=chr(ord("A") + i)) for i, c in enumerate(cands)]
+    ids = store.record_interaction(
+        example.question, [p.to_dict() for p in shown], records, session_id=SESSION
+    )
+    order, both_bad = f1_ranking(ids.candidate_ids, [candidate_f1(c.text, example) for c in cands])
+    store.record_ranking(ids.interaction_id, order, both_bad=both_bad, session_id=SESSION)
+    counts = {"candidates": len(cands), "both_bad": int(both_bad), "corrections": 0}
+    if correct:
+        counts["corrections"] = _record_correction(store, ids, correction_text(example, shown), cands)
+    return counts
+
+
+def _record_correction(store: Any, ids: Any, text: str, cands: Sequence[Any]) -> int:
+    """Record the correction replacing every candidate; 0 when a candidate already says exactly that."""
+    from feedback_store.pairs import normalize_text
+
+    if any(normalize_text(c.text) == normalize_text(text) for c in cands):
+        return 0  # the store refuses a correction identical to an answer it replaces: nothing to teach
+    store.record_correction(ids.interaction_id, text, replaces=list(ids.candidate_ids), session_id=SESSION)
+    return 1
+
+
+def simulate(
+    options: SimulationOptions, *, config: AppConfig | None = None, embedder: Any = None
+) -> SimulationSummary:
+    """Run the simulated annotator (see the module docstring); returns what it recorded."""
+    from tqdm import tqdm
+
+    from app.qa import QAError, QAService
+    from evaluation.formats import EvalDataError
+    from feedback_store.errors import FeedbackError
+    from feedback_store.store import FeedbackStore
+
+    t0 = time.perf_counter()
+    if not 2 <= options.k_candidates <= 4:
+        raise SimulationError(f"--k-candidates must be between 2 and 4, got {options.k_candidates}")
+    cfg = config or AppConfig.load()
+    try:
+        dataset = load_qa(options.qa, options.fmt)
+    except EvalDataError as e:
+        raise SimulationError(str(e)) from e
+    examples = select(dataset, options)
+    corrected = pick_corrected(len(examples), options.correct_fraction, options.seed)
+    _require_model(cfg)
+    if embedder is None:
+        from retrieval.embedder import SentenceTransformerEmbedder
+
+        embedder = SentenceTransformerEmbedder(cfg.embedder)
+    ensure_indexed(dataset, examples, options.index or cfg.paths.index_dir, cfg, embedder)
+    summary = SimulationSummary()
+    with serving_config(cfg, options.index) as served, FeedbackStore.open(cfg.paths.feedback_db) as store:
+        qa = QAService(served, embedder=embedder)
+        bar = tqdm(examples, desc="simulated questions", unit="q", disable=not options.progress)
+        for i, example in enumerate(bar):
+            try:
+                counts = simulate_one(
+                    qa,
+                    store,
+                    example,
+                    k_candidates=options.k_candidates,
+                    seed=options.seed * 1_000_003 + i,
+                    correct=i in corrected,
+                )
+            except QAError as e:
+                summary.errors.append(f"{example.qid}: {e}")
+                continue
+            except FeedbackError as e:
+                raise SimulationError(f"the feedback store refused question {example.qid}: {e}") from e
+            summary.questions += 1
+            summary.rankings += 1
+            summary.candidates += counts["candidates"]
+            summary.both_bad += counts["both_bad"]
+            summary.corrections += counts["corrections"]
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _require_model(cfg: AppConfig) -> None:
+    from model_store.registry import ModelRegistry
+
+    if ModelRegistry(cfg.paths.models_dir).current_name() is None:
+        raise SimulationError(f"no model is published in {cfg.paths.models_dir}: run `ragqa setup` first")
+
+
+# ---- command line ---------------------------------------------------------------------------------------
+def _titles(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="simulate_feedback.py",
+        description=f"Simulated annotator: rank the model's candidates by token F1 (rater session {SESSION}).",
+    )
+    p.add_argument("--qa", type=Path, required=True, help="QA file with gold answers (SQuAD JSON, JSONL)")
+    p.add_argument("--format", dest="fmt", choices=("squad", "nq-open", "jsonl"), help="default: detected")
+    p.add_argument("--k-candidates", type=int, default=4, help="candidates per question, 2..4 (default 4)")
+    p.add_argument("--limit", type=int, help="a seeded random subset of N questions")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--correct-fraction", type=float, default=0.0, help="share of questions also corrected")
+    p.add_argument("--only-answerable", action="store_true", help="skip SQuAD 2.0 unanswerable questions")
+    p.add_argument("--articles", type=_titles, default=(), help="comma-separated SQuAD titles to keep")
+    p.add_argument("--exclude-articles", type=_titles, default=(), help="comma-separated titles to skip")
+    p.add_argument("--index", type=Path, help="index folder to use (default: RAGQA_HOME's index)")
+    p.add_argument(
+        "--batch", action="store_true", help="no progress bar (logs and CI); the summary still prints"
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    options = SimulationOptions(
+        qa=args.qa,
+        k_candidates=args.k_candidates,
+        limit=args.limit,
+        seed=args.seed,
+        correct_fraction=args.correct_fraction,
+        only_answerable=args.only_answerable,
+        articles=args.articles,
+        exclude_articles=args.exclude_articles,
+        index=args.index,
+        fmt=args.fmt,
+        progress=not args.batch,
+    )
+    from settings.errors import run_guarded  # the one error boundary, as in `ragqa`
+
+    return run_guarded(lambda: _report(simulate(options)))
+
+
+def _report(summary: SimulationSummary) -> int:
+    print(summary.text())
+    return 0 if summary.questions else 1
