@@ -16,6 +16,7 @@ from typing import Any
 from app.config import AppConfig
 from app.errors import AppError
 from app.generator import GenerationError, GenerationStats, Generator, ServedModel
+from feedback_store.records import NewCandidate
 from model_store.registry import ModelRegistry
 from retrieval.prompt import NO_ANSWER, fit_passages, parse_citations, render_prompt
 from retrieval.types import Passage
@@ -68,13 +69,9 @@ class Candidate:
     latency_ms: float
     cited: list[int] = field(default_factory=list)
 
-    def to_record(self) -> dict[str, Any]:
-        return {
-            "text": self.text,
-            "model_version": self.model_version,
-            "sampling": self.sampling,
-            "latency_ms": self.latency_ms,
-        }
+    def to_record(self, label: str | None = None) -> NewCandidate:
+        """The feedback store's record of this candidate (shown to the rater as `label`)."""
+        return NewCandidate(self.text, self.model_version, self.sampling, self.latency_ms, label)
 
 
 def _content_words(text: str) -> set[str]:

@@ -20,6 +20,7 @@ from app.qa import AskResult, QAError, plain_history
 from app.ranking import TWO_WAY_CHOICES, RankingError, parse_order, two_way
 from app.render import inert_markdown, snippet
 from app.services import Services
+from feedback_store.records import NewCandidate
 
 log = logging.getLogger(__name__)
 LABELS = ["A", "B", "C", "D"]
@@ -147,13 +148,13 @@ class Handlers:
     def _record_answer(self, question: str, result: AskResult, state: dict[str, Any]) -> str:
         # The turns the model saw: plain_history drops empty answers, which the store would refuse as context.
         context = plain_history(state["history"])
-        candidate = {
-            "text": result.answer,
-            "model_version": result.model_version,
-            "sampling": {"do_sample": False, "max_new_tokens": self.s.config.max_new_tokens},
-            "latency_ms": result.timings_ms["total"],
-            "label": "answer",
-        }
+        candidate = NewCandidate(
+            text=result.answer,
+            model_version=result.model_version,
+            sampling={"do_sample": False, "max_new_tokens": self.s.config.max_new_tokens},
+            latency_ms=result.timings_ms["total"],
+            label="answer",
+        )
         try:
             ids = self.s.store.record_interaction(
                 question,
@@ -193,7 +194,7 @@ class Handlers:
         try:
             self._limit(user, state)
             cands = self.s.qa.candidates(last["question"], last["passages"], last["context"], n=n)
-            records = [dict(c.to_record(), label=LABELS[i]) for i, c in enumerate(cands)]
+            records = [c.to_record(label=LABELS[i]) for i, c in enumerate(cands)]
             ids = self.s.store.add_candidates(last["interaction_id"], records)
         except (QAError, RateLimited) as e:
             return (*hidden, _ranking_visibility(0), _err(str(e)), state)

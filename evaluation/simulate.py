@@ -233,7 +233,7 @@ def simulate_one(
     passages = qa.retrieve(example.question)
     _messages, shown = qa.build_prompt(qa.generator.current(), example.question, passages, ())
     cands = qa.candidates(example.question, shown, (), n=k_candidates, seed=seed)
-    records = [dict(c.to_record(), label=chr(ord("A") + i)) for i, c in enumerate(cands)]
+    records = [c.to_record(label=chr(ord("A") + i)) for i, c in enumerate(cands)]
     ids = store.record_interaction(
         example.question, [p.to_dict() for p in shown], records, session_id=SESSION
     )

@@ -32,6 +32,18 @@ class InteractionIds:
 
 
 @dataclass(frozen=True)
+class NewCandidate:
+    """A candidate answer to record (`record_interaction`, `add_candidates`): the write-side twin of
+    CandidateRecord, so the app and the simulator hand the store one shape instead of dicts of their own."""
+
+    text: str
+    model_version: str
+    sampling: dict[str, Any] = field(default_factory=dict)  # seed, temperature, top_p, max_new_tokens, ...
+    latency_ms: float | None = None
+    label: str | None = None  # what the rater sees: "answer", "A", "B", ...
+
+
+@dataclass(frozen=True)
 class CandidateRecord:
     id: int
     position: int  # 0-based order of generation within the interaction

@@ -41,6 +41,7 @@ from feedback_store.records import (
     ImportResult,
     InteractionIds,
     InteractionRecord,
+    NewCandidate,
     RankingRecord,
     RatingRecord,
 )
@@ -285,8 +286,10 @@ class FeedbackStore:
             raise FeedbackValidationError("at least one candidate answer is needed")
         out = []
         for i, c in enumerate(candidates, start=1):
+            if isinstance(c, NewCandidate):
+                c = asdict(c)
             if not isinstance(c, Mapping):
-                raise FeedbackValidationError(f"candidate {i} must be a dict")
+                raise FeedbackValidationError(f"candidate {i} must be a NewCandidate or a dict")
             sampling = c.get("sampling", {}) or {}
             if not isinstance(sampling, Mapping):
                 raise FeedbackValidationError(f"candidate {i} sampling must be a dict")

@@ -11,44 +11,30 @@ Outputs in `out_dir`: `adapter/`, `checkpoints/`, `metrics.json`, `plots/dpo_cur
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-from typing import Any
 
-from training.config import TrainConfig, resolve_device, trainer_kwargs, want_4bit
-from training.data import ExportData, require
+from training.config import TrainConfig, trainer_kwargs
+from training.data import ExportData
+from training.stage_result import StageResult
+from training.trl_stage import device_and_4bit, prepare_for_kbit, run_trainer, train_pairs, write_outputs
 
 
 def train_dpo(
     cfg: TrainConfig, *, model_dir: Path, data: ExportData, out_dir: Path, resume: bool = False
-) -> dict[str, Any]:
+) -> StageResult:
     """Train the DPO policy adapter on `model_dir`. Returns the stage result dict."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     from model_store.loading import load_causal_lm, load_tokenizer, lora_config
-    from training.plots import plot_curves
-    from training.sft import last_checkpoint
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    pairs = data.pairs.get("train", [])
-    require(
-        len(pairs),
-        cfg.data.min_pairs,
-        "preference pairs in the train split",
-        "Rank more answers in the app (or lower data.min_pairs) before DPO.",
-    )
-    device = resolve_device(cfg)
-    four_bit = want_4bit(cfg, device)
+    pairs = train_pairs(cfg, data, "DPO")
+    device, four_bit = device_and_4bit(cfg)
     tokenizer = load_tokenizer(model_dir)
     model = load_causal_lm(model_dir, load_in_4bit=four_bit, device=device)
-    if four_bit:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=cfg.dpo.gradient_checkpointing
-        )
+    model = prepare_for_kbit(model, cfg.dpo, four_bit)
     out_dir.mkdir(parents=True, exist_ok=True)
     args = DPOConfig(
         **trainer_kwargs(cfg.dpo, cfg, device, out_dir / "checkpoints"),
@@ -67,47 +53,22 @@ def train_dpo(
         processing_class=tokenizer,
         peft_config=lora_config(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets, "CAUSAL_LM"),
     )
-    train_out = trainer.train(
-        resume_from_checkpoint=last_checkpoint(out_dir / "checkpoints") if resume else None
-    )
-    heldout = trainer.evaluate() if test else {}
-    adapter = out_dir / "adapter"
-    trainer.save_model(str(adapter))
-    history = list(trainer.state.log_history)
-    processes = trainer.accelerator.num_processes
-    trainer.accelerator.wait_for_everyone()
-    if not trainer.is_world_process_zero():
-        return {"status": "done", "reason": None, "outputs": {}, "metrics": {}, "plots": []}
+    run = run_trainer(trainer, out_dir, resume=resume)
+    if not run.is_main:
+        return StageResult.done()
     metrics = {
         "pairs_train": len(pairs),
         "pairs_test": len(test),
-        "steps": int(train_out.global_step),
-        "processes": processes,
-        "train_loss": float(train_out.training_loss),
+        **run.summary(),
         "beta": cfg.dpo.beta,
-        "heldout_accuracy": heldout.get("eval_rewards/accuracies"),
-        "heldout_mean_margin": heldout.get("eval_rewards/margins"),
-        "heldout_loss": heldout.get("eval_loss"),
-        "runtime_s": float(train_out.metrics.get("train_runtime", 0.0)),
+        "heldout_accuracy": run.heldout.get("eval_rewards/accuracies"),
+        "heldout_mean_margin": run.heldout.get("eval_rewards/margins"),
+        "heldout_loss": run.heldout.get("eval_loss"),
         "qlora": four_bit,
     }
-    (out_dir / "metrics.json").write_text(json.dumps({"summary": metrics, "log_history": history}, indent=1))
-    plots = []
-    if cfg.plots:
-        png = plot_curves(
-            history,
-            ["loss", "rewards/accuracies", "rewards/margins"],
-            out_dir / "plots" / "dpo_curves.png",
-            "DPO",
-        )
-        plots = [str(png)] if png else []
-    return {
-        "status": "done",
-        "reason": None,
-        "outputs": {"adapter": str(adapter)},
-        "metrics": metrics,
-        "plots": plots,
-    }
+    curves = ["loss", "rewards/accuracies", "rewards/margins"]
+    plots = write_outputs(cfg, out_dir, metrics, run.history, curves, "dpo_curves", "DPO")
+    return StageResult.done(outputs={"adapter": str(run.adapter)}, metrics=metrics, plots=plots)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ checkpoint, and the registry's `.partial` + rename publish means a kill never le
 version (a version published just before a kill is found again by its run_id and not published twice).
 
 Run state and resume: training/run_state.py; the report: training/report.py; `python -m training.<stage>`:
-training/stage_cli.py. Stage results are plain dicts: {"status", "reason", "outputs": {name: path}, "metrics": {...}, "plots": [...]}.
+training/stage_cli.py. Stage results are StageResult records (training/stage_result.py), stored in state.json as dicts.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from training.config import (
 from training.data import ExportData, TrainingDataError, load_export, require
 from training.report import stage_summary, write_report
 from training.run_state import RetrainError, RunState, new_run_id, now_iso, start_model
+from training.stage_result import StageResult
 
 
 @dataclass
@@ -141,7 +142,7 @@ class RunContext:
         return self.output("sft", "merged") or self.start_dir
 
 
-def stage_export(ctx: RunContext) -> dict[str, Any]:
+def stage_export(ctx: RunContext) -> StageResult:
     from feedback_store import FeedbackStore
     from feedback_store.export import export_snapshot
 
@@ -174,13 +175,10 @@ def stage_export(ctx: RunContext) -> dict[str, Any]:
     data = load_export(out)
     ctx.data = data
     check_enough_data(ctx.cfg, ctx.state.data.get("plan", []), data)
-    return {
-        "status": "done",
-        "reason": None,
-        "outputs": {"export": str(out)},
-        "metrics": {"snapshot_id": data.snapshot_id, "source": source, **data.counts()},
-        "plots": [],
-    }
+    return StageResult.done(
+        outputs={"export": str(out)},
+        metrics={"snapshot_id": data.snapshot_id, "source": source, **data.counts()},
+    )
 
 
 def check_enough_data(cfg: TrainConfig, plan: list[str], data: ExportData) -> None:
@@ -203,7 +201,7 @@ def check_enough_data(cfg: TrainConfig, plan: list[str], data: ExportData) -> No
         )
 
 
-def stage_sft(ctx: RunContext) -> dict[str, Any]:
+def stage_sft(ctx: RunContext) -> StageResult:
     from training import sft
 
     return sft.train_sft(
@@ -211,7 +209,7 @@ def stage_sft(ctx: RunContext) -> dict[str, Any]:
     )
 
 
-def stage_rm(ctx: RunContext) -> dict[str, Any]:
+def stage_rm(ctx: RunContext) -> StageResult:
     from training import reward
 
     return reward.train_reward_model(
@@ -219,7 +217,7 @@ def stage_rm(ctx: RunContext) -> dict[str, Any]:
     )
 
 
-def stage_ppo(ctx: RunContext) -> dict[str, Any]:
+def stage_ppo(ctx: RunContext) -> StageResult:
     from training.ppo import run_ppo
 
     prompts = ctx.data.prompts.get("train", [])
@@ -243,16 +241,14 @@ def stage_ppo(ctx: RunContext) -> dict[str, Any]:
         resume=resume,
     )
     plots = sorted(str(p) for p in (out / "plots").glob("*.png"))
-    return {
-        "status": "done",
-        "reason": None,
-        "outputs": {"adapter": str(result.policy_adapter_dir)},
-        "metrics": {"prompts_train": len(prompts), **result.summary},
-        "plots": plots,
-    }
+    return StageResult.done(
+        outputs={"adapter": str(result.policy_adapter_dir)},
+        metrics={"prompts_train": len(prompts), **result.summary},
+        plots=plots,
+    )
 
 
-def stage_dpo(ctx: RunContext) -> dict[str, Any]:
+def stage_dpo(ctx: RunContext) -> StageResult:
     from training import dpo
 
     return dpo.train_dpo(
@@ -267,18 +263,12 @@ def _policy_stage(ctx: RunContext) -> str | None:
     return None
 
 
-def stage_merge(ctx: RunContext) -> dict[str, Any]:
+def stage_merge(ctx: RunContext) -> StageResult:
     from training import merge
 
     policy = _policy_stage(ctx)
     if policy is None:
-        return {
-            "status": "skipped",
-            "reason": "no policy adapter to merge",
-            "outputs": {},
-            "metrics": {},
-            "plots": [],
-        }
+        return StageResult.skipped("no policy adapter to merge")
     device = resolve_device(ctx.cfg)
     qlora = ctx.cfg.ppo.load_in_4bit if policy == "ppo" else want_4bit(ctx.cfg, device)
     checks = ctx.data.prompts.get("train", [])[: ctx.cfg.merge.check_prompts] or [
@@ -295,13 +285,7 @@ def stage_merge(ctx: RunContext) -> dict[str, Any]:
         atol=ctx.cfg.merge.qlora_atol if qlora else ctx.cfg.merge.atol,
         device="cuda" if qlora else "cpu",
     )
-    return {
-        "status": "done",
-        "reason": None,
-        "outputs": {"merged": str(out)},
-        "metrics": metrics,
-        "plots": [],
-    }
+    return StageResult.done(outputs={"merged": str(out)}, metrics=metrics)
 
 
 def candidate_dir(ctx: RunContext) -> Path | None:
@@ -309,20 +293,16 @@ def candidate_dir(ctx: RunContext) -> Path | None:
     return ctx.output("merge", "merged") or ctx.output("sft", "merged")
 
 
-def stage_evaluate(ctx: RunContext) -> dict[str, Any]:
+def stage_evaluate(ctx: RunContext) -> StageResult:
     from model_store.registry import ModelRegistry
     from training import evaluate
     from training.plots import plot_gate
 
     candidate = candidate_dir(ctx)
     if candidate is None:
-        return {
-            "status": "skipped",
-            "reason": "nothing was trained in this run (every training stage was skipped or not selected)",
-            "outputs": {},
-            "metrics": {},
-            "plots": [],
-        }
+        return StageResult.skipped(
+            "nothing was trained in this run (every training stage was skipped or not selected)"
+        )
     current = ModelRegistry(ctx.paths.models_dir).current()
     if current is None:
         raise RetrainError("the registry has no current model to compare against")
@@ -341,13 +321,7 @@ def stage_evaluate(ctx: RunContext) -> dict[str, Any]:
     if ctx.cfg.plots:
         png = plot_gate(metrics["candidate"], metrics["current"], out / "plots" / "gate.png")
         plots = [str(png)] if png else []
-    return {
-        "status": "done",
-        "reason": None,
-        "outputs": {"samples": str(out / "samples.jsonl")},
-        "metrics": metrics,
-        "plots": plots,
-    }
+    return StageResult.done(outputs={"samples": str(out / "samples.jsonl")}, metrics=metrics, plots=plots)
 
 
 def build_manifest(ctx: RunContext, decision: dict[str, Any]) -> dict[str, Any]:
@@ -374,7 +348,7 @@ def build_manifest(ctx: RunContext, decision: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def stage_publish(ctx: RunContext) -> dict[str, Any]:
+def stage_publish(ctx: RunContext) -> StageResult:
     from model_store.gguf import GgufExportError, gguf_extras
     from model_store.registry import ModelRegistry
     from training import evaluate
@@ -413,27 +387,15 @@ def stage_publish(ctx: RunContext) -> dict[str, Any]:
     return _published(version.name, decision, "published and made current")
 
 
-def _published(name: str, decision: dict[str, Any], why: str) -> dict[str, Any]:
-    return {
-        "status": "done",
-        "reason": why,
-        "outputs": {"version": name},
-        "metrics": {"gate": decision},
-        "plots": [],
-    }
+def _published(name: str, decision: dict[str, Any], why: str) -> StageResult:
+    return StageResult.done(outputs={"version": name}, metrics={"gate": decision}, reason=why)
 
 
-def _not_published(decision: dict[str, Any] | None, why: str) -> dict[str, Any]:
-    return {
-        "status": "skipped",
-        "reason": f"not published: {why}",
-        "outputs": {},
-        "metrics": {"gate": decision},
-        "plots": [],
-    }
+def _not_published(decision: dict[str, Any] | None, why: str) -> StageResult:
+    return StageResult.skipped(f"not published: {why}", {"gate": decision})
 
 
-STAGE_FUNCTIONS: dict[str, Callable[[RunContext], dict[str, Any]]] = {
+STAGE_FUNCTIONS: dict[str, Callable[[RunContext], StageResult]] = {
     "export": stage_export,
     "sft": stage_sft,
     "rm": stage_rm,
@@ -553,24 +515,15 @@ def _run_stages(ctx: RunContext, say: Callable[[str], None]) -> dict[str, Any]:
             result = STAGE_FUNCTIONS[name](ctx)
         except BaseException as e:
             state.data["status"] = "failed"
-            state.record(
-                name,
-                {
-                    "status": "failed",
-                    "reason": f"{type(e).__name__}: {e}",
-                    "outputs": {},
-                    "metrics": {},
-                    "plots": [],
-                },
-            )
+            state.record(name, StageResult.failed(e).to_dict())
             write_report(ctx)
             if isinstance(e, KeyboardInterrupt | Exception):
                 say(f"[{i}/{len(plan)}] {name}: FAILED ({type(e).__name__}: {e})")
                 say(f"nothing was published; resume with: ragqa retrain --resume {ctx.run_dir.name}")
             raise
-        result["seconds"] = round(time.perf_counter() - started, 1)
-        state.record(name, result)
-        say(f"[{i}/{len(plan)}] " + stage_summary(name, result) + f"  ({result['seconds']} s)")
+        seconds = round(time.perf_counter() - started, 1)
+        state.record(name, {**result.to_dict(), "seconds": seconds})
+        say(f"[{i}/{len(plan)}] " + stage_summary(name, result) + f"  ({seconds} s)")
     state.data["status"] = "finished"
     state.save()
     report = write_report(ctx)

@@ -18,13 +18,21 @@ Outputs in `out_dir`: `adapter/`, `merged/` (the folder PPO takes as reward_dir)
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from training.config import TrainConfig, resolve_device, trainer_kwargs, want_4bit
-from training.data import ExportData, TrainingDataError, conversation_lengths, require
+from training.config import TrainConfig, trainer_kwargs
+from training.data import ExportData, TrainingDataError, conversation_lengths
+from training.stage_result import StageResult
+from training.trl_stage import (
+    device_and_4bit,
+    merge_trained,
+    prepare_for_kbit,
+    run_trainer,
+    train_pairs,
+    write_outputs,
+)
 
 LENGTH_MARGIN = 8  # tokens on top of the longest rendered pair (TRL may append an EOS of its own)
 
@@ -65,27 +73,17 @@ def heldout_metrics(
 
 def train_reward_model(
     cfg: TrainConfig, *, model_dir: Path, data: ExportData, out_dir: Path, resume: bool = False
-) -> dict[str, Any]:
+) -> StageResult:
     """Train, merge and evaluate the reward model. Returns the stage result dict."""
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
     from model_store.loading import load_sequence_classifier, load_tokenizer, lora_config
     from model_store.reward import use_reward_padding
-    from training.merge import merge_adapter
-    from training.plots import plot_curves
-    from training.sft import last_checkpoint
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    pairs = data.pairs.get("train", [])
-    require(
-        len(pairs),
-        cfg.data.min_pairs,
-        "preference pairs in the train split",
-        "Rank more answers in the app (or lower data.min_pairs) before training a reward model.",
-    )
-    device = resolve_device(cfg)
-    four_bit = want_4bit(cfg, device)
+    pairs = train_pairs(cfg, data, "training a reward model")
+    device, four_bit = device_and_4bit(cfg)
     tokenizer = use_reward_padding(load_tokenizer(model_dir))
     lengths = pair_lengths(tokenizer, pairs)
     max_length = cfg.reward.max_length or (max(lengths) + LENGTH_MARGIN)
@@ -94,12 +92,7 @@ def train_reward_model(
     model = load_sequence_classifier(
         model_dir, load_in_4bit=four_bit, device=device, pad_token_id=tokenizer.pad_token_id
     )
-    if four_bit:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=cfg.reward.gradient_checkpointing
-        )
+    model = prepare_for_kbit(model, cfg.reward, four_bit)
     out_dir.mkdir(parents=True, exist_ok=True)
     args = RewardConfig(
         **trainer_kwargs(cfg.reward, cfg, device, out_dir / "checkpoints"),
@@ -120,61 +113,35 @@ def train_reward_model(
             "tokens and RewardTrainer drops them; raise reward.max_length (or set it to null to size it "
             "from the data)"
         )
-    train_out = trainer.train(
-        resume_from_checkpoint=last_checkpoint(out_dir / "checkpoints") if resume else None
-    )
-    adapter = out_dir / "adapter"
-    trainer.save_model(str(adapter))
-    history = list(trainer.state.log_history)
-    processes = trainer.accelerator.num_processes
-    trainer.accelerator.wait_for_everyone()
-    if not trainer.is_world_process_zero():
-        return {"status": "done", "reason": None, "outputs": {}, "metrics": {}, "plots": []}
-    tokenizer.save_pretrained(str(adapter))  # with the <|endoftext|> pad token the merged model needs
+    run = run_trainer(trainer, out_dir, resume=resume)
     del trainer, model
+    if not run.is_main:
+        return StageResult.done()
+    tokenizer.save_pretrained(str(run.adapter))  # with the <|endoftext|> pad token the merged model needs
 
     checks = [p["prompt"] + p["chosen"] for p in pairs[: cfg.merge.check_prompts]]
     merged = out_dir / "merged"
-    merge = merge_adapter(
-        model_dir,
-        adapter,
-        merged,
-        task="seq_cls",
-        qlora=four_bit,
-        check_conversations=checks,
-        atol=cfg.merge.qlora_atol if four_bit else cfg.merge.atol,
-        device=device,
+    merge = merge_trained(
+        cfg, model_dir, run.adapter, merged, task="seq_cls", qlora=four_bit, checks=checks, device=device
     )
-    accuracies = [row["accuracy"] for row in history if "accuracy" in row]
+    accuracies = [row["accuracy"] for row in run.history if "accuracy" in row]
     metrics = {
         "pairs_train": len(pairs),
         "pairs_used": kept,
         "pairs_dropped_too_long": len(pairs) - kept,
         "pairs_longer_than_max_length": too_long,
         "max_length": max_length,
-        "steps": int(train_out.global_step),
-        "processes": processes,
-        "train_loss": float(train_out.training_loss),
+        **run.summary(),
         "last_logged_train_accuracy": accuracies[-1] if accuracies else None,
-        "runtime_s": float(train_out.metrics.get("train_runtime", 0.0)),
         "qlora": four_bit,
         "merge": merge,
         **heldout_metrics(merged, data.pairs.get("test", []), cfg.reward.batch_size, device),
     }
-    (out_dir / "metrics.json").write_text(json.dumps({"summary": metrics, "log_history": history}, indent=1))
-    plots = []
-    if cfg.plots:
-        png = plot_curves(
-            history, ["loss", "accuracy", "margin"], out_dir / "plots" / "rm_curves.png", "Reward model"
-        )
-        plots = [str(png)] if png else []
-    return {
-        "status": "done",
-        "reason": None,
-        "outputs": {"adapter": str(adapter), "merged": str(merged)},
-        "metrics": metrics,
-        "plots": plots,
-    }
+    curves = ["loss", "accuracy", "margin"]
+    plots = write_outputs(cfg, out_dir, metrics, run.history, curves, "rm_curves", "Reward model")
+    return StageResult.done(
+        outputs={"adapter": str(run.adapter), "merged": str(merged)}, metrics=metrics, plots=plots
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,17 +15,18 @@ Skipped, with a reason, when there are fewer than `data.min_demonstrations` demo
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from training.config import TrainConfig, resolve_device, trainer_kwargs, want_4bit
 from training.data import ExportData
+from training.stage_result import StageResult
+from training.trl_stage import device_and_4bit, merge_trained, prepare_for_kbit, run_trainer, write_outputs
 
 
-def skipped(reason: str, **metrics: Any) -> dict[str, Any]:
-    return {"status": "skipped", "reason": reason, "outputs": {}, "metrics": metrics, "plots": []}
+def skipped(reason: str, **metrics: Any) -> StageResult:
+    return StageResult.skipped(reason, metrics)
 
 
 def build_sft_trainer(cfg: TrainConfig, model_dir: Path, data: ExportData, out_dir: Path) -> Any:
@@ -39,12 +40,7 @@ def build_sft_trainer(cfg: TrainConfig, model_dir: Path, data: ExportData, out_d
     four_bit = want_4bit(cfg, device)
     tokenizer = load_tokenizer(model_dir)
     model = load_causal_lm(model_dir, load_in_4bit=four_bit, device=device)
-    if four_bit:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=cfg.sft.gradient_checkpointing
-        )
+    model = prepare_for_kbit(model, cfg.sft, four_bit)
     args = SFTConfig(
         **trainer_kwargs(cfg.sft, cfg, device, out_dir / "checkpoints"),
         max_length=cfg.sft.max_length,
@@ -64,19 +60,10 @@ def build_sft_trainer(cfg: TrainConfig, model_dir: Path, data: ExportData, out_d
     )
 
 
-def last_checkpoint(folder: Path) -> str | None:
-    """The newest `checkpoint-N` a Trainer saved in `folder`, for resume_from_checkpoint."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
-
-
 def train_sft(
     cfg: TrainConfig, *, model_dir: Path, data: ExportData, out_dir: Path, resume: bool = False
-) -> dict[str, Any]:
+) -> StageResult:
     """Run SFT + merge. Returns the stage result dict (status, reason, outputs, metrics, plots)."""
-    from training.merge import merge_adapter
-    from training.plots import plot_curves
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     n_train, n_test = len(data.sft.get("train", [])), len(data.sft.get("test", []))
@@ -89,58 +76,40 @@ def train_sft(
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = build_sft_trainer(cfg, model_dir, data, out_dir)
-    train_out = trainer.train(
-        resume_from_checkpoint=last_checkpoint(out_dir / "checkpoints") if resume else None
-    )
-    eval_loss = trainer.evaluate()["eval_loss"] if trainer.eval_dataset is not None else None
-    adapter = out_dir / "adapter"
-    trainer.save_model(str(adapter))  # main process only; adapter weights + tokenizer
-    history = list(trainer.state.log_history)
-    processes = trainer.accelerator.num_processes
-    trainer.accelerator.wait_for_everyone()
-    if not trainer.is_world_process_zero():
-        return {"status": "done", "reason": None, "outputs": {}, "metrics": {}, "plots": []}
+    run = run_trainer(trainer, out_dir, resume=resume)
     del trainer
+    if not run.is_main:
+        return StageResult.done()
 
-    device = resolve_device(cfg)
+    device, qlora = device_and_4bit(cfg)
     checks = [ex["prompt"] + ex["completion"] for ex in data.sft["train"][: cfg.merge.check_prompts]]
-    qlora = want_4bit(cfg, device)
-    merge = merge_adapter(
+    merge = merge_trained(
+        cfg,
         model_dir,
-        adapter,
+        run.adapter,
         out_dir / "merged",
         task="causal_lm",
         qlora=qlora,
-        check_conversations=checks,
-        atol=cfg.merge.qlora_atol if qlora else cfg.merge.atol,
+        checks=checks,
         device=device,
     )
-    losses = [row["loss"] for row in history if "loss" in row]
+    losses = [row["loss"] for row in run.history if "loss" in row]
     metrics = {
         "demonstrations_train": n_train,
         "demonstrations_test": n_test,
-        "steps": int(train_out.global_step),
-        "processes": processes,
-        "train_loss": float(train_out.training_loss),
+        **run.summary(),
         "first_logged_loss": losses[0] if losses else None,
         "last_logged_loss": losses[-1] if losses else None,
-        "eval_loss": eval_loss,
-        "runtime_s": float(train_out.metrics.get("train_runtime", 0.0)),
+        "eval_loss": run.heldout.get("eval_loss"),
         "qlora": qlora,
         "merge": merge,
     }
-    (out_dir / "metrics.json").write_text(json.dumps({"summary": metrics, "log_history": history}, indent=1))
-    plots = []
-    if cfg.plots:
-        png = plot_curves(history, ["loss", "mean_token_accuracy"], out_dir / "plots" / "sft_loss.png", "SFT")
-        plots = [str(png)] if png else []
-    return {
-        "status": "done",
-        "reason": None,
-        "outputs": {"adapter": str(adapter), "merged": str(out_dir / "merged")},
-        "metrics": metrics,
-        "plots": plots,
-    }
+    plots = write_outputs(
+        cfg, out_dir, metrics, run.history, ["loss", "mean_token_accuracy"], "sft_loss", "SFT"
+    )
+    return StageResult.done(
+        outputs={"adapter": str(run.adapter), "merged": str(out_dir / "merged")}, metrics=metrics, plots=plots
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,22 +23,14 @@ class PromptError(TrainingError, ValueError):
     """The prompts are unusable (empty file, bad JSON, no chat messages, all too long)."""
 
 
-@dataclass
-class Rollout:
-    """One PPO batch. Filled in two stages: sampling/scoring (rollout.py), then rewards/advantages (trainer)."""
+@dataclass(frozen=True)
+class Sequences:
+    """Prompts and sampled responses of one PPO batch, as the model reads them (before any scoring)."""
 
     query_ids: Tensor  # [B, Q] long, prompt tokens, left-padded
     query_mask: Tensor  # [B, Q] long, 1 on prompt tokens
     response_ids: Tensor  # [B, R] long, sampled tokens, pad after the first EOS
     response_mask: Tensor  # [B, R] float, 1 up to and including the first EOS
-    ends_with_eos: Tensor  # [B] bool, the response emitted EOS within max_new_tokens
-    scores: Tensor  # [B] float, reward-model (or reward_fn) score before penalties
-    logprobs: Tensor  # [B, R] float, log pi_old(token) under the sampling policy (temperature applied)
-    ref_logprobs: Tensor  # [B, R] float, log pi_ref(token) with adapters disabled
-    values: Tensor  # [B, R] float, critic values before each response token
-    rewards: Tensor | None = None  # [B, R] float, KL-penalised per-token rewards, score on the last token
-    advantages: Tensor | None = None  # [B, R] float, GAE advantages (whitened if configured)
-    returns: Tensor | None = None  # [B, R] float, advantages + values (targets of the critic)
 
     @property
     def input_ids(self) -> Tensor:
@@ -50,10 +42,24 @@ class Rollout:
         """[B, Q + R] 1 on prompt tokens and on the valid response tokens."""
         return torch.cat([self.query_mask, self.response_mask.long()], dim=1)
 
-    def select(self, index: Tensor) -> Rollout:
+    def select(self, index: Tensor) -> Any:
         """Rows `index` ([b] long) of every field: the mini-batch view used by the PPO epochs."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        return Rollout(**{k: (v[index] if v is not None else None) for k, v in values.items()})
+        return type(self)(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+
+@dataclass(frozen=True)
+class Rollout(Sequences):
+    """One PPO batch, built ONCE after sampling, scoring and reward shaping, then only read (like torchtune's
+    Trajectory): the PPO epochs take mini-batch views of it with `select`."""
+
+    ends_with_eos: Tensor  # [B] bool, the response emitted EOS within max_new_tokens
+    scores: Tensor  # [B] float, reward-model (or reward_fn) score before penalties
+    logprobs: Tensor  # [B, R] float, log pi_old(token) under the sampling policy (temperature applied)
+    ref_logprobs: Tensor  # [B, R] float, log pi_ref(token) with adapters disabled
+    values: Tensor  # [B, R] float, critic values before each response token
+    rewards: Tensor  # [B, R] float, KL-penalised per-token rewards, score on the last token
+    advantages: Tensor  # [B, R] float, GAE advantages (whitened if configured)
+    returns: Tensor  # [B, R] float, advantages + values (targets of the critic)
 
 
 def read_prompts_jsonl(path: Path) -> list[list[dict]]:

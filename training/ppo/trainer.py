@@ -51,6 +51,7 @@ from training.ppo.rollout import (
     PromptError,
     RewardFn,
     Rollout,
+    Sequences,
     left_pad,
     sample_responses,
     tokenize_prompts,
@@ -132,16 +133,14 @@ def _eos_ids(tokenizer: Any, model: ActorCritic) -> list[int]:
 
 @torch.no_grad()
 def _forward_in_chunks(
-    model: ActorCritic, rollout: Rollout, chunk: int, temperature: float
+    model: ActorCritic, seqs: Sequences, chunk: int, temperature: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Old log-probs, reference log-probs and values, in micro-batch sized chunks. -> three [B, R]."""
     logprobs, ref_logprobs, values = [], [], []
-    response_len = rollout.response_ids.shape[1]
-    for start in range(0, rollout.query_ids.shape[0], chunk):
-        rows = torch.arange(
-            start, min(start + chunk, rollout.query_ids.shape[0]), device=rollout.query_ids.device
-        )
-        part = rollout.select(rows)
+    response_len = seqs.response_ids.shape[1]
+    for start in range(0, seqs.query_ids.shape[0], chunk):
+        rows = torch.arange(start, min(start + chunk, seqs.query_ids.shape[0]), device=seqs.query_ids.device)
+        part = seqs.select(rows)
         ids, mask = part.input_ids, part.attention_mask
         logits = model.policy_logits(ids, mask, response_len).float() / temperature
         logprobs.append(logprobs_from_logits(logits, part.response_ids))
@@ -185,8 +184,9 @@ def _collect_rollout(
     eos_ids: list[int],
     pad_id: int,
     device: torch.device,
-) -> Rollout:
-    """Steps 1-2: sample, score, old/ref log-probs and values."""
+    kl_coef: float,
+) -> tuple[Rollout, dict[str, float]]:
+    """Steps 1-4: sample, score, old/ref log-probs and values, then rewards and advantages: the Rollout, built once."""
     query_ids, query_mask = left_pad(query_tokens, pad_id)
     query_ids, query_mask = query_ids.to(device), query_mask.to(device)
     response_ids, response_mask, ended = sample_responses(
@@ -194,45 +194,60 @@ def _collect_rollout(
     )
     scores = _score(
         scorer, tokenizer, prompts, query_tokens, response_ids, response_mask, cfg.batch_size, device
-    )
-    empty = torch.zeros_like(response_mask)
-    rollout = Rollout(
-        query_ids, query_mask, response_ids, response_mask, ended, scores.to(device), empty, empty, empty
-    )
+    ).to(device)
+    seqs = Sequences(query_ids, query_mask, response_ids, response_mask)
     chunk = cfg.mini_batch_size // cfg.grad_accum
-    rollout.logprobs, rollout.ref_logprobs, rollout.values = _forward_in_chunks(
-        model, rollout, chunk, cfg.temperature
+    logprobs, ref_logprobs, values = _forward_in_chunks(model, seqs, chunk, cfg.temperature)
+    shaped, stats = _shape_rewards(scores, ended, logprobs, ref_logprobs, values, response_mask, cfg, kl_coef)
+    rollout = Rollout(
+        query_ids,
+        query_mask,
+        response_ids,
+        response_mask,
+        ends_with_eos=ended,
+        scores=scores,
+        logprobs=logprobs,
+        ref_logprobs=ref_logprobs,
+        values=values,
+        **shaped,
     )
-    return rollout
+    return rollout, stats
 
 
-def _shape_rewards(rollout: Rollout, cfg: PPOConfig, kl_coef: float) -> dict[str, float]:
-    """Steps 3-4: penalties, KL-penalised rewards, GAE and whitening (fills rollout.rewards/advantages/returns)."""
-    device = rollout.logprobs.device
-    scores = rollout.scores.to(device).clone()
+def _shape_rewards(
+    raw_scores: Tensor,
+    ends_with_eos: Tensor,
+    logprobs: Tensor,
+    ref_logprobs: Tensor,
+    values: Tensor,
+    mask: Tensor,
+    cfg: PPOConfig,
+    kl_coef: float,
+) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """Steps 3-4: penalties, KL-penalised rewards, GAE and whitening. -> ({rewards, advantages, returns}, stats)."""
+    scores = raw_scores.to(logprobs.device).clone()
     if cfg.missing_eos_penalty is not None:
-        scores[~rollout.ends_with_eos] -= cfg.missing_eos_penalty
+        scores[~ends_with_eos] -= cfg.missing_eos_penalty
     if cfg.score_clip is not None:
         scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
-    mask = rollout.response_mask
-    rewards, kl, non_score = compute_rewards(scores, rollout.logprobs, rollout.ref_logprobs, mask, kl_coef)
+    rewards, kl, non_score = compute_rewards(scores, logprobs, ref_logprobs, mask, kl_coef)
     if cfg.whiten_rewards:
         rewards = masked_whiten(rewards, mask, shift_mean=False)
-    advantages, returns = gae_advantages(rewards, rollout.values, mask, cfg.gamma, cfg.lam)
+    advantages, returns = gae_advantages(rewards, values, mask, cfg.gamma, cfg.lam)
     if cfg.whiten_advantages:
         advantages = masked_whiten(advantages, mask)
-    rollout.rewards, rollout.advantages, rollout.returns = rewards, advantages, returns
-    return {
-        "score": float(rollout.scores.mean()),
+    stats = {
+        "score": float(raw_scores.mean()),
         "score_with_penalties": float(scores.mean()),
         "kl": float(kl.sum(dim=1).mean()),
         "non_score_reward": float(non_score.sum(dim=1).mean()),
         "rlhf_reward": float((scores + non_score.sum(dim=1)).mean()),
         "response_length": float(mask.sum(dim=1).mean()),
-        "eos_fraction": float(rollout.ends_with_eos.float().mean()),
-        "value_mean": float(masked_mean(rollout.values, mask)),
-        "explained_variance": explained_variance(rollout.values, returns, mask),
+        "eos_fraction": float(ends_with_eos.float().mean()),
+        "value_mean": float(masked_mean(values, mask)),
+        "explained_variance": explained_variance(values, returns, mask),
     }
+    return {"rewards": rewards, "advantages": advantages, "returns": returns}, stats
 
 
 def _ppo_update(
@@ -511,7 +526,8 @@ def run_ppo(
         mine = _draw_prompts(len(query_tokens), cfg, step, rank, world)
         # 2. score + reference log-probs + values (no gradients).
         model.eval()
-        rollout = _collect_rollout(
+        # 3-4. rewards and advantages: the rollout is built once here and only read afterwards.
+        rollout, stats = _collect_rollout(
             model,
             cfg,
             scorer,
@@ -522,9 +538,8 @@ def run_ppo(
             eos_ids,
             pad_id,
             device,
+            kl_ctl.value,
         )
-        # 3-4. rewards and advantages.
-        stats = _shape_rewards(rollout, cfg, kl_ctl.value)
         # 5. PPO epochs x mini-batches.
         model.train(cfg.gradient_checkpointing)
         shuffle = torch.Generator().manual_seed(seed)
