@@ -32,7 +32,7 @@ from feedback_store.records import (
     ImportedPreference,
     ImportResult,
 )
-from feedback_store.store import FeedbackStore
+from feedback_store.store import FeedbackStore, dumps_json, now_utc
 
 _ROLES = ("system", "user", "assistant")
 _QUESTION = re.compile(r"\n\nQuestion: (.*)\Z", re.DOTALL)  # retrieval.prompt.render_user_message
@@ -232,4 +232,60 @@ def import_file(store: FeedbackStore, path: str | Path) -> ImportResult:
     """Validate `path` fully, then store all of its items in one transaction (marked imported:<name>)."""
     path = Path(path)
     items = parse_file(path, max_text_chars=store.max_text_chars)
-    return store.import_items(items, origin=IMPORTED_PREFIX + path.name)
+    return store.import_items(items, origin=IMPORTED_PREFIX + path.name, insert=insert_imported)
+
+
+def insert_imported(conn: Any, item: ImportedPreference | ImportedDemonstration, origin: str) -> int:
+    """One imported item's rows (inside the store's import transaction); -> its interaction id.
+
+    Each item becomes its own interaction with the verbatim prompt. Preferences from a ranking become two
+    candidates ranked [[chosen], [rejected]]; from a correction, the rejected candidate and a correction replacing
+    it; from thumbs, two candidates rated up and down. Demonstrations from a thumbs-up become a candidate rated up,
+    others a correction.
+    """
+    now = now_utc()
+    cur = conn.execute(
+        "INSERT INTO interactions (question, context_json, session_id, user_name, created_at, prompt_json) "
+        "VALUES (?, '[]', ?, ?, ?, ?) RETURNING id",
+        (
+            item.question,
+            origin,
+            item.rater,
+            now,
+            json.dumps([dict(m) for m in item.prompt], ensure_ascii=False),
+        ),
+    )
+    iid = int(cur.fetchone()[0])
+
+    def cand(text: str, model: str) -> dict[str, Any]:
+        return {"text": text, "model_version": model, "sampling": "{}", "latency_ms": None, "label": None}
+
+    def feedback(table: str, cols: str, values: tuple[Any, ...]) -> None:
+        marks = ", ".join("?" * (len(values) + 3))
+        conn.execute(
+            f"INSERT INTO {table} ({cols}, session_id, user_name, created_at) VALUES ({marks})",
+            (*values, origin, item.rater, now),
+        )
+
+    if isinstance(item, ImportedDemonstration):
+        if item.source == "thumbs_up":
+            (cid,) = FeedbackStore.insert_candidates(conn, iid, [cand(item.text, item.model)], now)
+            feedback("ratings", "candidate_id, up", (cid, 1))
+        else:
+            feedback("corrections", "interaction_id, text, replaces_json", (iid, item.text, "[]"))
+    elif item.source == "correction":
+        (rid,) = FeedbackStore.insert_candidates(conn, iid, [cand(item.rejected, item.rejected_model)], now)
+        feedback("corrections", "interaction_id, text, replaces_json", (iid, item.chosen, dumps_json([rid])))
+    else:
+        a, b = FeedbackStore.insert_candidates(
+            conn,
+            iid,
+            [cand(item.chosen, item.chosen_model), cand(item.rejected, item.rejected_model)],
+            now,
+        )
+        if item.source == "thumbs":
+            feedback("ratings", "candidate_id, up", (a, 1))
+            feedback("ratings", "candidate_id, up", (b, 0))
+        else:
+            feedback("rankings", "interaction_id, order_json, both_bad", (iid, dumps_json([[a], [b]]), 0))
+    return iid

@@ -57,11 +57,11 @@ _MAX_ID_CHARS = 200  # session ids, user names, model versions, labels, client t
 DSN_ENV = "RAGQA_FEEDBACK_DSN"
 
 
-def _now() -> str:
+def now_utc() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def _dumps(value: Any) -> str:
+def dumps_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
@@ -115,7 +115,7 @@ class FeedbackStore:
                         client_token=None) -> int
           replaces: candidate ids the written answer is better than (None: none in particular).
       delete_session(session_id) -> int     everything a rater session recorded (rows deleted)
-      import_items(items, *, origin) -> ImportResult   used by feedback_store.importer (one transaction)
+      import_items(items, *, origin, insert) -> ImportResult   used by feedback_store.importer (one transaction)
 
     Reads (own connections, a consistent snapshot each):
       iter_interactions() -> Iterator[InteractionRecord]   streamed in id order, for export
@@ -298,7 +298,7 @@ class FeedbackStore:
                 {
                     "text": self._text(f"candidate {i} text", c.get("text"), allow_empty=True),
                     "model_version": self._ident(f"candidate {i} model_version", c.get("model_version")),
-                    "sampling": _dumps(dict(sampling)),
+                    "sampling": dumps_json(dict(sampling)),
                     "latency_ms": None if latency is None else float(latency),
                     "label": self._ident(f"candidate {i} label", c.get("label"), optional=True),
                 }
@@ -325,7 +325,7 @@ class FeedbackStore:
         """
         if client_token is not None:
             self._ident("client_token", client_token)
-        request_sha = hashlib.sha256(_dumps([kind, request]).encode()).hexdigest()
+        request_sha = hashlib.sha256(dumps_json([kind, request]).encode()).hexdigest()
         if self.read_only:
             raise FeedbackStoreUnavailable(
                 f"the feedback database {self.path} was opened read-only; nothing was recorded"
@@ -341,7 +341,7 @@ class FeedbackStore:
                         kind,
                         request_sha,
                         session_id if isinstance(session_id, str) else "",
-                        _now(),
+                        now_utc(),
                     ),
                 ).fetchone()
                 if claimed is None:
@@ -351,7 +351,7 @@ class FeedbackStore:
                 conn.execute(
                     "UPDATE client_tokens SET result_json = ?, session_id = ? WHERE token = ?",
                     (
-                        _dumps(encode(result)),
+                        dumps_json(encode(result)),
                         session_id if isinstance(session_id, str) else session_id(),
                         client_token,
                     ),
@@ -381,9 +381,7 @@ class FeedbackStore:
             self._writer = run_batch(self._backend, self._writer, batch)
 
     @staticmethod
-    def _insert_candidates(
-        conn: Any, interaction_id: int, cands: list[dict[str, Any]], now: str
-    ) -> list[int]:
+    def insert_candidates(conn: Any, interaction_id: int, cands: list[dict[str, Any]], now: str) -> list[int]:
         start = conn.execute(
             "SELECT COALESCE(MAX(position) + 1, 0) FROM candidates WHERE interaction_id = ?",
             (interaction_id,),
@@ -439,11 +437,11 @@ class FeedbackStore:
         request = [question, passage_rows, turns, cands, session_id, user]
 
         def work(conn: Any) -> InteractionIds:
-            now = _now()
+            now = now_utc()
             cur = conn.execute(
                 "INSERT INTO interactions (question, context_json, session_id, user_name, created_at) "
                 "VALUES (?, ?, ?, ?, ?) RETURNING id",
-                (question, _dumps(turns), session_id, user, now),
+                (question, dumps_json(turns), session_id, user, now),
             )
             iid = int(cur.fetchone()[0])
             conn.executemany(
@@ -451,7 +449,7 @@ class FeedbackStore:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 [(iid, *row) for row in passage_rows],
             )
-            return InteractionIds(iid, tuple(self._insert_candidates(conn, iid, cands, now)))
+            return InteractionIds(iid, tuple(self.insert_candidates(conn, iid, cands, now)))
 
         return self._write(
             "interaction",
@@ -486,7 +484,7 @@ class FeedbackStore:
             if row is None:
                 raise FeedbackNotFound(f"no interaction with id {interaction_id}")
             session.append(row[0])
-            return self._insert_candidates(conn, interaction_id, cands, _now())
+            return self.insert_candidates(conn, interaction_id, cands, now_utc())
 
         return self._write(
             "candidates", lambda: session[0], client_token, [interaction_id, cands], work, list, list
@@ -529,7 +527,7 @@ class FeedbackStore:
             cur = conn.execute(
                 "INSERT INTO rankings (interaction_id, order_json, both_bad, session_id, user_name, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                (interaction_id, _dumps(groups), int(both_bad), session_id, user, _now()),
+                (interaction_id, dumps_json(groups), int(both_bad), session_id, user, now_utc()),
             )
             return int(cur.fetchone()[0])
 
@@ -559,7 +557,7 @@ class FeedbackStore:
             cur = conn.execute(
                 "INSERT INTO ratings (candidate_id, up, reason, session_id, user_name, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                (candidate_id, int(bool(up)), reason, session_id, user, _now()),
+                (candidate_id, int(bool(up)), reason, session_id, user, now_utc()),
             )
             return int(cur.fetchone()[0])
 
@@ -601,7 +599,7 @@ class FeedbackStore:
             cur = conn.execute(
                 "INSERT INTO corrections (interaction_id, text, replaces_json, session_id, user_name, "
                 "created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                (interaction_id, text, _dumps(replaced), session_id, user, _now()),
+                (interaction_id, text, dumps_json(replaced), session_id, user, now_utc()),
             )
             return int(cur.fetchone()[0])
 
@@ -626,14 +624,18 @@ class FeedbackStore:
         return self._write("delete", session_id, None, [session_id], work, int, int)
 
     def import_items(
-        self, items: Sequence[ImportedPreference | ImportedDemonstration], *, origin: str
+        self,
+        items: Sequence[ImportedPreference | ImportedDemonstration],
+        *,
+        origin: str,
+        insert: Callable[[Any, ImportedPreference | ImportedDemonstration, str], int],
     ) -> ImportResult:
         """Store validated imported items in ONE transaction (all or nothing), marked `origin`.
 
-        Each item becomes its own interaction with the verbatim prompt. Preferences from a ranking
-        become two candidates ranked [[chosen], [rejected]]; from a correction, the rejected candidate
-        and a correction replacing it; from thumbs, two candidates rated up and down. An item whose
-        content was imported before (any file) is skipped and counted as a duplicate.
+        `insert(conn, item, origin)` writes one item's rows and returns its interaction id: the mapping of an
+        imported item onto interactions, candidates and feedback lives with the importer
+        (feedback_store.importer.insert_imported). An item whose content was imported before (any file) is
+        skipped and counted as a duplicate.
         """
         origin = self._ident("origin", origin)
         for i, item in enumerate(items, start=1):
@@ -647,76 +649,27 @@ class FeedbackStore:
                 payload = asdict(item) if is_dataclass(item) else dict(item)
                 payload["prompt"] = [dict(m) for m in item.prompt]
                 token = (
-                    "import:" + hashlib.sha256(_dumps([type(item).__name__, payload]).encode()).hexdigest()
+                    "import:"
+                    + hashlib.sha256(dumps_json([type(item).__name__, payload]).encode()).hexdigest()
                 )
                 # Claimed before inserting: the same file imported by two processes at once imports once.
                 claimed = conn.execute(
                     "INSERT INTO client_tokens (token, kind, request_sha256, result_json, session_id, created_at) "
                     "VALUES (?, 'import', ?, '', ?, ?) ON CONFLICT (token) DO NOTHING RETURNING token",
-                    (token, token[7:], origin, _now()),
+                    (token, token[7:], origin, now_utc()),
                 ).fetchone()
                 if claimed is None:
                     duplicates += 1
                     continue
-                iid = self._insert_imported(conn, item, origin)
+                iid = insert(conn, item, origin)
                 conn.execute(
                     "UPDATE client_tokens SET result_json = ? WHERE token = ?",
-                    (_dumps({"interaction_id": iid}), token),
+                    (dumps_json({"interaction_id": iid}), token),
                 )
                 imported += 1
             return ImportResult(imported, duplicates, origin)
 
         return self._write("import", origin, None, None, work, asdict, lambda d: ImportResult(**d))
-
-    def _insert_imported(
-        self, conn: Any, item: ImportedPreference | ImportedDemonstration, origin: str
-    ) -> int:
-        now = _now()
-        cur = conn.execute(
-            "INSERT INTO interactions (question, context_json, session_id, user_name, created_at, prompt_json) "
-            "VALUES (?, '[]', ?, ?, ?, ?) RETURNING id",
-            (
-                item.question,
-                origin,
-                item.rater,
-                now,
-                json.dumps([dict(m) for m in item.prompt], ensure_ascii=False),
-            ),
-        )
-        iid = int(cur.fetchone()[0])
-
-        def cand(text: str, model: str) -> dict[str, Any]:
-            return {"text": text, "model_version": model, "sampling": "{}", "latency_ms": None, "label": None}
-
-        def feedback(table: str, cols: str, values: tuple[Any, ...]) -> None:
-            marks = ", ".join("?" * (len(values) + 3))
-            conn.execute(
-                f"INSERT INTO {table} ({cols}, session_id, user_name, created_at) VALUES ({marks})",
-                (*values, origin, item.rater, now),
-            )
-
-        if isinstance(item, ImportedDemonstration):
-            if item.source == "thumbs_up":
-                (cid,) = self._insert_candidates(conn, iid, [cand(item.text, item.model)], now)
-                feedback("ratings", "candidate_id, up", (cid, 1))
-            else:
-                feedback("corrections", "interaction_id, text, replaces_json", (iid, item.text, "[]"))
-        elif item.source == "correction":
-            (rid,) = self._insert_candidates(conn, iid, [cand(item.rejected, item.rejected_model)], now)
-            feedback("corrections", "interaction_id, text, replaces_json", (iid, item.chosen, _dumps([rid])))
-        else:
-            a, b = self._insert_candidates(
-                conn,
-                iid,
-                [cand(item.chosen, item.chosen_model), cand(item.rejected, item.rejected_model)],
-                now,
-            )
-            if item.source == "thumbs":
-                feedback("ratings", "candidate_id, up", (a, 1))
-                feedback("ratings", "candidate_id, up", (b, 0))
-            else:
-                feedback("rankings", "interaction_id, order_json, both_bad", (iid, _dumps([[a], [b]]), 0))
-        return iid
 
     # ----------------------------------------------------------------------------- read path
 
