@@ -301,14 +301,9 @@ def main(argv: list[str] | None = None) -> int:
 def _gate_from_args(args: argparse.Namespace) -> int:
     from model_store.registry import ModelRegistry, RegistryError
     from settings.paths import Paths
-    from training.config import ConfigError, load_config
-    from training.data import load_export
+    from training.stage_cli import config_and_data
 
-    cfg = load_config(args.config, args.overrides)
-    export = args.data or (Path(cfg.data.export_dir) if cfg.data.export_dir else None)
-    if export is None:
-        raise ConfigError("give --data EXPORT_DIR or set data.export_dir")
-    data = load_export(export)
+    cfg, data = config_and_data(args)
     paths = Paths.from_env()
     current = args.current
     if current is None:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from settings.paths import Paths
-from training.config import ConfigError, load_config
-from training.data import load_export
+from training.config import ConfigError, TrainConfig, load_config
+from training.data import ExportData, load_export
 from training.run_state import new_run_id, start_model
 
 StageFn = Callable[..., Any]
@@ -47,12 +47,17 @@ def run_stage_cli(stage: str, train: StageFn, argv: list[str] | None = None) -> 
     return run_guarded(lambda: _run_stage(stage, train, args))
 
 
-def _run_stage(stage: str, train: StageFn, args: argparse.Namespace) -> int:
+def config_and_data(args: argparse.Namespace) -> tuple[TrainConfig, ExportData]:
+    """--config/--set and --data (or data.export_dir) of a standalone training command, loaded."""
     cfg = load_config(args.config, args.overrides)
     export = args.data or (Path(cfg.data.export_dir) if cfg.data.export_dir else None)
     if export is None:
         raise ConfigError("give --data EXPORT_DIR (a `ragqa feedback export` folder) or set data.export_dir")
-    data = load_export(export)
+    return cfg, load_export(export)
+
+
+def _run_stage(stage: str, train: StageFn, args: argparse.Namespace) -> int:
+    cfg, data = config_and_data(args)
     paths = Paths.from_env()
     model = args.model or Path(start_model(cfg, paths, cfg.model.start_from)["path"])
     out = args.out or paths.runs_dir / new_run_id() / stage
