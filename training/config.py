@@ -84,7 +84,7 @@ class TrainerSection:
     epochs: float = 2.0
     batch_size: int = field(default=4, metadata=bounds(gt=0))
     grad_accum: int = field(default=2, metadata=bounds(gt=0))
-    lr: float = field(default=2e-4, metadata=bounds(gt=0))
+    lr: float = field(default=2e-4, metadata=bounds(ge=0))
     warmup: float = field(default=0.05, metadata=bounds(ge=0))  # ratio of total steps (< 1) or a step count
     weight_decay: float = field(default=0.0, metadata=bounds(ge=0))
     # tokens; for the reward model None = longest pair in the data

@@ -93,7 +93,7 @@ def test_yaml_booleans_stay_booleans(tmp_path: Path) -> None:
     [
         ("data.test_fraction=1.5", "data.test_fraction must be within [0, 1)"),
         ("sft.batch_size=0", "sft.batch_size must be > 0"),
-        ("sft.lr=-1e-4", "sft.lr must be > 0"),
+        ("sft.lr=-1e-4", "sft.lr must be >= 0"),
         ("lora.dropout=1", "lora.dropout must be within [0, 1)"),
         ("gate.max_kl=-1", "gate.max_kl must be >= 0"),
         ("ppo.gamma=1.5", "ppo.gamma must be within [0, 1]"),

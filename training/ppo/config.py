@@ -46,7 +46,7 @@ class PPOConfig:
     # 3e-5: LoRA moves a low-rank slice and usually wants ~10x the full fine-tuning rate (1e-6..1e-5 for
     # full PPO), but PPO batches of user feedback are small and noisy; 3e-5 keeps the per-step policy
     # change (approx KL, clip fraction) small while still moving a zero-initialised LoRA B matrix.
-    lr: float = field(default=3e-5, metadata=bounds(gt=0))
+    lr: float = field(default=3e-5, metadata=bounds(ge=0))  # 0 freezes the policy (a test checks ratio 1)
     weight_decay: float = field(default=0.0, metadata=bounds(ge=0))
     adam_eps: float = field(default=1e-8, metadata=bounds(gt=0))
     max_grad_norm: float = field(default=1.0, metadata=bounds(gt=0))
