@@ -21,7 +21,7 @@ def source_label(name: str) -> str:
             kept.append(" ")
         elif category[0] != "C":  # Cc control, Cf format (bidi, zero-width), Co private, Cs surrogate, Cn
             kept.append(ch)
-    return " ".join("".join(kept).split()) or "(unnamed)"
+    return " ".join("".join(kept).split())
 
 
 @dataclass(frozen=True)
