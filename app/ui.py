@@ -9,6 +9,7 @@ Per browser session the UI keeps a `gr.State` dict:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import Iterator
@@ -63,6 +64,10 @@ def chat_value(state: dict[str, Any], pending: str | None = None, question: str 
         shown.append({"role": "user", "content": inert_markdown(question)})
         shown.append({"role": "assistant", "content": inert_markdown(pending or "") or "…"})
     return shown
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _ok(msg: str) -> str:
@@ -262,7 +267,9 @@ class Handlers:
                 reason=(reason or "").strip() or None,
                 session_id=state["session_id"],
                 user=user,
-                client_token=f"rate:{cid}:{int(bool(up))}:{(reason or '').strip()}",
+                # The reason goes in as a digest: a token holding the text itself broke the store's 200-character
+                # limit on identifiers, refusing (and losing) every rating with a reason over ~190 characters.
+                client_token=f"rate:{cid}:{int(bool(up))}:{_digest((reason or '').strip())}",
             )
         except Exception as e:
             return _err(f"the rating was NOT saved: {e}")
