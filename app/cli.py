@@ -193,10 +193,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     registry = ModelRegistry(_config(args).paths.models_dir)
     current = registry.current_name()
     if args.models_cmd == "list":
-        versions = registry.versions()
+        versions = registry.listing()
         if not versions:
             print("no model versions yet: run `ragqa setup`")
         for v in versions:
+            if v.problem:  # listed, never served: the other versions stay usable
+                print(f"! {v.name}  BROKEN: {v.problem}")
+                continue
             m = v.manifest
             mark = "*" if v.name == current else " "
             detail = m.get("run_id") or m.get("source", "")
