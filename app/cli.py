@@ -371,8 +371,11 @@ def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from training.paths import make_private
+
     args = build_parser().parse_args(argv)
     try:
+        make_private()
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
