@@ -155,6 +155,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     warning = check_bind(cfg.host, users, insecure=args.insecure)
     if warning:
         print(warning, file=sys.stderr)
+    if cfg.host in ("0.0.0.0", "::") and not cfg.allowed_hosts:
+        print(
+            "note: only requests for localhost, 127.0.0.1 or ::1 are served (DNS-rebinding protection); put the "
+            "names people use (e.g. qa.example.org, 10.0.0.5) in allowed_hosts in config.yaml",
+            file=sys.stderr,
+        )
     from app.ui import serve
 
     serve(cfg, users=users if users else None)
