@@ -211,23 +211,36 @@ class SessionTokens(MutableMapping[str, str]):
 
     def __setitem__(self, token: str, name: str) -> None:
         with self._lock:
+            self._prune()  # each login drops dead tokens: the table stays the size of the live sessions
             self._tokens[token] = (name, self.users.credential_version(name), self.clock())
 
     def __getitem__(self, token: str) -> str:
         with self._lock:
-            name, version, issued = self._tokens[token]
-            current = self.users.credential_version(name)
-            if current is None or current != version or self.clock() - issued > self.ttl_s:
-                del self._tokens[token]
+            if not self._valid(token):
+                self._tokens.pop(token, None)
                 raise KeyError(token)
-            return name
+            return self._tokens[token][0]
+
+    def _valid(self, token: str) -> bool:
+        entry = self._tokens.get(token)
+        if entry is None:
+            return False
+        name, version, issued = entry
+        current = self.users.credential_version(name)
+        return current is not None and current == version and self.clock() - issued <= self.ttl_s
+
+    def _prune(self) -> None:
+        for token in [t for t in self._tokens if not self._valid(t)]:
+            del self._tokens[token]
 
     def __delitem__(self, token: str) -> None:
         with self._lock:
             del self._tokens[token]
 
     def __iter__(self) -> Iterator[str]:
+        # Live tokens only: Gradio's logout reads `tokens[t]` for every key it iterates.
         with self._lock:
+            self._prune()
             return iter(list(self._tokens))
 
     def __len__(self) -> int:
