@@ -327,7 +327,7 @@ class Handlers:
             return _err(
                 f"only admins can switch model versions{_NO_LOGIN_ADMIN if self.users is None else ''}"
             )
-        from training.registry import RegistryError
+        from model_store.registry import RegistryError
 
         try:
             v = self.s.qa.registry.rollback((version or "").strip() or None)

@@ -156,7 +156,9 @@ def _open_existing(index_dir: Path, embedder: Embedder) -> HybridIndex | None:
 
 def state_root() -> Path:
     """RAGQA_HOME as the app resolves it (default ./var): never ingested."""
-    return Path(os.environ.get("RAGQA_HOME", "var")).expanduser().resolve()
+    from settings.paths import ragqa_home
+
+    return ragqa_home()
 
 
 def _inside(path: Path, folder: Path) -> bool:

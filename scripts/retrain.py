@@ -12,8 +12,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from settings.paths import make_private
     from training.commands import add_commands
-    from training.paths import make_private
 
     parser = argparse.ArgumentParser(prog="retrain.py", description="rlhf-rag-qa training pipeline")
     add_commands(parser.add_subparsers(dest="command", required=True))

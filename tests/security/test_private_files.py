@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 # What `ragqa serve` does first with the feedback store (the entry point, then the store opened in the home).
 OPEN_STORE = (
     "import sys; from app.cli import main; main(['users', 'list']); "
-    "from feedback_store.store import FeedbackStore; from training.paths import ragqa_home; "
+    "from feedback_store.store import FeedbackStore; from settings.paths import ragqa_home; "
     "store = FeedbackStore.open(ragqa_home() / 'feedback.db'); store.stats(); store.close()"
 )
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.cli import main
-from training.registry import ModelRegistry, RegistryError
+from model_store.registry import ModelRegistry, RegistryError
 
 
 def _publish(registry: ModelRegistry, n: int) -> None:
