@@ -15,6 +15,7 @@ Outputs in `out_dir`: `adapter/`, `checkpoints/`, `metrics.json`, `plots/kto_cur
 from __future__ import annotations
 
 import json
+import random
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,15 @@ def label_counts(rows: list[dict[str, Any]]) -> tuple[int, int]:
     """(good, bad): how many rated answers carry label true and false."""
     good = sum(1 for r in rows if r["label"])
     return good, len(rows) - good
+
+
+def shuffled(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """The rows in a seeded random order. KTOTrainer reads its data in order (it estimates the KL term from
+    the mismatched answers of one batch), and an export lists ratings by interaction: unshuffled, a batch
+    would hold one question's answers, or only thumbs down."""
+    out = list(rows)
+    random.Random(seed).shuffle(out)
+    return out
 
 
 def train_kto(
@@ -72,7 +82,7 @@ def train_kto(
         model=model,
         ref_model=None,
         args=args,
-        train_dataset=Dataset.from_list(rows),
+        train_dataset=Dataset.from_list(shuffled(rows, cfg.seed)),
         eval_dataset=Dataset.from_list(test) if len(test) >= 2 else None,
         processing_class=tokenizer,
         peft_config=lora_config(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets, "CAUSAL_LM"),

@@ -41,7 +41,6 @@ def rated(i: int, up: bool) -> dict[str, Any]:
 def write_unpaired(folder: Path, *, questions: int = 4, test_questions: int = 1) -> Path:
     """An export with, per question, one 👍 and one 👎 answer (train) and the same for held-out questions."""
     write_export(folder)
-    # Alternate good and bad so that every batch of TRL's sequential sampler holds both labels.
     train = [rated(i, up) for i in range(questions) for up in (True, False)]
     test = [rated(100 + i, up) for i in range(test_questions) for up in (True, False)]
     for split, rows in (("train", train), ("test", test)):
