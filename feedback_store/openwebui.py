@@ -1,14 +1,15 @@
 """Read Open WebUI's feedback export (Admin > Evaluations > Export) into chat ratings to import.
 
 The export is ONE JSON array (not JSONL) of feedback records. What is read from each record:
-  data.rating            1 (thumbs up) or -1 (thumbs down)
+  data.rating            1 (thumbs up) or -1 (thumbs down); Open WebUI's API also stores "1" / "-1"
   data.reason, data.comment   optional texts, kept as the rating's reason ("reason: comment")
   data.sibling_model_ids optional; set by Open WebUI when the rated answer had siblings
   meta.message_id        the rated assistant message: the key that makes a second import add nothing
   user_id                kept as the rater's user name
   snapshot.chat          the conversation: a message tree {id: {id, parentId, childrenIds, role, content,
                          model, selectedModelId?}} at `snapshot.chat.chat.history.messages` or, in other
-                         versions, `snapshot.chat.history.messages`
+                         versions, `snapshot.chat.history.messages`; failing both, the list of the
+                         shown branch at `...chat.messages` (same message objects)
 Every other field (tags, details, base_models, timestamps, files, ...) is ignored.
 
 The rated message's parent is the question; the user/assistant messages above it (the branch the user
@@ -77,9 +78,14 @@ def _object(value: Any, where: str) -> Mapping[str, Any]:
 def _tree(snapshot: Mapping[str, Any]) -> Mapping[str, Any]:
     """The message tree, wherever this Open WebUI version put it."""
     chat = _object(snapshot.get("chat"), "snapshot.chat")
-    for where, holder in (("snapshot.chat.chat", chat.get("chat")), ("snapshot.chat", chat)):
+    holders = (("snapshot.chat.chat", chat.get("chat")), ("snapshot.chat", chat))
+    for where, holder in holders:
         if isinstance(holder, Mapping) and isinstance(holder.get("history"), Mapping):
             return _object(holder["history"].get("messages"), f"{where}.history.messages")
+    for _where, holder in holders:  # no tree: the shown branch as a list carries the same parent links
+        if isinstance(holder, Mapping) and isinstance(holder.get("messages"), list):
+            listed = [m for m in holder["messages"] if isinstance(m, Mapping)]
+            return {m["id"]: m for m in listed if isinstance(m.get("id"), str)}
     raise RecordError(
         "no message tree at snapshot.chat.chat.history.messages or snapshot.chat.history.messages"
     )
@@ -130,14 +136,24 @@ def _reason(data: Mapping[str, Any]) -> str | None:
     return ": ".join(parts) or None
 
 
+def _thumb(rating: Any) -> bool:
+    """True for thumbs up. Open WebUI's API accepts the rating as a number or a string."""
+    if isinstance(rating, bool) or str(rating).strip() not in ("1", "-1"):
+        raise RecordError(f"data.rating must be 1 or -1, got {rating!r}")
+    return str(rating).strip() == "1"
+
+
 def _rating(record: Any, limit: int) -> ImportedChatRating:
     record = _object(record, "a record")
+    if "snapshot" not in record and "data" not in record and isinstance(record.get("chat"), Mapping):
+        raise RecordError(
+            "this is a chat export (conversations, no ratings); export the ratings from Open WebUI's "
+            "Admin Panel > Evaluations > Export"
+        )
     if record.get("type", "rating") != "rating":
         raise RecordError(f"type {record.get('type')!r} is not a rating")
     data = _object(record.get("data"), "data")
-    rating = data.get("rating")
-    if isinstance(rating, bool) or rating not in (1, -1):
-        raise RecordError(f"data.rating must be 1 or -1, got {rating!r}")
+    up = _thumb(data.get("rating"))
     mid = _object(record.get("meta"), "meta").get("message_id")
     tree = _tree(_object(record.get("snapshot"), "snapshot"))
     rated = _message(tree, mid, "the rated message (meta.message_id)")
@@ -159,7 +175,7 @@ def _rating(record: Any, limit: int) -> ImportedChatRating:
         question=question_text,
         context=tuple(turns),
         answers=tuple(answers),
-        up=rating == 1,
+        up=up,
         reason=_reason(data),
         rater=str(record["user_id"]) if record.get("user_id") else None,
     )

@@ -199,3 +199,28 @@ def test_cli_detects_the_format(ragqa_home: Path, capsys: pytest.CaptureFixture[
     assert "imported 3 items" in capsys.readouterr().out
     with FeedbackStore.open(ragqa_home / "feedback.db") as s:
         assert s.count_interactions() == 3
+
+
+def test_string_ratings_and_a_snapshot_without_the_tree(store: FeedbackStore, tmp_path: Path) -> None:
+    """Open WebUI's API also stores the rating as "1"/"-1"; a snapshot may hold only the shown branch."""
+    records = json.loads(FLAT.read_text(encoding="utf-8"))
+    records[0]["data"]["rating"] = "-1"
+    chat = records[0]["snapshot"]["chat"]
+    chat.pop("history")
+    chat["messages"] = [m for m in chat["messages"] if m["id"] != "u4-a1"]  # the branch on screen
+    chat["messages"][0]["childrenIds"] = ["u4-a2"]
+    path = tmp_path / "old-export.json"
+    path.write_text(json.dumps(records), encoding="utf-8")
+    assert import_file(store, path).imported == 1
+    (row,) = rows(store)
+    assert row["candidates"] == [("A", VERSIONS_BAD, "llama3.1:8b")]  # no sibling on the branch: thumbs only
+    assert (row["ratings"], row["rankings"]) == ([("A", False, "Made up")], [])
+
+
+def test_a_chat_export_is_refused_with_what_to_export_instead(store: FeedbackStore, tmp_path: Path) -> None:
+    chat = json.loads(NESTED.read_text(encoding="utf-8"))[0]["snapshot"]["chat"]  # {id, user_id, title, chat}
+    path = tmp_path / "chat-export.json"
+    path.write_text(json.dumps([chat]), encoding="utf-8")
+    with pytest.raises(FeedbackImportError, match=r"record 1 .*this is a chat export .*Evaluations > Export"):
+        import_file(store, path)
+    assert store.count_interactions() == 0
