@@ -151,3 +151,29 @@ def test_kto_retrain_publishes(tiny_registry: Path, tmp_path: Path) -> None:
     manifest = ModelRegistry(tiny_registry).current().manifest
     assert manifest["algorithm"] == "kto" and manifest["metrics"]["kto"]["steps"] == 2
     assert manifest["data"]["ratings_train"] == 8
+
+
+def test_kto_is_trl_stable_api_and_the_product_never_imports_trl_experimental() -> None:
+    """KTOTrainer is TRL's stable trainer (not trl.experimental), and no product module imports
+    trl.experimental itself (TRL's own deprecation shim in trl.models.utils does; that is TRL's business)."""
+    import ast
+
+    from trl import KTOTrainer
+
+    assert KTOTrainer.__module__ == "trl.trainer.kto_trainer"
+    repo = Path(__file__).resolve().parents[2]
+    offenders = []
+    for package in ("app", "training", "feedback_store", "retrieval"):
+        for path in (repo / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else []
+                )
+                offenders += [
+                    f"{path.relative_to(repo)}: {n}" for n in names if n.startswith("trl.experimental")
+                ]
+    assert offenders == []
