@@ -15,10 +15,10 @@ from typing import Any
 
 from app.config import AppConfig
 from app.generator import GenerationError, GenerationStats, Generator, ServedModel
+from model_store.registry import ModelRegistry
 from retrieval.followup import choose_query, joined_query, previous_question
 from retrieval.prompt import NO_ANSWER, fit_passages, parse_citations, render_prompt
 from retrieval.types import Passage
-from training.registry import ModelRegistry
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")

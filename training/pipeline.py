@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from settings.paths import Paths
 from training.config import (
     POLICY_STAGES,
     STAGES,
@@ -46,7 +47,6 @@ from training.config import (
     want_4bit,
 )
 from training.data import ExportData, TrainingDataError, load_export, require
-from training.paths import Paths
 
 STATE = "state.json"
 # Stages whose "skipped" is final on resume; publish is retried (a later --force may publish).
@@ -394,9 +394,9 @@ def candidate_dir(ctx: RunContext) -> Path | None:
 
 
 def stage_evaluate(ctx: RunContext) -> dict[str, Any]:
+    from model_store.registry import ModelRegistry
     from training import evaluate
     from training.plots import plot_gate
-    from training.registry import ModelRegistry
 
     candidate = candidate_dir(ctx)
     if candidate is None:
@@ -453,15 +453,15 @@ def build_manifest(ctx: RunContext, decision: dict[str, Any]) -> dict[str, Any]:
         "metrics": {name: s.get("metrics", {}) for name, s in stages.items() if name != "publish"},
         "stages": {name: s.get("status") for name, s in stages.items()},
         "gate": decision,
-        # Relative to RAGQA_HOME (app.evaluation.reward_scoring resolves it there): `ragqa compare` finds the RM.
+        # Relative to RAGQA_HOME (model_store.reward resolves it there): `ragqa compare` finds the RM.
         "reward_model": {"path": os.path.relpath(rm, ctx.paths.home)} if rm else None,
     }
 
 
 def stage_publish(ctx: RunContext) -> dict[str, Any]:
+    from model_store.gguf import GgufExportError, gguf_extras
+    from model_store.registry import ModelRegistry
     from training import evaluate
-    from training.gguf_export import GgufExportError
-    from training.registry import ModelRegistry
 
     registry = ModelRegistry(ctx.paths.models_dir)
     run_id = ctx.run_dir.name
@@ -484,7 +484,7 @@ def stage_publish(ctx: RunContext) -> dict[str, Any]:
         )
     try:
         version = registry.publish_folder(
-            candidate_dir(ctx), build_manifest(ctx, decision), gguf=ctx.cfg.publish.gguf
+            candidate_dir(ctx), build_manifest(ctx, decision), extras=gguf_extras(ctx.cfg.publish.gguf)
         )
     except (
         OSError,
@@ -627,11 +627,12 @@ def write_report(ctx: RunContext) -> Path:
 
 # ---- the run --------------------------------------------------------------------------------------------------
 def _start_model(cfg: TrainConfig, paths: Paths, start_from: str) -> dict[str, Any]:
-    from training.modeling import ensure_base_model
-    from training.registry import ModelRegistry
+    from model_store.base_model import ensure_base_model
+    from model_store.gguf import gguf_extras
+    from model_store.registry import ModelRegistry
 
     registry = ModelRegistry(paths.models_dir)
-    ensure_base_model(registry, cfg.model.base, gguf=cfg.publish.gguf)
+    ensure_base_model(registry, cfg.model.base, extras=gguf_extras(cfg.publish.gguf))
     version = registry.base() if start_from == "base" else registry.current()
     if version is None:
         raise RetrainError("the model registry is empty; run `ragqa setup` first")
@@ -777,8 +778,8 @@ def run_stage_cli(stage: str, argv: list[str] | None = None) -> int:
     Runs one training stage outside a retrain run: data from --data (or data.export_dir), the model from
     --model (or the registry's start model), outputs into --out (or RAGQA_HOME/runs/<new id>/<stage>).
     """
-    from training.modeling import ModelLoadError
-    from training.registry import RegistryError
+    from model_store.loading import ModelLoadError
+    from model_store.registry import RegistryError
 
     parser = argparse.ArgumentParser(prog=f"python -m training.{ {'rm': 'reward'}.get(stage, stage) }")
     parser.add_argument(

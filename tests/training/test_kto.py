@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
+from model_store.registry import ModelRegistry
 from tests.training.conftest import FACTS, TINY_CONFIG, prompt_for, write_export
 from training.data import TrainingDataError, load_export
 from training.kto import train_kto
 from training.pipeline import RetrainError, RetrainOptions, run_retrain
-from training.registry import ModelRegistry
 
 BAD = "I do not know."
 
