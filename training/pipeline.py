@@ -1,10 +1,10 @@
-"""`ragqa retrain`: export -> SFT -> reward model -> PPO (or DPO) -> merge -> evaluation gate -> publish.
+"""`ragqa retrain`: export -> SFT -> reward model -> PPO (or DPO, KTO) -> merge -> evaluation gate -> publish.
 
 A run lives in `RAGQA_HOME/runs/<run_id>/`:
   config.yaml (+ .sha256)   the resolved config; a resumed run keeps it
   state.json                every stage's status (done | skipped | failed), outputs, metrics, plots
   export/                   the feedback snapshot used (its snapshot_id goes into the manifest)
-  sft/ rm/ ppo/ dpo/        each stage's checkpoints, adapter, merged model, metrics.json, plots/
+  sft/ rm/ ppo/ dpo/ kto/   each stage's checkpoints, adapter, merged model, metrics.json, plots/
   merged/                   the candidate: the policy adapter merged into the SFT model (full precision)
   evaluate/                 gate metrics.json and samples.jsonl (candidate vs current answers)
   report.md                 data, metrics per stage, gate decision, publish outcome, the plots
@@ -34,6 +34,7 @@ from typing import Any
 
 from settings.paths import Paths
 from training.config import (
+    POLICY_STAGES,
     STAGES,
     ConfigError,
     TrainConfig,
@@ -49,7 +50,7 @@ from training.data import ExportData, TrainingDataError, load_export, require
 
 STATE = "state.json"
 # Stages whose "skipped" is final on resume; publish is retried (a later --force may publish).
-FINAL_WHEN_SKIPPED = {"export", "sft", "rm", "ppo", "dpo", "merge", "evaluate"}
+FINAL_WHEN_SKIPPED = {"export", "sft", "rm", "ppo", "dpo", "kto", "merge", "evaluate"}
 
 
 class RetrainError(RuntimeError):
@@ -63,7 +64,7 @@ class RetrainOptions:
     config: Path | None = None
     overrides: list[str] = field(default_factory=list)
     resume: str | None = None  # run id
-    stages: list[str] | None = None  # training stages (sft, rm, ppo, dpo); None = the algorithm's default
+    stages: list[str] | None = None  # training stages (config.STAGES); None = the algorithm's default
     publish: bool = True
     force: bool = False
     start_from: str | None = None  # "base" | "current"; None = config's model.start_from
@@ -119,15 +120,18 @@ class RunState:
 
 # ---- plan -----------------------------------------------------------------------------------------------------
 def training_stages(cfg: TrainConfig, requested: list[str] | None) -> list[str]:
-    """The training stages to run, in order. Default: sft, rm, ppo (ppo) or sft, rm, dpo (dpo: the RM is the
-    gate's judge). `ppo` needs `rm` in the same run."""
+    """The training stages to run, in order. Default: sft, rm, ppo (ppo) or sft, rm, dpo|kto (dpo, kto: the RM
+    is the gate's judge). `ppo` needs `rm` in the same run."""
     default = ["sft", "rm", cfg.algorithm]
     chosen = default if requested is None else [s.strip() for s in requested if s.strip()]
     unknown = [s for s in chosen if s not in STAGES]
     if unknown:
         raise RetrainError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
-    if "ppo" in chosen and "dpo" in chosen:
-        raise RetrainError("choose one policy stage: ppo or dpo, not both")
+    policies = [s for s in POLICY_STAGES if s in chosen]
+    if len(policies) > 1:
+        raise RetrainError(
+            f"choose one policy stage of {', '.join(POLICY_STAGES)}, not {' and '.join(policies)}"
+        )
     if "ppo" in chosen and "rm" not in chosen:
         raise RetrainError(
             "the ppo stage needs the reward model: add rm to --stages (e.g. --stages sft,rm,ppo)"
@@ -136,7 +140,7 @@ def training_stages(cfg: TrainConfig, requested: list[str] | None) -> list[str]:
 
 
 def full_plan(stages: list[str]) -> list[str]:
-    policy = [s for s in stages if s in ("ppo", "dpo")]
+    policy = [s for s in stages if s in POLICY_STAGES]
     return ["export", *stages, *(["merge"] if policy else []), "evaluate", "publish"]
 
 
@@ -158,6 +162,10 @@ def describe_plan(cfg: TrainConfig, plan: list[str], data: ExportData | None) ->
             n = counts["pairs_train"]
             ok = n >= cfg.data.min_pairs
             note = f"{n} preference pairs" + ("" if ok else f" < {cfg.data.min_pairs}: will REFUSE")
+        elif name == "kto" and data:
+            n = counts["ratings_train"]
+            ok = n >= cfg.data.min_ratings
+            note = f"{n} rated answers" + ("" if ok else f" < {cfg.data.min_ratings}: will REFUSE")
         elif name == "ppo" and data:
             n = counts["prompts_train"]
             ok = n >= cfg.data.min_prompts
@@ -252,6 +260,13 @@ def check_enough_data(cfg: TrainConfig, plan: list[str], data: ExportData) -> No
             f"preference pairs in the train split (the {stage} needs them)",
             "Rank more answers in the app, or lower data.min_pairs.",
         )
+    if "kto" in plan:
+        require(
+            counts["ratings_train"],
+            cfg.data.min_ratings,
+            "rated answers (thumbs up/down) in the train split (KTO needs them)",
+            "Rate more answers with 👍/👎 in the app, or lower data.min_ratings.",
+        )
     if "ppo" in plan:
         require(
             counts["prompts_train"],
@@ -318,8 +333,16 @@ def stage_dpo(ctx: RunContext) -> dict[str, Any]:
     )
 
 
+def stage_kto(ctx: RunContext) -> dict[str, Any]:
+    from training import kto
+
+    return kto.train_kto(
+        ctx.cfg, model_dir=ctx.policy_base, data=ctx.data, out_dir=ctx.run_dir / "kto", resume=ctx.resuming
+    )
+
+
 def _policy_stage(ctx: RunContext) -> str | None:
-    for name in ("ppo", "dpo"):
+    for name in POLICY_STAGES:
         if ctx.state.stage(name).get("status") == "done":
             return name
     return None
@@ -339,9 +362,12 @@ def stage_merge(ctx: RunContext) -> dict[str, Any]:
         }
     device = resolve_device(ctx.cfg)
     qlora = ctx.cfg.ppo_config().load_in_4bit if policy == "ppo" else want_4bit(ctx.cfg, device)
-    checks = ctx.data.prompts.get("train", [])[: ctx.cfg.merge.check_prompts] or [
-        p["prompt"] for p in ctx.data.pairs.get("train", [])[: ctx.cfg.merge.check_prompts]
-    ]
+    n = ctx.cfg.merge.check_prompts
+    checks = (
+        ctx.data.prompts.get("train", [])[:n]
+        or [p["prompt"] for p in ctx.data.pairs.get("train", [])[:n]]
+        or [r["prompt"] for r in ctx.data.unpaired.get("train", [])[:n]]
+    )
     out = ctx.run_dir / "merged"
     metrics = merge.merge_adapter(
         ctx.policy_base,
@@ -497,6 +523,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[RunContext], dict[str, Any]]] = {
     "rm": stage_rm,
     "ppo": stage_ppo,
     "dpo": stage_dpo,
+    "kto": stage_kto,
     "merge": stage_merge,
     "evaluate": stage_evaluate,
     "publish": stage_publish,
@@ -511,7 +538,14 @@ def _fmt(value: Any) -> str:
 
 
 KEY_METRICS = {
-    "export": ["snapshot_id", "demonstrations_train", "pairs_train", "prompts_train", "prompts_test"],
+    "export": [
+        "snapshot_id",
+        "demonstrations_train",
+        "pairs_train",
+        "ratings_train",
+        "prompts_train",
+        "prompts_test",
+    ],
     "sft": ["demonstrations_train", "steps", "train_loss", "eval_loss"],
     "rm": [
         "pairs_used",
@@ -523,6 +557,7 @@ KEY_METRICS = {
     ],
     "ppo": ["steps", "score_first", "score_last", "kl_last", "response_length_last"],
     "dpo": ["pairs_train", "steps", "train_loss", "heldout_accuracy", "heldout_mean_margin"],
+    "kto": ["ratings_good", "ratings_bad", "steps", "train_loss", "heldout_mean_margin"],
     "merge": ["max_abs_logit_diff", "atol"],
     "evaluate": ["current_version", "prompts", "win_rate", "reward_delta", "kl", "kl_per_token"],
 }
@@ -736,7 +771,7 @@ def _run_stages(ctx: RunContext, say: Callable[[str], None]) -> dict[str, Any]:
     return {**state.data, "report": str(report)}
 
 
-# ---- standalone stage entry points (python -m training.sft / .reward / .dpo) -----------------------------------
+# ---- standalone stage entry points (python -m training.sft / .reward / .dpo / .kto) ---------------------------------
 def run_stage_cli(stage: str, argv: list[str] | None = None) -> int:
     """`python -m training.<stage> --config FILE [--set k=v] [--data EXPORT] [--model DIR] [--out DIR] [--resume]`.
 
@@ -771,9 +806,14 @@ def run_stage_cli(stage: str, argv: list[str] | None = None) -> int:
         paths = Paths.from_env()
         model = args.model or Path(_start_model(cfg, paths, cfg.model.start_from)["path"])
         out = args.out or paths.runs_dir / new_run_id() / stage
-        from training import dpo, reward, sft
+        from training import dpo, kto, reward, sft
 
-        fn = {"sft": sft.train_sft, "rm": reward.train_reward_model, "dpo": dpo.train_dpo}[stage]
+        fn = {
+            "sft": sft.train_sft,
+            "rm": reward.train_reward_model,
+            "dpo": dpo.train_dpo,
+            "kto": kto.train_kto,
+        }[stage]
         result = fn(cfg, model_dir=model, data=data, out_dir=out, resume=args.resume)
     except (ConfigError, TrainingDataError, RetrainError, ModelLoadError, RegistryError) as e:
         print(f"error: {e}", file=sys.stderr)
