@@ -223,7 +223,12 @@ def _plan_file(
     try:
         raw = read_bytes(found, max_file_bytes)
         previous = old.files.get(found.relpath) if old is not None else None
-        if reusable is not None and previous is not None and previous.sha256 == raw.sha256:
+        if (
+            reusable is not None
+            and previous is not None
+            and previous.sha256 == raw.sha256
+            and not _holds_nul(reusable, previous)
+        ):
             _keep(
                 plan, reusable, found.relpath, FileEntry(raw.sha256, raw.size, raw.mtime, previous.chunk_ids)
             )
@@ -246,6 +251,12 @@ def _plan_file(
         report.indexed += 1
     else:
         report.updated += 1
+
+
+def _holds_nul(index: HybridIndex, entry: FileEntry) -> bool:
+    """Chunks indexed before NULs were checked in the whole file: re-read the file (it is then skipped), since a
+    passage holding a NUL cannot be stored with feedback on PostgreSQL."""
+    return any("\x00" in index.chunks[index.row_of(cid)].text for cid in entry.chunk_ids)
 
 
 def _embed(chunks: list[Chunk], embedder: Embedder, progress: bool) -> np.ndarray:

@@ -84,3 +84,25 @@ def test_a_nul_anywhere_in_a_text_file_skips_it(tmp_path: Path, ragqa_home: Path
     assert dict(report.skipped)["late-nul.md"] == "binary file (contains NUL bytes)"
     index = HybridIndex.open(ragqa_home / "index", HashEmbedder())
     assert list(index.files) == ["fine.md"] and not any("\x00" in c.text for c in index.chunks)
+
+
+def test_an_index_made_before_the_check_drops_its_nul_passages(
+    tmp_path: Path, ragqa_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from retrieval import ingest as ingest_module
+
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "late-nul.md").write_bytes(b"plain words " * 1000 + b"\x00 more words")
+    (root / "fine.md").write_text("The Zorbium Tower opened on 14 March 1893.")
+    with monkeypatch.context() as old:  # the index as the old 8 KB check built it
+        old.setattr(ingest_module, "extract_text", lambda raw: raw.data.decode("utf-8"))
+        ingest(root, ragqa_home / "index", HashEmbedder(), progress=False)
+    before = HybridIndex.open(ragqa_home / "index", HashEmbedder())
+    assert "late-nul.md" in before.files and any("\x00" in c.text for c in before.chunks)
+    report = ingest(
+        root, ragqa_home / "index", HashEmbedder(), progress=False
+    )  # unchanged bytes: re-read anyway
+    assert report.removed == 1 and dict(report.skipped)["late-nul.md"].startswith("binary file")
+    index = HybridIndex.open(ragqa_home / "index", HashEmbedder())
+    assert list(index.files) == ["fine.md"] and not any("\x00" in c.text for c in index.chunks)
