@@ -81,3 +81,11 @@ def test_sessions_expire_after_session_ttl_hours(served_short_sessions: str) -> 
     time.sleep(2.5)
     assert _status(bob) == 401
     assert _status(login(served_short_sessions, *BOB)) == 200
+
+
+def test_logout_ends_every_session_of_the_user(served_with_auth: tuple[Services, str]) -> None:
+    _services, url = served_with_auth
+    laptop, phone, alice = login(url, *BOB), login(url, *BOB), login(url, *ALICE)
+    assert laptop.get("logout", follow_redirects=False).status_code == 302
+    assert _status(laptop) == 401 and _status(phone) == 401
+    assert _status(alice) == 200
