@@ -71,6 +71,11 @@ class AppConfig:
     # Server
     host: str = "127.0.0.1"
     port: int = field(default=7860, metadata=bounds(ge=0, le=65535))
+    # Host names (besides localhost and `host`) the server answers to, e.g. [qa.example.org, 10.0.0.5]: any other
+    # Host header gets 400 (this is what stops DNS rebinding). Needed when serving on 0.0.0.0 or behind a proxy.
+    allowed_hosts: tuple[str, ...] = ()
+    # a login expires after this long (then the user logs in again)
+    session_ttl_hours: float = field(default=12.0, metadata=bounds(gt=0))
     demo_corpus: bool = True  # `ragqa setup` ingests the bundled demo documents when no index exists
     paths: Paths = field(default_factory=Paths.from_env, metadata={"internal": True})  # RAGQA_HOME, not a key
 

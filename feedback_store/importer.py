@@ -7,6 +7,9 @@ Accepted line formats (one JSON object per line; blank lines are skipped; one fo
                                                                          leading messages are the prompt)
   sft          {"messages": [..., assistant msg], "meta": {...}?}       (our export, TRL conversational)
                {"prompt": [messages] | "text", "completion": [assistant msg] | "text"}
+  openwebui    one JSON array: Open WebUI's feedback export (see feedback_store.openwebui); each rated
+               answer keeps its question, earlier turns and siblings; a second import of it adds nothing
+               (keyed by message id). A bad record fails the whole file with one line naming it.
 Plain-string prompts become one user message. Every line is validated before anything is written;
 errors name the file, line and problem (FeedbackImportError). The items are then stored in one
 transaction, marked with the session `imported:<file name>`; the original rater (meta.user or
@@ -23,21 +26,23 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from feedback_store import openwebui
 from feedback_store.errors import FeedbackImportError
 from feedback_store.pairs import normalize_text
 from feedback_store.records import (
     IMPORTED_PREFIX,
     SIMULATED_PREFIX,
+    ImportedChatRating,
     ImportedDemonstration,
     ImportedPreference,
     ImportResult,
 )
-from feedback_store.store import FeedbackStore, dumps_json, now_utc
+from feedback_store.store import FeedbackStore
 
 _ROLES = ("system", "user", "assistant")
 _QUESTION = re.compile(r"\n\nQuestion: (.*)\Z", re.DOTALL)  # retrieval.prompt.render_user_message
 _MAX_ERRORS = 20
-Item = ImportedPreference | ImportedDemonstration
+Item = ImportedPreference | ImportedDemonstration | ImportedChatRating
 
 
 class _LineError(ValueError):
@@ -191,6 +196,8 @@ def parse_file(path: str | Path, *, max_text_chars: int = 100_000) -> list[Item]
     items: list[Item] = []
     errors: list[str] = []
     try:
+        if openwebui.looks_like_export(path):
+            return _parse_openwebui(path, max_text_chars)
         _parse_lines(path, items, errors, max_text_chars)
     except UnicodeDecodeError as exc:
         raise FeedbackImportError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
@@ -198,6 +205,16 @@ def parse_file(path: str | Path, *, max_text_chars: int = 100_000) -> list[Item]
         raise FeedbackImportError("nothing was imported; fix these lines:\n" + "\n".join(errors))
     if not items:
         raise FeedbackImportError(f"{path}: no lines to import")
+    return items
+
+
+def _parse_openwebui(path: Path, max_text_chars: int) -> list[Item]:
+    try:
+        items: list[Item] = list(openwebui.parse_export(path, max_text_chars=max_text_chars))
+    except openwebui.RecordError as exc:
+        raise FeedbackImportError(f"nothing was imported: {path.name}: {exc}") from None
+    if not items:
+        raise FeedbackImportError(f"{path}: the Open WebUI export holds no feedback records")
     return items
 
 
@@ -232,60 +249,4 @@ def import_file(store: FeedbackStore, path: str | Path) -> ImportResult:
     """Validate `path` fully, then store all of its items in one transaction (marked imported:<name>)."""
     path = Path(path)
     items = parse_file(path, max_text_chars=store.max_text_chars)
-    return store.import_items(items, origin=IMPORTED_PREFIX + path.name, insert=insert_imported)
-
-
-def insert_imported(conn: Any, item: ImportedPreference | ImportedDemonstration, origin: str) -> int:
-    """One imported item's rows (inside the store's import transaction); -> its interaction id.
-
-    Each item becomes its own interaction with the verbatim prompt. Preferences from a ranking become two
-    candidates ranked [[chosen], [rejected]]; from a correction, the rejected candidate and a correction replacing
-    it; from thumbs, two candidates rated up and down. Demonstrations from a thumbs-up become a candidate rated up,
-    others a correction.
-    """
-    now = now_utc()
-    cur = conn.execute(
-        "INSERT INTO interactions (question, context_json, session_id, user_name, created_at, prompt_json) "
-        "VALUES (?, '[]', ?, ?, ?, ?) RETURNING id",
-        (
-            item.question,
-            origin,
-            item.rater,
-            now,
-            json.dumps([dict(m) for m in item.prompt], ensure_ascii=False),
-        ),
-    )
-    iid = int(cur.fetchone()[0])
-
-    def cand(text: str, model: str) -> dict[str, Any]:
-        return {"text": text, "model_version": model, "sampling": "{}", "latency_ms": None, "label": None}
-
-    def feedback(table: str, cols: str, values: tuple[Any, ...]) -> None:
-        marks = ", ".join("?" * (len(values) + 3))
-        conn.execute(
-            f"INSERT INTO {table} ({cols}, session_id, user_name, created_at) VALUES ({marks})",
-            (*values, origin, item.rater, now),
-        )
-
-    if isinstance(item, ImportedDemonstration):
-        if item.source == "thumbs_up":
-            (cid,) = FeedbackStore.insert_candidates(conn, iid, [cand(item.text, item.model)], now)
-            feedback("ratings", "candidate_id, up", (cid, 1))
-        else:
-            feedback("corrections", "interaction_id, text, replaces_json", (iid, item.text, "[]"))
-    elif item.source == "correction":
-        (rid,) = FeedbackStore.insert_candidates(conn, iid, [cand(item.rejected, item.rejected_model)], now)
-        feedback("corrections", "interaction_id, text, replaces_json", (iid, item.chosen, dumps_json([rid])))
-    else:
-        a, b = FeedbackStore.insert_candidates(
-            conn,
-            iid,
-            [cand(item.chosen, item.chosen_model), cand(item.rejected, item.rejected_model)],
-            now,
-        )
-        if item.source == "thumbs":
-            feedback("ratings", "candidate_id, up", (a, 1))
-            feedback("ratings", "candidate_id, up", (b, 0))
-        else:
-            feedback("rankings", "interaction_id, order_json, both_bad", (iid, dumps_json([[a], [b]]), 0))
-    return iid
+    return store.import_items(items, origin=IMPORTED_PREFIX + path.name)

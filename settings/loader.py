@@ -164,9 +164,10 @@ def check_value(key: str, value: Any, tp: Any, meta: Any = None) -> Any:
 def _check_range(key: str, value: Any, meta: Any) -> None:
     choices = meta.get("choices")
     if choices is not None and value not in choices:
-        allowed = (
-            f"{choices[0]!r} or {choices[1]!r}"
-            if len(choices) == 2
+        quoted = [repr(c) for c in choices]
+        allowed = (  # a short list reads as a sentence; a long one as a list
+            f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+            if len(choices) <= 3
             else f"one of {', '.join(map(str, choices))}"
         )
         raise ConfigError(f"{key} must be {allowed}, got {value!r}")
@@ -213,12 +214,14 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         return _coerce(key, value, non_none[0])
     if value is None:
         raise ConfigError(f"{key} may not be null")
-    if origin is list:
+    if origin in (list, tuple):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list) or any(isinstance(v, dict | list) for v in value):
+        if not isinstance(value, list | tuple) or any(
+            isinstance(v, dict | list | bool) or not str(v).strip() for v in value
+        ):
             raise ConfigError(f"{key} must be a list of names, got {value!r}")
-        return [str(v) for v in value]
+        return origin(str(v) for v in value)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping, got {value!r}")

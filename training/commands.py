@@ -81,8 +81,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register `retrain` on a subparsers object (the `ragqa` CLI or scripts/retrain.py)."""
     p = subparsers.add_parser(
         "retrain",
-        help="train a new model version from the feedback (SFT, reward model, PPO/DPO, merge, gate, publish)",
-        description="Export the feedback, run SFT, the reward model and PPO (or DPO), merge, evaluate the "
+        help="train a new model version from the feedback (SFT, reward model, PPO/DPO/KTO, merge, gate, publish)",
+        description="Export the feedback, run SFT, the reward model and PPO (or DPO, or KTO on thumbs), merge, evaluate the "
         "candidate against the current model and publish it when the gate passes.",
     )
     p.add_argument(

@@ -24,7 +24,8 @@ from training.ppo.config import PPOConfig
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIGS_DIR / "default.yaml"
-STAGES = ("sft", "rm", "ppo", "dpo")
+STAGES = ("sft", "rm", "ppo", "dpo", "kto")
+POLICY_STAGES = ("ppo", "dpo", "kto")  # one per run: the stage that trains the published policy adapter
 
 
 __all__ = ["ConfigError", "TrainConfig", "load_config", "parse_overrides"]
@@ -74,6 +75,8 @@ class DataSection:
     min_demonstrations: int = field(default=16, metadata=bounds(ge=0))
     min_pairs: int = field(default=16, metadata=bounds(ge=1))  # fewer: the reward model / DPO refuse to train
     min_prompts: int = field(default=4, metadata=bounds(ge=1))  # fewer PPO prompts: PPO refuses
+    # fewer rated answers (thumbs, unpaired.train.jsonl): KTO refuses
+    min_ratings: int = field(default=16, metadata=bounds(ge=1))
 
 
 @dataclass
@@ -102,6 +105,21 @@ class DPOTrainerSection(TrainerSection):
     # strength of the implicit KL to the reference (the SFT model, adapters off)
     beta: float = field(default=0.1, metadata=bounds(gt=0))
     loss_type: str = "sigmoid"
+
+
+@dataclass
+class KTOTrainerSection(TrainerSection):
+    """KTO (thumbs up/down, no pairs needed): the trainer keys plus the objective's temperature and weights."""
+
+    # KTO estimates its KL term from mismatched prompt/answer pairs within a batch (TRL refuses a batch of 1).
+    batch_size: int = field(default=4, metadata=bounds(ge=2))
+    # strength of the implicit KL to the reference (the SFT model, adapters off)
+    beta: float = field(default=0.1, metadata=bounds(gt=0))
+    # Loss weights of good (label true) and bad (label false) answers. The KTO paper advises
+    # desirable_weight * n_good / (undesirable_weight * n_bad) within [1, 4/3]; thumbs down usually
+    # outnumber thumbs up, so raise desirable_weight when they do.
+    desirable_weight: float = field(default=1.0, metadata=bounds(gt=0))
+    undesirable_weight: float = field(default=1.0, metadata=bounds(gt=0))
 
 
 @dataclass
@@ -146,8 +164,8 @@ class PublishSection:
 class TrainConfig:
     """Everything `ragqa retrain` needs; see training/configs/default.yaml for documented values."""
 
-    # "ppo" (reward model + PPO) | "dpo"
-    algorithm: str = field(default="ppo", metadata=bounds(choices=("ppo", "dpo")))
+    # "ppo" (reward model + PPO) | "dpo" | "kto" (thumbs)
+    algorithm: str = field(default="ppo", metadata=bounds(choices=POLICY_STAGES))
     seed: int = 0
     # "auto" | "cpu" | "cuda"
     device: str = field(default="auto", metadata=bounds(choices=("auto", "cpu", "cuda")))
@@ -161,6 +179,7 @@ class TrainConfig:
         default_factory=lambda: TrainerSection(lr=1e-4, epochs=1.0, max_length=None)
     )
     dpo: DPOTrainerSection = field(default_factory=lambda: DPOTrainerSection(lr=5e-5, epochs=1.0))
+    kto: KTOTrainerSection = field(default_factory=lambda: KTOTrainerSection(lr=5e-5, epochs=1.0))
     ppo_preset: str = "ppo.yaml"  # resolved to an absolute path at load time
     ppo: PPOConfig = field(default_factory=PPOConfig)  # the preset, then the `ppo` keys of the YAML / --set
     merge: MergeSection = field(default_factory=MergeSection)
@@ -169,7 +188,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """The rules between fields (single-field ranges are on the fields and checked by the loader)."""
-        for name in ("sft", "reward", "dpo"):
+        for name in ("sft", "reward", "dpo", "kto"):
             section: TrainerSection = getattr(self, name)
             if section.max_steps <= 0 and section.epochs <= 0:
                 raise ConfigError(f"{name}: set max_steps > 0 or epochs > 0")

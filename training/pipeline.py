@@ -1,10 +1,10 @@
-"""`ragqa retrain`: export -> SFT -> reward model -> PPO (or DPO) -> merge -> evaluation gate -> publish.
+"""`ragqa retrain`: export -> SFT -> reward model -> PPO (or DPO, KTO) -> merge -> evaluation gate -> publish.
 
 A run lives in `RAGQA_HOME/runs/<run_id>/`:
   config.yaml (+ .sha256)   the resolved config; a resumed run keeps it
   state.json                every stage's status (done | skipped | failed), outputs, metrics, plots
   export/                   the feedback snapshot used (its snapshot_id goes into the manifest)
-  sft/ rm/ ppo/ dpo/        each stage's checkpoints, adapter, merged model, metrics.json, plots/
+  sft/ rm/ ppo/ dpo/ kto/   each stage's checkpoints, adapter, merged model, metrics.json, plots/
   merged/                   the candidate: the policy adapter merged into the SFT model (full precision)
   evaluate/                 gate metrics.json and samples.jsonl (candidate vs current answers)
   report.md                 data, metrics per stage, gate decision, publish outcome, the plots
@@ -30,6 +30,7 @@ from typing import Any
 
 from settings.paths import Paths
 from training.config import (
+    POLICY_STAGES,
     STAGES,
     TrainConfig,
     config_from_dict,
@@ -53,7 +54,7 @@ class RetrainOptions:
     config: Path | None = None
     overrides: list[str] = field(default_factory=list)
     resume: str | None = None  # run id
-    stages: list[str] | None = None  # training stages (sft, rm, ppo, dpo); None = the algorithm's default
+    stages: list[str] | None = None  # training stages (config.STAGES); None = the algorithm's default
     publish: bool = True
     force: bool = False
     start_from: str | None = None  # "base" | "current"; None = config's model.start_from
@@ -62,15 +63,18 @@ class RetrainOptions:
 
 # ---- plan -----------------------------------------------------------------------------------------------------
 def training_stages(cfg: TrainConfig, requested: list[str] | None) -> list[str]:
-    """The training stages to run, in order. Default: sft, rm, ppo (ppo) or sft, rm, dpo (dpo: the RM is the
-    gate's judge). `ppo` needs `rm` in the same run."""
+    """The training stages to run, in order. Default: sft, rm, ppo (ppo) or sft, rm, dpo|kto (dpo, kto: the RM
+    is the gate's judge). `ppo` needs `rm` in the same run."""
     default = ["sft", "rm", cfg.algorithm]
     chosen = default if requested is None else [s.strip() for s in requested if s.strip()]
     unknown = [s for s in chosen if s not in STAGES]
     if unknown:
         raise RetrainError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
-    if "ppo" in chosen and "dpo" in chosen:
-        raise RetrainError("choose one policy stage: ppo or dpo, not both")
+    policies = [s for s in POLICY_STAGES if s in chosen]
+    if len(policies) > 1:
+        raise RetrainError(
+            f"choose one policy stage of {', '.join(POLICY_STAGES)}, not {' and '.join(policies)}"
+        )
     if "ppo" in chosen and "rm" not in chosen:
         raise RetrainError(
             "the ppo stage needs the reward model: add rm to --stages (e.g. --stages sft,rm,ppo)"
@@ -79,7 +83,7 @@ def training_stages(cfg: TrainConfig, requested: list[str] | None) -> list[str]:
 
 
 def full_plan(stages: list[str]) -> list[str]:
-    policy = [s for s in stages if s in ("ppo", "dpo")]
+    policy = [s for s in stages if s in POLICY_STAGES]
     return ["export", *stages, *(["merge"] if policy else []), "evaluate", "publish"]
 
 
@@ -101,6 +105,10 @@ def describe_plan(cfg: TrainConfig, plan: list[str], data: ExportData | None) ->
             n = counts["pairs_train"]
             ok = n >= cfg.data.min_pairs
             note = f"{n} preference pairs" + ("" if ok else f" < {cfg.data.min_pairs}: will REFUSE")
+        elif name == "kto" and data:
+            n = counts["ratings_train"]
+            ok = n >= cfg.data.min_ratings
+            note = f"{n} rated answers" + ("" if ok else f" < {cfg.data.min_ratings}: will REFUSE")
         elif name == "ppo" and data:
             n = counts["prompts_train"]
             ok = n >= cfg.data.min_prompts
@@ -192,6 +200,13 @@ def check_enough_data(cfg: TrainConfig, plan: list[str], data: ExportData) -> No
             f"preference pairs in the train split (the {stage} needs them)",
             "Rank more answers in the app, or lower data.min_pairs.",
         )
+    if "kto" in plan:
+        require(
+            counts["ratings_train"],
+            cfg.data.min_ratings,
+            "rated answers (thumbs up/down) in the train split (KTO needs them)",
+            "Rate more answers with 👍/👎 in the app, or lower data.min_ratings.",
+        )
     if "ppo" in plan:
         require(
             counts["prompts_train"],
@@ -256,8 +271,16 @@ def stage_dpo(ctx: RunContext) -> StageResult:
     )
 
 
+def stage_kto(ctx: RunContext) -> StageResult:
+    from training import kto
+
+    return kto.train_kto(
+        ctx.cfg, model_dir=ctx.policy_base, data=ctx.data, out_dir=ctx.run_dir / "kto", resume=ctx.resuming
+    )
+
+
 def _policy_stage(ctx: RunContext) -> str | None:
-    for name in ("ppo", "dpo"):
+    for name in POLICY_STAGES:
         if ctx.state.stage(name).get("status") == "done":
             return name
     return None
@@ -271,9 +294,12 @@ def stage_merge(ctx: RunContext) -> StageResult:
         return StageResult.skipped("no policy adapter to merge")
     device = resolve_device(ctx.cfg)
     qlora = ctx.cfg.ppo.load_in_4bit if policy == "ppo" else want_4bit(ctx.cfg, device)
-    checks = ctx.data.prompts.get("train", [])[: ctx.cfg.merge.check_prompts] or [
-        p["prompt"] for p in ctx.data.pairs.get("train", [])[: ctx.cfg.merge.check_prompts]
-    ]
+    n = ctx.cfg.merge.check_prompts
+    checks = (
+        ctx.data.prompts.get("train", [])[:n]
+        or [p["prompt"] for p in ctx.data.pairs.get("train", [])[:n]]
+        or [r["prompt"] for r in ctx.data.unpaired.get("train", [])[:n]]
+    )
     out = ctx.run_dir / "merged"
     metrics = merge.merge_adapter(
         ctx.policy_base,
@@ -401,6 +427,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[RunContext], StageResult]] = {
     "rm": stage_rm,
     "ppo": stage_ppo,
     "dpo": stage_dpo,
+    "kto": stage_kto,
     "merge": stage_merge,
     "evaluate": stage_evaluate,
     "publish": stage_publish,

@@ -15,7 +15,14 @@ def _fmt(value: Any) -> str:
 
 
 KEY_METRICS = {
-    "export": ["snapshot_id", "demonstrations_train", "pairs_train", "prompts_train", "prompts_test"],
+    "export": [
+        "snapshot_id",
+        "demonstrations_train",
+        "pairs_train",
+        "ratings_train",
+        "prompts_train",
+        "prompts_test",
+    ],
     "sft": ["demonstrations_train", "steps", "train_loss", "eval_loss"],
     "rm": [
         "pairs_used",
@@ -27,6 +34,7 @@ KEY_METRICS = {
     ],
     "ppo": ["steps", "score_first", "score_last", "kl_last", "response_length_last"],
     "dpo": ["pairs_train", "steps", "train_loss", "heldout_accuracy", "heldout_mean_margin"],
+    "kto": ["ratings_good", "ratings_bad", "steps", "train_loss", "heldout_mean_margin"],
     "merge": ["max_abs_logit_diff", "atol"],
     "evaluate": ["current_version", "prompts", "win_rate", "reward_delta", "kl", "kl_per_token"],
 }

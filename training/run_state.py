@@ -19,7 +19,7 @@ from training.errors import TrainingError
 
 STATE = "state.json"
 # Stages whose "skipped" is final on resume; publish is retried (a later --force may publish).
-FINAL_WHEN_SKIPPED = {"export", "sft", "rm", "ppo", "dpo", "merge", "evaluate"}
+FINAL_WHEN_SKIPPED = {"export", "sft", "rm", "ppo", "dpo", "kto", "merge", "evaluate"}
 
 
 class RetrainError(TrainingError):

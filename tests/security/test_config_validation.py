@@ -99,7 +99,7 @@ def test_yaml_booleans_stay_booleans(tmp_path: Path) -> None:
         ("ppo.gamma=1.5", "ppo.gamma must be within [0, 1]"),
         ("ppo.top_p=0", "ppo.top_p must be within (0, 1]"),
         ("ppo.kl_coef=-0.1", "ppo.kl_coef must be >= 0"),
-        ("model.load_in_4bit=maybe", "model.load_in_4bit must be one of auto, true, false"),
+        ("model.load_in_4bit=maybe", "model.load_in_4bit must be 'auto', 'true' or 'false'"),
     ],
 )
 def test_retrain_config_ranges(override: str, message: str) -> None:
