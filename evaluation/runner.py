@@ -2,8 +2,9 @@
 
 The questions go through `QAService.ask`, exactly as the UI and `ragqa ask` answer them. The documents are the
 file's own contexts, written one file per context into a temporary folder and indexed into a temporary RAGQA
-home (or an existing index with `--index`). That home's `models/` holds a symlink to the one version being
-evaluated plus its own `current` pointer, so no weights are copied and the user's registry - in particular its
+home (or an existing index with `--index`). That home's `models/` holds hard links to the one version being
+evaluated plus its own `current` pointer (no weights are copied unless the temporary folder is on another file
+system), and the user's registry - in particular its
 `current` - is never touched (`--model VERSION` evaluates a version without switching to it).
 """
 
@@ -151,16 +152,25 @@ def resolve_version(registry: ModelRegistry, requested: str | None) -> str:
     return name
 
 
-def pin_version(models_dir: Path, registry: ModelRegistry, name: str) -> str:
-    """Make `models_dir` (a private folder) serve version `name` of `registry` via symlinks; returns the name.
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system
+        shutil.copy2(src, dst)
 
-    Registry versions are immutable, so a symlink to the folder is as good as a copy and costs nothing.
+
+def pin_version(models_dir: Path, registry: ModelRegistry, name: str) -> str:
+    """Make `models_dir` (a private folder) serve version `name` of `registry`; returns the name.
+
+    Registry versions are immutable, so hard links to their files are as good as a copy and cost nothing (a copy
+    where the folders are on different file systems). Not a symlink to the folder: the registry refuses a
+    symlinked version (it could point anywhere).
     """
     version = registry.get(resolve_version(registry, name))
     models_dir.mkdir(parents=True, exist_ok=True)
     link = models_dir / name
     if not link.exists():
-        os.symlink(version.path.resolve(), link)
+        shutil.copytree(version.path.resolve(), link, copy_function=_link_or_copy)
     tmp = models_dir / ".current.tmp"
     if tmp.is_symlink():
         tmp.unlink()
