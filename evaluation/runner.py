@@ -4,8 +4,7 @@ The questions go through `QAService.ask`, exactly as the UI and `ragqa ask` answ
 file's own contexts, written one file per context into a temporary folder and indexed into a temporary RAGQA
 home (or an existing index with `--index`). That home's `models/` holds hard links to the one version being
 evaluated plus its own `current` pointer (no weights are copied unless the temporary folder is on another file
-system), and the user's registry - in particular its
-`current` - is never touched (`--model VERSION` evaluates a version without switching to it).
+system), and the user's registry - in particular its `current` - is never touched (`--model VERSION` evaluates a version without switching to it).
 """
 
 from __future__ import annotations
