@@ -36,7 +36,12 @@ def test_unliking_withdraws_the_rating(tiny_services: Services, tmp_path: Path) 
     assert "👎" in h.like(1, False, state)
     assert "withdrawn" in h.like(1, None, state)  # a thumbs-down can be taken back too
     (rec,) = list(tiny_services.store.iter_interactions())
-    assert [(r.up, r.withdrawn) for r in rec.ratings] == [(True, False), (False, True), (False, False), (False, True)]
+    assert [(r.up, r.withdrawn) for r in rec.ratings] == [
+        (True, False),
+        (False, True),
+        (False, False),
+        (False, True),
+    ]
     m = export_snapshot(tiny_services.store, tmp_path, test_fraction=0.0)
     assert m.rows("unpaired") == 0 and m.rows("sft") == 0 and m.rows("preferences") == 0
 
