@@ -375,10 +375,11 @@ def _toast(msg: str) -> str:
     """Show a result as a toast beside the work (gr.Info / gr.Warning) and return it for the status line."""
     import gradio as gr
 
+    # Short-lived: a confirmation that lingers covers the sources of the next answer.
     if msg.startswith("⚠️"):
-        gr.Warning(msg.removeprefix("⚠️").strip())
+        gr.Warning(msg.removeprefix("⚠️").strip(), duration=6)
     elif msg.startswith("✅"):
-        gr.Info(msg.removeprefix("✅").strip())
+        gr.Info(msg.removeprefix("✅").strip(), duration=3)
     return msg
 
 
@@ -529,7 +530,7 @@ def build_ui(services: Services, users: Any = None) -> Any:  # noqa: PLR0915 (on
 
         # Every feedback panel, emptied when a new question is sent, New chat is pressed or a chat is opened.
         panels = [*boxes, rank_group, choice, order, correction, compare_group, prefer, cmp1, cmp2]
-        panels += [down_group, down_tags, down_comment, on_screen, down_target]
+        panels += [down_group, down_tags, down_comment, down_target]
 
         def reset_panels() -> tuple:
             hidden = gr.update(value=None, visible=False)
@@ -547,21 +548,30 @@ def build_ui(services: Services, users: Any = None) -> Any:  # noqa: PLR0915 (on
                 [],
                 "",
                 None,
-                None,
             )
+
+        def keep_panels() -> tuple:
+            """Leave the panels as they are (what the user types while an answer streams survives)."""
+            return (*[gr.update()] * (len(panels) - 1), None)
 
         def chat_list(user: str | None = None) -> Any:
             return gr.update(choices=[(title, cid) for cid, title, _at in h.conversations(user)], value=None)
 
-        outputs = [chat, sources, model_md, status, state, question, on_screen]
-        ask = _as_user(h.ask, 2, generator=True)
+        def ask_and_reset(q: str, s: dict, user: str | None = None) -> Iterator[tuple]:
+            """The answer's updates; the first one also empties every feedback panel (in the same update, so
+            no panel of the previous answer can outlive it)."""
+            first = True
+            for update in h.ask(q, s, user):
+                yield (*update, *(reset_panels() if first else keep_panels()))
+                first = False
+
+        outputs = [chat, sources, model_md, status, state, question, on_screen, *panels]
+        ask = _as_user(ask_and_reset, 2, generator=True)
         # always_last: a question sent while an answer streams is asked when it is done (not dropped).
         ask_events = [
             question.submit(ask, [question, state], outputs, api_name="ask", trigger_mode="always_last"),
             send.click(ask, [question, state], outputs, api_name=False, trigger_mode="always_last"),
         ]
-        for trigger in (question.submit, send.click):
-            trigger(reset_panels, None, panels, queue=False, api_name=False)
         for event in ask_events:
             event.then(_as_user(chat_list, 0), None, [chats], api_name=False)
 
@@ -573,18 +583,21 @@ def build_ui(services: Services, users: Any = None) -> Any:  # noqa: PLR0915 (on
 
         def on_new_chat(s: dict, user: str | None = None) -> tuple:
             h.new_chat(s)
-            return ([], "_No sources yet._", "New chat.", s, chat_list(user), *reset_panels())
+            return ([], "_No sources yet._", "New chat.", s, chat_list(user), None, *reset_panels())
 
-        new_outputs = [chat, sources, status, state, chats, *panels]
+        new_outputs = [chat, sources, status, state, chats, on_screen, *panels]
         new_btn.click(_as_user(on_new_chat, 1), [state], new_outputs, cancels=ask_events, api_name="new_chat")
         chat.clear(_as_user(on_new_chat, 1), [state], new_outputs, cancels=ask_events, api_name=False)
 
         def on_open(conv_id: str, s: dict, user: str | None = None) -> tuple:
             msg = _toast(h.open_conversation(conv_id, s, user))
-            return (chat_value(s), "_No sources yet._", msg, s, *reset_panels())
+            return (chat_value(s), "_No sources yet._", msg, s, None, *reset_panels())
 
         chats.input(
-            _as_user(on_open, 2), [chats, state], [chat, sources, status, state, *panels], api_name=False
+            _as_user(on_open, 2),
+            [chats, state],
+            [chat, sources, status, state, on_screen, *panels],
+            api_name=False,
         )
 
         def on_regenerate(s: dict, user: str | None = None) -> tuple:

@@ -194,7 +194,7 @@ class FeedbackHandlers:
             last["answer_text"], last["passages"], last["cited"], last["citation_mode"], last["relevance"]
         )
         new = answer_markdown(cand.text, last["passages"], cand.cited, "model", last["relevance"])
-        return original, new, "Which response do you prefer?"
+        return original, new, "A new answer is ready: compare it with the one you read, below."
 
     def rank(
         self,
