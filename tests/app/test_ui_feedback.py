@@ -135,3 +135,19 @@ def test_conversations_come_back_after_a_reload(tiny_services: Services) -> None
     assert [m["role"] for m in reloaded["display"]] == ["user", "assistant"]
     assert reloaded["history"][0]["content"] == QUESTION
     assert "👍" in h.like(1, True, reloaded)  # an answer of a restored chat can still be rated
+
+
+def test_stop_ends_the_generation_thread(tiny_services: Services) -> None:  # noqa: F811
+    """Stop closes the answer's generator; the transformers backend must then stop generating, not run on."""
+    import threading
+    import time
+
+    model = tiny_services.qa.generator.current()
+    messages = [{"role": "user", "content": "Say many things."}]
+    pieces = model.stream(messages, max_new_tokens=4000, timeout_s=120, repetition_penalty=3.0)
+    next(iter(pieces))
+    pieces.close()
+    deadline = time.monotonic() + 10
+    while any(t.name == "generate" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "generate" for t in threading.enumerate())
