@@ -44,6 +44,7 @@ from app.ui_render import (
 )
 
 log = logging.getLogger(__name__)
+_NO_LOGIN_ADMIN = " (this server has no logins: use `ragqa feedback stats`, `ragqa models list` and `ragqa models rollback`)"
 MAX_CANDIDATES = 4
 LOCAL_OWNER = "local"  # without logins the app listens on this machine only: its one user owns the chats
 STOPPED_NOTE = "<sub>(stopped: this partial answer is not saved and cannot be rated)</sub>"
@@ -93,9 +94,10 @@ class Handlers(FeedbackHandlers):
         self.limiter = RateLimiter(services.config.rate_limit_per_minute)
 
     def is_admin(self, user: str | None) -> bool:
-        """Without logins the app only listens on this machine: its one user owns it and is the admin."""
-        if not self.users:
-            return True
+        """Without logins nobody is an admin in the web UI: any page the browser opens (or a DNS-rebinding one)
+        could act as that visitor, so counts, versions and rollback are command-line only then."""
+        if self.users is None:
+            return False
         found = self.users.get(user)
         return bool(found and found.is_admin)
 
@@ -331,7 +333,9 @@ class Handlers(FeedbackHandlers):
 
     def stats(self, user: str | None = None) -> str:
         if not self.is_admin(user):
-            return err("only admins can see the feedback counts")
+            return err(
+                f"only admins can see the feedback counts{_NO_LOGIN_ADMIN if self.users is None else ''}"
+            )
         try:
             st = self.s.store.stats()
         except Exception as e:
@@ -340,7 +344,7 @@ class Handlers(FeedbackHandlers):
 
     def versions(self, user: str | None = None) -> str:
         if not self.is_admin(user):
-            return err("only admins can see model versions")
+            return err(f"only admins can see model versions{_NO_LOGIN_ADMIN if self.users is None else ''}")
         current = self.s.qa.registry.current_name()
         rows = [
             f"| {'**' + v.name + '** (current)' if v.name == current else v.name} | {v.created_at} | "
@@ -351,8 +355,10 @@ class Handlers(FeedbackHandlers):
 
     def rollback(self, version: str | None, user: str | None = None) -> str:
         if not self.is_admin(user):
-            return err("only admins can switch model versions")
-        from training.registry import RegistryError
+            return err(
+                f"only admins can switch model versions{_NO_LOGIN_ADMIN if self.users is None else ''}"
+            )
+        from model_store.registry import RegistryError
 
         try:
             v = self.s.qa.registry.rollback((version or "").strip() or None)
@@ -679,18 +685,26 @@ def build_ui(services: Services, users: Any = None) -> Any:  # noqa: PLR0915 (on
     return demo
 
 
-def launch(services: Services, *, prevent_thread_lock: bool = False, users: Any = None) -> tuple[Any, str]:
-    """Start the server; returns (demo, local_url). With `users` (app.auth.Users) every visitor must log in."""
+def launch(
+    services: Services, *, prevent_thread_lock: bool = False, users: Any = None, throttle: Any = None
+) -> tuple[Any, str]:
+    """Start the server; returns (demo, local_url). With `users` (app.auth.Users) every visitor must log in.
+
+    app/access.py guards every request (hosts, origins, login backoff, sessions, uploads); `throttle` replaces
+    the default login backoff (tests)."""
+    from app.access import UPLOAD_CACHE_CLEANUP, launch_options
+
     cfg = services.config
     demo = build_ui(services, users)
     # A bounded queue: when it is full, users get Gradio's "queue is full" error instead of a hang.
     demo.queue(default_concurrency_limit=cfg.concurrency, max_size=cfg.max_queue)
+    demo.delete_cache = UPLOAD_CACHE_CLEANUP
     _app, url, _ = demo.launch(
         server_name=cfg.host,
         server_port=cfg.port,
         prevent_thread_lock=prevent_thread_lock,
         share=False,
-        auth=users.check if users else None,
+        **launch_options(cfg, users, throttle),
     )
     return demo, url
 
