@@ -57,6 +57,10 @@ def test_withdrawn_thumbs_give_no_row_and_latest_wins(store: FeedbackStore, tmp_
     assert row["meta"]["model_version"] == "v0003" and row["meta"]["chunk_ids"] == ["tower.md#0"]
     assert "1893" in row["prompt"][-1]["content"]  # the passages shown are in the prompt
     assert m.counts["ratings_withdrawn"] == 2 and m.rows("sft") == 0 and m.rows("preferences") == 0
+    # The retrain's KTO stage reads exactly this file.
+    from training.data import load_export
+
+    assert [r["label"] for r in load_export(tmp_path).unpaired["train"]] == [False]
 
 
 def test_a_revised_ranking_replaces_the_earlier_one(store: FeedbackStore, tmp_path: Path) -> None:
