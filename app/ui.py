@@ -575,9 +575,24 @@ def build_ui(services: Services, users: Any = None) -> Any:  # noqa: PLR0915 (on
         ask = _as_user(ask_and_reset, 2, generator=True)
         # always_last: a question sent while an answer streams is asked when it is done (not dropped).
         ask_events = [
-            question.submit(ask, [question, state], outputs, api_name="ask", trigger_mode="always_last"),
+            question.submit(ask, [question, state], outputs, api_name=False, trigger_mode="always_last"),
             send.click(ask, [question, state], outputs, api_name=False, trigger_mode="always_last"),
         ]
+        # The HTTP API keeps its shape (chat, sources, model, status, question box) through invisible triggers;
+        # rate_up / rate_down rate the latest answer with a reason (the chat rates any answer with 👍/👎).
+        api_ask, api_up, api_down = (gr.Button(visible=False) for _ in range(3))
+        api_reason = gr.Textbox(visible=False)
+        api_outputs = [chat, sources, model_md, status, state, question, on_screen]
+        api_ask.click(_as_user(h.ask, 2, generator=True), [question, state], api_outputs, api_name="ask")
+
+        def rate_up(r: str, s: dict, user: str | None = None) -> str:
+            return h.rate_latest(True, r, s, user)
+
+        def rate_down(r: str, s: dict, user: str | None = None) -> str:
+            return h.rate_latest(False, r, s, user)
+
+        api_up.click(_as_user(rate_up, 2), [api_reason, state], [status], api_name="rate_up")
+        api_down.click(_as_user(rate_down, 2), [api_reason, state], [status], api_name="rate_down")
         for event in ask_events:
             event.then(_as_user(chat_list, 0), None, [chats], api_name=False)
 

@@ -11,6 +11,7 @@ counts the latest of each rater session. Plain functions on a state dict: unit-t
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from typing import Any
@@ -56,13 +57,17 @@ def friendly_error(action: str, e: BaseException) -> str:
     if isinstance(e, QAError | RateLimited | RankingError):
         return err(str(e))
     if isinstance(e, FeedbackValidationError):
-        return err(f"{action} was not saved: {e}")
+        return err(f"{action} was NOT saved: {e}")
     log.error("%s failed: %s", action, e, exc_info=e)
     if isinstance(e, FeedbackStoreUnavailable):
         return err(
-            f"{action} was not saved: the feedback store is busy or unavailable; try again in a moment"
+            f"{action} was NOT saved: the feedback store is busy or unavailable; try again in a moment"
         )
-    return err(f"{action} was not saved because of an internal error (logged); try again")
+    return err(f"{action} was NOT saved because of an internal error (logged); try again")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _as_id(value: Any) -> int | None:
@@ -122,6 +127,29 @@ class FeedbackHandlers:
         if liked is False:
             return ok("👎 saved. What was wrong? Tell us below (optional).")
         return ok("rating withdrawn.")
+
+    def rate_latest(
+        self, up: bool, reason: str | None, state: dict[str, Any], user: str | None = None
+    ) -> str:
+        """API clients: rate the latest answer with an optional reason (the chat itself uses `like`)."""
+        last = (state or {}).get("last")
+        if not last:
+            return err("there is no recorded answer to rate yet")
+        cid, reason = last["answer_id"], (reason or "").strip() or None
+        try:
+            rid = self.s.store.record_rating(
+                cid,
+                bool(up),
+                reason=reason,
+                session_id=state["session_id"],
+                user=user,
+                # A digest, not the text: a token holding a long reason broke the 200-character identifier limit.
+                # The same submission twice (a retried request) records once.
+                client_token=f"rate:{cid}:{int(bool(up))}:{_digest(reason or '')}",
+            )
+        except Exception as e:
+            return friendly_error("the rating", e)
+        return ok(f"{'👍' if up else '👎'} saved (#{rid}).")
 
     def explain_down(
         self,
@@ -218,7 +246,7 @@ class FeedbackHandlers:
                 groups, both_bad = parse_order(order_text or "", list(alts)), False
         except RankingError as e:
             return err(str(e))
-        return self._save_ranking(last, groups, both_bad, state, user)
+        return self._save_ranking(last, groups, both_bad, state, user, "ranking")
 
     def prefer(self, choice: str | None, shown: Any, state: dict[str, Any], user: str | None = None) -> str:
         """The regenerate comparison's answer; the preferred response becomes the chat's answer."""
@@ -230,7 +258,7 @@ class FeedbackHandlers:
         if choice not in PREFER_CHOICES:
             return err(f"choose one of: {', '.join(PREFER_CHOICES)}")
         groups, both_bad = two_way(PREFER_CHOICES[choice])
-        status = self._save_ranking(last, groups, both_bad, state, user)
+        status = self._save_ranking(last, groups, both_bad, state, user, "choice")
         if status.startswith("✅"):
             self._show_preferred(last, state, new=choice == "Response 2")
             self.save_conversation(state, user)
@@ -243,13 +271,14 @@ class FeedbackHandlers:
         both_bad: bool,
         state: dict[str, Any],
         user: str | None,
+        noun: str,
     ) -> str:
         alts: dict[str, int] = last["alternatives"]
         # "Both bad" names the candidates it judged, so the export can give each a `label: false` row.
         order = [list(alts.values())] if both_bad else [[alts[label] for label in g] for g in groups]
         revision = bool(last.get("ranked"))
         try:
-            self.s.store.record_ranking(
+            rid = self.s.store.record_ranking(
                 last["interaction_id"],
                 order,
                 both_bad=both_bad,
@@ -258,13 +287,11 @@ class FeedbackHandlers:
                 client_token=f"rank:{uuid.uuid4().hex}",  # every save is a new row: a revision, not a replay
             )
         except Exception as e:
-            return friendly_error("your choice", e)
+            return friendly_error(f"your {noun}", e)
         last["ranked"] = True
-        return ok(
-            "your changed choice is saved (it replaces the earlier one)."
-            if revision
-            else "choice saved. Thank you!"
-        )
+        if revision:
+            return ok(f"{noun} saved (#{rid}): it replaces your earlier one.")
+        return ok(f"{noun} saved (#{rid}). Thank you!")
 
     def _show_preferred(self, last: dict[str, Any], state: dict[str, Any], new: bool) -> None:
         """Show the preferred response as the chat's answer; a thumbs on it then rates that candidate."""

@@ -99,8 +99,8 @@ def test_feedback_round_trip_over_http(served: tuple[Services, object], tmp_path
     assert [bool(b["visible"]) for b in boxes] == [True, True, False, False]
     assert boxes[0]["value"].startswith("**A**") and boxes[1]["value"].startswith("**B**")
 
-    assert "choice saved" in client.predict("A is better", "", api_name="/rank")
-    assert "replaces the earlier one" in client.predict("B is better", "", api_name="/rank")  # a revision
+    assert "ranking saved" in client.predict("A is better", "", api_name="/rank")
+    assert "replaces your earlier one" in client.predict("B is better", "", api_name="/rank")  # a revision
     assert "saved as an example of a good answer" in client.predict(CORRECTION, api_name="/correct")
     assert "ragqa feedback stats" in client.predict(api_name="/stats")  # no logins: admin views are CLI-only
     stats = stats_markdown(services.store.stats())

@@ -131,7 +131,7 @@ def test_user_asks_compares_ranks_rates_corrects_and_admin_sees_counts(
 
     page.get_by_label("A is better").check()
     page.get_by_role("button", name="Save ranking").click()
-    _status(page, r"✅ choice saved")  # the status line (the toast says the same without ✅)
+    _status(page, r"✅ ranking saved \(#\d+\)")  # the status line (the toast says the same without ✅)
     page.screenshot(path=artifacts / "04-ranked.png", full_page=True)
 
     page.get_by_role("button", name="Like", exact=True).last.click()  # the 👍 under the answer

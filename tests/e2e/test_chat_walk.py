@@ -157,7 +157,7 @@ def _walk(page: object, artifacts: Path) -> None:  # noqa: PLR0915 (one user's w
     # 6. Revise: Response 1 after all; the chat shows the preferred answer again.
     page.get_by_label("Response 1").check()
     page.get_by_role("button", name="Save my choice").click()
-    _status(page, r"replaces the earlier one")
+    _status(page, r"replaces your earlier one")
 
     # 7. 👎 on the answer, with a reason and a comment.
     page.get_by_role("button", name="Dislike", exact=True).last.click()
