@@ -13,7 +13,6 @@ Per browser session the UI keeps a `gr.State` dict:
 from __future__ import annotations
 
 import logging
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,7 +121,7 @@ class Handlers(FeedbackHandlers):
             self._limit(user, state)
             pieces: list[str] = []
             sources = sources_markdown([], [], "none")
-            busy = "Answering… (Stop interrupts; a question you send now is asked next)"
+            busy = "Answering… (■ Stop interrupts it; a question you type now stays in the box: send it when this answer is done)"
             for kind, value in self.s.qa.stream(q, state["history"]):
                 if kind == "sources":
                     sources = sources_markdown(value, [], "none")
@@ -309,7 +308,8 @@ class Handlers(FeedbackHandlers):
         return [(src, document_title(src, first.get(src, ""))) for src in sorted(index.files)]
 
     def add_documents(self, files: list[Any] | None, user: str | None = None) -> str:
-        """Admins add documents: each upload is copied under RAGQA_HOME/uploads and ingested (added or updated)."""
+        """Admins add documents: each upload (Gradio's own upload, limited to the supported file types) is
+        ingested as one file, added or updated under its file name; the other indexed documents stay."""
         if not self.is_admin(user):
             return err("only admins can add documents")
         paths = [Path(f if isinstance(f, str) else getattr(f, "name", "")) for f in (files or [])]
@@ -317,17 +317,13 @@ class Handlers(FeedbackHandlers):
             return err("choose one or more files first")
         from retrieval.ingest import ingest
 
-        folder = self.s.config.paths.home / "uploads"
-        folder.mkdir(parents=True, exist_ok=True)
         lines = []
         for path in paths:
-            target = folder / Path(path.name).name
-            shutil.copyfile(path, target)
             try:
-                report = ingest(target, self.s.config.paths.index_dir, self.s.qa.embedder(), progress=False)
+                report = ingest(path, self.s.config.paths.index_dir, self.s.qa.embedder(), progress=False)
             except Exception as e:
-                return err(f"{target.name} could not be added: {e}")
-            lines.append(f"{target.name}: {report.summary().splitlines()[0]}")
+                return err(f"{path.name} could not be added: {e}")
+            lines.append(f"{path.name}: {report.summary().splitlines()[0]}")
             lines += [f"skipped {rel}: {why}" for rel, why in report.skipped]
         return ok("added. " + " · ".join(lines))
 
@@ -573,10 +569,12 @@ def build_ui(services: Services, users: Any = None) -> Any:  # noqa: PLR0915 (on
 
         outputs = [chat, sources, model_md, status, state, question, on_screen, *panels]
         ask = _as_user(ask_and_reset, 2, generator=True)
-        # always_last: a question sent while an answer streams is asked when it is done (not dropped).
+        # While an answer streams, a second send is ignored by Gradio ("once"), but the box is not cleared by the
+        # stream any more and the status line says so: the typed question waits there for the user to send it.
+        # ("always_last" would queue it, but measured in Chromium it also re-ran a question after Stop.)
         ask_events = [
-            question.submit(ask, [question, state], outputs, api_name=False, trigger_mode="always_last"),
-            send.click(ask, [question, state], outputs, api_name=False, trigger_mode="always_last"),
+            question.submit(ask, [question, state], outputs, api_name=False),
+            send.click(ask, [question, state], outputs, api_name=False),
         ]
         # The HTTP API keeps its shape (chat, sources, model, status, question box) through invisible triggers;
         # rate_up / rate_down rate the latest answer with a reason (the chat rates any answer with 👍/👎).

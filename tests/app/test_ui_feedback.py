@@ -151,3 +151,21 @@ def test_stop_ends_the_generation_thread(tiny_services: Services) -> None:  # no
     while any(t.name == "generate" for t in threading.enumerate()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(t.name == "generate" for t in threading.enumerate())
+
+
+def test_admin_adds_a_document_from_the_ui(tiny_services: Services, ragqa_home: Path, tmp_path: Path) -> None:  # noqa: F811
+    from app.auth import Users
+
+    users = Users(ragqa_home / "users.json")
+    users.add("alice", "alice-password", "admin")
+    users.add("bob", "bob-password-1", "user")
+    h = Handlers(tiny_services, users)
+    doc = tmp_path / "upload" / "lighthouse.md"  # where Gradio keeps an upload: outside RAGQA_HOME
+    doc.parent.mkdir()
+    doc.write_text("# Velmora lighthouse\n\nThe Velmora lighthouse lamp is lit at dusk.", encoding="utf-8")
+    assert "only admins" in h.add_documents([str(doc)], user="bob")
+    assert ("lighthouse.md", "Velmora lighthouse") not in h.documents()
+    assert h.add_documents([str(doc)], user="alice").startswith("✅ added")
+    assert ("lighthouse.md", "Velmora lighthouse") in h.documents()  # on the start page, and searchable:
+    passages = tiny_services.qa.retrieve("When is the Velmora lighthouse lamp lit?")
+    assert passages[0].source == "lighthouse.md"

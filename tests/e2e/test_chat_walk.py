@@ -22,15 +22,16 @@ from app.config import AppConfig
 from app.services import Services
 from app.ui import launch
 from benchmarks.load import DOCS, free_port
+from model_store.registry import ModelRegistry
 from retrieval.embedder import HashEmbedder
 from retrieval.ingest import ingest
-from training.registry import ModelRegistry
 
 DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 Q1 = "When did the Zorbium Tower open?"
 Q2 = "How long does quillbread dough rest?"
 Q3 = "Who designed the Zorbium Tower?"
 Q4 = "Where is the home port of the Marigold Vance?"
+NEXT = "And how tall is it?"
 STALE = "The Zorbium Tower opened on 14 March 1893 [1]."
 COMMENT = "nine hours is in the passage, the answer does not say it"
 TIMEOUT_MS = 90_000
@@ -173,9 +174,13 @@ def _walk(page: object, artifacts: Path) -> None:  # noqa: PLR0915 (one user's w
     box.fill(Q3)
     box.press("Enter")
     page.get_by_text(re.compile(r"^Answering…")).first.wait_for()
+    box.fill(NEXT)  # typed while the answer streams: the stream must not wipe it
+    page.wait_for_timeout(700)
+    assert box.input_value() == NEXT
     page.get_by_role("button", name="■ Stop").click()
     _status(page, r"Stopped\. The partial answer is not saved")
     assert page.get_by_text("this partial answer is not saved").count() >= 1
+    assert box.input_value() == NEXT  # still there to send
     page.screenshot(path=artifacts / "08-stopped.png", full_page=True)
 
     # 9. New chat: the old conversation is gone from the screen, the prompt and the search.
