@@ -243,7 +243,7 @@ def test_served_ui_streams_and_cites_on_llamacpp(gguf_registry: Path, tmp_path: 
         assert sources.startswith("**[1] kelvale/tower.md**"), sources
         answer = _last_answer(chat)
         assert "1893" in answer, answer  # the default model copies the date from the passage
-        assert "Sources: [1]" in answer and "**cited" in sources
+        assert "<summary>[1] kelvale/tower.md" in answer and "cited" in answer and "**cited" in sources
     finally:
         demo.close()
         services.close()
