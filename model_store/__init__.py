@@ -1,0 +1,1 @@
+"""Model storage, loading and the hardware facts that decide how models run (see the modules)."""
