@@ -13,9 +13,15 @@ from model_store import hardware
 from model_store.hardware import CpuInfo, choose_dtype, parse_cpuinfo, parse_precision, usable_cores
 
 AVX2_EPYC = "processor\t: 0\nmodel name\t: AMD EPYC 7B12\nflags\t\t: fpu sse sse2 avx avx2 fma f16c\n"
-ZEN4 = "model name\t: AMD EPYC 9B14\nflags\t\t: avx avx2 fma avx512f avx512bw avx512vl avx512_bf16 avx512_vnni\n"
-SAPPHIRE = "model name\t: Intel(R) Xeon(R) Platinum 8481C\nflags\t\t: avx avx2 avx512f avx512bw amx_tile amx_bf16\n"
-SKYLAKE = "model name\t: Intel(R) Xeon(R) Gold 6148\nflags\t\t: avx avx2 fma avx512f avx512bw avx512vl avx512dq\n"
+ZEN4 = (
+    "model name\t: AMD EPYC 9B14\nflags\t\t: avx avx2 fma avx512f avx512bw avx512vl avx512_bf16 avx512_vnni\n"
+)
+SAPPHIRE = (
+    "model name\t: Intel(R) Xeon(R) Platinum 8481C\nflags\t\t: avx avx2 avx512f avx512bw amx_tile amx_bf16\n"
+)
+SKYLAKE = (
+    "model name\t: Intel(R) Xeon(R) Gold 6148\nflags\t\t: avx avx2 fma avx512f avx512bw avx512vl avx512dq\n"
+)
 
 
 @pytest.fixture
@@ -79,7 +85,7 @@ def test_serving_and_every_training_stage_follow_the_cpu(fake_machine, cpuinfo: 
 
     from app.backends.transformers_lm import pick_dtype
     from retrieval.embedder import _cpu_has_fast_bf16
-    from training.config import load_config, trainer_kwargs, train_dtype
+    from training.config import load_config, train_dtype, trainer_kwargs
     from training.ppo.config import PPOConfig
 
     fake_machine(cpuinfo)
@@ -105,7 +111,8 @@ def test_shipped_ppo_preset_is_auto() -> None:
 
 def test_bad_precision_in_the_configs_is_a_config_error() -> None:
     from training.config import ConfigError, config_from_dict
-    from training.ppo.config import PPOConfigError, config_from_dict as ppo_from_dict
+    from training.ppo.config import PPOConfigError
+    from training.ppo.config import config_from_dict as ppo_from_dict
 
     with pytest.raises(ConfigError, match="model.bf16"):
         config_from_dict({"model": {"bf16": "half"}})
