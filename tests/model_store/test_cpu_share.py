@@ -139,7 +139,9 @@ def test_background_job_lowers_priority_and_threads_beside_a_server(tmp_path: Pa
             "        'omp': os.environ['OMP_NUM_THREADS'], 'markers': markers}))\n"
         )
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+        )
     finally:
         server.kill()
         server.wait()
