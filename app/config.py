@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.backends.base import BACKENDS
-from training.gguf_export import SETTINGS as GGUF_SETTINGS
-from training.gguf_export import parse_setting as parse_gguf_setting
-from training.paths import Paths
+from model_store.gguf import SETTINGS as GGUF_SETTINGS
+from model_store.gguf import parse_setting as parse_gguf_setting
+from settings.paths import Paths
 
 if TYPE_CHECKING:
     from model_store.cpu_share import CpuSharePolicy

@@ -69,8 +69,8 @@ def _training_setting(cuda: bool) -> tuple[str, str]:
 def _backend(cfg: Any) -> dict[str, Any]:
     from app.backends.llamacpp_lm import llama_cpp_available
     from app.generator import Generator
-    from training.gguf_export import find_gguf
-    from training.registry import ModelRegistry
+    from model_store.gguf import find_gguf
+    from model_store.registry import ModelRegistry
 
     registry = ModelRegistry(cfg.paths.models_dir)
     version = registry.current()

@@ -314,7 +314,7 @@ class Handlers:
     def rollback(self, version: str | None, user: str | None = None) -> str:
         if not self.is_admin(user):
             return _err("only admins can switch model versions")
-        from training.registry import RegistryError
+        from model_store.registry import RegistryError
 
         try:
             v = self.s.qa.registry.rollback((version or "").strip() or None)

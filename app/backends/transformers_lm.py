@@ -27,22 +27,6 @@ from app.backends.base import (
 DECODE_PATHS = ("generate",)
 
 
-def pick_dtype(requested: str) -> Any:
-    """The torch dtype the version is served in: model_store.hardware.choose_dtype (bf16 only where native).
-
-    Measured with SmolLM2-135M on this project's 2-core machines (all under load from parallel jobs, so noisy):
-    - AMD EPYC Zen 4 (avx512_bf16, no AMX): a 900-token prefill took 1.04 s in bf16 vs 1.85 s in fp32; time to
-      first token in the app (4 passages, ~780 prompt tokens) p50 3.5 s bf16 vs 4.7 s fp32. Decode per CPU-second
-      at one thread was a tie (15.8 vs 16.5 tok/s); wall-clock decode under load went both ways in two runs.
-    - Sapphire Rapids (AMX): batched forwards 3.6x faster in bf16, single-stream decode 25 vs 27 tok/s.
-    Prefill dominates a RAG answer's wait (long prompt, short answer), so bf16 wins where the CPU has native bf16;
-    without it bf16 is emulated and much slower. `dtype: float32` in config.yaml overrides.
-    """
-    from model_store.hardware import choose_dtype
-
-    return choose_dtype(requested).torch_dtype()
-
-
 def check_decode(decode: str) -> None:
     if decode not in DECODE_PATHS:
         raise GenerationError(f"unknown decode path {decode!r}: use one of {', '.join(DECODE_PATHS)}")
@@ -62,7 +46,7 @@ class TransformersModel(ServedModel):
 
     @classmethod
     def load(cls, version: Any, *, dtype: str = "auto", load_in_4bit: bool = False) -> TransformersModel:
-        from training.modeling import ModelLoadError, load_causal_lm, load_tokenizer
+        from model_store.loading import ModelLoadError, load_causal_lm, load_tokenizer, pick_dtype
 
         try:
             tokenizer = load_tokenizer(version.path)

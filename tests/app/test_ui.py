@@ -19,9 +19,9 @@ from app.config import AppConfig
 from app.services import Services
 from app.ui import Handlers, launch, new_state
 from feedback_store.export import export_snapshot
+from model_store.registry import ModelRegistry
 from retrieval.embedder import HashEmbedder
 from retrieval.ingest import ingest
-from training.registry import ModelRegistry
 
 DOCS = {
     "kelvale/tower.md": "# The Zorbium Tower\n\nThe Zorbium Tower in Kelvale opened on 14 March 1893. "

@@ -14,7 +14,7 @@ from app.ranking import RankingError, parse_order, two_way
 from app.render import inert_markdown
 from retrieval.prompt import NO_ANSWER
 from retrieval.types import Passage
-from training.paths import Paths
+from settings.paths import Paths
 
 
 def test_parse_order_with_ties() -> None:

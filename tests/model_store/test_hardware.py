@@ -83,7 +83,7 @@ def test_precision_settings_are_parsed_or_refused() -> None:
 def test_serving_and_every_training_stage_follow_the_cpu(fake_machine, cpuinfo: str, dtype: str) -> None:
     import torch
 
-    from app.backends.transformers_lm import pick_dtype
+    from model_store.loading import pick_dtype
     from retrieval.embedder import _cpu_has_fast_bf16
     from training.config import load_config, train_dtype, trainer_kwargs
     from training.ppo.config import PPOConfig

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from model_store.reward import load_reward_model, score_with_reward_model
 from training.ppo.actor_critic import (
     POLICY,
     VALUE,
@@ -50,9 +51,7 @@ from training.ppo.rollout import (
     RewardFn,
     Rollout,
     left_pad,
-    load_reward_model,
     sample_responses,
-    score_with_reward_model,
     tokenize_prompts,
 )
 
@@ -444,7 +443,7 @@ def run_ppo(
         out_dir.mkdir(parents=True, exist_ok=True)
         save_ppo_config(cfg, out_dir / "ppo_config.yaml")
 
-    from training.modeling import load_tokenizer
+    from model_store.loading import load_tokenizer
 
     tokenizer = load_tokenizer(policy_dir)
     kept, query_tokens = tokenize_prompts(tokenizer, prompts, cfg.max_prompt_tokens)
@@ -460,6 +459,10 @@ def run_ppo(
         scorer.reward_model, scorer.reward_tokenizer = load_reward_model(
             reward_dir, bf16=cfg.compute_dtype(device.type).is_bf16, device=device
         )
+        if getattr(scorer.reward_tokenizer, "chat_template", None) is None:
+            raise PromptError(
+                f"the reward tokenizer in {reward_dir} has no chat template; it must match RM training"
+            )
         if cfg.init_value_head_from_reward:
             value_head_from_rm = init_value_head_from_reward(model, scorer.reward_model)
 
