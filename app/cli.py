@@ -156,6 +156,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     warning = check_bind(cfg.host, users, insecure=args.insecure)
     if warning:
         print(warning, file=sys.stderr)
+    if cfg.host in ("0.0.0.0", "::") and not cfg.allowed_hosts:
+        print(
+            "note: only requests for localhost, 127.0.0.1 or ::1 are served (DNS-rebinding protection); put the "
+            "names people use (e.g. qa.example.org, 10.0.0.5) in allowed_hosts in config.yaml",
+            file=sys.stderr,
+        )
     from model_store.cpu_share import marker
     from model_store.hardware import usable_cores
 
@@ -212,10 +218,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     registry = ModelRegistry(_config(args).paths.models_dir)
     current = registry.current_name()
     if args.models_cmd == "list":
-        versions = registry.versions()
+        versions = registry.listing()
         if not versions:
             print("no model versions yet: run `ragqa setup`")
         for v in versions:
+            if v.problem:  # listed, never served: the other versions stay usable
+                print(f"! {v.name}  BROKEN: {v.problem}")
+                continue
             m = v.manifest
             mark = "*" if v.name == current else " "
             detail = m.get("run_id") or m.get("source", "")
@@ -394,8 +403,11 @@ def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from settings.paths import make_private
+
     args = build_parser().parse_args(argv)
     try:
+        make_private()
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -55,6 +55,7 @@ T = TypeVar("T")
 DEFAULT_MAX_TEXT_CHARS = 100_000
 DEFAULT_BUSY_TIMEOUT_S = 5.0
 _MAX_ID_CHARS = 200  # session ids, user names, model versions, labels, client tokens
+MAX_REASON_CHARS = 2000  # a rating's reason: a few sentences; longer text belongs in a correction
 _BATCH_ATTEMPTS = 3  # a batch rolled back by a deadlock / serialization failure is run again this often
 DSN_ENV = "RAGQA_FEEDBACK_DSN"
 
@@ -706,6 +707,10 @@ class FeedbackStore:
         candidate_id = int(candidate_id)
         if reason is not None:
             reason = self._text("reason", reason, allow_empty=True)
+            if len(reason) > MAX_REASON_CHARS:
+                raise FeedbackValidationError(
+                    f"the reason has {len(reason)} characters; the limit is {MAX_REASON_CHARS}: shorten it"
+                )
         session_id = self._ident("session_id", session_id)
         user = self._ident("user", user, optional=True)
 

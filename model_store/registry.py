@@ -52,6 +52,7 @@ class ModelVersion:
     path: Path
     manifest: dict[str, Any]  # manifest.json as published, with the derived records (`records`) laid over it
     records: dict[str, Any] = field(default_factory=dict)
+    problem: str | None = None  # why this version cannot be used (listing() only; never served)
 
     @property
     def created_at(self) -> str:
@@ -74,18 +75,27 @@ class ModelRegistry:
 
     # ---- reading -----------------------------------------------------------------------------------
     def versions(self) -> list[ModelVersion]:
-        """Published versions, oldest first. `.partial` folders (unfinished publishes) are ignored."""
+        """Usable published versions, oldest first. `.partial` folders (unfinished publishes) and broken
+        versions (see `listing`) are left out, so one damaged folder does not break every command."""
+        return [v for v in self.listing() if v.problem is None]
+
+    def listing(self) -> list[ModelVersion]:
+        """Every version folder, oldest first; a damaged one (bad manifest, or a symlink) has `problem` set."""
         if not self.root.is_dir():
             return []
         out = []
         for p in sorted(self.root.iterdir()):
-            if p.is_dir() and not p.is_symlink() and _VERSION_RE.match(p.name):
+            if not _VERSION_RE.match(p.name) or not (p.is_dir() or p.is_symlink()):
+                continue
+            try:
                 out.append(self._version(p))
+            except RegistryError as e:
+                out.append(ModelVersion(p.name, p, {}, problem=str(e)))
         return out
 
     def get(self, name: str) -> ModelVersion:
         path = self.root / name
-        if not _VERSION_RE.match(name) or not path.is_dir():
+        if not _VERSION_RE.match(name) or not (path.is_dir() or path.is_symlink()):
             known = ", ".join(v.name for v in self.versions()) or "none"
             raise RegistryError(f"no model version {name!r} (published versions: {known})")
         return self._version(path)
@@ -108,6 +118,13 @@ class ModelRegistry:
         return versions[0] if versions else None
 
     def _version(self, path: Path) -> ModelVersion:
+        # Versions are folders the registry wrote; a symlink would serve (and let `current` point at) weights
+        # from anywhere on the machine, replaceable behind the registry's back.
+        if path.is_symlink():
+            raise RegistryError(
+                f"model version {path.name} is a symlink (to {os.readlink(path)}), not a published folder: "
+                "refused; publish the model with `ragqa models` / retrain instead"
+            )
         records = self._read_records(path.name)
         return ModelVersion(path.name, path, {**self._read_manifest(path), **records}, records)
 
@@ -124,11 +141,16 @@ class ModelRegistry:
 
     def _read_manifest(self, path: Path) -> dict[str, Any]:
         try:
-            return json.loads((path / MANIFEST).read_text())
+            data = json.loads((path / MANIFEST).read_text())
         except FileNotFoundError as e:
             raise RegistryError(f"model version {path.name} has no {MANIFEST}; the folder is damaged") from e
         except json.JSONDecodeError as e:
             raise RegistryError(f"model version {path.name}: {MANIFEST} is not valid JSON ({e})") from e
+        except (OSError, UnicodeDecodeError) as e:
+            raise RegistryError(f"model version {path.name}: {MANIFEST} cannot be read ({e})") from e
+        if not isinstance(data, dict):
+            raise RegistryError(f"model version {path.name}: {MANIFEST} is not a JSON object")
+        return data
 
     # ---- writing -----------------------------------------------------------------------------------
     def next_name(self) -> str:

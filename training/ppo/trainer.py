@@ -324,15 +324,27 @@ def _save_checkpoint(
 
 def _load_checkpoint(accelerator: Any, model: ActorCritic, optimizer: Any, kl_ctl: Any, path: Path) -> int:
     state = json.loads((path / "state.json").read_text())
-    model.load_trainable_state(torch.load(path / "trainable.pt", map_location=accelerator.device))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=accelerator.device))
+    model.load_trainable_state(load_tensors(path / "trainable.pt", accelerator.device))
+    optimizer.load_state_dict(load_tensors(path / "optimizer.pt", accelerator.device))
     kl_ctl.value = float(state["kl_coef"])
     rng_file = path / f"rng_rank{accelerator.process_index}.pt"
     if rng_file.is_file():
-        rng = torch.load(rng_file, weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
+        restore_rng(rng_file)
     return int(state["step"])
+
+
+def load_tensors(path: Path, device: Any = "cpu") -> Any:
+    """A checkpoint file of tensors and plain containers, never arbitrary pickled objects: weights_only=True
+    refuses anything else, so a tampered checkpoint cannot run code when a run is resumed."""
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def restore_rng(path: Path) -> None:
+    """Set torch's and Python's RNG state from a checkpoint (a tensor and a tuple of ints: weights_only loads
+    both, no allow-listing needed)."""
+    rng = load_tensors(path)
+    torch.set_rng_state(rng["torch"])
+    random.setstate(tuple(rng["python"]))
 
 
 # --- metrics -------------------------------------------------------------------------------------------
