@@ -3,13 +3,15 @@ new question (every feedback panel resets), fails to save a correction written f
 and chooses, changes that choice, 👎 with a reason, stops an answer, starts a new chat; then `ragqa feedback
 export` holds exactly the rows that walk implies, each on the question it was given for.
 
-Screenshots of the start page, an answer with its sources and the regenerate comparison go to docs/screenshots/
-(committed, for the README) and every step's to test-artifacts/browser/<test>/.
+Every step's screenshot goes to test-artifacts/browser/<test>/; with RAGQA_DOC_SCREENSHOTS=1 the start page, an
+answer with its sources and the regenerate comparison also replace the README's pictures in docs/screenshots/
+(not on every run: a test run must not change tracked files).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +29,7 @@ from retrieval.embedder import HashEmbedder
 from retrieval.ingest import ingest
 
 DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+UPDATE_DOC_SHOTS = os.environ.get("RAGQA_DOC_SCREENSHOTS") == "1"
 Q1 = "When did the Zorbium Tower open?"
 Q2 = "How long does quillbread dough rest?"
 Q3 = "Who designed the Zorbium Tower?"
@@ -59,6 +62,14 @@ def walk_app(ragqa_home: Path, tiny_llama_dir: Path, tmp_path: Path) -> Iterator
         services.close()
 
 
+def _shot(artifacts: Path, name: str) -> Path:
+    """Where a README picture goes: docs/screenshots/ when updating them, else this run's artifacts."""
+    if UPDATE_DOC_SHOTS:
+        DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
+        return DOCS_SHOTS / name
+    return artifacts / name
+
+
 def _status(page: object, pattern: str) -> str:
     found = page.get_by_text(re.compile(pattern)).last
     found.wait_for()
@@ -89,7 +100,6 @@ def test_feedback_walk_then_export_holds_exactly_what_was_said(
     chromium: object, walk_app: tuple[str, Services], artifacts: Path, tmp_path: Path
 ) -> None:
     url, services = walk_app
-    DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
     context = chromium.new_context(viewport={"width": 1360, "height": 1000})
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
@@ -113,7 +123,7 @@ def _walk(page: object, artifacts: Path) -> None:  # noqa: PLR0915 (one user's w
     assert page.get_by_text("The Zorbium Tower").count() >= 1
     page.get_by_text("Tell me about The Zorbium Tower").wait_for()
     page.wait_for_timeout(1500)  # the chat list loads after the page: let it settle for the picture
-    page.screenshot(path=DOCS_SHOTS / "chat-start-page.png")
+    page.screenshot(path=_shot(artifacts, "chat-start-page.png"))
 
     # 1. Ask; the answer shows its sources, each [n] opens to the full passage, with a relevance in %.
     _ask(page, Q1)
@@ -121,7 +131,7 @@ def _walk(page: object, artifacts: Path) -> None:  # noqa: PLR0915 (one user's w
     bot.locator("summary").first.click()
     assert bot.locator("details[open]").count() == 1
     assert re.search(r"\[1\] kelvale/tower\.md · relevance \d+%", bot.inner_text())
-    page.screenshot(path=DOCS_SHOTS / "chat-answer-with-sources.png")
+    page.screenshot(path=_shot(artifacts, "chat-answer-with-sources.png"))
 
     # 2. 👍, then 👍 again to take it back (Gradio sends an empty `liked`): withdrawn, not a 👎.
     page.get_by_role("button", name="Like", exact=True).last.click()
@@ -150,7 +160,7 @@ def _walk(page: object, artifacts: Path) -> None:  # noqa: PLR0915 (one user's w
     page.get_by_text("Response 1 (the answer you read)").wait_for()
     page.wait_for_timeout(6500)  # the earlier toasts fade out, so the picture shows the comparison
     page.get_by_role("heading", name="Which response do you prefer?").scroll_into_view_if_needed()
-    page.screenshot(path=DOCS_SHOTS / "chat-regenerate-comparison.png", full_page=True)
+    page.screenshot(path=_shot(artifacts, "chat-regenerate-comparison.png"), full_page=True)
     page.get_by_label("Response 2").check()
     page.get_by_role("button", name="Save my choice").click()
     _status(page, r"choice saved")
