@@ -126,6 +126,7 @@ ROWS = {
             speed_only=True,
         ),
         Row("openvino fp32", "openvino", "fp32"),
+        Row("openvino fp16", "openvino", "fp16"),  # fp16 weights, f32 compute
         Row("openvino int8", "openvino", "int8"),
         Row("openvino int4", "openvino", "int4"),
         Row("onnxruntime-genai fp32", "ortgenai", "fp32"),
@@ -564,6 +565,17 @@ def timed_greedy(engine: Engine, ids: list[int], max_new: int, eos: int) -> dict
     }
 
 
+def answers_path(folder: Path, label: str) -> Path:
+    """Where a row's greedy token ids are kept (one JSON per row, keyed by question id)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / (label.replace(" ", "_").replace("+", "p") + ".json")
+
+
+def read_answers(folder: Path, label: str) -> dict[str, list[int]]:
+    path = answers_path(folder, label)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def run_row(row: Row, spec: dict[str, Any]) -> dict[str, Any]:
     """Child process: load the engine, answer every prompt greedily, then the k-candidate timing."""
     import resource
@@ -583,9 +595,14 @@ def run_row(row: Row, spec: dict[str, Any]) -> dict[str, Any]:
     timed_greedy(
         engine, warm, 8, eos
     )  # first-call set-up (allocations, kernel choice) is not a prompt's cost
-    runs = {key: timed_greedy(engine, ids, spec["max_new_tokens"], eos) for key, ids in prompts.items()}
+    runs = {}
+    store = answers_path(Path(spec["answers_dir"]), row.label)
+    for key, ids in prompts.items():
+        runs[key] = timed_greedy(engine, ids, spec["max_new_tokens"], eos)
+        # after every prompt: a row cut short by its time limit still leaves its answers for the agreement
+        store.write_text(json.dumps({k: r["ids"] for k, r in runs.items()}))
     k_result: dict[str, Any] = {}
-    if spec["k"] > 0 and not row.speed_only:
+    if spec["k"] > 0 and not row.speed_only and row.label != REFERENCE:
         single, together = [], []
         for i, ids in enumerate(list(prompts.values())[: spec["k_prompts"]]):
             t = time.perf_counter()
@@ -606,7 +623,6 @@ def run_row(row: Row, spec: dict[str, Any]) -> dict[str, Any]:
         "greedy": summarise_greedy(list(runs.values())),
         # the prompts the speed-only variants run on, so every row can be compared with them on equal terms
         "greedy_speed_prompts": summarise_greedy(list(runs.values())[: spec["speed_prompts"]]),
-        "answers": {key: r["ids"] for key, r in runs.items()},
         "k_candidates": k_result,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
@@ -790,6 +806,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "k_tokens": args.k_tokens,
         "k_prompts": args.k_prompts,
         "speed_prompts": args.speed_prompts,
+        "answers_dir": str(Path(args.answers_dir) if args.answers_dir else work / "answers"),
         "passage_words": args.passage_words,
     }
     spec_path = work / "spec.json"
@@ -805,7 +822,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "conversions": converted["conversions"],
         "rows": [],
     }
-    answers: dict[str, dict[str, list[int]]] = {}
     for row in rows:
         skip = missing_engine(row, converted["files"])
         entry: dict[str, Any] = {
@@ -820,21 +836,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             entry["load_avg_before"] = [round(x, 2) for x in os.getloadavg()]
             entry.update(run_child(row, spec_path, args.row_timeout))
-            answers[row.label] = entry.pop("answers", {})  # token ids stay out of the JSON
         print(json.dumps(entry), file=sys.stderr)
         result["rows"].append(entry)
-        add_agreement(result["rows"], answers)
+        add_agreement(result["rows"], Path(spec["answers_dir"]))
         write_json(result, Path(args.out))  # after every row: a long run cut short still leaves its rows
     result["complete"] = True
     return result
 
 
-def add_agreement(rows: list[dict[str, Any]], answers: dict[str, dict[str, list[int]]]) -> None:
-    """Each answered row's greedy agreement with the reference row (when the reference has run)."""
-    reference = answers.get(REFERENCE)
+def merge_runs(paths: Sequence[str], answers_dir: Path) -> dict[str, Any]:
+    """One result from several runs on the same prompts (e.g. the reference and the engines in parallel)."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    prompts = {
+        json.dumps(r["settings"].get("prefix_len")) + str(r["settings"].get("passage_words")) for r in runs
+    }
+    if len(prompts) != 1:
+        raise EngineBenchError("the runs used different prompt settings: they cannot be merged")
+    merged = {**runs[0], "rows": [row for r in runs for row in r["rows"]], "merged_from": list(paths)}
+    merged["complete"] = all(r.get("complete") for r in runs)
+    merged["conversions"] = {k: v for r in runs for k, v in r["conversions"].items()}
+    add_agreement(merged["rows"], answers_dir)
+    return merged
+
+
+def add_agreement(rows: list[dict[str, Any]], answers_dir: Path) -> None:
+    """Each row's greedy agreement with the reference's answers in `answers_dir` (from this run or an earlier
+    one with the same --work-dir, hence the same prompts), over the prompts both answered."""
+    reference = read_answers(answers_dir, REFERENCE)
     for r in rows:
-        if reference is not None and r["row"] in answers:
-            r["agreement_vs_fp32"] = agreement(reference, answers[r["row"]])
+        mine = read_answers(answers_dir, r["row"])
+        if reference and mine and not ROWS[r["row"]].speed_only:
+            r["agreement_vs_fp32"] = agreement(reference, mine)
 
 
 def write_json(result: dict[str, Any], out: Path) -> None:
@@ -906,12 +938,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--ort-dir", help="folder holding ort-fp32/, ort-int4/ (onnxruntime_genai.models.builder)")
     p.add_argument("--row-timeout", type=float, default=1800)
+    p.add_argument("--answers-dir", help="where rows keep their greedy answers (default: WORK_DIR/answers)")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="combine the rows of earlier runs (same prompts, shared --answers-dir) into --out, agreement redone",
+    )
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if not args.child and not args.model_dir:
+    if not args.child and not args.merge and not args.model_dir:
         p.error("--model-dir is required")
+    if args.merge and not args.answers_dir:
+        p.error("--merge needs --answers-dir")
     return args
 
 
@@ -922,7 +963,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_row(ROWS[args.child], spec)))
         return 0
     try:
-        result = run(args)
+        result = merge_runs(args.merge, Path(args.answers_dir)) if args.merge else run(args)
     except EngineBenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
