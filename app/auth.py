@@ -5,7 +5,10 @@ Roles: `user` asks and gives feedback; `admin` also sees feedback counts, export
 
     {"alice": {"role": "admin", "password": "pbkdf2_sha256$240000$<salt hex>$<hash hex>"}}
 
-Only hashes are stored; checks take constant time. Stdlib only (hashlib.pbkdf2_hmac), so nothing heavy is imported.
+Only hashes are stored. A check costs one PBKDF2 whether or not the name exists (an unknown name is checked against
+a dummy hash), so timing does not reveal which names exist. The file is re-read when it changes (inode, size or
+mtime), so `ragqa users add/remove` takes effect in a running server at once; `credential_version` changes with a
+user's password or role, which is what ends their sessions (app/access.py). Stdlib only, nothing heavy imported.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
@@ -25,6 +29,16 @@ ALGORITHM = "pbkdf2_sha256"
 ITERATIONS = 240_000
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+log = logging.getLogger(__name__)
+_dummy_hash: str | None = None
+
+
+def _dummy() -> str:
+    """A hash of a random password with the current cost: unknown names are checked against it (one PBKDF2)."""
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = hash_password(secrets.token_hex(16))
+    return _dummy_hash
 
 
 class AuthError(ValueError):
@@ -65,11 +79,33 @@ class User:
 
 
 class Users:
-    """The users file, loaded once; `check` is what Gradio's login calls."""
+    """The users file; `check` is what the login calls. Re-read whenever the file changes on disk."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._stamp: tuple[int, int, int] | None = self._file_stamp()
         self._entries: dict[str, dict[str, str]] = self._load()
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        # `_save` replaces the file (a new inode), an editor may rewrite it in place (size or mtime change).
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _refresh(self) -> None:
+        """Pick up changes made by another process (`ragqa users ...` while the server runs)."""
+        stamp = self._file_stamp()
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            self._entries = self._load()
+        except AuthError as e:
+            # Fail closed: a damaged file must not keep removed users (or old passwords) working.
+            log.error("%s; nobody can log in until it is fixed", e)
+            self._entries = {}
 
     def _load(self) -> dict[str, dict[str, str]]:
         if not self.path.exists():
@@ -90,33 +126,47 @@ class Users:
         return data
 
     def __bool__(self) -> bool:
+        self._refresh()
         return bool(self._entries)
 
     def names(self) -> list[str]:
+        self._refresh()
         return sorted(self._entries)
 
     def check(self, name: str, password: str) -> bool:
+        self._refresh()
         entry = self._entries.get(name)
         if entry is None:
-            # Spend the same time as for a real user, so timing does not reveal which names exist.
-            verify_password(password, hash_password("x" * 8, iterations=ITERATIONS, salt=b"\0" * 16))
+            # Exactly one PBKDF2, as for a real user, so timing does not reveal which names exist.
+            verify_password(password, _dummy())
             return False
         return verify_password(password, entry["password"])
 
     def get(self, name: str | None) -> User | None:
+        self._refresh()
         entry = self._entries.get(name or "")
         return None if entry is None else User(str(name), entry["role"])
+
+    def credential_version(self, name: str | None) -> str | None:
+        """Changes when the user's password or role changes; None for a user that does not exist (any more)."""
+        self._refresh()
+        entry = self._entries.get(name or "")
+        if entry is None:
+            return None
+        return hashlib.sha256(f"{entry['role']}\0{entry['password']}".encode()).hexdigest()
 
     def add(self, name: str, password: str, role: str = "user") -> User:
         if not _NAME.match(name):
             raise AuthError("a user name is 1-64 letters, digits or _ . @ -")
         if role not in ROLES:
             raise AuthError(f"role must be one of {', '.join(ROLES)}")
+        self._refresh()
         self._entries[name] = {"role": role, "password": hash_password(password)}
         self._save()
         return User(name, role)
 
     def remove(self, name: str) -> None:
+        self._refresh()
         if self._entries.pop(name, None) is None:
             raise AuthError(f"no user {name!r}")
         self._save()
@@ -130,6 +180,7 @@ class Users:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o600)  # password hashes are still secrets
         os.replace(tmp, self.path)
+        self._stamp = self._file_stamp()
 
 
 def check_bind(host: str, users: Users, insecure: bool) -> str | None:
@@ -140,8 +191,12 @@ def check_bind(host: str, users: Users, insecure: bool) -> str | None:
         return None
     if insecure:
         return (
-            f"WARNING: serving on {host} WITHOUT authentication (--insecure): anyone who can reach this address "
-            "can ask, read answers and write feedback. Add users with `ragqa users add NAME --role admin`."
+            f"WARNING: serving on {host} WITHOUT authentication (--insecure). OPEN to anyone who can reach this "
+            "address: asking questions, reading every indexed document through answers and the Sources panel, "
+            "and writing feedback (ratings, rankings, corrections) that the next retrain learns from. "
+            "NOT open: admin actions (feedback counts, model versions, rollback, uploads) are off in the web UI "
+            "without logins; use the ragqa command line for them. Only Host names localhost, this host and "
+            "allowed_hosts (config.yaml) are served. Add users with `ragqa users add NAME --role admin`."
         )
     raise AuthError(
         f"refusing to listen on {host} without authentication: add users with `ragqa users add NAME --role admin` "

@@ -30,15 +30,15 @@ class CLIError(RuntimeError):
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from app.auth import AuthError
     from app.config import ConfigError
-    from app.evaluation.commands import expected_errors as eval_errors
     from app.generator import GenerationError
     from app.qa import QAError
+    from evaluation.commands import expected_errors as eval_errors
     from feedback_store.errors import FeedbackError
+    from model_store.gguf import GgufExportError
+    from model_store.loading import ModelLoadError
+    from model_store.registry import RegistryError
     from retrieval.errors import RetrievalError
     from training.commands import expected_errors as retrain_errors
-    from training.gguf_export import GgufExportError
-    from training.modeling import ModelLoadError
-    from training.registry import RegistryError
 
     return (
         CLIError,
@@ -65,14 +65,15 @@ def _config(args: argparse.Namespace):
 # ---- setup / ingest ----------------------------------------------------------------------------------
 def cmd_setup(args: argparse.Namespace) -> int:
     """Prepare a home: the default model as v0001 and, if nothing was ingested yet, the demo corpus."""
-    from training.modeling import ensure_base_model
-    from training.registry import ModelRegistry
+    from model_store.base_model import ensure_base_model
+    from model_store.gguf import gguf_extras
+    from model_store.registry import ModelRegistry
 
     cfg = _config(args)
     registry = ModelRegistry(cfg.paths.models_dir)
     if registry.current() is None:
         print(f"Preparing the base model ({cfg.base_model}) as the registry's first version...", flush=True)
-    version = ensure_base_model(registry, cfg.base_model, gguf=cfg.gguf)
+    version = ensure_base_model(registry, cfg.base_model, extras=gguf_extras(cfg.gguf))
     gguf = version.manifest.get("gguf") or {}
     print(f"model: {version.name} ({version.manifest.get('base_model', '?')})")
     if gguf.get("file"):
@@ -155,6 +156,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     warning = check_bind(cfg.host, users, insecure=args.insecure)
     if warning:
         print(warning, file=sys.stderr)
+    if cfg.host in ("0.0.0.0", "::") and not cfg.allowed_hosts:
+        print(
+            "note: only requests for localhost, 127.0.0.1 or ::1 are served (DNS-rebinding protection); put the "
+            "names people use (e.g. qa.example.org, 10.0.0.5) in allowed_hosts in config.yaml",
+            file=sys.stderr,
+        )
     from app.ui import serve
 
     serve(cfg, users=users if users else None)
@@ -188,15 +195,18 @@ def cmd_users(args: argparse.Namespace) -> int:
 
 # ---- models ------------------------------------------------------------------------------------------
 def cmd_models(args: argparse.Namespace) -> int:
-    from training.registry import ModelRegistry
+    from model_store.registry import ModelRegistry
 
     registry = ModelRegistry(_config(args).paths.models_dir)
     current = registry.current_name()
     if args.models_cmd == "list":
-        versions = registry.versions()
+        versions = registry.listing()
         if not versions:
             print("no model versions yet: run `ragqa setup`")
         for v in versions:
+            if v.problem:  # listed, never served: the other versions stay usable
+                print(f"! {v.name}  BROKEN: {v.problem}")
+                continue
             m = v.manifest
             mark = "*" if v.name == current else " "
             detail = m.get("run_id") or m.get("source", "")
@@ -231,7 +241,7 @@ def _serves_with(manifest: dict) -> str:
 
 def _models_gguf(registry, name: str | None, outtype: str) -> int:
     """Add a GGUF copy to a version published without one (the llamacpp backend serves it)."""
-    from training.gguf_export import export_gguf
+    from model_store.gguf import export_gguf
 
     if name is None:
         raise CLIError("no current model: run `ragqa setup`")
@@ -285,7 +295,7 @@ def _models_publish_served(registry, args: argparse.Namespace) -> int:
 # ---- parser ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from app.backends.base import BACKENDS  # light: no torch, no llama_cpp
-    from training.gguf_export import DEFAULT_OUTTYPE, OUTTYPES
+    from model_store.gguf import DEFAULT_OUTTYPE, OUTTYPES
 
     parser = argparse.ArgumentParser(
         prog="ragqa",
@@ -360,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Command groups that live with their packages (feedback, retrain, eval)."""
-    from app.evaluation.commands import add_commands as eval_commands
+    from evaluation.commands import add_commands as eval_commands
     from feedback_store.commands import add_commands as feedback_commands
     from training.commands import add_commands as retrain_commands
 
@@ -368,8 +378,11 @@ def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from settings.paths import make_private
+
     args = build_parser().parse_args(argv)
     try:
+        make_private()
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

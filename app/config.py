@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from app.backends.base import BACKENDS
-from training.gguf_export import SETTINGS as GGUF_SETTINGS
-from training.gguf_export import parse_setting as parse_gguf_setting
-from training.paths import Paths
+from model_store.gguf import SETTINGS as GGUF_SETTINGS
+from model_store.gguf import parse_setting as parse_gguf_setting
+from settings.paths import Paths
 
 
 class ConfigError(ValueError):
@@ -66,6 +66,10 @@ class AppConfig:
     # Server
     host: str = "127.0.0.1"
     port: int = 7860
+    # Host names (besides localhost and `host`) the server answers to, e.g. [qa.example.org, 10.0.0.5]: any other
+    # Host header gets 400 (this is what stops DNS rebinding). Needed when serving on 0.0.0.0 or behind a proxy.
+    allowed_hosts: tuple[str, ...] = ()
+    session_ttl_hours: float = 12.0  # a login expires after this long (then the user logs in again)
     demo_corpus: bool = True  # `ragqa setup` ingests the bundled demo documents when no index exists
     paths: Paths = field(default_factory=Paths.from_env)
 
@@ -76,6 +80,8 @@ class AppConfig:
         if paths.config_file.is_file():
             values.update(_read_yaml(paths.config_file))
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(values.get("allowed_hosts"), list):
+            values["allowed_hosts"] = tuple(values["allowed_hosts"])
         if "gguf" in values:
             values["gguf"] = parse_gguf_setting(values["gguf"])
         known = {f.name for f in fields(cls)} - {"paths"}
@@ -101,6 +107,12 @@ class AppConfig:
             raise ConfigError(f"gguf must be one of {', '.join(GGUF_SETTINGS)}, got {self.gguf!r}")
         if self.llamacpp_threads is not None and self.llamacpp_threads < 1:
             raise ConfigError(f"llamacpp_threads must be >= 1, got {self.llamacpp_threads}")
+        if not isinstance(self.allowed_hosts, tuple) or not all(
+            isinstance(h, str) and h.strip() for h in self.allowed_hosts
+        ):
+            raise ConfigError(f"allowed_hosts must be a list of host names, got {self.allowed_hosts!r}")
+        if not isinstance(self.session_ttl_hours, int | float) or not self.session_ttl_hours > 0:
+            raise ConfigError(f"session_ttl_hours must be a positive number, got {self.session_ttl_hours!r}")
         if self.max_new_tokens < 1 or self.max_question_chars < 1:
             raise ConfigError("max_new_tokens and max_question_chars must be positive")
 

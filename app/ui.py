@@ -9,6 +9,7 @@ Per browser session the UI keeps a `gr.State` dict:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from app.services import Services
 
 log = logging.getLogger(__name__)
 LABELS = ["A", "B", "C", "D"]
+_NO_LOGIN_ADMIN = " (this server has no logins: use `ragqa feedback stats`, `ragqa models list` and `ragqa models rollback`)"
 MAX_CANDIDATES = 4
 
 
@@ -64,6 +66,10 @@ def chat_value(state: dict[str, Any], pending: str | None = None, question: str 
     return shown
 
 
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
 def _ok(msg: str) -> str:
     return f"✅ {msg}"
 
@@ -82,9 +88,10 @@ class Handlers:
         self.limiter = RateLimiter(services.config.rate_limit_per_minute)
 
     def is_admin(self, user: str | None) -> bool:
-        """Without logins the app only listens on this machine: its one user owns it and is the admin."""
-        if not self.users:
-            return True
+        """Without logins nobody is an admin in the web UI: any page the browser opens (or a DNS-rebinding one)
+        could act as that visitor, so counts, versions and rollback are command-line only then."""
+        if self.users is None:
+            return False
         found = self.users.get(user)
         return bool(found and found.is_admin)
 
@@ -260,7 +267,9 @@ class Handlers:
                 reason=(reason or "").strip() or None,
                 session_id=state["session_id"],
                 user=user,
-                client_token=f"rate:{cid}:{int(bool(up))}:{(reason or '').strip()}",
+                # The reason goes in as a digest: a token holding the text itself broke the store's 200-character
+                # limit on identifiers, refusing (and losing) every rating with a reason over ~190 characters.
+                client_token=f"rate:{cid}:{int(bool(up))}:{_digest((reason or '').strip())}",
             )
         except Exception as e:
             return _err(f"the rating was NOT saved: {e}")
@@ -293,7 +302,9 @@ class Handlers:
 
     def stats(self, user: str | None = None) -> str:
         if not self.is_admin(user):
-            return _err("only admins can see the feedback counts")
+            return _err(
+                f"only admins can see the feedback counts{_NO_LOGIN_ADMIN if self.users is None else ''}"
+            )
         try:
             st = self.s.store.stats()
         except Exception as e:
@@ -302,7 +313,7 @@ class Handlers:
 
     def versions(self, user: str | None = None) -> str:
         if not self.is_admin(user):
-            return _err("only admins can see model versions")
+            return _err(f"only admins can see model versions{_NO_LOGIN_ADMIN if self.users is None else ''}")
         current = self.s.qa.registry.current_name()
         rows = [
             f"| {'**' + v.name + '** (current)' if v.name == current else v.name} | {v.created_at} | "
@@ -313,8 +324,10 @@ class Handlers:
 
     def rollback(self, version: str | None, user: str | None = None) -> str:
         if not self.is_admin(user):
-            return _err("only admins can switch model versions")
-        from training.registry import RegistryError
+            return _err(
+                f"only admins can switch model versions{_NO_LOGIN_ADMIN if self.users is None else ''}"
+            )
+        from model_store.registry import RegistryError
 
         try:
             v = self.s.qa.registry.rollback((version or "").strip() or None)
@@ -479,18 +492,26 @@ def build_ui(services: Services, users: Any = None) -> Any:
     return demo
 
 
-def launch(services: Services, *, prevent_thread_lock: bool = False, users: Any = None) -> tuple[Any, str]:
-    """Start the server; returns (demo, local_url). With `users` (app.auth.Users) every visitor must log in."""
+def launch(
+    services: Services, *, prevent_thread_lock: bool = False, users: Any = None, throttle: Any = None
+) -> tuple[Any, str]:
+    """Start the server; returns (demo, local_url). With `users` (app.auth.Users) every visitor must log in.
+
+    app/access.py guards every request (hosts, origins, login backoff, sessions, uploads); `throttle` replaces
+    the default login backoff (tests)."""
+    from app.access import UPLOAD_CACHE_CLEANUP, launch_options
+
     cfg = services.config
     demo = build_ui(services, users)
     # A bounded queue: when it is full, users get Gradio's "queue is full" error instead of a hang.
     demo.queue(default_concurrency_limit=cfg.concurrency, max_size=cfg.max_queue)
+    demo.delete_cache = UPLOAD_CACHE_CLEANUP
     _app, url, _ = demo.launch(
         server_name=cfg.host,
         server_port=cfg.port,
         prevent_thread_lock=prevent_thread_lock,
         share=False,
-        auth=users.check if users else None,
+        **launch_options(cfg, users, throttle),
     )
     return demo, url
 

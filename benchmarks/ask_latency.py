@@ -2,7 +2,7 @@
 
 Runs in a temporary RAGQA_HOME: the offline default model (SmolLM2-135M, converted from the GGUF, ~20 s, or its
 files hard-linked from `--model-dir`), its GGUF written into the version folder by
-`training.gguf_export.export_gguf` (`--gguf-type`, f16 by default, the type the app publishes; a GGUF already in `--model-dir` is never reused,
+`model_store.gguf.export_gguf` (`--gguf-type`, f16 by default, the type the app publishes; a GGUF already in `--model-dir` is never reused,
 so the file measured is the one the app publishes), and the bundled demo corpus ingested with the real embedder.
 
 Rows (`--backends`, `--dtypes`):
@@ -240,10 +240,10 @@ def prepare_home(home: Path, model_dir: Path | None, gguf_type: str | None) -> d
     app publishes with, and recorded in the manifest). Returns the GGUF record and the export time.
     """
     from app.config import AppConfig
+    from model_store.base_model import ensure_base_model
+    from model_store.registry import ModelRegistry
     from retrieval.embedder import SentenceTransformerEmbedder
     from retrieval.ingest import ingest
-    from training.modeling import ensure_base_model
-    from training.registry import ModelRegistry
 
     os.environ["RAGQA_HOME"] = str(home)
     paths = AppConfig.load().paths
@@ -259,10 +259,10 @@ def prepare_home(home: Path, model_dir: Path | None, gguf_type: str | None) -> d
         _drop_gguf_record(models / "v0001" / "manifest.json")
         os.symlink("v0001", models / "current")
     else:
-        ensure_base_model(registry, gguf="off")
+        ensure_base_model(registry)
     record: dict[str, Any] = {}
     if gguf_type is not None:
-        from training.gguf_export import GgufExportError, export_gguf
+        from model_store.gguf import GgufExportError, export_gguf
 
         version = registry.current()
         assert version is not None

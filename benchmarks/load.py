@@ -65,7 +65,8 @@ def build_tiny_llama(out: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from training.modeling import default_gguf_path, tiny_llama_config
+    from model_store.base_model import default_gguf_path
+    from model_store.loading import tiny_llama_config
 
     gguf = default_gguf_path()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -89,15 +90,15 @@ def prepare_home(
     """
     import yaml
 
+    from model_store.registry import ModelRegistry
     from retrieval.ingest import ingest
-    from training.paths import Paths
-    from training.registry import ModelRegistry
+    from settings.paths import Paths
 
     paths = Paths(Path(home).resolve())
     paths.home.mkdir(parents=True, exist_ok=True)
     registry = ModelRegistry(paths.models_dir)
     if model_dir is None:
-        from training.modeling import ensure_base_model
+        from model_store.base_model import ensure_base_model
 
         ensure_base_model(registry)
     else:

@@ -10,7 +10,7 @@ Starting from the default model and an empty feedback store in a fresh RAGQA_HOM
      wall time come from the run's state.json;
   4. evaluate v0001 (base), the SFT-only model and the final model (the published version, or the gated-out
      candidate when the gate refused it: both are evaluated and the report says which) with the full ask path
-     (`app.evaluation.runner.run_eval`) on both held-out sets; RM win-rate vs base (the run's reward model),
+     (`evaluation.runner.run_eval`) on both held-out sets; RM win-rate vs base (the run's reward model),
      KL from the base along each model's own answers, answer length, wall time per stage;
   5. one report: report.json, report.md (before/after table, stages, sizes, machine load), PNG plots (PPO
      reward and KL curves, F1 by model, wall time).
@@ -258,7 +258,7 @@ def stage_output(state: dict[str, Any], stage: str, key: str) -> Path | None:
 
 def publish_unlisted(home: Path, folder: Path, kind: str, note: str) -> str:
     """Publish a model folder into the benchmark's own registry without making it current (for evaluation)."""
-    from training.registry import ModelRegistry
+    from model_store.registry import ModelRegistry
 
     registry = ModelRegistry(home / "models")
     for known in registry.versions():  # an --eval-only rerun: published by the first pass already
@@ -272,7 +272,7 @@ def publish_unlisted(home: Path, folder: Path, kind: str, note: str) -> str:
 
 def models_to_evaluate(home: Path, state: dict[str, Any], not_run: list[str]) -> tuple[dict[str, str], str]:
     """{"base": v0001, "sft": ..., "final": ...} and how the final model was obtained."""
-    from training.registry import ModelRegistry
+    from model_store.registry import ModelRegistry
 
     versions = {"base": "v0001"}
     sft = stage_output(state, "sft", "merged")
@@ -309,8 +309,8 @@ def answer_kl(policy_dir: Path, ref_dir: Path, results: list[Any], limit: int) -
     """
     import torch
 
+    from model_store.loading import load_causal_lm, load_tokenizer
     from retrieval.prompt import render_prompt
-    from training.modeling import load_causal_lm, load_tokenizer
 
     tok = load_tokenizer(policy_dir)
     policy = load_causal_lm(policy_dir, dtype=torch.bfloat16).eval()
@@ -341,8 +341,8 @@ def answer_kl(policy_dir: Path, ref_dir: Path, results: list[Any], limit: int) -
 def build_index(qa_file: Path, index_dir: Path, embedder: Any) -> None:
     """Index a QA file's contexts once (the app's chunking); every version is evaluated on the same index."""
     from app.config import AppConfig
-    from app.evaluation.formats import load_qa
-    from app.evaluation.runner import write_corpus
+    from evaluation.formats import load_qa
+    from evaluation.runner import write_corpus
     from retrieval.ingest import ingest
 
     cfg = AppConfig.load()
@@ -362,7 +362,7 @@ def evaluate_versions(
     sets: dict[str, Path], versions: dict[str, str], args: argparse.Namespace, out: Path, embedder: Any
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, list[Any]]], dict[str, float]]:
     """metrics[set][label], results[set][label], eval wall time per (set, label)."""
-    from app.evaluation.runner import EvalOptions, run_eval
+    from evaluation.runner import EvalOptions, run_eval
 
     metrics: dict[str, dict[str, Any]] = {}
     results: dict[str, dict[str, list[Any]]] = {}
@@ -398,8 +398,8 @@ def evaluate_versions(
 
 def rm_win_rates(results: dict[str, dict[str, list[Any]]], rm_dir: Path | None) -> dict[str, Any]:
     """Win rate of each trained model over the base, judged by the run's reward model (F1 when there is none)."""
-    from app.evaluation.reward_scoring import RewardScorer
-    from app.evaluation.runner import reward_scores, win_rate
+    from evaluation.runner import reward_scores, win_rate
+    from model_store.reward import RewardScorer
 
     scorer = RewardScorer(rm_dir) if rm_dir is not None else None
     out: dict[str, Any] = {"reward_model": str(rm_dir) if rm_dir else None}
@@ -523,7 +523,7 @@ def plot_wall(wall: dict[str, float], path: Path, plt: Any) -> str:
 
 
 def write_report(report: dict[str, Any], out: Path) -> None:
-    from app.evaluation.reports import fmt, md_table, print_table, pyplot
+    from evaluation.reports import fmt, md_table, print_table, pyplot
 
     plt = pyplot()
     charts = {"wall_time": plot_wall(report["wall_s"], out / "wall_time.png", plt)}
@@ -722,8 +722,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         versions, final_how = models_to_evaluate(home, state, not_run)
     else:
-        from app.evaluation.formats import load_qa
-        from app.evaluation.runner import write_corpus
+        from evaluation.formats import load_qa
+        from evaluation.runner import write_corpus
 
         corpus = data_dir / "train_corpus"
         write_corpus(load_qa(train_qa), corpus)  # every training article's contexts: the simulator's corpus
@@ -761,7 +761,7 @@ def main(argv: list[str] | None = None) -> int:
     wall["rm win-rate scoring"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
     kls: dict[str, Any] = {}
-    from training.registry import ModelRegistry
+    from model_store.registry import ModelRegistry
 
     reg = ModelRegistry(home / "models")
     for label in (lb for lb in versions if lb != "base"):

@@ -109,7 +109,7 @@ def prepare_models(model: str, work: Path) -> tuple[Path, Path]:
         return build_toy_models(work / "tiny")
     policy_dir, reward_dir = work / "smollm2" / "policy", work / "smollm2" / "reward"
     if not (policy_dir / "config.json").is_file():
-        from training.modeling import convert_gguf, default_gguf_path
+        from model_store.base_model import convert_gguf, default_gguf_path
 
         convert_gguf(default_gguf_path(), policy_dir)
     if not (reward_dir / "config.json").is_file():

@@ -27,7 +27,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 def _default_db() -> str | Path:
     from feedback_store.store import feedback_target
-    from training.paths import Paths
+    from settings.paths import Paths
 
     return feedback_target(Paths.from_env().feedback_db)
 
@@ -91,7 +91,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             )
             out = Path(args.out)
         else:
-            from training.paths import Paths
+            from settings.paths import Paths
 
             exports = Paths.from_env().exports_dir
             tmp = exports / ".partial-export"
@@ -110,7 +110,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    """Import preferences or demonstrations from a JSONL file (all lines or none)."""
+    """Import preferences or demonstrations from a JSONL file or an Open WebUI export (all or nothing)."""
     from feedback_store.importer import import_file
 
     with _open(args, must_exist=False) as store:
@@ -165,8 +165,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--test-fraction", type=float, default=0.1, help="share of questions in the test split")
     p.add_argument("--min-margin", type=int, default=0, help="drop ranking pairs closer than this")
 
-    p = add("import", cmd_import, "import preferences.jsonl / sft.jsonl (ours or a TRL dataset)")
-    p.add_argument("file", help="a JSONL file")
+    p = add("import", cmd_import, "import preferences/sft JSONL (ours or TRL's) or an Open WebUI export")
+    p.add_argument("file", help="a JSONL file, or Open WebUI's feedback export (a JSON array)")
 
     p = add("delete", cmd_delete, "delete everything a rater session recorded")
     p.add_argument("--session", required=True, help="the rater session id")

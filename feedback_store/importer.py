@@ -7,6 +7,9 @@ Accepted line formats (one JSON object per line; blank lines are skipped; one fo
                                                                          leading messages are the prompt)
   sft          {"messages": [..., assistant msg], "meta": {...}?}       (our export, TRL conversational)
                {"prompt": [messages] | "text", "completion": [assistant msg] | "text"}
+  openwebui    one JSON array: Open WebUI's feedback export (see feedback_store.openwebui); each rated
+               answer keeps its question, earlier turns and siblings; a second import of it adds nothing
+               (keyed by message id). A bad record fails the whole file with one line naming it.
 Plain-string prompts become one user message. Every line is validated before anything is written;
 errors name the file, line and problem (FeedbackImportError). The items are then stored in one
 transaction, marked with the session `imported:<file name>`; the original rater (meta.user or
@@ -23,11 +26,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from feedback_store import openwebui
 from feedback_store.errors import FeedbackImportError
 from feedback_store.pairs import normalize_text
 from feedback_store.records import (
     IMPORTED_PREFIX,
     SIMULATED_PREFIX,
+    ImportedChatRating,
     ImportedDemonstration,
     ImportedPreference,
     ImportResult,
@@ -37,7 +42,7 @@ from feedback_store.store import FeedbackStore
 _ROLES = ("system", "user", "assistant")
 _QUESTION = re.compile(r"\n\nQuestion: (.*)\Z", re.DOTALL)  # retrieval.prompt.render_user_message
 _MAX_ERRORS = 20
-Item = ImportedPreference | ImportedDemonstration
+Item = ImportedPreference | ImportedDemonstration | ImportedChatRating
 
 
 class _LineError(ValueError):
@@ -191,6 +196,8 @@ def parse_file(path: str | Path, *, max_text_chars: int = 100_000) -> list[Item]
     items: list[Item] = []
     errors: list[str] = []
     try:
+        if openwebui.looks_like_export(path):
+            return _parse_openwebui(path, max_text_chars)
         _parse_lines(path, items, errors, max_text_chars)
     except UnicodeDecodeError as exc:
         raise FeedbackImportError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
@@ -198,6 +205,16 @@ def parse_file(path: str | Path, *, max_text_chars: int = 100_000) -> list[Item]
         raise FeedbackImportError("nothing was imported; fix these lines:\n" + "\n".join(errors))
     if not items:
         raise FeedbackImportError(f"{path}: no lines to import")
+    return items
+
+
+def _parse_openwebui(path: Path, max_text_chars: int) -> list[Item]:
+    try:
+        items: list[Item] = list(openwebui.parse_export(path, max_text_chars=max_text_chars))
+    except openwebui.RecordError as exc:
+        raise FeedbackImportError(f"nothing was imported: {path.name}: {exc}") from None
+    if not items:
+        raise FeedbackImportError(f"{path}: the Open WebUI export holds no feedback records")
     return items
 
 

@@ -134,6 +134,30 @@ class ImportedDemonstration:
 
 
 @dataclass(frozen=True)
+class ImportedChatRating:
+    """One rated answer from a chat app's feedback export (Open WebUI), to import as a live-like item.
+
+    The interaction is the rated answer's question with the earlier turns as context; `answers[0]` is
+    the rated answer and the rest are its siblings (other answers to the same question). Without
+    siblings the rating is a thumbs up/down on the answer; with siblings it is also a vote between them,
+    stored as a ranking: the rated answer above the siblings (up) or below them (down).
+    """
+
+    key: str  # idempotency key (e.g. "openwebui:<message id>"): the same key imports once
+    prompt: tuple[Mapping[str, str], ...]  # earlier turns + the question, as the chat model saw them
+    question: str
+    context: tuple[Mapping[str, str], ...]
+    answers: tuple[tuple[str, str], ...]  # (text, model version); [0] is the rated answer
+    up: bool
+    reason: str | None = None
+    rater: str | None = None
+
+    @property
+    def is_vote(self) -> bool:
+        return len(self.answers) > 1
+
+
+@dataclass(frozen=True)
 class ImportResult:
     imported: int
     duplicates: int  # lines already in the store (same content imported before): skipped

@@ -37,6 +37,7 @@ from feedback_store.records import (
     SIMULATED_PREFIX,
     CandidateRecord,
     CorrectionRecord,
+    ImportedChatRating,
     ImportedDemonstration,
     ImportedPreference,
     ImportResult,
@@ -54,6 +55,7 @@ T = TypeVar("T")
 DEFAULT_MAX_TEXT_CHARS = 100_000
 DEFAULT_BUSY_TIMEOUT_S = 5.0
 _MAX_ID_CHARS = 200  # session ids, user names, model versions, labels, client tokens
+MAX_REASON_CHARS = 2000  # a rating's reason: a few sentences; longer text belongs in a correction
 _BATCH_ATTEMPTS = 3  # a batch rolled back by a deadlock / serialization failure is run again this often
 DSN_ENV = "RAGQA_FEEDBACK_DSN"
 
@@ -705,6 +707,10 @@ class FeedbackStore:
         candidate_id = int(candidate_id)
         if reason is not None:
             reason = self._text("reason", reason, allow_empty=True)
+            if len(reason) > MAX_REASON_CHARS:
+                raise FeedbackValidationError(
+                    f"the reason has {len(reason)} characters; the limit is {MAX_REASON_CHARS}: shorten it"
+                )
         session_id = self._ident("session_id", session_id)
         user = self._ident("user", user, optional=True)
 
@@ -781,14 +787,17 @@ class FeedbackStore:
         return self._write("delete", session_id, None, [session_id], work, int, int)
 
     def import_items(
-        self, items: Sequence[ImportedPreference | ImportedDemonstration], *, origin: str
+        self, items: Sequence[ImportedPreference | ImportedDemonstration | ImportedChatRating], *, origin: str
     ) -> ImportResult:
         """Store validated imported items in ONE transaction (all or nothing), marked `origin`.
 
         Each item becomes its own interaction with the verbatim prompt. Preferences from a ranking
         become two candidates ranked [[chosen], [rejected]]; from a correction, the rejected candidate
-        and a correction replacing it; from thumbs, two candidates rated up and down. An item whose
-        content was imported before (any file) is skipped and counted as a duplicate.
+        and a correction replacing it; from thumbs, two candidates rated up and down. A chat rating
+        (ImportedChatRating) keeps its question and earlier turns; its answers become candidates, the
+        rated one rated (with the reason), and a sibling vote also becomes a ranking. An item whose
+        content (a chat rating: whose key) was imported before (any file) is skipped and counted as a
+        duplicate.
         """
         origin = self._ident("origin", origin)
         for i, item in enumerate(items, start=1):
@@ -799,16 +808,12 @@ class FeedbackStore:
         def work(conn: Any) -> ImportResult:
             imported = duplicates = 0
             for item in items:
-                payload = asdict(item) if is_dataclass(item) else dict(item)
-                payload["prompt"] = [dict(m) for m in item.prompt]
-                token = (
-                    "import:" + hashlib.sha256(_dumps([type(item).__name__, payload]).encode()).hexdigest()
-                )
+                token = "import:" + self._import_key(item)
                 # Claimed before inserting: the same file imported by two processes at once imports once.
                 claimed = conn.execute(
                     "INSERT INTO client_tokens (token, kind, request_sha256, result_json, session_id, created_at) "
                     "VALUES (?, 'import', ?, '', ?, ?) ON CONFLICT (token) DO NOTHING RETURNING token",
-                    (token, token[7:], origin, _now()),
+                    (token, hashlib.sha256(token.encode()).hexdigest(), origin, _now()),
                 ).fetchone()
                 if claimed is None:
                     duplicates += 1
@@ -823,15 +828,27 @@ class FeedbackStore:
 
         return self._write("import", origin, None, None, work, asdict, lambda d: ImportResult(**d))
 
+    @staticmethod
+    def _import_key(item: ImportedPreference | ImportedDemonstration | ImportedChatRating) -> str:
+        """What makes an imported item the same item again: a chat rating's own key (its message id),
+        otherwise a hash of its content."""
+        if isinstance(item, ImportedChatRating):
+            return item.key
+        payload = asdict(item) if is_dataclass(item) else dict(item)
+        payload["prompt"] = [dict(m) for m in item.prompt]
+        return hashlib.sha256(_dumps([type(item).__name__, payload]).encode()).hexdigest()
+
     def _insert_imported(
-        self, conn: Any, item: ImportedPreference | ImportedDemonstration, origin: str
+        self, conn: Any, item: ImportedPreference | ImportedDemonstration | ImportedChatRating, origin: str
     ) -> int:
         now = _now()
+        context = [dict(m) for m in item.context] if isinstance(item, ImportedChatRating) else []
         cur = conn.execute(
             "INSERT INTO interactions (question, context_json, session_id, user_name, created_at, prompt_json) "
-            "VALUES (?, '[]', ?, ?, ?, ?) RETURNING id",
+            "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 item.question,
+                _dumps(context),
                 origin,
                 item.rater,
                 now,
@@ -850,7 +867,18 @@ class FeedbackStore:
                 (*values, origin, item.rater, now),
             )
 
-        if isinstance(item, ImportedDemonstration):
+        if isinstance(item, ImportedChatRating):
+            ids = self._insert_candidates(conn, iid, [cand(text, model) for text, model in item.answers], now)
+            rated, siblings = ids[0], ids[1:]
+            conn.execute(
+                "INSERT INTO ratings (candidate_id, up, reason, session_id, user_name, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (rated, int(item.up), item.reason, origin, item.rater, now),
+            )
+            if siblings:
+                order = [[rated], siblings] if item.up else [siblings, [rated]]
+                feedback("rankings", "interaction_id, order_json, both_bad", (iid, _dumps(order), 0))
+        elif isinstance(item, ImportedDemonstration):
             if item.source == "thumbs_up":
                 (cid,) = self._insert_candidates(conn, iid, [cand(item.text, item.model)], now)
                 feedback("ratings", "candidate_id, up", (cid, 1))

@@ -49,18 +49,29 @@ class RawDocument:
     mtime: float
 
 
+HIDDEN = "hidden (name starts with '.')"
+OUTSIDE = "symlink pointing outside the ingested folder"
+PRIVATE = "inside RAGQA_HOME (the app's own state: logins, feedback, models)"
+
+
 def walk_files(
-    root: Path, exclude: tuple[Path, ...] = ()
+    root: Path, exclude: tuple[Path, ...] = (), private: tuple[Path, ...] = ()
 ) -> Iterator[tuple[FoundFile | None, tuple[str, str] | None]]:
     """Yield every file below `root` as `(FoundFile, None)`, or `(None, (relpath, reason))` for a skip.
 
-    Follows symlinks to folders and files but never enters a folder twice (a symlink loop is reported
-    as skipped). Hidden entries (name starting with ".") and the folders in `exclude` (e.g. the index
-    itself when it lives under the root) are left out silently. Order is deterministic: in each folder
-    its own files by name (symlinks last), then its subfolders.
+    Never leaves `root`: a symlink whose target is outside it is skipped (a link to /etc/passwd or to the app's
+    users file must not be indexed and shown as a source). Symlinks within it are followed, but no folder is
+    entered twice (a symlink loop is reported as skipped). Hidden entries (name starting with ".") and the
+    folders in `private` (the app's state) are skipped and listed; the folders in `exclude` (the index itself)
+    are left out silently. Order is deterministic: in each folder its own files by name (symlinks last), then
+    its subfolders.
     """
     root = Path(root)
     excluded = {_real(p) for p in exclude}
+    # The index's lock and temporary copies sit beside it (".index.lock", ".index.tmp-*"): left out silently too.
+    litter = {(os.path.dirname(p), f".{os.path.basename(p)}.") for p in excluded}
+    private_dirs = tuple(_real(p) for p in private)
+    top = _real(root)
     seen_dirs: set[tuple[int, int]] = set()
     try:
         st = root.stat()
@@ -79,13 +90,23 @@ def walk_files(
             continue
         subdirs: list[tuple[Path, str]] = []
         for entry in entries:
-            if entry.name.startswith("."):
-                continue
             rel = f"{prefix}{entry.name}"
+            if entry.name.startswith("."):
+                here = _real(folder)
+                if not any(here == d and entry.name.startswith(pre) for d, pre in litter):
+                    yield None, (rel, HIDDEN)
+                continue
             try:
                 st = os.stat(entry.path)  # follows symlinks; ELOOP for a symlink cycle
             except OSError as e:
                 yield None, (rel, _stat_problem(entry, e))
+                continue
+            real = _real(Path(entry.path)) if entry.is_symlink() or stat.S_ISDIR(st.st_mode) else None
+            if real is not None and entry.is_symlink() and not _within(real, top):
+                yield None, (rel, OUTSIDE)
+                continue
+            if real is not None and any(_within(real, p) for p in private_dirs):
+                yield None, (rel, PRIVATE)
                 continue
             if stat.S_ISDIR(st.st_mode):
                 key = (st.st_dev, st.st_ino)
@@ -94,7 +115,7 @@ def walk_files(
                         yield None, (rel, _revisit_reason(folder, entry))
                     continue
                 seen_dirs.add(key)
-                if _real(Path(entry.path)) in excluded:
+                if real in excluded:
                     continue
                 subdirs.append((Path(entry.path), rel + "/"))
             elif stat.S_ISREG(st.st_mode):
@@ -102,6 +123,10 @@ def walk_files(
             else:
                 yield None, (rel, "not a regular file")
         stack.extend(reversed(subdirs))
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _revisit_reason(folder: Path, entry: os.DirEntry) -> str:
@@ -174,6 +199,9 @@ def extract_text(raw: RawDocument) -> str:
         text = _decode(raw.data)
     else:
         raise DocumentSkipped(f"unsupported type ({suffix or 'no extension'})")
+    # Extracted PDF/HTML text can carry NUL characters (e.g. from a font's broken mapping): they are not
+    # text, and PostgreSQL cannot store a passage holding one.
+    text = text.replace("\x00", "")
     if not text.strip():
         raise DocumentSkipped("no text" if suffix not in PDF_SUFFIXES else "PDF has no extractable text")
     return text
@@ -181,7 +209,8 @@ def extract_text(raw: RawDocument) -> str:
 
 def _decode(data: bytes) -> str:
     """UTF-8 (BOM or not) only: other encodings are reported, not silently mangled."""
-    if b"\x00" in data[:8192]:
+    # The whole file, not a prefix: a NUL anywhere reaches passages, and PostgreSQL refuses to store any.
+    if b"\x00" in data:
         raise DocumentSkipped("binary file (contains NUL bytes)")
     try:
         return data.decode("utf-8-sig")  # also accepts plain UTF-8; strips a BOM

@@ -16,6 +16,7 @@ are skipped and listed with a reason in the report; ingest never stops on one ba
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -83,10 +84,13 @@ def ingest(
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD,
     progress: bool = True,
+    private: tuple[Path, ...] | None = None,
 ) -> IngestReport:
     """Bring the index at `index_dir` up to date with the documents at `root` (see the module doc).
 
-    Raises IngestError if `root` does not exist, IndexMismatchError if the existing index was built by
+    Nothing outside `root` is read (symlinks leading out are skipped and listed), nor anything in `private`
+    (default: RAGQA_HOME, the app's own state with its users file and feedback). Raises IngestError if `root`
+    does not exist or is inside `private`, IndexMismatchError if the existing index was built by
     another embedder (unless `rebuild`), IndexCorruptError if it is damaged (unless `rebuild`).
     The index on disk is replaced atomically at the end, or left untouched if nothing changed.
     """
@@ -94,6 +98,13 @@ def ingest(
     root, index_dir = Path(root).expanduser(), Path(index_dir).expanduser()
     if not root.exists():
         raise IngestError(f"{root} does not exist: give a folder or a file of documents")
+    private = (state_root(),) if private is None else private
+    for folder in private:
+        if _inside(root, folder):
+            raise IngestError(
+                f"{root} is inside {folder}, the app's own state (logins, feedback, models): "
+                "ingest documents from a folder outside it"
+            )
     params = ChunkingParams(chunk_tokens, overlap).validated(embedder.max_tokens)
     report = IngestReport()
     with writer_lock(index_dir):
@@ -109,7 +120,7 @@ def ingest(
                     "to re-chunk every file (a single file cannot change the settings for the others)"
                 )
             _keep_all_files(plan, old)
-        for found in _documents(root, index_dir, report):
+        for found in _documents(root, index_dir, report, private):
             _plan_file(
                 found, old if same_chunking else None, old, plan, report, params, embedder, max_file_bytes
             )
@@ -143,12 +154,26 @@ def _open_existing(index_dir: Path, embedder: Embedder) -> HybridIndex | None:
         return None
 
 
-def _documents(root: Path, index_dir: Path, report: IngestReport) -> Iterator[FoundFile]:
+def state_root() -> Path:
+    """RAGQA_HOME as the app resolves it (default ./var): never ingested."""
+    from settings.paths import ragqa_home
+
+    return ragqa_home()
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    return path == folder or folder in path.parents
+
+
+def _documents(
+    root: Path, index_dir: Path, report: IngestReport, private: tuple[Path, ...]
+) -> Iterator[FoundFile]:
     """Supported files under `root` (or `root` itself); skips go to the report."""
     if root.is_file():
         candidates = iter([(FoundFile(root, root.name), None)])
     else:
-        candidates = walk_files(root, exclude=(index_dir,))
+        candidates = walk_files(root, exclude=(index_dir,), private=private)
     for found, skip in candidates:
         report.files_seen += 1
         if skip is not None:
@@ -198,7 +223,12 @@ def _plan_file(
     try:
         raw = read_bytes(found, max_file_bytes)
         previous = old.files.get(found.relpath) if old is not None else None
-        if reusable is not None and previous is not None and previous.sha256 == raw.sha256:
+        if (
+            reusable is not None
+            and previous is not None
+            and previous.sha256 == raw.sha256
+            and not _holds_nul(reusable, previous)
+        ):
             _keep(
                 plan, reusable, found.relpath, FileEntry(raw.sha256, raw.size, raw.mtime, previous.chunk_ids)
             )
@@ -221,6 +251,12 @@ def _plan_file(
         report.indexed += 1
     else:
         report.updated += 1
+
+
+def _holds_nul(index: HybridIndex, entry: FileEntry) -> bool:
+    """Chunks indexed before NULs were checked in the whole file: re-read the file (it is then skipped), since a
+    passage holding a NUL cannot be stored with feedback on PostgreSQL."""
+    return any("\x00" in index.chunks[index.row_of(cid)].text for cid in entry.chunk_ids)
 
 
 def _embed(chunks: list[Chunk], embedder: Embedder, progress: bool) -> np.ndarray:

@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from retrieval.types import source_label
+
 NO_ANSWER = "The documents do not contain the answer."
 
 SYSTEM_PROMPT = (
@@ -38,7 +40,8 @@ def format_passages(passages: Sequence[Any]) -> str:
     blocks = []
     for i, p in enumerate(passages, start=1):
         text = " ".join(str(_field(p, "text")).split())
-        blocks.append(f"[{i}] (source: {_field(p, 'source')})\n{text}")
+        # The name is normalised here too: passages stored with feedback before names were cleaned come as dicts.
+        blocks.append(f"[{i}] (source: {source_label(str(_field(p, 'source')))})\n{text}")
     return "\n\n".join(blocks)
 
 

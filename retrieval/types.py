@@ -2,8 +2,26 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import asdict, dataclass
 from typing import Any
+
+
+def source_label(name: str) -> str:
+    """A document name safe to show and to put in a prompt: one line, no control, format or bidi characters.
+
+    A file name can hold newlines (and forge a `[2] (source: payroll.md)` passage block in the prompt or the
+    Sources panel) or bidi overrides (`U+202E`, showing `gpj.exe` as `exe.jpg`); whitespace runs become one space
+    and control/format/private-use/unassigned characters are dropped.
+    """
+    kept = []
+    for ch in name:
+        category = unicodedata.category(ch)
+        if ch.isspace() or category in ("Zl", "Zp"):
+            kept.append(" ")
+        elif category[0] != "C":  # Cc control, Cf format (bidi, zero-width), Co private, Cs surrogate, Cn
+            kept.append(ch)
+    return " ".join("".join(kept).split())
 
 
 @dataclass(frozen=True)
@@ -37,6 +55,10 @@ class Passage:
     source: str
     text: str
     score: float  # fused retrieval score (higher is better)
+
+    def __post_init__(self) -> None:
+        # What the prompt and the Sources panel show: one line, no control or bidi characters (see source_label).
+        object.__setattr__(self, "source", source_label(self.source))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

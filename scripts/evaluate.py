@@ -12,7 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from app.evaluation.commands import add_commands
+    from evaluation.commands import add_commands
 
     parser = argparse.ArgumentParser(prog="evaluate.py", description="rlhf-rag-qa evaluation suite")
     add_commands(parser.add_subparsers(dest="command", required=True))

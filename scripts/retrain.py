@@ -12,11 +12,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from settings.paths import make_private
     from training.commands import add_commands
 
     parser = argparse.ArgumentParser(prog="retrain.py", description="rlhf-rag-qa training pipeline")
     add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
+    make_private()
     return int(args.func(args) or 0)
 
 

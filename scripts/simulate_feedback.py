@@ -3,11 +3,11 @@
 `python scripts/simulate_feedback.py --qa FILE [--k-candidates 4] [--correct-fraction 0.2] ...`
 
 For every question of a labelled QA file (SQuAD v1.1/v2.0 JSON, NQ-open or plain JSONL, read by
-app.evaluation.formats) it does what a careful user of the app would do, through the same code path as the UI:
+evaluation.formats) it does what a careful user of the app would do, through the same code path as the UI:
   1. retrieve passages with QAService.retrieve and keep those that fit the model's window (what the model sees);
   2. sample k candidates with QAService.candidates (one batched generate) and record the interaction, the
      passages shown and the candidates with FeedbackStore.record_interaction;
-  3. rank the candidates by SQuAD token F1 against the gold answers (app.evaluation.metrics.score_answer: SQuAD
+  3. rank the candidates by SQuAD token F1 against the gold answers (evaluation.metrics.score_answer: SQuAD
      normalisation, citation markers removed; an unanswerable SQuAD 2.0 question scores 1 for an abstention);
      equal F1 is a tie; when every candidate scores 0 the ranking carries no preference and is recorded as
      "both bad";
@@ -45,8 +45,8 @@ if __name__ == "__main__":  # run as a file: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from app.config import AppConfig  # noqa: E402
-from app.evaluation.formats import QADataset, QAExample, load_qa  # noqa: E402
-from app.evaluation.metrics import contains_answer, score_answer  # noqa: E402
+from evaluation.formats import QADataset, QAExample, load_qa  # noqa: E402
+from evaluation.metrics import contains_answer, score_answer  # noqa: E402
 from retrieval.prompt import NO_ANSWER  # noqa: E402
 from retrieval.types import Passage  # noqa: E402
 
@@ -140,7 +140,7 @@ def title_of(example: QAExample, dataset: QADataset) -> str | None:
 
 def select(dataset: QADataset, options: SimulationOptions) -> list[QAExample]:
     """The questions to ask: answerable filter, article filters, then a seeded `limit` subset in file order."""
-    from app.evaluation.runner import select_examples
+    from evaluation.runner import select_examples
 
     examples = [e for e in dataset.examples if not (options.only_answerable and e.unanswerable)]
     if options.articles or options.exclude_articles:
@@ -168,7 +168,7 @@ def ensure_indexed(
     """
     import hashlib
 
-    from app.evaluation.runner import write_corpus
+    from evaluation.runner import write_corpus
     from retrieval.errors import IndexMissingError, RetrievalError
     from retrieval.index import HybridIndex
     from retrieval.ingest import ingest
@@ -217,7 +217,7 @@ def ensure_indexed(
 @contextmanager
 def serving_config(cfg: AppConfig, index_dir: Path | None) -> Iterator[AppConfig]:
     """`cfg`, or with `--index`, a config whose index is DIR and whose models are RAGQA_HOME's (via symlinks)."""
-    from training.paths import Paths
+    from settings.paths import Paths
 
     if index_dir is None:
         yield cfg
@@ -267,8 +267,8 @@ def simulate(
     """Run the simulated annotator (see the module docstring); returns what it recorded."""
     from tqdm import tqdm
 
-    from app.evaluation.formats import EvalDataError
     from app.qa import QAError, QAService
+    from evaluation.formats import EvalDataError
     from feedback_store.errors import FeedbackError
     from feedback_store.store import FeedbackStore
 
@@ -317,7 +317,7 @@ def simulate(
 
 
 def _require_model(cfg: AppConfig) -> None:
-    from training.registry import ModelRegistry
+    from model_store.registry import ModelRegistry
 
     if ModelRegistry(cfg.paths.models_dir).current_name() is None:
         raise SimulationError(f"no model is published in {cfg.paths.models_dir}: run `ragqa setup` first")

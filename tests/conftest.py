@@ -26,8 +26,8 @@ def ragqa_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="session")
 def default_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real offline default model (SmolLM2-135M from the GGUF), converted once per test session (~20 s)."""
-    from training.modeling import ensure_base_model
-    from training.registry import ModelRegistry
+    from model_store.base_model import ensure_base_model
+    from model_store.registry import ModelRegistry
 
     registry = ModelRegistry(tmp_path_factory.mktemp("default-registry") / "models")
     return ensure_base_model(registry).path
@@ -49,7 +49,7 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, default_model_dir: 
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from training.modeling import tiny_llama_config
+    from model_store.loading import tiny_llama_config
 
     out = tmp_path_factory.mktemp("tiny-llama")
     tok = AutoTokenizer.from_pretrained(default_model_dir)
@@ -77,7 +77,7 @@ def llama_cpp_or_skip() -> None:
 def default_gguf_dir(tmp_path_factory: pytest.TempPathFactory, default_model_dir: Path) -> Path:
     """The default model folder plus its f16 GGUF (the default type) (written by the project's exporter, ~12 s once)."""
     llama_cpp_or_skip()
-    from training.gguf_export import export_gguf
+    from model_store.gguf import export_gguf
 
     out = tmp_path_factory.mktemp("default-gguf") / "v0001"
     shutil.copytree(default_model_dir, out, copy_function=os.link)

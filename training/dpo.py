@@ -27,7 +27,7 @@ def train_dpo(
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from training.modeling import load_causal_lm, load_tokenizer, lora_config
+    from model_store.loading import load_causal_lm, load_tokenizer, lora_config
     from training.plots import plot_curves
     from training.sft import last_checkpoint
 

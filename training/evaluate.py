@@ -7,7 +7,8 @@ Measured on the snapshot's test-split prompts (the same chat format serving uses
     averaged over the candidate's own answers (`kl`), plus the per-token mean (`kl_per_token`);
   - mean answer length in tokens (up to and including EOS);
   - with `gate.qa_file` (JSONL {"question", "answers": [...], "context"}): SQuAD EM/F1 of both models
-    (official normalisation, citation markers removed, max over gold answers).
+    (evaluation.metrics, the same metric as `ragqa eval`: official normalisation, citation markers removed,
+    max over gold answers).
 `gate_decision` then applies the configured thresholds: publish only if each set criterion holds, or when
 forced, recording every criterion's value, threshold and outcome.
 
@@ -19,46 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import string
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from evaluation.metrics import squad_exact_match, squad_f1
 from training.config import GateSection, TrainConfig
 
 Messages = list[dict[str, str]]
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_CITATION = re.compile(r"\s*\[\d+(?:\s*,\s*\d+)*\]")
-
-
-# ---- SQuAD metrics ----------------------------------------------------------------------------------------
-def normalize_answer(text: str) -> str:
-    """SQuAD's normalisation: lowercase, drop punctuation, drop a/an/the, collapse whitespace."""
-    text = "".join(ch for ch in text.lower() if ch not in string.punctuation)
-    return " ".join(_ARTICLES.sub(" ", text).split())
-
-
-def exact_match(prediction: str, golds: list[str]) -> float:
-    pred = normalize_answer(_CITATION.sub("", prediction))
-    return max((float(pred == normalize_answer(g)) for g in golds), default=0.0)
-
-
-def f1_score(prediction: str, golds: list[str]) -> float:
-    """Token F1 (bag of normalised tokens), max over gold answers."""
-    pred = normalize_answer(_CITATION.sub("", prediction)).split()
-    best = 0.0
-    for gold in golds:
-        ref = normalize_answer(gold).split()
-        if not pred or not ref:
-            best = max(best, float(pred == ref))
-            continue
-        same = sum((Counter(pred) & Counter(ref)).values())
-        if same:
-            p, r = same / len(pred), same / len(ref)
-            best = max(best, 2 * p * r / (p + r))
-    return best
 
 
 def load_qa_file(path: Path, limit: int) -> list[dict[str, Any]]:
@@ -189,10 +158,10 @@ def evaluate_candidate(
     """Measure candidate vs current (see the module docstring). Writes samples.jsonl and metrics.json."""
     import torch
 
+    from model_store.loading import load_causal_lm, load_tokenizer
+    from model_store.reward import load_reward_model, score_with_reward_model
     from retrieval.prompt import render_prompt
     from training.data import TrainingDataError
-    from training.modeling import load_causal_lm, load_tokenizer
-    from training.ppo.rollout import load_reward_model, score_with_reward_model
 
     gate = cfg.gate
     prompts = prompts[: gate.num_prompts]
@@ -243,10 +212,10 @@ def evaluate_candidate(
         for name, model in models.items():
             got = generate_answers(model, tokenizer, qa_prompts, gate, cfg.seed)
             per_model[name]["em"] = _mean(
-                [exact_match(g["text"], row["answers"]) for g, row in zip(got, qa, strict=True)]
+                [squad_exact_match(g["text"], row["answers"]) for g, row in zip(got, qa, strict=True)]
             )
             per_model[name]["f1"] = _mean(
-                [f1_score(g["text"], row["answers"]) for g, row in zip(got, qa, strict=True)]
+                [squad_f1(g["text"], row["answers"]) for g, row in zip(got, qa, strict=True)]
             )
         metrics["qa_examples"] = len(qa)
         metrics["f1_delta"] = (per_model["candidate"]["f1"] or 0.0) - (per_model["current"]["f1"] or 0.0)
@@ -310,11 +279,11 @@ def gate_decision(metrics: dict[str, Any], gate: GateSection, *, force: bool = F
 
 
 def main(argv: list[str] | None = None) -> int:
+    from model_store.loading import ModelLoadError
+    from model_store.registry import ModelRegistry, RegistryError
+    from settings.paths import Paths
     from training.config import ConfigError, load_config
     from training.data import TrainingDataError, load_export
-    from training.modeling import ModelLoadError
-    from training.paths import Paths
-    from training.registry import ModelRegistry, RegistryError
 
     parser = argparse.ArgumentParser(
         prog="python -m training.evaluate", description="Candidate vs current gate."

@@ -32,7 +32,7 @@ class MergeError(RuntimeError):
 def _load(task: str, path: Path, *, four_bit: bool, device: str, pad_token_id: int | None) -> Any:
     import torch
 
-    from training.modeling import load_causal_lm, load_sequence_classifier
+    from model_store.loading import load_causal_lm, load_sequence_classifier
 
     dtype = torch.float32  # full precision: the merge adds B@A into the weights without rounding them to bf16
     if task == "causal_lm":
@@ -87,7 +87,7 @@ def merge_adapter(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from training.modeling import load_tokenizer
+    from model_store.loading import load_tokenizer
 
     base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
     if task not in TASKS:

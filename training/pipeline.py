@@ -1,10 +1,10 @@
-"""`ragqa retrain`: export -> SFT -> reward model -> PPO (or DPO) -> merge -> evaluation gate -> publish.
+"""`ragqa retrain`: export -> SFT -> reward model -> PPO (or DPO, KTO) -> merge -> evaluation gate -> publish.
 
 A run lives in `RAGQA_HOME/runs/<run_id>/`:
   config.yaml (+ .sha256)   the resolved config; a resumed run keeps it
   state.json                every stage's status (done | skipped | failed), outputs, metrics, plots
   export/                   the feedback snapshot used (its snapshot_id goes into the manifest)
-  sft/ rm/ ppo/ dpo/        each stage's checkpoints, adapter, merged model, metrics.json, plots/
+  sft/ rm/ ppo/ dpo/ kto/   each stage's checkpoints, adapter, merged model, metrics.json, plots/
   merged/                   the candidate: the policy adapter merged into the SFT model (full precision)
   evaluate/                 gate metrics.json and samples.jsonl (candidate vs current answers)
   report.md                 data, metrics per stage, gate decision, publish outcome, the plots
@@ -32,7 +32,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from settings.paths import Paths
 from training.config import (
+    POLICY_STAGES,
     STAGES,
     ConfigError,
     TrainConfig,
@@ -45,11 +47,10 @@ from training.config import (
     want_4bit,
 )
 from training.data import ExportData, TrainingDataError, load_export, require
-from training.paths import Paths
 
 STATE = "state.json"
 # Stages whose "skipped" is final on resume; publish is retried (a later --force may publish).
-FINAL_WHEN_SKIPPED = {"export", "sft", "rm", "ppo", "dpo", "merge", "evaluate"}
+FINAL_WHEN_SKIPPED = {"export", "sft", "rm", "ppo", "dpo", "kto", "merge", "evaluate"}
 
 
 class RetrainError(RuntimeError):
@@ -63,7 +64,7 @@ class RetrainOptions:
     config: Path | None = None
     overrides: list[str] = field(default_factory=list)
     resume: str | None = None  # run id
-    stages: list[str] | None = None  # training stages (sft, rm, ppo, dpo); None = the algorithm's default
+    stages: list[str] | None = None  # training stages (config.STAGES); None = the algorithm's default
     publish: bool = True
     force: bool = False
     start_from: str | None = None  # "base" | "current"; None = config's model.start_from
@@ -119,15 +120,18 @@ class RunState:
 
 # ---- plan -----------------------------------------------------------------------------------------------------
 def training_stages(cfg: TrainConfig, requested: list[str] | None) -> list[str]:
-    """The training stages to run, in order. Default: sft, rm, ppo (ppo) or sft, rm, dpo (dpo: the RM is the
-    gate's judge). `ppo` needs `rm` in the same run."""
+    """The training stages to run, in order. Default: sft, rm, ppo (ppo) or sft, rm, dpo|kto (dpo, kto: the RM
+    is the gate's judge). `ppo` needs `rm` in the same run."""
     default = ["sft", "rm", cfg.algorithm]
     chosen = default if requested is None else [s.strip() for s in requested if s.strip()]
     unknown = [s for s in chosen if s not in STAGES]
     if unknown:
         raise RetrainError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
-    if "ppo" in chosen and "dpo" in chosen:
-        raise RetrainError("choose one policy stage: ppo or dpo, not both")
+    policies = [s for s in POLICY_STAGES if s in chosen]
+    if len(policies) > 1:
+        raise RetrainError(
+            f"choose one policy stage of {', '.join(POLICY_STAGES)}, not {' and '.join(policies)}"
+        )
     if "ppo" in chosen and "rm" not in chosen:
         raise RetrainError(
             "the ppo stage needs the reward model: add rm to --stages (e.g. --stages sft,rm,ppo)"
@@ -136,7 +140,7 @@ def training_stages(cfg: TrainConfig, requested: list[str] | None) -> list[str]:
 
 
 def full_plan(stages: list[str]) -> list[str]:
-    policy = [s for s in stages if s in ("ppo", "dpo")]
+    policy = [s for s in stages if s in POLICY_STAGES]
     return ["export", *stages, *(["merge"] if policy else []), "evaluate", "publish"]
 
 
@@ -158,6 +162,10 @@ def describe_plan(cfg: TrainConfig, plan: list[str], data: ExportData | None) ->
             n = counts["pairs_train"]
             ok = n >= cfg.data.min_pairs
             note = f"{n} preference pairs" + ("" if ok else f" < {cfg.data.min_pairs}: will REFUSE")
+        elif name == "kto" and data:
+            n = counts["ratings_train"]
+            ok = n >= cfg.data.min_ratings
+            note = f"{n} rated answers" + ("" if ok else f" < {cfg.data.min_ratings}: will REFUSE")
         elif name == "ppo" and data:
             n = counts["prompts_train"]
             ok = n >= cfg.data.min_prompts
@@ -252,6 +260,13 @@ def check_enough_data(cfg: TrainConfig, plan: list[str], data: ExportData) -> No
             f"preference pairs in the train split (the {stage} needs them)",
             "Rank more answers in the app, or lower data.min_pairs.",
         )
+    if "kto" in plan:
+        require(
+            counts["ratings_train"],
+            cfg.data.min_ratings,
+            "rated answers (thumbs up/down) in the train split (KTO needs them)",
+            "Rate more answers with 👍/👎 in the app, or lower data.min_ratings.",
+        )
     if "ppo" in plan:
         require(
             counts["prompts_train"],
@@ -318,8 +333,16 @@ def stage_dpo(ctx: RunContext) -> dict[str, Any]:
     )
 
 
+def stage_kto(ctx: RunContext) -> dict[str, Any]:
+    from training import kto
+
+    return kto.train_kto(
+        ctx.cfg, model_dir=ctx.policy_base, data=ctx.data, out_dir=ctx.run_dir / "kto", resume=ctx.resuming
+    )
+
+
 def _policy_stage(ctx: RunContext) -> str | None:
-    for name in ("ppo", "dpo"):
+    for name in POLICY_STAGES:
         if ctx.state.stage(name).get("status") == "done":
             return name
     return None
@@ -339,9 +362,12 @@ def stage_merge(ctx: RunContext) -> dict[str, Any]:
         }
     device = resolve_device(ctx.cfg)
     qlora = ctx.cfg.ppo_config().load_in_4bit if policy == "ppo" else want_4bit(ctx.cfg, device)
-    checks = ctx.data.prompts.get("train", [])[: ctx.cfg.merge.check_prompts] or [
-        p["prompt"] for p in ctx.data.pairs.get("train", [])[: ctx.cfg.merge.check_prompts]
-    ]
+    n = ctx.cfg.merge.check_prompts
+    checks = (
+        ctx.data.prompts.get("train", [])[:n]
+        or [p["prompt"] for p in ctx.data.pairs.get("train", [])[:n]]
+        or [r["prompt"] for r in ctx.data.unpaired.get("train", [])[:n]]
+    )
     out = ctx.run_dir / "merged"
     metrics = merge.merge_adapter(
         ctx.policy_base,
@@ -368,9 +394,9 @@ def candidate_dir(ctx: RunContext) -> Path | None:
 
 
 def stage_evaluate(ctx: RunContext) -> dict[str, Any]:
+    from model_store.registry import ModelRegistry
     from training import evaluate
     from training.plots import plot_gate
-    from training.registry import ModelRegistry
 
     candidate = candidate_dir(ctx)
     if candidate is None:
@@ -427,15 +453,15 @@ def build_manifest(ctx: RunContext, decision: dict[str, Any]) -> dict[str, Any]:
         "metrics": {name: s.get("metrics", {}) for name, s in stages.items() if name != "publish"},
         "stages": {name: s.get("status") for name, s in stages.items()},
         "gate": decision,
-        # Relative to RAGQA_HOME (app.evaluation.reward_scoring resolves it there): `ragqa compare` finds the RM.
+        # Relative to RAGQA_HOME (model_store.reward resolves it there): `ragqa compare` finds the RM.
         "reward_model": {"path": os.path.relpath(rm, ctx.paths.home)} if rm else None,
     }
 
 
 def stage_publish(ctx: RunContext) -> dict[str, Any]:
+    from model_store.gguf import GgufExportError, gguf_extras
+    from model_store.registry import ModelRegistry
     from training import evaluate
-    from training.gguf_export import GgufExportError
-    from training.registry import ModelRegistry
 
     registry = ModelRegistry(ctx.paths.models_dir)
     run_id = ctx.run_dir.name
@@ -458,7 +484,7 @@ def stage_publish(ctx: RunContext) -> dict[str, Any]:
         )
     try:
         version = registry.publish_folder(
-            candidate_dir(ctx), build_manifest(ctx, decision), gguf=ctx.cfg.publish.gguf
+            candidate_dir(ctx), build_manifest(ctx, decision), extras=gguf_extras(ctx.cfg.publish.gguf)
         )
     except (
         OSError,
@@ -497,6 +523,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[RunContext], dict[str, Any]]] = {
     "rm": stage_rm,
     "ppo": stage_ppo,
     "dpo": stage_dpo,
+    "kto": stage_kto,
     "merge": stage_merge,
     "evaluate": stage_evaluate,
     "publish": stage_publish,
@@ -511,7 +538,14 @@ def _fmt(value: Any) -> str:
 
 
 KEY_METRICS = {
-    "export": ["snapshot_id", "demonstrations_train", "pairs_train", "prompts_train", "prompts_test"],
+    "export": [
+        "snapshot_id",
+        "demonstrations_train",
+        "pairs_train",
+        "ratings_train",
+        "prompts_train",
+        "prompts_test",
+    ],
     "sft": ["demonstrations_train", "steps", "train_loss", "eval_loss"],
     "rm": [
         "pairs_used",
@@ -523,6 +557,7 @@ KEY_METRICS = {
     ],
     "ppo": ["steps", "score_first", "score_last", "kl_last", "response_length_last"],
     "dpo": ["pairs_train", "steps", "train_loss", "heldout_accuracy", "heldout_mean_margin"],
+    "kto": ["ratings_good", "ratings_bad", "steps", "train_loss", "heldout_mean_margin"],
     "merge": ["max_abs_logit_diff", "atol"],
     "evaluate": ["current_version", "prompts", "win_rate", "reward_delta", "kl", "kl_per_token"],
 }
@@ -592,11 +627,12 @@ def write_report(ctx: RunContext) -> Path:
 
 # ---- the run --------------------------------------------------------------------------------------------------
 def _start_model(cfg: TrainConfig, paths: Paths, start_from: str) -> dict[str, Any]:
-    from training.modeling import ensure_base_model
-    from training.registry import ModelRegistry
+    from model_store.base_model import ensure_base_model
+    from model_store.gguf import gguf_extras
+    from model_store.registry import ModelRegistry
 
     registry = ModelRegistry(paths.models_dir)
-    ensure_base_model(registry, cfg.model.base, gguf=cfg.publish.gguf)
+    ensure_base_model(registry, cfg.model.base, extras=gguf_extras(cfg.publish.gguf))
     version = registry.base() if start_from == "base" else registry.current()
     if version is None:
         raise RetrainError("the model registry is empty; run `ragqa setup` first")
@@ -735,15 +771,15 @@ def _run_stages(ctx: RunContext, say: Callable[[str], None]) -> dict[str, Any]:
     return {**state.data, "report": str(report)}
 
 
-# ---- standalone stage entry points (python -m training.sft / .reward / .dpo) -----------------------------------
+# ---- standalone stage entry points (python -m training.sft / .reward / .dpo / .kto) ---------------------------------
 def run_stage_cli(stage: str, argv: list[str] | None = None) -> int:
     """`python -m training.<stage> --config FILE [--set k=v] [--data EXPORT] [--model DIR] [--out DIR] [--resume]`.
 
     Runs one training stage outside a retrain run: data from --data (or data.export_dir), the model from
     --model (or the registry's start model), outputs into --out (or RAGQA_HOME/runs/<new id>/<stage>).
     """
-    from training.modeling import ModelLoadError
-    from training.registry import RegistryError
+    from model_store.loading import ModelLoadError
+    from model_store.registry import RegistryError
 
     parser = argparse.ArgumentParser(prog=f"python -m training.{ {'rm': 'reward'}.get(stage, stage) }")
     parser.add_argument(
@@ -770,9 +806,14 @@ def run_stage_cli(stage: str, argv: list[str] | None = None) -> int:
         paths = Paths.from_env()
         model = args.model or Path(_start_model(cfg, paths, cfg.model.start_from)["path"])
         out = args.out or paths.runs_dir / new_run_id() / stage
-        from training import dpo, reward, sft
+        from training import dpo, kto, reward, sft
 
-        fn = {"sft": sft.train_sft, "rm": reward.train_reward_model, "dpo": dpo.train_dpo}[stage]
+        fn = {
+            "sft": sft.train_sft,
+            "rm": reward.train_reward_model,
+            "dpo": dpo.train_dpo,
+            "kto": kto.train_kto,
+        }[stage]
         result = fn(cfg, model_dir=model, data=data, out_dir=out, resume=args.resume)
     except (ConfigError, TrainingDataError, RetrainError, ModelLoadError, RegistryError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -8,7 +8,7 @@ Traps handled (STACK-NOTES section 4):
 Below `data.min_pairs` preference pairs the stage refuses with a message saying how to get more.
 
 Held-out metrics: the merged model scores the snapshot's test pairs with the same scoring function PPO uses
-(training.ppo.rollout.score_with_reward_model): pair accuracy (chosen > rejected) and mean margin.
+(model_store.reward.score_with_reward_model): pair accuracy (chosen > rejected) and mean margin.
 
 Outputs in `out_dir`: `adapter/`, `merged/` (the folder PPO takes as reward_dir), `checkpoints/`,
 `metrics.json`, `plots/rm_curves.png`.
@@ -42,7 +42,7 @@ def heldout_metrics(
     """Pair accuracy and mean margin (chosen score - rejected score) of a merged reward model folder."""
     import torch
 
-    from training.ppo.rollout import load_reward_model, score_with_reward_model
+    from model_store.reward import load_reward_model, score_with_reward_model
 
     if not pairs:
         return {"heldout_pairs": 0, "heldout_accuracy": None, "heldout_mean_margin": None}
@@ -70,8 +70,9 @@ def train_reward_model(
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
+    from model_store.loading import load_sequence_classifier, load_tokenizer, lora_config
+    from model_store.reward import use_reward_padding
     from training.merge import merge_adapter
-    from training.modeling import load_sequence_classifier, load_tokenizer, lora_config, use_reward_padding
     from training.plots import plot_curves
     from training.sft import last_checkpoint
 

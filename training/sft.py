@@ -32,7 +32,7 @@ def build_sft_trainer(cfg: TrainConfig, model_dir: Path, data: ExportData, out_d
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from training.modeling import load_causal_lm, load_tokenizer, lora_config
+    from model_store.loading import load_causal_lm, load_tokenizer, lora_config
 
     device = resolve_device(cfg)
     four_bit = want_4bit(cfg, device)

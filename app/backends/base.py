@@ -131,7 +131,7 @@ class PromptCodec:
 
     @classmethod
     def from_folder(cls, path: Any) -> PromptCodec:
-        from training.modeling import load_tokenizer
+        from model_store.loading import load_tokenizer
 
         return cls(load_tokenizer(path))
 

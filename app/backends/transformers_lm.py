@@ -27,28 +27,6 @@ from app.backends.base import (
 DECODE_PATHS = ("generate",)
 
 
-def pick_dtype(requested: str) -> Any:
-    """bf16 on CPUs with native bf16 (AMX or avx512-bf16), else fp32.
-
-    Measured with SmolLM2-135M on this project's 2-core machines (all under load from parallel jobs, so noisy):
-    - AMD EPYC Zen 4 (avx512_bf16, no AMX): a 900-token prefill took 1.04 s in bf16 vs 1.85 s in fp32; time to
-      first token in the app (4 passages, ~780 prompt tokens) p50 3.5 s bf16 vs 4.7 s fp32. Decode per CPU-second
-      at one thread was a tie (15.8 vs 16.5 tok/s); wall-clock decode under load went both ways in two runs.
-    - Sapphire Rapids (AMX), STACK-NOTES §1: batched forwards 3.6x faster in bf16, single-stream decode 25 vs 27 tok/s.
-    Prefill dominates a RAG answer's wait (long prompt, short answer), so bf16 wins where the CPU has native bf16;
-    without it bf16 is emulated and much slower. `dtype: float32` in config.yaml overrides.
-    """
-    import torch
-
-    if requested == "float32":
-        return torch.float32
-    if requested == "bfloat16":
-        return torch.bfloat16
-    if torch.cuda.is_available():
-        return torch.bfloat16
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
-
-
 def check_decode(decode: str) -> None:
     if decode not in DECODE_PATHS:
         raise GenerationError(f"unknown decode path {decode!r}: use one of {', '.join(DECODE_PATHS)}")
@@ -68,7 +46,7 @@ class TransformersModel(ServedModel):
 
     @classmethod
     def load(cls, version: Any, *, dtype: str = "auto", load_in_4bit: bool = False) -> TransformersModel:
-        from training.modeling import ModelLoadError, load_causal_lm, load_tokenizer
+        from model_store.loading import ModelLoadError, load_causal_lm, load_tokenizer, pick_dtype
 
         try:
             tokenizer = load_tokenizer(version.path)

@@ -81,3 +81,6 @@ def test_follow_up_uses_the_conversation(default_registry: Path, corpus: Path) -
     ]
     passages = qa.retrieve("and when did it open?", history)
     assert passages[0].source == "kelvale/tower.md"
+    # A change of topic is searched alone (retrieval/followup.py): the old topic does not come first.
+    passages = qa.retrieve("How long does quillbread dough rest before baking?", history)
+    assert passages[0].source == "recipes/quillbread.txt"

@@ -35,7 +35,7 @@ def test_bad_config_key(ragqa_home: Path, capsys) -> None:
 
 
 def test_models_list_current_rollback(ragqa_home: Path, tiny_llama_dir: Path, capsys) -> None:
-    from training.registry import ModelRegistry
+    from model_store.registry import ModelRegistry
 
     assert main(["models", "current"]) == 1
     assert "ragqa setup" in capsys.readouterr().err
@@ -58,7 +58,7 @@ def test_broken_model_version_is_a_clear_error(
 ) -> None:
     from app.config import AppConfig
     from app.generator import GenerationError, Generator
-    from training.registry import ModelRegistry
+    from model_store.registry import ModelRegistry
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_llama_dir, broken)

@@ -8,7 +8,7 @@ import torch
 
 from app.backends.base import Decoding
 from app.generator import Generator
-from training.registry import ModelRegistry
+from model_store.registry import ModelRegistry
 
 
 def _perturbed_copy(src: Path, dst: Path) -> Path:

@@ -13,8 +13,8 @@ import pytest
 from app.backends.base import GenerationStats
 from app.config import AppConfig
 from app.generator import Generator
+from model_store.registry import ModelRegistry
 from tests.conftest import llama_cpp_or_skip
-from training.registry import ModelRegistry
 
 pytestmark = pytest.mark.usefixtures("llamacpp_installed")
 
@@ -167,12 +167,16 @@ def test_auto_serves_transformers_without_a_gguf(default_registry: Path) -> None
     assert not list(default_registry.joinpath("v0001").glob("*.gguf"))  # auto never converts
 
 
-def test_llamacpp_converts_a_version_published_without_gguf(default_registry: Path) -> None:
+def test_llamacpp_without_a_gguf_serves_transformers_and_converts_nothing(default_registry: Path) -> None:
+    """No conversion inside a request and no manifest rewrite: transformers serves, the reason names the fix."""
+    manifest = (default_registry / "v0001" / "manifest.json").read_bytes()
     registry = ModelRegistry(default_registry)
     generator = Generator(registry, backend="llamacpp", config=AppConfig.load())
-    assert generator.current().backend == "llamacpp"
-    record = registry.get("v0001").manifest["gguf"]
-    assert record["outtype"] == "f16" and (default_registry / "v0001" / record["file"]).is_file()
+    assert generator.current().backend == "transformers"
+    assert "has no GGUF file" in generator.fallback_reason
+    assert "ragqa models gguf v0001" in generator.fallback_reason
+    assert not list(default_registry.joinpath("v0001").glob("*.gguf"))
+    assert (default_registry / "v0001" / "manifest.json").read_bytes() == manifest
 
 
 def test_missing_llama_cpp_falls_back_to_transformers_with_the_reason(

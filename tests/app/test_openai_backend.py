@@ -15,8 +15,8 @@ import pytest
 from app.backends.base import GenerationStats
 from app.config import AppConfig
 from app.generator import GenerationError, Generator
+from model_store.registry import ModelRegistry
 from tests.conftest import llama_cpp_or_skip
-from training.registry import ModelRegistry
 
 MESSAGES = [{"role": "user", "content": "Name three primary colours."}]
 

@@ -17,11 +17,11 @@ import pytest
 
 from app.config import AppConfig
 from app.services import Services
-from app.ui import Handlers, launch, new_state
+from app.ui import Handlers, launch, new_state, stats_markdown
 from feedback_store.export import export_snapshot
+from model_store.registry import ModelRegistry
 from retrieval.embedder import HashEmbedder
 from retrieval.ingest import ingest
-from training.registry import ModelRegistry
 
 DOCS = {
     "kelvale/tower.md": "# The Zorbium Tower\n\nThe Zorbium Tower in Kelvale opened on 14 March 1893. "
@@ -100,7 +100,8 @@ def test_feedback_round_trip_over_http(served: tuple[Services, object], tmp_path
     assert "ranking saved" in client.predict("A is better", "", api_name="/rank")
     assert "👍 saved" in client.predict("clear and cited", api_name="/rate_up")
     assert "saved as a demonstration" in client.predict(CORRECTION, api_name="/correct")
-    stats = client.predict(api_name="/stats")
+    assert "ragqa feedback stats" in client.predict(api_name="/stats")  # no logins: admin views are CLI-only
+    stats = stats_markdown(services.store.stats())
     assert "| interactions | 1 |" in stats and "| candidates | 3 |" in stats and "| rankings | 1 |" in stats
     assert "| corrections | 1 |" in stats and "| ratings_up | 1 |" in stats
 

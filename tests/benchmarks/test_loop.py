@@ -95,7 +95,7 @@ def _model_folder(path: Path) -> Path:
 
 
 def _registry_with_base(home: Path):
-    from training.registry import ModelRegistry
+    from model_store.registry import ModelRegistry
 
     registry = ModelRegistry(home / "models")
     registry.publish_folder(_model_folder(home / "src-base"), {"kind": "base"})

@@ -20,9 +20,9 @@ from app.config import AppConfig
 from app.services import Services
 from app.ui import launch
 from benchmarks.load import DOCS, free_port
+from model_store.registry import ModelRegistry
 from retrieval.embedder import HashEmbedder
 from retrieval.ingest import ingest
-from training.registry import ModelRegistry
 
 QUESTION = "When did the Zorbium Tower open?"
 CORRECTION = "The Zorbium Tower opened on 14 March 1893 [1]."

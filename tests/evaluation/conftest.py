@@ -50,7 +50,7 @@ def build_tokenizer(out: Path) -> Any:
 
 
 def _llama_config(tok: Any, **extra: Any) -> Any:
-    from training.modeling import tiny_llama_config
+    from model_store.loading import tiny_llama_config
 
     return tiny_llama_config(tok, **extra)
 
@@ -95,7 +95,7 @@ def tiny_rm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def tiny_registry(ragqa_home: Path, tiny_lm_dirs: tuple[Path, Path]) -> Path:
     """RAGQA_HOME with v0001 and v0002 (tiny models), current = v0001, and short answers for speed."""
-    from training.registry import ModelRegistry
+    from model_store.registry import ModelRegistry
 
     registry = ModelRegistry(ragqa_home / "models")
     registry.publish_folder(tiny_lm_dirs[0], {"kind": "base"})

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.evaluation.commands import add_commands
+from evaluation.commands import add_commands
 from scripts.evaluate import main
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.evaluation.formats import EvalDataError, load_pairs, load_qa, parse_hh_dialogue
+from evaluation.formats import EvalDataError, load_pairs, load_qa, parse_hh_dialogue
 
 
 def test_squad_v2_with_an_unanswerable_question(fixtures_dir: Path) -> None:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from app.evaluation import metrics as M
+from evaluation import metrics as M
 from retrieval.prompt import NO_ANSWER
 
 

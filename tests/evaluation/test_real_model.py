@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.evaluation.runner import EvalOptions, run_eval
+from evaluation.runner import EvalOptions, run_eval
 
 
 @pytest.mark.slow

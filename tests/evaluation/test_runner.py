@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from app.evaluation.formats import load_qa
-from app.evaluation.runner import (
+from evaluation.formats import load_qa
+from evaluation.runner import (
     EvalError,
     EvalOptions,
     ExampleResult,
@@ -173,9 +173,9 @@ def _result(
     qid: str, answer: str, golds: tuple[str, ...], rank: int | None, cited: list[int], texts: list[str]
 ) -> ExampleResult:
     """A scored result built by hand (what answer_examples produces from one ask)."""
-    from app.evaluation import metrics as M
-    from app.evaluation.formats import QAExample
-    from app.evaluation.runner import _score_answer
+    from evaluation import metrics as M
+    from evaluation.formats import QAExample
+    from evaluation.runner import _score_answer
 
     class Asked:
         def __init__(self) -> None:
@@ -249,8 +249,8 @@ def test_compare_two_versions(
 
 
 def test_eval_rm_on_hh_pairs(fixtures_dir: Path, tmp_path: Path, tiny_rm_dir: Path) -> None:
-    from app.evaluation.formats import load_pairs
-    from app.evaluation.reward_scoring import RewardScorer
+    from evaluation.formats import load_pairs
+    from model_store.reward import RewardScorer
 
     out = tmp_path / "rm"
     report = run_eval_rm(
@@ -278,7 +278,7 @@ def test_eval_rm_without_a_reward_model_says_what_to_do(tiny_registry: Path, fix
 
 
 def test_reward_scores_do_not_depend_on_batch_padding(tiny_rm_dir: Path) -> None:
-    from app.evaluation.reward_scoring import RewardScorer
+    from model_store.reward import RewardScorer
 
     scorer = RewardScorer(tiny_rm_dir, batch_size=4)
     prompts = [[{"role": "user", "content": "What is a good name for a cat?"}]] * 3

@@ -21,10 +21,10 @@ from app.config import AppConfig
 from app.services import Services
 from app.ui import launch
 from benchmarks.load import DOCS, free_port
+from model_store.registry import ModelRegistry
 from retrieval.embedder import HashEmbedder
 from retrieval.ingest import ingest
 from tests.faults.conftest import ROOT, subprocess_env
-from training.registry import ModelRegistry
 
 QUESTION = "When did the Zorbium Tower open?"
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from model_store.registry import ModelRegistry
 from tests.training.conftest import TINY_CONFIG, tiny_model_dir, tiny_registry, write_export  # noqa: F401
-from training.registry import ModelRegistry
 
 REAL_COPY2 = shutil.copy2
 

@@ -13,10 +13,10 @@ import json
 import shutil
 from pathlib import Path
 
+from model_store.registry import ModelRegistry
+from settings.paths import Paths
 from tests.faults.conftest import fill_store, ragqa, run_until_paused
 from tests.training.conftest import TINY_CONFIG
-from training.paths import Paths
-from training.registry import ModelRegistry
 
 
 def _home_with_feedback(home: Path, model_dir: Path) -> ModelRegistry:

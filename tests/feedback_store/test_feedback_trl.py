@@ -61,7 +61,7 @@ def _tokenizer(texts: list[str]):
 
 
 def _config(tok, **extra: object):
-    from training.modeling import tiny_llama_config
+    from model_store.loading import tiny_llama_config
 
     return tiny_llama_config(tok, max_position_embeddings=4096, tie_word_embeddings=False, **extra)
 

@@ -22,9 +22,9 @@ import pytest
 
 from app.config import AppConfig
 from feedback_store.store import FeedbackStore
+from model_store.registry import ModelRegistry
 from retrieval.embedder import SentenceTransformerEmbedder
 from retrieval.ingest import ingest
-from training.registry import ModelRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = {

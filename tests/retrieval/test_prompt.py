@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from retrieval.prompt import NO_ANSWER, SYSTEM_PROMPT, fit_passages, parse_citations, render_prompt
-from retrieval.types import Passage
+from retrieval.types import Passage, source_label
 
 PASSAGES = [
     Passage(1, "c1", "guide/publish.md", "To publish a new model, run  ragqa retrain.\nIt trains SFT.", 0.9),
@@ -85,7 +85,7 @@ def test_prompt_renders_any_unicode(question: str, texts: list[str], sources: li
     user = messages[-1]["content"]
     assert user.endswith(f"Question: {question.strip()}")
     for i, p in enumerate(passages, start=1):
-        assert f"[{i}] (source: {p['source']})" in user
+        assert f"[{i}] (source: {source_label(p['source'])})" in user  # one clean line (names are untrusted)
         assert " ".join(p["text"].split()) in user
     # Rendering is a pure function: the same input gives the same prompt.
     assert render_prompt(question, passages) == messages

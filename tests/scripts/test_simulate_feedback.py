@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from app.config import AppConfig
-from app.evaluation.formats import QAExample
 from app.qa import Candidate, QAService
+from evaluation.formats import QAExample
 from feedback_store.export import export_snapshot
 from feedback_store.store import FeedbackStore
+from model_store.registry import ModelRegistry
 from retrieval.embedder import HashEmbedder
 from retrieval.prompt import NO_ANSWER
 from retrieval.types import Passage
@@ -32,7 +33,6 @@ from scripts.simulate_feedback import (
     pick_corrected,
     simulate,
 )
-from training.registry import ModelRegistry
 
 TOWER = (
     "The Zorbium Tower in Kelvale opened on 14 March 1893. It is 212 metres tall and was designed by the "
@@ -294,7 +294,7 @@ def test_article_filters_and_the_index_is_not_rebuilt(
     s2 = simulate(_options(qa_file, exclude_articles=("Quillbread",)), config=cfg, embedder=HashEmbedder())
     assert s2.questions == 2
     # both articles' contexts are now indexed; a third run indexes nothing
-    from app.evaluation.formats import load_qa
+    from evaluation.formats import load_qa
 
     dataset = load_qa(qa_file)
     assert ensure_indexed(dataset, dataset.examples, cfg.paths.index_dir, cfg, HashEmbedder()) == 0

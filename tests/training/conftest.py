@@ -116,7 +116,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def tiny_registry(ragqa_home: Path, tiny_model_dir: Path) -> Path:
     """RAGQA_HOME/models with the tiny model as v0001 (current). Returns the models folder."""
-    from training.registry import ModelRegistry
+    from model_store.registry import ModelRegistry
 
     registry = ModelRegistry(ragqa_home / "models")
     registry.publish(

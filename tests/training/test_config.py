@@ -57,8 +57,11 @@ def test_overrides_are_typed_and_nested() -> None:
     assert cfg.lora.targets == ["q_proj", "v_proj"] and cfg.algorithm == "dpo"
     with pytest.raises(ConfigError, match=r"sft.batch_size must be an integer, got 'two'"):
         load_config(TINY, ["sft.batch_size=two"])
-    with pytest.raises(ConfigError, match=r"algorithm must be 'ppo' or 'dpo'"):
+    with pytest.raises(ConfigError, match=r"algorithm must be 'ppo', 'dpo' or 'kto'"):
         load_config(TINY, ["algorithm=grpo"])
+    assert load_config(TINY, ["algorithm=kto", "kto.beta=0.2"]).kto.beta == 0.2
+    with pytest.raises(ConfigError, match=r"kto.batch_size must be >= 2"):
+        load_config(TINY, ["kto.batch_size=1"])
     with pytest.raises(ConfigError, match=r"must look like"):
         load_config(TINY, ["sft.lr"])
 

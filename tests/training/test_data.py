@@ -22,6 +22,8 @@ def test_demonstrations_become_prompt_completion(tmp_path: Path) -> None:
         "pairs_test": 1,
         "prompts_train": 4,
         "prompts_test": 0,
+        "ratings_train": 0,  # no unpaired.*.jsonl in this export: no rated answers
+        "ratings_test": 0,
     }
     example = data.sft["train"][0]
     assert set(example) == {"prompt", "completion"}  # `meta` dropped

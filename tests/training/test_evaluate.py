@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from evaluation.metrics import squad_exact_match as exact_match
+from evaluation.metrics import squad_f1 as f1_score
 from training.config import GateSection
-from training.evaluate import answer_kl, exact_match, f1_score, gate_decision, win_rate
+from training.evaluate import answer_kl, gate_decision, win_rate
 
 
 def test_squad_metrics_hand_computed() -> None:

@@ -9,15 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import llama_cpp_or_skip
-from training.gguf_export import (
+from model_store.gguf import (
     GgufExportError,
     export_gguf,
     export_into_partial,
     find_gguf,
+    gguf_extras,
     resolve_outtype,
 )
-from training.registry import ModelRegistry
+from model_store.registry import ModelRegistry
+from tests.conftest import llama_cpp_or_skip
 
 
 @pytest.fixture
@@ -77,7 +78,7 @@ def test_failed_conversion_leaves_no_file(converter, tmp_path: Path) -> None:
 
 def test_publish_writes_the_gguf_before_the_switch(converter, tiny_llama_dir: Path, ragqa_home: Path) -> None:
     registry = ModelRegistry(ragqa_home / "models")
-    version = registry.publish_folder(tiny_llama_dir, {"kind": "base"}, gguf="q8_0")
+    version = registry.publish_folder(tiny_llama_dir, {"kind": "base"}, extras=gguf_extras("q8_0"))
     assert version.manifest["gguf"]["outtype"] == "q8_0"
     assert (version.path / "model.q8_0.gguf").is_file()
     assert registry.current_name() == version.name
@@ -92,7 +93,7 @@ def test_a_failed_explicit_gguf_stops_the_publish(converter, tiny_llama_dir: Pat
     config["architectures"] = ["NoSuchModelForCausalLM"]
     (broken / "config.json").write_text(json.dumps(config))
     with pytest.raises(GgufExportError):
-        registry.publish_folder(broken, {"kind": "retrain"}, gguf="q8_0")
+        registry.publish_folder(broken, {"kind": "retrain"}, extras=gguf_extras("q8_0"))
     assert registry.current_name() == first.name
     assert [v.name for v in registry.versions()] == [first.name]
     assert not [p for p in registry.root.iterdir() if p.name.endswith(".partial")]
@@ -121,3 +122,14 @@ def test_registry_record_is_atomic_and_keeps_the_manifest(tiny_llama_dir: Path, 
     manifest = registry.get(v.name).manifest
     assert manifest["note"] == "keep me" and manifest["gguf"] == {"file": "x.gguf"}
     assert sorted(os.listdir(v.path)) == sorted([*os.listdir(tiny_llama_dir), "manifest.json"])  # no tmp left
+
+
+def test_record_leaves_the_published_manifest_untouched(tiny_llama_dir: Path, ragqa_home: Path) -> None:
+    """A GGUF made after publishing is recorded beside the version: manifest.json keeps its published bytes."""
+    registry = ModelRegistry(ragqa_home / "models")
+    v = registry.publish_folder(tiny_llama_dir, {"kind": "base"})
+    published = (v.path / "manifest.json").read_bytes()
+    registry.record(v.name, "gguf", {"file": "model.f16.gguf", "outtype": "f16"})
+    assert (v.path / "manifest.json").read_bytes() == published
+    assert registry.get(v.name).records == {"gguf": {"file": "model.f16.gguf", "outtype": "f16"}}
+    assert [x.name for x in registry.versions()] == [v.name]  # the records folder is no version

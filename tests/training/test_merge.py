@@ -52,7 +52,7 @@ def test_merge_preserves_logits_and_publishes_a_plain_model(
 ) -> None:
     from transformers import AutoModelForCausalLM
 
-    from training.registry import ModelRegistry
+    from model_store.registry import ModelRegistry
 
     out = tmp_path / "merged"
     result = merge_adapter(tiny_model_dir, adapter_dir, out, check_conversations=CONVERSATIONS, atol=1e-4)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from model_store.registry import ModelRegistry
 from tests.training.conftest import TINY_CONFIG, write_export
 from training.pipeline import RetrainOptions, run_retrain
-from training.registry import ModelRegistry
 
 
 def options(export: Path, *extra: str, **kw) -> RetrainOptions:
@@ -41,7 +41,7 @@ def test_all_stages_publish_and_switch_current(
     assert manifest["config_sha256"] == (run_dir / "config.yaml.sha256").read_text().strip()
     assert set(manifest["metrics"]) >= {"export", "sft", "rm", "ppo", "merge", "evaluate"}
     assert manifest["gate"]["passed"] is True and manifest["gate"]["criteria"]
-    from training.gguf_export import converter_available
+    from model_store.gguf import converter_available
 
     if converter_available():  # the llamacpp extra
         gguf = manifest["gguf"]

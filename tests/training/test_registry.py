@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from training.registry import ModelRegistry, RegistryError
+from model_store.registry import ModelRegistry, RegistryError
 
 
 def _write(text: str):

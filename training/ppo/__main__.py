@@ -17,7 +17,7 @@ from training.ppo.config import PPOConfigError, load_ppo_config
 
 
 def run_from_config(config_path: str, overrides: list[str], resume: bool) -> int:
-    from training.modeling import ModelLoadError
+    from model_store.loading import ModelLoadError
     from training.ppo.rollout import PromptError, read_prompts_jsonl
     from training.ppo.trainer import run_ppo
 

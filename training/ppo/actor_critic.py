@@ -131,7 +131,7 @@ def build_actor_critic(cfg: PPOConfig, policy_dir: Path, device: torch.device) -
     """Base (frozen, bf16/fp32 or nf4) + LoRA "policy" + LoRA "value" + zero-initialised value head."""
     from peft import LoraConfig, get_peft_model
 
-    from training.modeling import load_causal_lm
+    from model_store.loading import load_causal_lm
 
     dtype = torch.bfloat16 if cfg.bf16 else torch.float32
     # 4-bit: the project loader places the nf4 model on CUDA device 0 (one GPU per process is not handled).

@@ -40,7 +40,7 @@ def build_toy_tokenizer(vocab_size: int = 128):
 
 
 def _llama_config(vocab_size: int, num_labels: int | None = None, initializer_range: float = 0.1):
-    from training.modeling import tiny_llama_config
+    from model_store.loading import tiny_llama_config
 
     cfg = tiny_llama_config(
         vocab_size=vocab_size,

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from model_store.reward import load_reward_model, score_with_reward_model
 from training.ppo.actor_critic import (
     POLICY,
     VALUE,
@@ -50,9 +51,7 @@ from training.ppo.rollout import (
     RewardFn,
     Rollout,
     left_pad,
-    load_reward_model,
     sample_responses,
-    score_with_reward_model,
     tokenize_prompts,
 )
 
@@ -325,15 +324,27 @@ def _save_checkpoint(
 
 def _load_checkpoint(accelerator: Any, model: ActorCritic, optimizer: Any, kl_ctl: Any, path: Path) -> int:
     state = json.loads((path / "state.json").read_text())
-    model.load_trainable_state(torch.load(path / "trainable.pt", map_location=accelerator.device))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=accelerator.device))
+    model.load_trainable_state(load_tensors(path / "trainable.pt", accelerator.device))
+    optimizer.load_state_dict(load_tensors(path / "optimizer.pt", accelerator.device))
     kl_ctl.value = float(state["kl_coef"])
     rng_file = path / f"rng_rank{accelerator.process_index}.pt"
     if rng_file.is_file():
-        rng = torch.load(rng_file, weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
+        restore_rng(rng_file)
     return int(state["step"])
+
+
+def load_tensors(path: Path, device: Any = "cpu") -> Any:
+    """A checkpoint file of tensors and plain containers, never arbitrary pickled objects: weights_only=True
+    refuses anything else, so a tampered checkpoint cannot run code when a run is resumed."""
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def restore_rng(path: Path) -> None:
+    """Set torch's and Python's RNG state from a checkpoint (a tensor and a tuple of ints: weights_only loads
+    both, no allow-listing needed)."""
+    rng = load_tensors(path)
+    torch.set_rng_state(rng["torch"])
+    random.setstate(tuple(rng["python"]))
 
 
 # --- metrics -------------------------------------------------------------------------------------------
@@ -444,7 +455,7 @@ def run_ppo(
         out_dir.mkdir(parents=True, exist_ok=True)
         save_ppo_config(cfg, out_dir / "ppo_config.yaml")
 
-    from training.modeling import load_tokenizer
+    from model_store.loading import load_tokenizer
 
     tokenizer = load_tokenizer(policy_dir)
     kept, query_tokens = tokenize_prompts(tokenizer, prompts, cfg.max_prompt_tokens)
@@ -460,6 +471,10 @@ def run_ppo(
         scorer.reward_model, scorer.reward_tokenizer = load_reward_model(
             reward_dir, bf16=cfg.bf16, device=device
         )
+        if getattr(scorer.reward_tokenizer, "chat_template", None) is None:
+            raise PromptError(
+                f"the reward tokenizer in {reward_dir} has no chat template; it must match RM training"
+            )
         if cfg.init_value_head_from_reward:
             value_head_from_rm = init_value_head_from_reward(model, scorer.reward_model)
 

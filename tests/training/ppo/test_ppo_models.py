@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from model_store.reward import load_reward_model, score_with_reward_model
 from training.ppo.actor_critic import POLICY, VALUE, build_actor_critic
 from training.ppo.config import PPOConfig
-from training.ppo.rollout import load_reward_model, score_with_reward_model
 
 CPU = torch.device("cpu")
 

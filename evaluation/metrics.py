@@ -1,7 +1,8 @@
 """Pure metric functions: answer scoring (SQuAD EM/F1), abstention, retrieval ranking, latency percentiles.
 
-Everything here works on plain strings and lists so it is unit-tested on hand-computed cases and reused by
-`ragqa eval`, `ragqa compare`, `ragqa eval-rm` and the loop benchmark.
+THE SQuAD metric of the project: everything here works on plain strings and lists so it is unit-tested on
+hand-computed cases and reused by `ragqa eval`, `ragqa compare`, `ragqa eval-rm`, the loop benchmark and the
+retrain gate (training/evaluate.py: `squad_exact_match`, `squad_f1`).
 
 Definitions (also written into every report):
   - Normalisation is SQuAD's official one: lowercase, drop punctuation, drop the articles a/an/the, collapse
@@ -85,6 +86,16 @@ def max_over_golds(metric: Callable[[str, str], float], prediction: str, golds: 
     return max((metric(prediction, g) for g in golds), default=0.0)
 
 
+def squad_exact_match(prediction: str, golds: Sequence[str]) -> float:
+    """EM of a model answer: citation markers removed, max over the gold answers (0 when there is none)."""
+    return max_over_golds(exact_match, strip_citations(prediction), golds)
+
+
+def squad_f1(prediction: str, golds: Sequence[str]) -> float:
+    """Token F1 of a model answer: citation markers removed, max over the gold answers (0 when there is none)."""
+    return max_over_golds(token_f1, strip_citations(prediction), golds)
+
+
 def contains_answer(text: str, golds: Iterable[str]) -> bool:
     """True when some normalised gold answer appears, token-aligned, in the normalised text."""
     hay = f" {normalize_answer(text)} "
@@ -120,10 +131,9 @@ def score_answer(answer: str, golds: Sequence[str], unanswerable: bool) -> dict[
         em = f1 = 0.0
         contains = False
     else:
-        text = strip_citations(answer)
-        em = max_over_golds(exact_match, text, golds)
-        f1 = max_over_golds(token_f1, text, golds)
-        contains = contains_answer(text, golds)
+        em = squad_exact_match(answer, golds)
+        f1 = squad_f1(answer, golds)
+        contains = contains_answer(strip_citations(answer), golds)
     return {"em": em, "f1": f1, "contains": contains, "abstained": abstained}
 
 

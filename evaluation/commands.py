@@ -10,8 +10,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from app.evaluation.formats import PAIR_FORMATS, QA_FORMATS
-from app.evaluation.runner import EvalOptions
+from evaluation.formats import PAIR_FORMATS, QA_FORMATS
+from evaluation.runner import EvalOptions
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -19,14 +19,14 @@ Handler = Callable[[argparse.Namespace], int]
 def expected_errors() -> tuple[type[BaseException], ...]:
     """Failures that are the user's to fix: reported as one line, never a traceback."""
     from app.config import ConfigError
-    from app.evaluation.formats import EvalDataError
-    from app.evaluation.reward_scoring import RewardModelError
-    from app.evaluation.runner import EvalError
     from app.generator import GenerationError
     from app.qa import QAError
+    from evaluation.formats import EvalDataError
+    from evaluation.runner import EvalError
+    from model_store.loading import ModelLoadError
+    from model_store.registry import RegistryError
+    from model_store.reward import RewardModelError
     from retrieval.errors import RetrievalError
-    from training.modeling import ModelLoadError
-    from training.registry import RegistryError
 
     return (
         EvalError,
@@ -72,7 +72,7 @@ def _qa_options(args: argparse.Namespace) -> EvalOptions:
 
 @_guarded
 def cmd_eval(args: argparse.Namespace) -> int:
-    from app.evaluation.runner import run_eval
+    from evaluation.runner import run_eval
 
     run_eval(_qa_options(args))
     return 0
@@ -80,7 +80,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 @_guarded
 def cmd_compare(args: argparse.Namespace) -> int:
-    from app.evaluation.runner import run_compare
+    from evaluation.runner import run_compare
 
     run_compare(args.version_a, args.version_b, _qa_options(args), rm=Path(args.rm) if args.rm else None)
     return 0
@@ -88,7 +88,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 @_guarded
 def cmd_eval_rm(args: argparse.Namespace) -> int:
-    from app.evaluation.runner import RMOptions, run_eval_rm
+    from evaluation.runner import RMOptions, run_eval_rm
 
     run_eval_rm(
         RMOptions(

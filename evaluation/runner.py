@@ -23,11 +23,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from app.config import AppConfig
-from app.evaluation import metrics as M
-from app.evaluation.formats import QADataset, QAExample, load_qa
+from evaluation import metrics as M
+from evaluation.formats import QADataset, QAExample, load_qa
+from model_store.registry import ModelRegistry, RegistryError
 from retrieval.types import Passage
-from training.paths import Paths
-from training.registry import ModelRegistry, RegistryError
+from settings.paths import Paths
 
 
 class EvalError(RuntimeError):
@@ -367,8 +367,8 @@ def run_eval(
     `embedder` defaults to the configured sentence-transformer (tests pass a HashEmbedder); `base` to
     AppConfig.load() of RAGQA_HOME, whose registry provides the model.
     """
-    from app.evaluation.reports import write_eval_report
     from app.qa import QAService
+    from evaluation.reports import write_eval_report
 
     cfg, dataset, examples = prepare(options, base)
     registry = ModelRegistry(cfg.paths.models_dir)
@@ -450,7 +450,7 @@ DEFINITIONS = {
     "em_f1": "max over gold answers; unanswerable questions score 1 iff the model abstained (SQuAD 2.0); "
     "an answerable question the model abstained on scores 0",
     "abstained": "the answer is empty or its first sentence says the passages lack the answer "
-    "(retrieval.prompt.NO_ANSWER or a variant in app.evaluation.metrics.ABSTENTION_PATTERNS)",
+    "(retrieval.prompt.NO_ANSWER or a variant in evaluation.metrics.ABSTENTION_PATTERNS)",
     "contains_gold_rate": "answerable questions whose answer contains a normalised gold answer",
     "citation_rate": "answered (not abstained) answerable questions whose answer cites a passage as [n]",
     "citation_correctness": "of those, the share where a cited passage contains a gold answer",
@@ -480,9 +480,9 @@ def run_compare(
     The head-to-head judge is the reward model (`rm`, else the one the registry records) when there is one,
     otherwise token F1 against the gold answers.
     """
-    from app.evaluation.reports import write_compare_report
-    from app.evaluation.reward_scoring import describe, load_scorer
     from app.qa import QAService
+    from evaluation.reports import write_compare_report
+    from model_store.reward import describe, load_scorer
 
     cfg, dataset, examples = prepare(options, base)
     registry = ModelRegistry(cfg.paths.models_dir)
@@ -635,9 +635,9 @@ RM_DEFINITIONS = {
 
 def run_eval_rm(options: RMOptions, *, base: AppConfig | None = None, write: bool = True) -> dict[str, Any]:
     """`ragqa eval-rm`: pair accuracy, margins and accuracy by length difference of a reward model."""
-    from app.evaluation.formats import load_pairs
-    from app.evaluation.reports import write_rm_report
-    from app.evaluation.reward_scoring import RewardScorer, default_reward_model
+    from evaluation.formats import load_pairs
+    from evaluation.reports import write_rm_report
+    from model_store.reward import RewardScorer, default_reward_model
 
     cfg = base or AppConfig.load()
     fmt, pairs = load_pairs(options.pairs_path, options.fmt)

@@ -2,8 +2,10 @@
 
 `ragqa setup` and `ragqa retrain` write `model.<outtype>.gguf` into the version's `.partial` folder before the
 registry renames it and switches `current`, so a llamacpp app never sees a version without its GGUF. Versions
-published before (or by a machine without the converter) get one with `ragqa models gguf VERSION`, or on first
-load by the llamacpp backend: written to a temporary name and renamed, then recorded in the manifest.
+published before (or by a machine without the converter) get one with `ragqa models gguf VERSION`: written to a
+temporary name and renamed, then recorded beside the version (ModelRegistry.record; the manifest is never
+rewritten). The app never converts inside a request: without a GGUF the llamacpp backend serves with transformers
+and says why.
 
 Why a subprocess: the converter is a script with global state (argparse, logging, lazy tensors); a child process
 keeps its memory and logging out of the app and makes a crash mid-conversion leave no partial file.
@@ -18,7 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from training.modeling import sha256_file
+from model_store.errors import ModelStoreError
+from model_store.files import sha256_file
+from model_store.registry import Extras
 
 OUTTYPES = ("q8_0", "f16", "bf16", "f32")
 # f16 by default: measured with benchmarks/ask_latency.py on SmolLM2-135M (50 prompts, 64 new tokens, greedy),
@@ -29,7 +33,7 @@ DEFAULT_OUTTYPE = "f16"
 SETTINGS = ("auto", "off", *OUTTYPES)
 
 
-class GgufExportError(RuntimeError):
+class GgufExportError(ModelStoreError):
     """The conversion failed; the message carries the converter's last lines."""
 
 
@@ -138,6 +142,18 @@ def export_into_partial(folder: Path, setting: str) -> dict[str, Any] | None:
             lines = str(e).splitlines()  # "conversion of X failed (exit 1):" + the converter's last lines
             return {"error": " ".join(dict.fromkeys([lines[0], lines[-1]])), "outtype": outtype}
         raise
+
+
+def gguf_extras(setting: str) -> Extras | None:
+    """The registry's publish hook for a `gguf` setting: adds the manifest's `gguf` record, or None for "off"."""
+    if resolve_outtype(setting) is None:
+        return None
+
+    def extras(folder: Path) -> dict[str, Any]:
+        record = export_into_partial(folder, setting)
+        return {} if record is None else {"gguf": record}
+
+    return extras
 
 
 def _converter_version() -> str:
