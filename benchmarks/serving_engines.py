@@ -7,7 +7,7 @@ paragraph plus the next 3 of its article, the gold one rotating through position
 Rows (`--rows`; a row whose engine is not importable is reported as skipped with the reason, never faked):
 - `transformers fp32`: the reference (a hand-written greedy loop over the KV cache: argmax = generate's greedy);
 - `llama.cpp f16 | q8_0 | q4_K_M`: llama-cpp-python on GGUFs of the version (f16/q8_0 written by the project's
-  converter `training.gguf_export.export_gguf`, q4_K_M quantised from the f16 with `llama_cpp.llama_model_quantize`),
+  converter `model_store.gguf.export_gguf`, q4_K_M quantised from the f16 with `llama_cpp.llama_model_quantize`),
   the app's context settings (`app.backends.llamacpp_lm.llama_options`); `llama.cpp f16 +prefix`: the KV state after
   the fixed prefix every prompt shares (system prompt + the start of the user turn) is saved once and restored before
   each prompt, so only the rest is prefilled;
@@ -15,7 +15,7 @@ Rows (`--rows`; a row whose engine is not importable is reported as skipped with
   (`ct2-transformers-converter`, float32 storage; the compute type quantises at load); `ctranslate2 int8 AVX2`
   forces CTranslate2's AVX2 kernels (CT2_FORCE_CPU_ISA) to show the speed on a CPU without AVX-512;
   `ctranslate2 int8 +prefix`: CTranslate2's own `static_prompt` cache of the shared prefix;
-- `openvino fp32 | int8 | int4`: OpenVINO GenAI's LLMPipeline on `optimum-cli export openvino` folders (which need
+- `openvino fp32 | fp16 | int8 | int4`: OpenVINO GenAI's LLMPipeline on `optimum-cli export openvino` folders (need
   optimum-intel, whose transformers pin (<5.6) conflicts with the project's: the export runs in its own venv, given
   with `--ov-dir`); inference precision pinned to f32 (OpenVINO would pick bf16 on an AVX-512-bf16 CPU);
 - `onnxruntime-genai fp32 | int4`: ONNX Runtime GenAI on its model builder's output (`--ort-dir`).
@@ -37,7 +37,11 @@ load. Prints a table, writes JSON (default docs/results/serving/engines.json) wi
 engine versions.
 
     python benchmarks/serving_engines.py --model-dir VERSION_DIR [--work-dir DIR] [--prompts 50]
-        [--rows ...] [--ov-dir DIR] [--ort-dir DIR] [--squad PATH]
+        [--rows ...] [--ov-dir DIR] [--ort-dir DIR] [--squad PATH] [--threads N]
+
+On a busy machine the reference row can run in a second process beside the engine rows (same prompt settings, one
+shared `--answers-dir`, different `--work-dir` and `--out`), then `--merge A.json B.json --answers-dir DIR` joins
+them and computes the agreement.
 """
 
 from __future__ import annotations
@@ -580,7 +584,7 @@ def run_row(row: Row, spec: dict[str, Any]) -> dict[str, Any]:
     """Child process: load the engine, answer every prompt greedily, then the k-candidate timing."""
     import resource
 
-    from training.modeling import load_tokenizer
+    from model_store.loading import load_tokenizer
 
     tokenizer = load_tokenizer(spec["model_dir"])
     prompts: dict[str, list[int]] = spec["prompts"]
@@ -681,7 +685,7 @@ def convert_models(
     engines = {r.engine for r in rows}
     variants = {(r.engine, r.variant) for r in rows}
     if "llamacpp" in engines and importlib.util.find_spec("llama_cpp") is not None:
-        from training.gguf_export import export_gguf
+        from model_store.gguf import export_gguf
 
         for outtype in ("f16", "q8_0"):
             if ("llamacpp", outtype) in variants or (outtype == "f16" and ("llamacpp", "q4_K_M") in variants):
