@@ -4,11 +4,14 @@ skipped engine, and the skip reason of a row whose engine or model files are mis
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from benchmarks.serving_engines import (
     COLUMNS,
     ROWS,
+    EngineBenchError,
     Row,
     agreement,
     common_prefix_length,
@@ -160,3 +163,30 @@ def test_parse_args_needs_a_model_dir_and_knows_every_row() -> None:
     assert ROWS["ctranslate2 int8 AVX2"].env == (("CT2_FORCE_CPU_ISA", "AVX2"),)
     with pytest.raises(SystemExit):
         parse_args(["--model-dir", "/m", "--rows", "no such row"])
+
+
+def test_merge_runs_joins_rows_and_scores_them_against_the_reference_answers(tmp_path) -> None:
+    import json
+
+    from benchmarks.serving_engines import REFERENCE, answers_path, merge_runs
+
+    answers = tmp_path / "answers"
+    answers_path(answers, REFERENCE).write_text(json.dumps({"q1": [1, 2], "q2": [3, 4]}))
+    answers_path(answers, "llama.cpp f16").write_text(json.dumps({"q1": [1, 2], "q2": [3, 5]}))
+    settings = {"prefix_len": 79, "passage_words": 120}
+
+    def run(rows: list[str], complete: bool) -> str:
+        path = tmp_path / f"{rows[0]}.json"
+        body = {"settings": settings, "complete": complete, "conversions": {rows[0]: {"seconds": 1, "mb": 2}}}
+        path.write_text(json.dumps(body | {"rows": [{"row": r, "status": "ok"} for r in rows]}))
+        return str(path)
+
+    merged = merge_runs([run([REFERENCE], True), run(["llama.cpp f16"], False)], answers)
+    assert [r["row"] for r in merged["rows"]] == [REFERENCE, "llama.cpp f16"]
+    assert merged["rows"][1]["agreement_vs_fp32"]["token_identical_rate"] == 0.5
+    assert merged["complete"] is False and set(merged["conversions"]) == {REFERENCE, "llama.cpp f16"}
+    other = json.loads(Path(run(["ctranslate2 int8"], True)).read_text())
+    other["settings"] = {"prefix_len": 12, "passage_words": 120}
+    Path(tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(EngineBenchError, match="different prompt settings"):
+        merge_runs([run([REFERENCE], True), str(tmp_path / "other.json")], answers)
