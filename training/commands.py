@@ -25,6 +25,7 @@ def _stages(text: str) -> list[str]:
 
 def expected_errors() -> tuple[type[BaseException], ...]:
     """The errors that mean "the user must change something", printed as one line."""
+    from app.config import ConfigError as AppConfigError
     from model_store.loading import ModelLoadError
     from model_store.registry import RegistryError
     from training.config import ConfigError
@@ -33,6 +34,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from training.pipeline import RetrainError
 
     errors: list[type[BaseException]] = [
+        AppConfigError,
         ConfigError,
         TrainingDataError,
         MergeError,
@@ -71,7 +73,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
     )
     try:
-        state = run_retrain(options)
+        with _cpu_share("retrain", quiet=args.dry_run):
+            state = run_retrain(options)
     except expected_errors() as e:
         print("error: " + "; ".join(str(e).splitlines()), file=sys.stderr)
         return 1
@@ -81,6 +84,20 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         return 0
     print_report(state)
     return 0
+
+
+def _cpu_share(kind: str, *, quiet: bool = False):
+    """Run as a background job of RAGQA_HOME: lower priority, and fewer threads while `ragqa serve` runs there
+    (model_store/cpu_share.py; RAGQA_HOME/config.yaml `server_cores`, `background_nice`)."""
+    import contextlib
+
+    if quiet:
+        return contextlib.nullcontext()
+    from app.config import AppConfig
+    from model_store.cpu_share import background_job
+
+    cfg = AppConfig.load()
+    return background_job(cfg.paths.home, kind, cfg.cpu_share_policy())
 
 
 def print_report(state: dict) -> None:

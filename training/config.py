@@ -22,6 +22,7 @@ from typing import Any
 
 from model_store.gguf import SETTINGS as GGUF_SETTINGS
 from model_store.gguf import parse_setting as parse_gguf_setting
+from model_store.hardware import DtypeChoice, PrecisionError, choose_dtype, parse_precision
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIGS_DIR / "default.yaml"
@@ -41,7 +42,9 @@ class ModelSection:
         "default"  # imported as v0001 when the registry is empty: "default" (SmolLM2 GGUF), folder, hub id
     )
     start_from: str = "base"  # "base" (registry's first version: no drift) | "current"
-    bf16: bool = True  # bf16 autocast for training: AMX makes it ~1.3-3x faster on this CPU (STACK-NOTES 3-4)
+    # bf16 autocast for SFT / RM / DPO: "auto" = bf16 only on CUDA with bf16 or a CPU with amx_bf16/avx512_bf16
+    # (model_store.hardware.choose_dtype; AMX made training ~1.3-3x faster, emulated bf16 is ~10x slower) | true | false
+    bf16: str = "auto"
     load_in_4bit: str = "auto"  # "auto" (QLoRA nf4 on CUDA, off on CPU) | "true" | "false"
 
 
@@ -173,6 +176,10 @@ class TrainConfig:
             raise ConfigError(f"algorithm must be 'ppo', 'dpo' or 'kto', got {self.algorithm!r}")
         if self.model.start_from not in ("base", "current"):
             raise ConfigError(f"model.start_from must be 'base' or 'current', got {self.model.start_from!r}")
+        try:
+            self.model.bf16 = parse_precision(self.model.bf16)
+        except PrecisionError as e:
+            raise ConfigError(f"model.bf16: {e}") from e
         if self.model.load_in_4bit not in ("auto", "true", "false"):
             raise ConfigError("model.load_in_4bit must be 'auto', 'true' or 'false'")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -400,6 +407,11 @@ def resolve_device(cfg: TrainConfig) -> str:
     return cfg.device
 
 
+def train_dtype(cfg: TrainConfig, device: str) -> DtypeChoice:
+    """The compute dtype of SFT / RM / DPO on `device` (model.bf16: auto | true | false)."""
+    return choose_dtype(cfg.model.bf16, device=device)
+
+
 def trainer_kwargs(
     section: TrainerSection, cfg: TrainConfig, device: str, output_dir: Path
 ) -> dict[str, Any]:
@@ -427,7 +439,7 @@ def trainer_kwargs(
         "save_total_limit": section.save_total_limit,
         "report_to": "none",
         "seed": cfg.seed,
-        "bf16": cfg.model.bf16,
+        "bf16": train_dtype(cfg, device).is_bf16,
         "use_cpu": device == "cpu",
         "disable_tqdm": not cfg.progress,
         "dataloader_num_workers": 0,

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from model_store.hardware import DtypeChoice, PrecisionError, choose_dtype, parse_precision
+
 
 class PPOConfigError(ValueError):
     """A PPO config file or override is invalid; the message says which key and what to change."""
@@ -84,7 +86,9 @@ class PPOConfig:
     )
     reward_source: str = "separate"  # "separate" (own model folder) | "adapter" (not implemented yet)
     init_value_head_from_reward: bool = True  # copy the RM score head into the value head when shapes match
-    bf16: bool = True  # frozen base (and RM) weights in bf16: AMX on CPU makes batched forwards ~3.6x faster
+    # frozen base (and RM) weights in bf16: "auto" = only with native bf16 (model_store.hardware.choose_dtype;
+    # AMX made batched forwards ~3.6x faster, emulated bf16 is ~10x slower) | true | false
+    bf16: str = "auto"
     load_in_4bit: bool = False  # nf4 base via bitsandbytes; CUDA only
     gradient_checkpointing: bool = False
 
@@ -119,12 +123,20 @@ class PPOConfig:
             raise PPOConfigError("temperature must be > 0 (PPO needs sampled rollouts)")
         if not 0 < self.top_p <= 1:
             raise PPOConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        try:
+            self.bf16 = parse_precision(self.bf16)
+        except PrecisionError as e:
+            raise PPOConfigError(f"bf16: {e}") from e
         if self.reward_source not in ("separate", "adapter"):
             raise PPOConfigError(f"reward_source must be 'separate' or 'adapter', got {self.reward_source!r}")
         if self.kl_coef < 0:
             raise PPOConfigError("kl_coef must be >= 0")
         if self.checkpoint_every < 0:
             raise PPOConfigError("checkpoint_every must be >= 0 (0 = only at the end)")
+
+    def compute_dtype(self, device: str) -> DtypeChoice:
+        """Precision of the frozen base and the reward model on `device` ("cpu" | "cuda"), rollouts included."""
+        return choose_dtype(self.bf16, device=device)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
