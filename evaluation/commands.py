@@ -18,6 +18,23 @@ from evaluation.runner import EvalOptions
 Handler = Callable[[argparse.Namespace], int]
 
 
+def _as_background_job(handler: Handler) -> Handler:
+    """Evaluations run as background jobs of RAGQA_HOME: lower priority, and fewer threads while `ragqa serve`
+    runs there (model_store/cpu_share.py). Errors go to the one error boundary (settings.errors.run_guarded)."""
+
+    def run(args: argparse.Namespace) -> int:
+        from app.config import AppConfig
+        from model_store.cpu_share import background_job
+
+        cfg = AppConfig.load()
+        with background_job(cfg.paths.home, getattr(args, "command", "eval"), cfg.cpu_share_policy()):
+            return handler(args)
+
+    run.__name__ = handler.__name__
+    run.__doc__ = handler.__doc__
+    return run
+
+
 def _qa_options(args: argparse.Namespace) -> EvalOptions:
     return EvalOptions(
         qa_path=Path(args.qa),
@@ -33,6 +50,7 @@ def _qa_options(args: argparse.Namespace) -> EvalOptions:
     )
 
 
+@_as_background_job
 def cmd_eval(args: argparse.Namespace) -> int:
     from evaluation.runner import run_eval
 
@@ -40,6 +58,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+@_as_background_job
 def cmd_compare(args: argparse.Namespace) -> int:
     from evaluation.runner import run_compare
 
@@ -47,6 +66,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+@_as_background_job
 def cmd_eval_rm(args: argparse.Namespace) -> int:
     from evaluation.runner import RMOptions, run_eval_rm
 

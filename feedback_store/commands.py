@@ -144,7 +144,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = add("stats", cmd_stats, "counts of interactions, pairs, ratings, raters, per model version")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    p = add("export", cmd_export, "write TRL preference / SFT / prompt JSONL files and a manifest")
+    p = add(
+        "export",
+        cmd_export,
+        "write TRL preference / SFT / unpaired (KTO) / prompt JSONL files and a manifest",
+    )
     p.add_argument("--out", default=None, help="output folder (default: RAGQA_HOME/exports/<snapshot id>)")
     p.add_argument("--test-fraction", type=float, default=0.1, help="share of questions in the test split")
     p.add_argument("--min-margin", type=int, default=0, help="drop ranking pairs closer than this")

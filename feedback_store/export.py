@@ -9,13 +9,22 @@ Layout of `out_dir` (flat files, one JSON object per line, UTF-8):
       ids and model versions, rater session and user, simulated flag and origin; TRL ignores it
       (tests/feedback_store/test_feedback_trl.py trains a step on these files).
   sft.train.jsonl / sft.test.jsonl
-      {"messages": prompt + [assistant answer], "meta": {...}}: corrections and thumbs-up answers.
+      {"messages": prompt + [assistant answer], "meta": {...}}: answers raters wrote (corrections). A
+      thumbs-up is not a demonstration (see feedback_store.pairs): it is an unpaired `label: true` row.
+  unpaired.train.jsonl / unpaired.test.jsonl
+      {"prompt": [chat messages], "completion": [{"role": "assistant", "content": ...}],
+       "label": true|false, "meta": {...}}: TRL's unpaired preference format (KTOTrainer). One row per
+      rating that counts (the latest of each rater session; a withdrawn rating gives none) and a
+      `label: false` row per candidate of a "both bad" ranking. `meta` holds the source (thumbs |
+      both_bad), the reason tags and comment, the candidate id, rater and feedback id.
   prompts.train.jsonl / prompts.test.jsonl
       {"prompt": [chat messages], "question": ..., "interaction_id": ..., "simulated": bool}: every
       distinct prompt, for PPO rollouts.
   manifest.json
       snapshot_id, counts per file and split, created_at, store path, schema version, simulated items.
 
+Every row's `meta` also carries `model_version` (the model that wrote the answer served to the user; for
+unpaired rows the one that wrote the completion) and `chunk_ids` (the passages shown, in rank order).
 The prompt is rendered by retrieval.prompt.render_prompt from the question, the passages shown and
 the earlier turns, so training sees exactly what serving showed. The split is decided by a hash of
 the normalised question, so a question (and all its pairs) is always on the same side and the split
@@ -37,11 +46,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from feedback_store.pairs import Demonstration, Pair, demonstrations, interaction_pairs, normalize_text
+from feedback_store.pairs import (
+    Demonstration,
+    Pair,
+    UnpairedRating,
+    demonstrations,
+    interaction_pairs,
+    normalize_text,
+    unpaired_ratings,
+)
 from feedback_store.records import InteractionRecord
 from feedback_store.store import FeedbackStore
 
-KINDS = ("preferences", "sft", "prompts")
+KINDS = ("preferences", "sft", "unpaired", "prompts")
 SPLITS = ("train", "test")
 MANIFEST = "manifest.json"
 
@@ -120,6 +137,12 @@ class _Writer:
         self.tmp.unlink(missing_ok=True)
 
 
+def _shown(rec: InteractionRecord) -> dict[str, Any]:
+    """What every row's meta says about what the user saw: the serving model and the passages' chunk ids."""
+    served = rec.candidates[0].model_version if rec.candidates else ""
+    return {"model_version": served, "chunk_ids": [p["chunk_id"] for p in rec.passages]}
+
+
 def _pair_row(rec: InteractionRecord, prompt: list[dict[str, str]], pair: Pair) -> dict[str, Any]:
     return {
         "prompt": prompt,
@@ -137,6 +160,7 @@ def _pair_row(rec: InteractionRecord, prompt: list[dict[str, str]], pair: Pair) 
             "user": pair.user,
             "simulated": pair.simulated,
             "origin": rec.origin,
+            **_shown(rec),
         },
     }
 
@@ -153,6 +177,29 @@ def _sft_row(rec: InteractionRecord, prompt: list[dict[str, str]], demo: Demonst
             "user": demo.user,
             "simulated": demo.simulated,
             "origin": rec.origin,
+            **_shown(rec),
+        },
+    }
+
+
+def _unpaired_row(rec: InteractionRecord, prompt: list[dict[str, str]], u: UnpairedRating) -> dict[str, Any]:
+    return {
+        "prompt": prompt,
+        "completion": [{"role": "assistant", "content": u.text}],
+        "label": u.label,
+        "meta": {
+            "interaction_id": rec.id,
+            "source": u.source,
+            "candidate_id": u.candidate_id,
+            "feedback_id": u.feedback_id,
+            "reason": u.reason,
+            "comment": u.comment,
+            "rater": u.rater,
+            "user": u.user,
+            "simulated": u.simulated,
+            "origin": rec.origin,
+            **_shown(rec),
+            "model_version": u.model,
         },
     }
 
@@ -177,7 +224,7 @@ def export_snapshot(
     min_margin: int = 0,
     progress: bool = False,
 ) -> ExportManifest:
-    """Write the six JSONL files and manifest.json to `out_dir` (created; existing files replaced).
+    """Write the eight JSONL files and manifest.json to `out_dir` (created; existing files replaced).
 
     Streams: one pass over the store's interactions, writing line by line; memory holds only a
     16-byte key per line written (for de-duplication). Pairs with margin < min_margin are left out.
@@ -195,7 +242,10 @@ def export_snapshot(
         "below_min_margin": 0,
         "both_bad_rankings": 0,
         "duplicates_dropped": {k: 0 for k in KINDS},
-        "demonstrations_by_source": {"correction": 0, "thumbs_up": 0},
+        "demonstrations_by_source": {"correction": 0},
+        "unpaired_by_source": {"thumbs": 0, "both_bad": 0},
+        "unpaired_by_label": {"true": 0, "false": 0},
+        "ratings_withdrawn": 0,
     }
 
     def emit(kind: str, split: str, key: bytes, row: dict[str, Any], simulated: bool) -> bool:
@@ -210,6 +260,7 @@ def export_snapshot(
         for rec in _progress(store.iter_interactions(), store.count_interactions(), progress):
             counts["interactions"] += 1
             counts["both_bad_rankings"] += sum(r.both_bad for r in rec.rankings)
+            counts["ratings_withdrawn"] += sum(r.withdrawn for r in rec.ratings)
             split = split_of(rec.question, test_fraction)
             prompt = rec.prompt_messages()
             prompt_key = json.dumps(prompt, ensure_ascii=False)
@@ -242,6 +293,11 @@ def export_snapshot(
                     demo.simulated,
                 ):
                     counts["demonstrations_by_source"][demo.source] += 1
+            for u in unpaired_ratings(rec):
+                key = _key(prompt_key, normalize_text(u.text), u.label)
+                if emit("unpaired", split, key, _unpaired_row(rec, prompt, u), u.simulated):
+                    counts["unpaired_by_source"][u.source] += 1
+                    counts["unpaired_by_label"][str(u.label).lower()] += 1
         digests = {w.final.name: w.finish() for w in writers.values()}
     except BaseException:
         for w in writers.values():

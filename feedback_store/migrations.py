@@ -16,6 +16,9 @@ Schema versions:
   2 a reason on ratings, and `client_tokens` (idempotent submissions: the same token records once).
   3 `interactions.prompt_json` (the verbatim prompt of imported items that were not rendered by
     retrieval.prompt) and indexes for deleting a rater session.
+  4 `ratings.withdrawn` (a rater took the rating back: the row records the withdrawal, the latest row of a
+    rater session wins), `ratings.comment` (free text beside the reason tags), and `conversations` (a
+    user's chats, saved so they come back after a reload).
 """
 
 from __future__ import annotations
@@ -192,6 +195,23 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX ratings_by_session ON ratings(session_id);
         CREATE INDEX corrections_by_session ON corrections(session_id);
         CREATE INDEX client_tokens_by_session ON client_tokens(session_id);
+        """,
+    ),
+    Migration(
+        4,
+        "rating_withdrawals_comments_and_conversations",
+        """
+        ALTER TABLE ratings ADD COLUMN withdrawn INTEGER NOT NULL DEFAULT 0 CHECK (withdrawn IN (0, 1));
+        ALTER TABLE ratings ADD COLUMN comment TEXT;
+        CREATE TABLE conversations (
+            id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            title TEXT NOT NULL,
+            state_json TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX conversations_by_owner ON conversations(owner, updated_at);
         """,
     ),
 )

@@ -69,11 +69,15 @@ class RankingRecord:
 class RatingRecord:
     id: int
     candidate_id: int
-    up: bool
-    reason: str | None
+    up: bool  # meaningless when withdrawn
+    reason: str | None  # the reason tags, comma-separated ("wrong, not in the sources")
     session_id: str
     user: str | None
     created_at: str
+    withdrawn: bool = (
+        False  # the rater took the rating back (un-liked): the session's earlier ratings no longer count
+    )
+    comment: str | None = None  # free text the rater wrote beside the tags
 
 
 @dataclass(frozen=True)

@@ -112,16 +112,22 @@ class FeedbackStore:
                      client_token=None) -> int
           order: groups of candidate ids, best first, e.g. [[a], [b, c]] (b and c tied). both_bad=True
           means no candidate is acceptable; `order` may then be empty.
-      record_rating(candidate_id, up, *, reason=None, session_id, user=None, client_token=None) -> int
+      record_rating(candidate_id, up, *, reason=None, comment=None, session_id, user=None,
+                    client_token=None) -> int
+      withdraw_rating(candidate_id, *, session_id, user=None, client_token=None) -> int
+          a row saying the session took its rating back; the latest row of a session counts.
       record_correction(interaction_id, text, *, replaces=None, session_id, user=None,
                         client_token=None) -> int
           replaces: candidate ids the written answer is better than (None: none in particular).
       delete_session(session_id) -> int     everything a rater session recorded (rows deleted)
+      save_conversation(conversation_id, owner, title, state) -> None   a chat as the app shows it (upsert)
       import_items(items, *, origin) -> ImportResult   used by feedback_store.importer (one transaction)
 
     Reads (own connections, a consistent snapshot each):
       iter_interactions() -> Iterator[InteractionRecord]   streamed in id order, for export
       get_interaction(interaction_id) -> InteractionRecord
+      list_conversations(owner, limit=50) -> [(id, title, updated_at)], newest first;
+      load_conversation(conversation_id, owner) -> dict | None
       count_interactions() -> int;  stats() -> dict;  integrity_check() -> str ("ok");  schema_version() -> int
 
     Guarantees: a `client_token` makes a write idempotent (the same token records once and returns
@@ -542,11 +548,42 @@ class FeedbackStore:
         up: bool,
         *,
         reason: str | None = None,
+        comment: str | None = None,
         session_id: str,
         user: str | None = None,
         client_token: str | None = None,
     ) -> int:
-        """Record a thumbs up (up=True) or down on one candidate, with an optional reason."""
+        """Record a thumbs up (up=True) or down on one candidate, with optional reason tags and a comment."""
+        return self._rating_row(
+            candidate_id, bool(up), False, reason, comment, session_id, user, client_token
+        )
+
+    def withdraw_rating(
+        self,
+        candidate_id: int,
+        *,
+        session_id: str,
+        user: str | None = None,
+        client_token: str | None = None,
+    ) -> int:
+        """Record that this rater session took its rating of the candidate back (un-liked it).
+
+        A row, not a DELETE: the history stays auditable, and "the latest row of a session wins" makes a
+        withdrawal cancel the session's earlier thumbs in stats and the export.
+        """
+        return self._rating_row(candidate_id, False, True, None, None, session_id, user, client_token)
+
+    def _rating_row(
+        self,
+        candidate_id: int,
+        up: bool,
+        withdrawn: bool,
+        reason: str | None,
+        comment: str | None,
+        session_id: str,
+        user: str | None,
+        client_token: str | None,
+    ) -> int:
         candidate_id = int(candidate_id)
         if reason is not None:
             reason = self._text("reason", reason, allow_empty=True)
@@ -554,6 +591,8 @@ class FeedbackStore:
                 raise FeedbackValidationError(
                     f"the reason has {len(reason)} characters; the limit is {MAX_REASON_CHARS}: shorten it"
                 )
+        if comment is not None:
+            comment = self._text("comment", comment, allow_empty=True)
         session_id = self._ident("session_id", session_id)
         user = self._ident("user", user, optional=True)
 
@@ -561,13 +600,13 @@ class FeedbackStore:
             if conn.execute("SELECT 1 FROM candidates WHERE id = ?", (candidate_id,)).fetchone() is None:
                 raise FeedbackNotFound(f"no candidate with id {candidate_id}")
             cur = conn.execute(
-                "INSERT INTO ratings (candidate_id, up, reason, session_id, user_name, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                (candidate_id, int(bool(up)), reason, session_id, user, now_utc()),
+                "INSERT INTO ratings (candidate_id, up, reason, comment, withdrawn, session_id, user_name, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (candidate_id, int(up), reason, comment, int(withdrawn), session_id, user, now_utc()),
             )
             return int(cur.fetchone()[0])
 
-        request = [candidate_id, bool(up), reason, session_id, user]
+        request = [candidate_id, up, withdrawn, reason, comment, session_id, user]
         return self._write("rating", session_id, client_token, request, work, int, int)
 
     def record_correction(
@@ -628,6 +667,49 @@ class FeedbackStore:
             return n
 
         return self._write("delete", session_id, None, [session_id], work, int, int)
+
+    def save_conversation(
+        self, conversation_id: str, owner: str, title: str, state: Mapping[str, Any]
+    ) -> None:
+        """Save (insert or replace) one chat of `owner` as the app shows it, so it survives a reload.
+
+        `state` is the app's JSON-able view of the chat (messages, model turns, which message is which
+        candidate); the feedback itself lives in the other tables, this is only the conversation list.
+        """
+        conversation_id = self._ident("conversation_id", conversation_id)
+        owner = self._ident("owner", owner)
+        title = self._text("title", title)[:200]
+        body = self._text("conversation", dumps_json(dict(state)))
+
+        def work(conn: Any) -> None:
+            now = now_utc()
+            conn.execute(
+                "INSERT INTO conversations (id, owner, title, state_json, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET title = excluded.title, "
+                "state_json = excluded.state_json, updated_at = excluded.updated_at "
+                "WHERE conversations.owner = excluded.owner",
+                (conversation_id, owner, title, body, now, now),
+            )
+
+        self._write("conversation", owner, None, None, work, lambda r: None, lambda d: None)
+
+    def list_conversations(self, owner: str, limit: int = 50) -> list[tuple[str, str, str]]:
+        """`owner`'s saved chats as (id, title, updated_at), most recently used first."""
+        with self._backend.reader() as conn:
+            rows = conn.execute(
+                "SELECT id, title, updated_at FROM conversations WHERE owner = ? "
+                "ORDER BY updated_at DESC, id LIMIT ?",
+                (owner, int(limit)),
+            ).fetchall()
+        return [(str(i), str(t), str(u)) for i, t, u in rows]
+
+    def load_conversation(self, conversation_id: str, owner: str) -> dict[str, Any] | None:
+        """One saved chat of `owner` (None if there is none: another owner's id finds nothing)."""
+        with self._backend.reader() as conn:
+            row = conn.execute(
+                "SELECT state_json FROM conversations WHERE id = ? AND owner = ?", (conversation_id, owner)
+            ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
 
     def import_items(
         self, items: Sequence[ImportedPreference | ImportedDemonstration | ImportedChatRating], *, origin: str
@@ -790,7 +872,7 @@ class FeedbackStore:
         )
         ratings = grouped(
             "SELECT c.interaction_id, r.id, r.candidate_id, r.up, r.reason, r.session_id, r.user_name, "
-            "r.created_at FROM ratings r JOIN candidates c ON c.id = r.candidate_id "
+            "r.created_at, r.withdrawn, r.comment FROM ratings r JOIN candidates c ON c.id = r.candidate_id "
             "WHERE c.interaction_id >= ? ORDER BY c.interaction_id, r.id"
         )
         corrections = grouped(
@@ -825,8 +907,8 @@ class FeedbackStore:
                     for rid, order, bad, s, u, ts in rankings.take(iid)
                 ),
                 ratings=tuple(
-                    RatingRecord(rid, cid, bool(up), reason, s, u, ts)
-                    for rid, cid, up, reason, s, u, ts in ratings.take(iid)
+                    RatingRecord(rid, cid, bool(up), reason, s, u, ts, bool(wd), comment)
+                    for rid, cid, up, reason, s, u, ts, wd, comment in ratings.take(iid)
                 ),
                 corrections=tuple(
                     CorrectionRecord(cid, text, tuple(json.loads(rep)), s, u, ts)
@@ -847,7 +929,8 @@ class FeedbackStore:
         """Counts for the CLI and the app's admin view.
 
         Keys: interactions, candidates, rankings, both_bad, pairs (preference pairs implied, before
-        export de-duplication), demonstrations, ratings_up, ratings_down, corrections, raters (distinct
+        export de-duplication), demonstrations, ratings_up, ratings_down (latest or not; withdrawals
+        excluded), ratings_withdrawn, corrections, raters (distinct
         rater sessions), simulated_raters, imported_interactions, schema_version, and per_model_version:
         {version: {candidates, up, down, wins, losses}} (wins/losses over the implied pairs).
         """
@@ -859,8 +942,9 @@ class FeedbackStore:
                 "candidates": one("SELECT COUNT(*) FROM candidates"),
                 "rankings": one("SELECT COUNT(*) FROM rankings"),
                 "both_bad": one("SELECT COUNT(*) FROM rankings WHERE both_bad = 1"),
-                "ratings_up": one("SELECT COUNT(*) FROM ratings WHERE up = 1"),
-                "ratings_down": one("SELECT COUNT(*) FROM ratings WHERE up = 0"),
+                "ratings_up": one("SELECT COUNT(*) FROM ratings WHERE up = 1 AND withdrawn = 0"),
+                "ratings_down": one("SELECT COUNT(*) FROM ratings WHERE up = 0 AND withdrawn = 0"),
+                "ratings_withdrawn": one("SELECT COUNT(*) FROM ratings WHERE withdrawn = 1"),
                 "corrections": one("SELECT COUNT(*) FROM corrections"),
                 "imported_interactions": one(
                     "SELECT COUNT(*) FROM interactions WHERE session_id LIKE 'imported:%'"
@@ -878,8 +962,9 @@ class FeedbackStore:
             out["simulated_raters"] = sum(r.startswith(SIMULATED_PREFIX) for r in raters)
             per_model: dict[str, dict[str, int]] = {}
             for model, n, up, down in conn.execute(
-                "SELECT c.model_version, COUNT(DISTINCT c.id), COALESCE(SUM(CASE WHEN r.up = 1 THEN 1 END), 0), "
-                "COALESCE(SUM(CASE WHEN r.up = 0 THEN 1 END), 0) "
+                "SELECT c.model_version, COUNT(DISTINCT c.id), "
+                "COALESCE(SUM(CASE WHEN r.up = 1 AND r.withdrawn = 0 THEN 1 END), 0), "
+                "COALESCE(SUM(CASE WHEN r.up = 0 AND r.withdrawn = 0 THEN 1 END), 0) "
                 "FROM candidates c LEFT JOIN ratings r ON r.candidate_id = c.id "
                 "GROUP BY c.model_version ORDER BY c.model_version"
             ):

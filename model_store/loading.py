@@ -25,7 +25,8 @@ def load_tokenizer(path: str | Path) -> Any:
 
 
 def pick_dtype(requested: str) -> Any:
-    """bf16 on CPUs with native bf16 (AMX or avx512-bf16), else fp32.
+    """The torch dtype for "auto" | "float32" | "bfloat16": model_store.hardware.choose_dtype's rule (bf16 only
+    on CUDA with bf16 or a CPU with amx_bf16 / avx512_bf16).
 
     Measured with SmolLM2-135M on this project's 2-core machines (all under load from parallel jobs, so noisy):
     - AMD EPYC Zen 4 (avx512_bf16, no AMX): a 900-token prefill took 1.04 s in bf16 vs 1.85 s in fp32; time to
@@ -36,15 +37,15 @@ def pick_dtype(requested: str) -> Any:
     Prefill dominates a RAG answer's wait (long prompt, short answer), so bf16 wins where the CPU has native bf16;
     without it bf16 is emulated and much slower. `dtype: float32` in config.yaml overrides.
     """
-    import torch
+    from model_store.hardware import choose_dtype
 
-    if requested == "float32":
-        return torch.float32
-    if requested == "bfloat16":
-        return torch.bfloat16
-    if torch.cuda.is_available():
-        return torch.bfloat16
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    return choose_dtype(requested).torch_dtype()
+
+
+def _cuda_dtype() -> Any:
+    from model_store.hardware import choose_dtype
+
+    return choose_dtype("auto", device="cuda").torch_dtype()
 
 
 def load_causal_lm(
@@ -72,7 +73,8 @@ def load_causal_lm(
         kwargs["quantization_config"] = qlora_bnb_config()
         kwargs["device_map"] = {"": 0}
     if dtype is None:
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        # CPU: fp32 weights (training autocasts to bf16 where model_store.hardware allows); CUDA: the GPU's choice
+        dtype = _cuda_dtype() if device == "cuda" else torch.float32
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs)
     except (OSError, ValueError) as e:
@@ -121,7 +123,8 @@ def load_sequence_classifier(
         kwargs["quantization_config"] = qlora_bnb_config()
         kwargs["device_map"] = {"": 0}
     if dtype is None:
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        # CPU: fp32 weights (training autocasts to bf16 where model_store.hardware allows); CUDA: the GPU's choice
+        dtype = _cuda_dtype() if device == "cuda" else torch.float32
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             str(path), num_labels=1, dtype=dtype, **kwargs

@@ -142,12 +142,10 @@ def _load_st(source: str, device: str, bf16: bool):
 
 
 def _cpu_has_fast_bf16() -> bool:
-    import torch
+    """Native bf16 on this CPU (amx_bf16 / avx512_bf16): the one rule, model_store.hardware.choose_dtype."""
+    from model_store.hardware import choose_dtype
 
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:
-        return False
+    return choose_dtype("auto", device="cpu").is_bf16
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)

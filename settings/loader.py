@@ -154,7 +154,10 @@ def check_value(key: str, value: Any, tp: Any, meta: Any = None) -> Any:
     """One value: the field's `parse` hook, then its type, then its range and choices."""
     meta = meta or {}
     if "parse" in meta:
-        value = meta["parse"](value)
+        try:
+            value = meta["parse"](value)
+        except ValueError as e:  # the hook's own message, on one line, under the key
+            raise ConfigError(f"{key}: {e}") from e
     value = _coerce(key, value, tp)
     if value is not None:
         _check_range(key, value, meta)

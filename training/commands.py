@@ -37,13 +37,28 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         start_from=args.start_from,
         dry_run=args.dry_run,
     )
-    state = run_retrain(options)
+    with _cpu_share("retrain", quiet=args.dry_run):
+        state = run_retrain(options)
     if args.json:
         print(json.dumps(state, indent=1, default=str))
     if state.get("dry_run"):
         return 0
     print_report(state)
     return 0
+
+
+def _cpu_share(kind: str, *, quiet: bool = False):
+    """Run as a background job of RAGQA_HOME: lower priority, and fewer threads while `ragqa serve` runs there
+    (model_store/cpu_share.py; RAGQA_HOME/config.yaml `server_cores`, `background_nice`)."""
+    import contextlib
+
+    if quiet:
+        return contextlib.nullcontext()
+    from app.config import AppConfig
+    from model_store.cpu_share import background_job
+
+    cfg = AppConfig.load()
+    return background_job(cfg.paths.home, kind, cfg.cpu_share_policy())
 
 
 def print_report(state: dict) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from model_store.gguf import SETTINGS as GGUF_SETTINGS
 from model_store.gguf import parse_setting as parse_gguf_setting
+from model_store.hardware import DtypeChoice, choose_dtype, parse_precision
 from settings.loader import ConfigError, apply, bounds, merge, parse_overrides, read_yaml
 from training.ppo.config import PPOConfig
 
@@ -45,7 +46,9 @@ class ModelSection:
     )
     # "base" (registry's first version: no drift) | "current"
     start_from: str = field(default="base", metadata=bounds(choices=("base", "current")))
-    bf16: bool = True  # bf16 autocast for training: measured with AMX, SFT 4.5 vs 5.8 s/step and RM 3.1 vs 4.5 s/step (4x256 tokens)
+    # bf16 autocast for SFT / RM / DPO: "auto" = bf16 only on CUDA with bf16 or a CPU with amx_bf16/avx512_bf16
+    # (model_store.hardware.choose_dtype; AMX made training ~1.3-3x faster, emulated bf16 is ~10x slower) | true | false
+    bf16: str = field(default="auto", metadata=bounds(parse=parse_precision))
     # "auto" (QLoRA nf4 on CUDA, off on CPU) | "true" | "false"
     load_in_4bit: str = field(
         default="auto", metadata=bounds(choices=("auto", "true", "false"), parse=_bool_word)
@@ -286,6 +289,11 @@ def resolve_device(cfg: TrainConfig) -> str:
     return cfg.device
 
 
+def train_dtype(cfg: TrainConfig, device: str) -> DtypeChoice:
+    """The compute dtype of SFT / RM / DPO on `device` (model.bf16: auto | true | false)."""
+    return choose_dtype(cfg.model.bf16, device=device)
+
+
 def trainer_kwargs(
     section: TrainerSection, cfg: TrainConfig, device: str, output_dir: Path
 ) -> dict[str, Any]:
@@ -314,7 +322,7 @@ def trainer_kwargs(
         "save_total_limit": section.save_total_limit,
         "report_to": "none",
         "seed": cfg.seed,
-        "bf16": cfg.model.bf16,
+        "bf16": train_dtype(cfg, device).is_bf16,
         "use_cpu": device == "cpu",
         "disable_tqdm": not cfg.progress,
         "dataloader_num_workers": 0,

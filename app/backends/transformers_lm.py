@@ -102,14 +102,20 @@ class TransformersModel(ServedModel):
         stats.prompt_tokens = prompt_len
         streamer = _counting_streamer(self.tokenizer, stats, timeout=decoding.timeout_s + 30)
         errors: list[BaseException] = []
+        # Set when the reader stops early (the user pressed Stop: the app closes this generator); without it
+        # the thread would keep the CPU busy until max_new_tokens for an answer nobody reads.
+        abandoned = threading.Event()
 
         def run() -> None:
+            from transformers import StoppingCriteriaList
+
             try:
                 with torch.inference_mode():
                     self.model.generate(
                         **inputs,
                         streamer=streamer,
                         do_sample=False,
+                        stopping_criteria=StoppingCriteriaList([lambda *_a, **_k: abandoned.is_set()]),
                         **self._generate_kwargs(decoding, prompt_len),
                     )
             except BaseException as e:  # surfaced to the caller below, never lost in the thread
@@ -118,7 +124,10 @@ class TransformersModel(ServedModel):
 
         thread = threading.Thread(target=run, name="generate", daemon=True)
         thread.start()
-        yield from (piece for piece in streamer if piece)
+        try:
+            yield from (piece for piece in streamer if piece)
+        finally:
+            abandoned.set()  # a no-op after a normal end; stops generate at its next token after a close
         thread.join()
         if errors:
             raise GenerationError(f"generation failed: {errors[0]}") from errors[0]

@@ -15,7 +15,7 @@ def test_empty_and_too_long_questions(capsys) -> None:
     err = capsys.readouterr().err
     assert "the question is empty" in err and "Traceback" not in err
     assert main(["ask", "x" * 5000]) == 1
-    assert "limit is 2000" in capsys.readouterr().err
+    assert "at most 2000 characters" in capsys.readouterr().err
 
 
 def test_no_index_yet(ragqa_home: Path, capsys) -> None:

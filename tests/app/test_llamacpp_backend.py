@@ -243,7 +243,7 @@ def test_served_ui_streams_and_cites_on_llamacpp(gguf_registry: Path, tmp_path: 
         assert sources.startswith("**[1] kelvale/tower.md**"), sources
         answer = _last_answer(chat)
         assert "1893" in answer, answer  # the default model copies the date from the passage
-        assert "Sources: [1]" in answer and "**cited" in sources
+        assert "<summary>[1] kelvale/tower.md" in answer and "cited" in answer and "**cited" in sources
     finally:
         demo.close()
         services.close()
@@ -260,3 +260,74 @@ def test_both_backends_count_answer_tokens_alike(llamacpp_model, default_gguf_di
         answer = "".join(model.stream(messages, max_new_tokens=40, stats=stats))
         assert stats.eos and stats.finish_reason == "stop"
         assert stats.completion_tokens == model.count_text_tokens(answer), model.backend
+
+
+def _count_decodes(model, monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """Record the sequence ids of every llama_decode batch of `model`'s context."""
+    calls: list[list[int]] = []
+    ctx = model.llama._ctx
+    decode = ctx.decode
+
+    def counting(batch) -> None:  # noqa: ANN001
+        raw = batch.batch
+        calls.append([raw.seq_id[j][0] for j in range(raw.n_tokens)])
+        decode(batch)
+
+    monkeypatch.setattr(ctx, "decode", counting)
+    return calls
+
+
+def test_candidates_are_decoded_together_over_one_prefill(llamacpp_model, monkeypatch) -> None:
+    """k candidates: one prompt prefill, then one batch per step holding every unfinished sequence.
+
+    Sampled one after another there would be k decodes per step (each with sequence 0 only), so this fails.
+    """
+    calls = _count_decodes(llamacpp_model, monkeypatch)
+    out = llamacpp_model.sample(_messages(PROMPTS[3]), 4, seed=3, max_new_tokens=16)
+    assert len(out) == 4
+    steps = [c for c in calls if len(set(c)) > 1]
+    prefill = [c for c in calls if set(c) == {0} and len(c) > 1]
+    assert len(prefill) == 1  # the prompt once (it fits one 512-token batch)
+    assert steps and sorted(steps[0]) == [0, 1, 2, 3]  # the first step decodes all four candidates at once
+    assert len(calls) <= 1 + 15  # prefill + at most max_new_tokens - 1 steps, not 4x that
+    assert max(s.num_tokens for s in out) <= 16
+
+
+def test_alternatives_after_the_answer_reuse_its_prompt_and_leave_greedy_unchanged(
+    llamacpp_model, monkeypatch
+) -> None:
+    """The UI asks for alternatives right after the streamed answer: the prompt's KV cells are reused (no
+    prefill) and the cache is left as the plain prompt, so the next greedy answer is the same as before."""
+    messages = _messages(PROMPTS[2])
+    before = "".join(llamacpp_model.stream(messages, max_new_tokens=12))
+    calls = _count_decodes(llamacpp_model, monkeypatch)
+    llamacpp_model.sample(messages, 3, seed=1, max_new_tokens=8)
+    assert calls[0] == [0]  # only the prompt's last token is decoded again (for its logits)
+    after = "".join(llamacpp_model.stream(messages, max_new_tokens=12))
+    assert after == before
+    other = "".join(llamacpp_model.stream(_messages(PROMPTS[0]), max_new_tokens=12))
+    assert other.strip()
+
+
+def test_sampled_records_have_the_same_shape_as_before(llamacpp_model) -> None:
+    from app.backends.base import Sampling
+
+    out = llamacpp_model.sample(_messages(PROMPTS[1]), 2, seed=5, max_new_tokens=8, temperature=0.7)
+    expected = Sampling(8, 120.0, 1.1, 2, 0.7, 0.95, 5)
+    for i, s in enumerate(out):
+        assert s.sampling == expected.record(i, seed=5 + i, backend="llamacpp")
+        assert s.latency_ms > 0 and s.num_tokens >= 1 and isinstance(s.finished, bool)
+
+
+def test_threads_drop_while_a_job_runs_and_come_back(llamacpp_model) -> None:
+    import llama_cpp
+
+    wanted = [1]
+    llamacpp_model.threads = 2
+    llamacpp_model.threads_now = lambda: wanted[0]
+    list(llamacpp_model.stream(_messages(PROMPTS[0]), max_new_tokens=2))
+    assert llama_cpp.llama_n_threads(llamacpp_model.llama.ctx) == 1
+    assert llama_cpp.llama_n_threads_batch(llamacpp_model.llama.ctx) == 1
+    wanted[0] = 2
+    llamacpp_model.sample(_messages(PROMPTS[0]), 2, max_new_tokens=2)
+    assert llama_cpp.llama_n_threads(llamacpp_model.llama.ctx) == 2

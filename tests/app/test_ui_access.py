@@ -54,7 +54,9 @@ def test_roles_and_attribution(served_with_auth: tuple[Services, str]) -> None:
     assert "Answered" in status
     assert "only admins" in bob.predict(api_name="/stats")
     assert "only admins" in bob.predict("v0001", api_name="/rollback")
-    assert "saved" in bob.predict("clear and short", api_name="/rate_up")
+    assert "only admins" in bob.predict([], api_name="/add_documents")[0]
+    bob.predict(api_name="/regenerate")
+    assert "saved" in bob.predict("Both are bad", api_name="/prefer")[1]
 
     alice = Client(url, auth=("alice", "alice-password"), verbose=False)
     stats = alice.predict(api_name="/stats")
@@ -66,8 +68,12 @@ def test_roles_and_attribution(served_with_auth: tuple[Services, str]) -> None:
     assert record.user == "bob"
     out = services.config.paths.home / "exp"
     export_snapshot(services.store, out, test_fraction=0.0)
-    demos = [json.loads(line) for line in (out / "sft.train.jsonl").read_text().splitlines()]
-    assert [d["meta"]["user"] for d in demos] == ["bob"]  # the thumbs-up answer, as Bob's demonstration
+    rows = [json.loads(line) for line in (out / "unpaired.train.jsonl").read_text().splitlines()]
+    # "Both bad" on the answer and its regeneration: a label-false row for each (one if their texts are equal).
+    distinct = len({" ".join(c.text.split()) for c in record.candidates})
+    assert [(r["label"], r["meta"]["user"], r["meta"]["source"]) for r in rows] == [
+        (False, "bob", "both_bad")
+    ] * distinct
 
 
 def test_rate_limit_is_a_clear_message(tiny_services: Services) -> None:  # noqa: F811

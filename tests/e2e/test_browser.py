@@ -1,7 +1,7 @@
 """The app in a real browser (Debian's Chromium driven by Playwright), as a person uses it.
 
 A user logs in, asks, watches the answer stream in and the sources panel name the right file, compares two
-alternatives, ranks them, gives a thumbs-up and writes a correction, each confirmed with ✅; the user never sees
+alternatives, ranks them, gives a thumbs-up under the answer and writes a correction, each confirmed with ✅; the user never sees
 the admin panel. An admin (a separate browser context: separate cookies) sees the counts. The store then holds
 all of it attributed to the user. A second test ingests a hostile document and checks that nothing in it runs,
 renders as HTML or fetches a URL. Screenshots of each step go to test-artifacts/browser/<test>/.
@@ -106,8 +106,8 @@ def test_user_asks_compares_ranks_rates_corrects_and_admin_sees_counts(
     page.screenshot(path=artifacts / "01-logged-in.png", full_page=True)
     # A user does not get the admin panel (the server also refuses its endpoints: tests/app/test_ui_access.py).
     assert (
-        page.get_by_text("Admin: feedback collected").count() == 0
-        or not page.get_by_text("Admin: feedback collected").first.is_visible()
+        page.get_by_text("Admin: feedback, model").count() == 0
+        or not page.get_by_text("Admin: feedback, model").first.is_visible()
     )
 
     _ask(page, QUESTION)
@@ -123,7 +123,7 @@ def test_user_asks_compares_ranks_rates_corrects_and_admin_sees_counts(
     assert sources.count() >= 1 and sources.first.is_visible()
     assert page.get_by_text("Model: v0001").count() >= 1
 
-    page.get_by_text("Compare alternatives and rank them").click()
+    page.get_by_text("Compare more alternatives and rank them").click()
     page.get_by_role("button", name="Get alternatives").click()
     _status(page, r"^2 alternatives: rank them below\.")
     assert page.get_by_text(re.compile(r"^A$")).count() >= 1 or page.locator("strong", has_text="A").count()
@@ -131,27 +131,26 @@ def test_user_asks_compares_ranks_rates_corrects_and_admin_sees_counts(
 
     page.get_by_label("A is better").check()
     page.get_by_role("button", name="Save ranking").click()
-    assert "✅" in _status(page, r"ranking saved \(#\d+\)")
+    _status(page, r"✅ ranking saved \(#\d+\)")  # the status line (the toast says the same without ✅)
     page.screenshot(path=artifacts / "04-ranked.png", full_page=True)
 
-    page.get_by_placeholder("Reason (optional)").fill("clear and cited")
-    page.get_by_role("button", name="👍 Good answer").click()
-    assert "✅" in _status(page, r"👍 saved \(#\d+\)")
+    page.get_by_role("button", name="Like", exact=True).last.click()  # the 👍 under the answer
+    _status(page, r"✅ 👍 saved")
     page.screenshot(path=artifacts / "05-rated.png", full_page=True)
 
     page.get_by_text("Write a better answer").click()
     page.get_by_label("Your answer (cite passages as [1], [2]…)").fill(CORRECTION)
     page.get_by_role("button", name="Save my answer").click()
-    assert "✅" in _status(page, r"saved as a demonstration \(#\d+\)")
+    _status(page, r"✅ your answer is saved as an example of a good answer \(#\d+\)")
     page.screenshot(path=artifacts / "06-corrected.png", full_page=True)
     assert (
-        page.get_by_text("Admin: feedback collected").count() == 0
-        or not page.get_by_text("Admin: feedback collected").first.is_visible()
+        page.get_by_text("Admin: feedback, model").count() == 0
+        or not page.get_by_text("Admin: feedback, model").first.is_visible()
     )
     page.context.close()
 
     admin = _login(chromium, url, "alice", "alice-password")
-    admin.get_by_text("Admin: feedback collected and model versions").click()
+    admin.get_by_text("Admin: feedback, model versions, documents").click()
     admin.get_by_role("button", name="Refresh counts").click()
     table = admin.locator("table", has_text="interactions")
     table.wait_for()
@@ -173,7 +172,7 @@ def test_user_asks_compares_ranks_rates_corrects_and_admin_sees_counts(
     (ranking,) = rec.rankings
     assert ranking.user == "bob" and ranking.order == ((rec.candidates[1].id,), (rec.candidates[2].id,))
     (rating,) = rec.ratings
-    assert rating.user == "bob" and rating.up and rating.reason == "clear and cited"
+    assert rating.user == "bob" and rating.up and not rating.withdrawn
     assert rating.candidate_id == rec.candidates[0].id
     (correction,) = rec.corrections
     assert correction.user == "bob" and correction.text == CORRECTION
@@ -187,7 +186,7 @@ def test_hostile_document_is_inert_in_the_browser(
     page = _login(chromium, url, "bob", "bob-password-1", requests)
     # The question carries a payload too: the chat shows it as text.
     _ask(page, 'What are the Velmora lighthouse keeper notes? <img src=y onerror="window.__xss=4">')
-    page.get_by_text("[1] notes/velmora.md").wait_for()
+    page.get_by_text("[1] notes/velmora.md").first.wait_for()
     page.wait_for_timeout(500)  # give a payload, if any were live, the time to run and fetch
     page.screenshot(path=artifacts / "01-hostile-sources.png", full_page=True)
 
@@ -213,7 +212,7 @@ def test_document_headings_do_not_render_as_headings_in_sources(
     url, _services = app_url
     page = _login(chromium, url, "bob", "bob-password-1")
     _ask(page, QUESTION)
-    page.get_by_text("[1] kelvale/tower.md").wait_for()
+    page.get_by_text("[1] kelvale/tower.md").first.wait_for()
     page.screenshot(path=artifacts / "01-sources.png", full_page=True)
     # kelvale/tower.md starts with "# The Zorbium Tower": text, not a heading, in the sources panel.
     assert page.locator("blockquote h1, blockquote h2").count() == 0

@@ -112,14 +112,14 @@ def _api_cases(cases: Cases, client: object, url: str) -> None:
         return client.predict(choice, order, api_name="/rank")
 
     err = r"^⚠️ "
-    cases.check("rank before any question", lambda: rank("A is better", ""), err + "get alternatives first")
+    cases.check("rank before any question", lambda: rank("A is better", ""), err + "ask a question first")
     cases.check("correction before any question", lambda: client.predict("x", api_name="/correct"), err)
     cases.check("empty question", lambda: ask(""), err + "the question is empty")
     cases.check("whitespace question", lambda: ask(" \n\t  "), err + "the question is empty")
     cases.check(
         "1 MB question",
         lambda: ask("why? " * 200_000),
-        err + r"the question is 999999 characters long; the limit is 2000",
+        err + r"the question is too long \(999999 characters\); please shorten it to at most 2000 characters",
     )
     cases.check("NUL in question", lambda: ask("When\x00 did the tower open?"), r"^(Answered in|⚠️ )")
     cases.check(
@@ -141,7 +141,7 @@ def _api_cases(cases: Cases, client: object, url: str) -> None:
     cases.check(
         "empty correction",
         lambda: client.predict("", api_name="/correct"),
-        err + "the correction was NOT saved: correction is empty",
+        err + "write your answer in the box first",
     )
     cases.check("whitespace correction", lambda: client.predict("  \n ", api_name="/correct"), err)
     cases.check("1 MB rating reason", lambda: client.predict("x" * 1_000_000, api_name="/rate_down"), err)
@@ -278,7 +278,7 @@ def _cli_cases(cases: Cases, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ho
         return run
 
     cases.check("ask an empty question", cli("ask", ""), r"exit 1: .*error: the question is empty")
-    cases.check("ask a huge question", cli("ask", "x" * 100_000), r"exit 1: .*characters long")
+    cases.check("ask a huge question", cli("ask", "x" * 100_000), r"exit 1: .*question is too long")
     cases.check(
         "user name with spaces",
         cli("users", "add", "bad name!", "--password-stdin", stdin="long-password\n"),

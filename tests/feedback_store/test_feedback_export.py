@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from feedback_store.export import KINDS, SPLITS, export_snapshot, file_name, read_manifest, split_of
+from feedback_store.migrations import LATEST_VERSION
 from feedback_store.store import FeedbackStore
 from retrieval.prompt import render_prompt
 from tests.feedback_store.feedback_history import History
@@ -63,7 +64,10 @@ def test_pairs_and_demonstrations_by_hand(store: FeedbackStore, history: History
         "user": "",
         "simulated": True,
         "origin": "live",
+        "model_version": "v0001",
+        "chunk_ids": [p["chunk_id"] for p in store.get_interaction(history.i1).passages],
     }
+    assert meta["chunk_ids"]  # the passages shown are named
     assert train[2]["meta"]["chosen_model"] == "human" and train[2]["meta"]["user"] == "alice"
     assert test[0]["meta"]["simulated"] is False and test[0]["meta"]["rater"] == "s-bob"
     # The prompt is exactly THE prompt format for what was shown, including the earlier turns.
@@ -71,8 +75,16 @@ def test_pairs_and_demonstrations_by_hand(store: FeedbackStore, history: History
     assert test[0]["prompt"] == render_prompt(rec2.question, rec2.passages, rec2.context)
     sft_train, sft_test = _rows(tmp_path / "sft.train.jsonl"), _rows(tmp_path / "sft.test.jsonl")
     assert [r["messages"][-1] for r in sft_train] == [{"role": "assistant", "content": corr}]
-    assert [r["messages"][-1]["content"] for r in sft_test] == ["It is closed on Sundays [1]."]
-    assert sft_test[0]["messages"][:-1] == test[0]["prompt"]
+    assert sft_test == []  # a thumbs-up is an unpaired `label: true` row, not a demonstration
+    unpaired = _rows(tmp_path / "unpaired.test.jsonl")
+    assert [(r["completion"], r["label"], r["meta"]["reason"]) for r in unpaired] == [
+        ([{"role": "assistant", "content": "It is closed on Sundays [1]."}], True, None),
+        ([{"role": "assistant", "content": "It opens at 10 am."}], False, "wrong: it is closed"),
+    ]
+    assert all(r["prompt"] == test[0]["prompt"] for r in unpaired)  # exactly the pairs' prompt
+    assert unpaired[1]["meta"]["candidate_id"] == history.b2 and unpaired[1]["meta"]["user"] == "bob"
+    assert unpaired[1]["meta"]["model_version"] == "v0002" and unpaired[1]["meta"]["chunk_ids"]
+    assert sorted(r["meta"]["source"] for r in _rows(tmp_path / "sft.train.jsonl")) == ["correction"]
     prompts = _rows(tmp_path / "prompts.train.jsonl") + _rows(tmp_path / "prompts.test.jsonl")
     assert sorted(p["interaction_id"] for p in prompts) == [history.i1, history.i2, history.i3]
 
@@ -80,7 +92,9 @@ def test_pairs_and_demonstrations_by_hand(store: FeedbackStore, history: History
         "preferences.train.jsonl": 3,
         "preferences.test.jsonl": 1,
         "sft.train.jsonl": 1,
-        "sft.test.jsonl": 1,
+        "sft.test.jsonl": 0,
+        "unpaired.train.jsonl": 0,  # interaction 3's "both bad" ranking names no candidate
+        "unpaired.test.jsonl": 2,
         "prompts.train.jsonl": 2,
         "prompts.test.jsonl": 1,
     }
@@ -89,7 +103,8 @@ def test_pairs_and_demonstrations_by_hand(store: FeedbackStore, history: History
     assert m.counts["both_bad_rankings"] == 1
     assert m.counts["pairs_by_source"] == {"ranking": 2, "correction": 1, "thumbs": 1}
     on_disk = json.loads((tmp_path / "manifest.json").read_text())
-    assert on_disk["schema_version"] == 3 and on_disk["store_path"] == str(store.path)
+    assert on_disk["counts"]["unpaired_by_label"] == {"true": 1, "false": 1}
+    assert on_disk["schema_version"] == LATEST_VERSION and on_disk["store_path"] == str(store.path)
     assert on_disk["files"]["preferences.train.jsonl"]["simulated"] == 3
 
 
@@ -163,14 +178,18 @@ def test_datasets_loads_every_export_file(store: FeedbackStore, history: History
     expected_columns = {
         "preferences": {"prompt", "chosen", "rejected", "meta"},
         "sft": {"messages", "meta"},
+        "unpaired": {"prompt", "completion", "label", "meta"},
         "prompts": {"prompt", "question", "interaction_id", "simulated"},
     }
     for kind in KINDS:
-        files = {s: str(tmp_path / file_name(kind, s)) for s in SPLITS}
+        # `datasets` cannot load an empty split file; this history leaves sft.test and unpaired.train empty.
+        files = {
+            s: str(tmp_path / file_name(kind, s)) for s in SPLITS if _rows(tmp_path / file_name(kind, s))
+        }
         ds = load_dataset("json", data_files=files, cache_dir=str(tmp_path / "hf-cache"))
-        assert set(ds["train"].column_names) == expected_columns[kind]
-        assert len(ds["train"]) == len(_rows(tmp_path / file_name(kind, "train")))
-        assert len(ds["test"]) == len(_rows(tmp_path / file_name(kind, "test")))
+        for split in files:
+            assert set(ds[split].column_names) == expected_columns[kind]
+            assert len(ds[split]) == len(_rows(tmp_path / file_name(kind, split)))
     prefs = load_dataset("json", data_files=str(tmp_path / "preferences.train.jsonl"), split="train")
     assert prefs[0]["chosen"] == [{"role": "assistant", "content": "It opens at 9 am on weekdays [1]."}]
     assert prefs[0]["meta"]["simulated"] is True

@@ -76,7 +76,9 @@ def test_round_trip_gives_the_same_pairs(store: FeedbackStore, history: History,
 def test_round_trip_of_sft(store: FeedbackStore, history: History, tmp_path: Path) -> None:
     export_snapshot(store, tmp_path / "one", test_fraction=0.0)
     with FeedbackStore.open(tmp_path / "fresh.db") as fresh:
-        assert import_file(fresh, tmp_path / "one" / "sft.train.jsonl").imported == 2
+        assert (
+            import_file(fresh, tmp_path / "one" / "sft.train.jsonl").imported == 1
+        )  # corrections only: a thumbs-up is unpaired data, not a demonstration
         export_snapshot(fresh, tmp_path / "two", test_fraction=0.0)
     msgs = lambda out: sorted(json.dumps(json.loads(x)["messages"]) for x in lines(out, "sft"))  # noqa: E731
     assert msgs(tmp_path / "two") == msgs(tmp_path / "one")

@@ -72,6 +72,8 @@ EXPECTED_COLUMNS = {
         ("user_name", "text", "YES", "NO"),
         ("created_at", "text", "NO", "NO"),
         ("reason", "text", "YES", "NO"),
+        ("withdrawn", "integer", "NO", "NO"),
+        ("comment", "text", "YES", "NO"),
     ],
     "corrections": [
         ("id", "bigint", "NO", "YES"),
@@ -90,6 +92,14 @@ EXPECTED_COLUMNS = {
         ("session_id", "text", "NO", "NO"),
         ("created_at", "text", "NO", "NO"),
     ],
+    "conversations": [
+        ("id", "text", "NO", "NO"),
+        ("owner", "text", "NO", "NO"),
+        ("title", "text", "NO", "NO"),
+        ("state_json", "text", "NO", "NO"),
+        ("created_at", "text", "NO", "NO"),
+        ("updated_at", "text", "NO", "NO"),
+    ],
     "schema_migrations": [
         ("version", "integer", "NO", "NO"),
         ("name", "text", "NO", "NO"),
@@ -100,6 +110,7 @@ EXPECTED_INDEXES = sorted(
     [
         "candidates_by_interaction",
         "client_tokens_by_session",
+        "conversations_by_owner",
         "corrections_by_interaction",
         "corrections_by_session",
         "interactions_by_session",
@@ -111,6 +122,7 @@ EXPECTED_INDEXES = sorted(
         "candidates_interaction_id_position_key",
         "candidates_pkey",
         "client_tokens_pkey",
+        "conversations_pkey",
         "corrections_pkey",
         "interactions_pkey",
         "passages_shown_pkey",

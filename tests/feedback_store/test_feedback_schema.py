@@ -16,6 +16,7 @@ from feedback_store.store import FeedbackStore
 EXPECTED_OBJECTS = [
     ("index", "candidates_by_interaction", "candidates"),
     ("index", "client_tokens_by_session", "client_tokens"),
+    ("index", "conversations_by_owner", "conversations"),
     ("index", "corrections_by_interaction", "corrections"),
     ("index", "corrections_by_session", "corrections"),
     ("index", "interactions_by_session", "interactions"),
@@ -25,9 +26,11 @@ EXPECTED_OBJECTS = [
     ("index", "ratings_by_session", "ratings"),
     ("index", "sqlite_autoindex_candidates_1", "candidates"),
     ("index", "sqlite_autoindex_client_tokens_1", "client_tokens"),
+    ("index", "sqlite_autoindex_conversations_1", "conversations"),
     ("index", "sqlite_autoindex_passages_shown_1", "passages_shown"),
     ("table", "candidates", "candidates"),
     ("table", "client_tokens", "client_tokens"),
+    ("table", "conversations", "conversations"),
     ("table", "corrections", "corrections"),
     ("table", "interactions", "interactions"),
     ("table", "passages_shown", "passages_shown"),
@@ -83,6 +86,8 @@ EXPECTED_COLUMNS = {
         ("user_name", "TEXT", 0, 0),
         ("created_at", "TEXT", 1, 0),
         ("reason", "TEXT", 0, 0),
+        ("withdrawn", "INTEGER", 1, 0),
+        ("comment", "TEXT", 0, 0),
     ],
     "corrections": [
         ("id", "INTEGER", 0, 1),
@@ -100,6 +105,14 @@ EXPECTED_COLUMNS = {
         ("result_json", "TEXT", 1, 0),
         ("session_id", "TEXT", 1, 0),
         ("created_at", "TEXT", 1, 0),
+    ],
+    "conversations": [
+        ("id", "TEXT", 0, 1),
+        ("owner", "TEXT", 1, 0),
+        ("title", "TEXT", 1, 0),
+        ("state_json", "TEXT", 1, 0),
+        ("created_at", "TEXT", 1, 0),
+        ("updated_at", "TEXT", 1, 0),
     ],
     "schema_migrations": [
         ("version", "INTEGER", 0, 1),

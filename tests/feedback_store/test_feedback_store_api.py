@@ -150,7 +150,8 @@ def test_client_token_records_once(store: FeedbackStore) -> None:
 
 def test_stats_hand_computed(store: FeedbackStore, history: History) -> None:
     s = store.stats()
-    # pairs: ranking A1>B1, A1>C1; correction>B1; thumbs A2>B2. Demos: the correction, A2.
+    # pairs: ranking A1>B1, A1>C1; correction>B1; thumbs A2>B2. Demos: the correction only
+    # (a thumbs-up is unpaired data, not a demonstration).
     assert {
         k: s[k] for k in ("interactions", "candidates", "rankings", "both_bad", "pairs", "demonstrations")
     } == {
@@ -159,9 +160,10 @@ def test_stats_hand_computed(store: FeedbackStore, history: History) -> None:
         "rankings": 2,
         "both_bad": 1,
         "pairs": 4,
-        "demonstrations": 2,
+        "demonstrations": 1,
     }
     assert (s["ratings_up"], s["ratings_down"], s["corrections"]) == (1, 1, 1)
+    assert s["ratings_withdrawn"] == 0
     assert (s["raters"], s["simulated_raters"]) == (4, 1)  # simulated:f1, s-alice, s-bob, s-carol
     assert s["per_model_version"] == {
         "v0001": {"candidates": 2, "up": 0, "down": 0, "wins": 2, "losses": 2},

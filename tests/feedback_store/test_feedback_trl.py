@@ -113,12 +113,12 @@ def test_sft_trainer_step_on_exported_demonstrations(exported: Path, tmp_path: P
     torch.manual_seed(0)
     tok = _tokenizer(_texts(exported))
     ds = load_dataset("json", data_files=str(exported / "sft.train.jsonl"), split="train")
-    assert "meta" in ds.column_names and len(ds) == 2
+    assert "meta" in ds.column_names and len(ds) == 1  # the correction (thumbs-ups are unpaired rows)
     model = LlamaForCausalLM(_config(tok))
     args = SFTConfig(
         output_dir=str(tmp_path / "sft"),
         max_steps=1,
-        per_device_train_batch_size=2,
+        per_device_train_batch_size=1,
         max_length=4096,
         learning_rate=1e-3,
         use_cpu=True,
@@ -128,7 +128,7 @@ def test_sft_trainer_step_on_exported_demonstrations(exported: Path, tmp_path: P
         logging_steps=1,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
-    assert len(trainer.train_dataset) == 2
+    assert len(trainer.train_dataset) == 1
     result = trainer.train()
     assert trainer.state.global_step == 1
     assert math.isfinite(result.training_loss)

@@ -125,8 +125,15 @@ def test_both_tree_placements_import_row_by_row(store: FeedbackStore, tmp_path: 
         ("What does Both bad do?", BAD_GOOD, BAD_A, "ranking"),
         ("Where are model versions stored?", VERSIONS_GOOD, VERSIONS_BAD, "ranking"),
     ]
-    sft = [(r["messages"], r["meta"]["model"]) for r in exported(tmp_path / "out", "sft")]
-    assert sft[0] == (
+    # A 👍 is a `label: true` unpaired (KTO) row, not a demonstration.
+    assert exported(tmp_path / "out", "sft") == []
+    liked = [
+        (r["prompt"] + r["completion"], r["meta"]["model_version"])
+        for r in exported(tmp_path / "out", "unpaired")
+        if r["label"] is True
+    ]
+    assert len(liked) == 2 and liked[1][0][-1]["content"] == BAD_GOOD  # the two 👍 answers
+    assert liked[0] == (
         [
             q(INDEX_Q),
             {"role": "assistant", "content": INDEX_A},

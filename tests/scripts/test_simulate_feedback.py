@@ -330,3 +330,38 @@ def test_cli_reports_bad_input_clearly(
     assert "missing.json does not exist" in capsys.readouterr().err
     assert main(["--qa", str(tmp_path / "missing.json"), "--k-candidates", "5"]) == 1
     assert "between 2 and 4" in capsys.readouterr().err
+
+
+def test_candidates_are_one_batched_generate_per_question(
+    registry: ModelRegistry, qa_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The k candidates of a question come from ONE generate over the prompt (num_return_sequences=k, one
+    prefill), never k generate calls one after another; the stored records keep their shape."""
+    from app.backends.transformers_lm import TransformersModel
+
+    calls: list[tuple[int, int]] = []
+    original = TransformersModel._sample
+
+    def counting(self, messages, request):  # noqa: ANN001, ANN202
+        generate = self.model.generate
+
+        def recorded(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            calls.append((kwargs["input_ids"].shape[0], kwargs.get("num_return_sequences", 1)))
+            return generate(*args, **kwargs)
+
+        self.model.generate = recorded
+        try:
+            return original(self, messages, request)
+        finally:
+            del self.model.generate
+
+    monkeypatch.setattr(TransformersModel, "_sample", counting)
+    cfg = _config()
+    summary = simulate(_options(qa_file, k_candidates=3), config=cfg, embedder=HashEmbedder())
+    assert summary.questions == 4 and summary.candidates == 12
+    assert calls == [(1, 3)] * 4  # one prompt row, three sequences from it, once per question
+    store = FeedbackStore.open(cfg.paths.feedback_db)
+    for rec in store.iter_interactions():
+        assert [c.sampling["sequence_index"] for c in rec.candidates] == [0, 1, 2]
+        assert {c.sampling["num_return_sequences"] for c in rec.candidates} == {3}
+    store.close()

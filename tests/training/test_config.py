@@ -23,7 +23,7 @@ TINY = Path(__file__).resolve().parents[2] / "training" / "configs" / "tiny.yaml
 def test_presets_load_with_documented_defaults() -> None:
     cfg = load_config(DEFAULT_CONFIG)
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.targets) == (16, 32, ["all-linear"])
-    assert cfg.model.bf16 is True and cfg.algorithm == "ppo"
+    assert cfg.model.bf16 == "auto" and cfg.algorithm == "ppo"
     assert cfg.reward.max_length is None  # sized from the data (RewardTrainer drops longer pairs)
     tiny = load_config(TINY)
     assert tiny.sft.max_steps == 2 and tiny.ppo_config().total_steps == 2

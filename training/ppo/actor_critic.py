@@ -133,9 +133,9 @@ def build_actor_critic(cfg: PPOConfig, policy_dir: Path, device: torch.device) -
 
     from model_store.loading import load_causal_lm
 
-    dtype = torch.bfloat16 if cfg.bf16 else torch.float32
     # 4-bit: the project loader places the nf4 model on CUDA device 0 (one GPU per process is not handled).
     target = "cuda" if cfg.load_in_4bit else str(device)
+    dtype = cfg.compute_dtype(torch.device(target).type).torch_dtype()
     base = load_causal_lm(policy_dir, dtype=dtype, load_in_4bit=cfg.load_in_4bit, device=target)
     base.config.use_cache = True
     if cfg.load_in_4bit:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from model_store.hardware import DtypeChoice, choose_dtype, parse_precision
 from settings.loader import ConfigError, apply, bounds, load
 
 PPOConfigError = ConfigError  # one config error type for every schema (kept under its old name for callers)
@@ -90,7 +91,9 @@ class PPOConfig:
     # "separate" (own model folder) | "adapter" (not implemented yet)
     reward_source: str = field(default="separate", metadata=bounds(choices=("separate", "adapter")))
     init_value_head_from_reward: bool = True  # copy the RM score head into the value head when shapes match
-    bf16: bool = True  # frozen base (and RM) weights in bf16: AMX on CPU makes batched forwards ~3.6x faster
+    # frozen base (and RM) weights in bf16: "auto" = only with native bf16 (model_store.hardware.choose_dtype;
+    # AMX made batched forwards ~3.6x faster, emulated bf16 is ~10x slower) | true | false
+    bf16: str = field(default="auto", metadata=bounds(parse=parse_precision))
     load_in_4bit: bool = False  # nf4 base via bitsandbytes; CUDA only
     gradient_checkpointing: bool = False
 
@@ -110,6 +113,10 @@ class PPOConfig:
             raise PPOConfigError(
                 f"mini_batch_size ({self.mini_batch_size}) must be a multiple of grad_accum ({self.grad_accum})"
             )
+
+    def compute_dtype(self, device: str) -> DtypeChoice:
+        """Precision of the frozen base and the reward model on `device` ("cpu" | "cuda"), rollouts included."""
+        return choose_dtype(self.bf16, device=device)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

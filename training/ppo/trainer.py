@@ -485,7 +485,7 @@ def run_ppo(
     value_head_from_rm = False
     if reward_dir is not None:
         scorer.reward_model, scorer.reward_tokenizer = load_reward_model(
-            reward_dir, bf16=cfg.bf16, device=device
+            reward_dir, bf16=cfg.compute_dtype(device.type).is_bf16, device=device
         )
         if getattr(scorer.reward_tokenizer, "chat_template", None) is None:
             raise PromptError(
