@@ -45,7 +45,8 @@ BOX = "Ask a question about your documents…"
 def walk_app(ragqa_home: Path, tiny_llama_dir: Path, tmp_path: Path) -> Iterator[tuple[str, Services]]:
     """The app with logins, the tiny random Llama (40 new tokens: long enough to press Stop), 3 documents."""
     ModelRegistry(ragqa_home / "models").publish_folder(tiny_llama_dir, {"kind": "base"})
-    cfg = AppConfig.load(max_new_tokens=40, repetition_penalty=3.0, port=free_port(), host="127.0.0.1")
+    # 120 tokens: long enough that an answer still streams when the walk presses Stop, even on an idle CPU.
+    cfg = AppConfig.load(max_new_tokens=120, repetition_penalty=3.0, port=free_port(), host="127.0.0.1")
     docs = tmp_path / "docs"
     for rel, text in DOCS.items():
         (docs / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +186,7 @@ def _walk(page: object, artifacts: Path) -> None:  # noqa: PLR0915 (one user's w
     box.press("Enter")
     page.get_by_text(re.compile(r"^Answering…")).first.wait_for()
     box.fill(NEXT)  # typed while the answer streams: the stream must not wipe it
-    page.wait_for_timeout(700)
+    page.wait_for_timeout(300)
     assert box.input_value() == NEXT
     page.get_by_role("button", name="■ Stop").click()
     _status(page, r"Stopped\. The partial answer is not saved")
