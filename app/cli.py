@@ -154,8 +154,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     """What this machine is and what the app will do on it (paste it into a bug report)."""
     from app.doctor import collect, text
+    from training.config import load_config
 
-    report = collect(_config(args))
+    train_cfg = load_config()  # what `ragqa retrain` would use with its default config
+    report = collect(_config(args), (train_cfg.model.bf16, train_cfg.device))
     print(json.dumps(report, indent=1) if args.json else text(report))
     return 0
 

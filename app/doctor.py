@@ -15,15 +15,18 @@ from typing import Any
 from model_store import hardware
 
 
-def collect(cfg: Any) -> dict[str, Any]:
-    """The report as a JSON-ready dict (`cfg`: the AppConfig)."""
+def collect(cfg: Any, training: tuple[str, str]) -> dict[str, Any]:
+    """The report as a JSON-ready dict (`cfg`: the AppConfig; `training`: the retrain config's precision setting
+    and device, read by the CLI wiring because serving code never imports training/)."""
     import torch
 
     cpu = hardware.read_cpuinfo()
     cuda, cuda_bf16 = hardware.cuda_state()
     serve_device = "cuda" if cuda else "cpu"
     serve = hardware.choose_dtype(cfg.dtype, device=serve_device, cpu=cpu, cuda_bf16=cuda_bf16)
-    train_setting, train_device = _training_setting(cuda)
+    train_setting, train_device = training
+    if train_device == "auto":
+        train_device = "cuda" if cuda else "cpu"
     train = hardware.choose_dtype(train_setting, device=train_device, cpu=cpu, cuda_bf16=cuda_bf16)
     quota = hardware.cgroup_cpu_limit()
     return {
@@ -55,15 +58,6 @@ def collect(cfg: Any) -> dict[str, Any]:
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "ragqa_home": str(cfg.paths.home),
     }
-
-
-def _training_setting(cuda: bool) -> tuple[str, str]:
-    """(model.bf16 setting, device) of `ragqa retrain` with its default config."""
-    from training.config import load_config
-
-    train_cfg = load_config()
-    device = train_cfg.device if train_cfg.device != "auto" else ("cuda" if cuda else "cpu")
-    return train_cfg.model.bf16, device
 
 
 def _backend(cfg: Any) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 The export is ONE JSON array (not JSONL) of feedback records. What is read from each record:
   data.rating            1 (thumbs up) or -1 (thumbs down); Open WebUI's API also stores "1" / "-1"
-  data.reason, data.comment   optional texts, kept as the rating's reason ("reason: comment")
+  data.reason, data.comment   optional texts, kept as the rating's reason and comment
   data.sibling_model_ids optional; set by Open WebUI when the rated answer had siblings
   meta.message_id        the rated assistant message: the key that makes a second import add nothing
   user_id                kept as the rater's user name
@@ -130,10 +130,10 @@ def _earlier_turns(tree: Mapping[str, Any], question: Mapping[str, Any], limit: 
     return turns[::-1]
 
 
-def _reason(data: Mapping[str, Any]) -> str | None:
-    parts = [str(data[k]).strip() for k in ("reason", "comment") if data.get(k) not in (None, "")]
-    parts = [p for p in parts if p]
-    return ": ".join(parts) or None
+def _text_field(data: Mapping[str, Any], key: str) -> str | None:
+    """An optional free-text field (data.reason, data.comment), stripped; None when absent or blank."""
+    value = data.get(key)
+    return str(value).strip() or None if value is not None else None
 
 
 def _thumb(rating: Any) -> bool:
@@ -176,6 +176,7 @@ def _rating(record: Any, limit: int) -> ImportedChatRating:
         context=tuple(turns),
         answers=tuple(answers),
         up=up,
-        reason=_reason(data),
+        reason=_text_field(data, "reason"),
+        comment=_text_field(data, "comment"),
         rater=str(record["user_id"]) if record.get("user_id") else None,
     )

@@ -166,6 +166,7 @@ class ImportedChatRating:
     answers: tuple[tuple[str, str], ...]  # (text, model version); [0] is the rated answer
     up: bool
     reason: str | None = None
+    comment: str | None = None
     rater: str | None = None
 
     @property

@@ -796,9 +796,9 @@ class FeedbackStore:
             ids = self.insert_candidates(conn, iid, [cand(text, model) for text, model in item.answers], now)
             rated, siblings = ids[0], ids[1:]
             conn.execute(
-                "INSERT INTO ratings (candidate_id, up, reason, session_id, user_name, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (rated, int(item.up), item.reason, origin, item.rater, now),
+                "INSERT INTO ratings (candidate_id, up, reason, comment, session_id, user_name, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (rated, int(item.up), item.reason, item.comment, origin, item.rater, now),
             )
             if siblings:
                 order = [[rated], siblings] if item.up else [siblings, [rated]]

@@ -111,7 +111,6 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 # app's config.yaml. The policy belongs in settings/ (one config.yaml schema shared by app and training).
 EXCEPTIONS = {
     ("training.commands", "app.config"),
-    ("app.doctor", "training.config"),  # `ragqa doctor` (CLI wiring) reports what a retrain would choose
 }
 
 

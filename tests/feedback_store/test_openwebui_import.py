@@ -52,7 +52,7 @@ def rows(store: FeedbackStore) -> list[dict[str, Any]]:
                 "context": [dict(m) for m in rec.context],
                 "prompt": rec.prompt_messages(),
                 "candidates": [(c.label, c.text, c.model_version) for c in rec.candidates],
-                "ratings": [(label[r.candidate_id], r.up, r.reason) for r in rec.ratings],
+                "ratings": [(label[r.candidate_id], r.up, r.reason, r.comment) for r in rec.ratings],
                 "rankings": [[[label[c] for c in g] for g in r.order] for r in rec.rankings],
             }
         )
@@ -77,7 +77,7 @@ def test_both_tree_placements_import_row_by_row(store: FeedbackStore, tmp_path: 
             "context": [q(INDEX_Q), {"role": "assistant", "content": INDEX_A}],
             "prompt": [q(INDEX_Q), {"role": "assistant", "content": INDEX_A}, q(AGAIN_Q)],
             "candidates": [("A", AGAIN_A, "llama3.1:8b")],
-            "ratings": [("A", True, None)],
+            "ratings": [("A", True, None, None)],
             "rankings": [],
         },
         {  # thumbs down: reason and comment kept
@@ -87,7 +87,7 @@ def test_both_tree_placements_import_row_by_row(store: FeedbackStore, tmp_path: 
             "context": [],
             "prompt": [q("Which port does the chat listen on?")],
             "candidates": [("A", PORT_A, "qwen2.5:7b")],
-            "ratings": [("A", False, "Inaccurate information: It is 7860, see getting started.")],
+            "ratings": [("A", False, "Inaccurate information", "It is 7860, see getting started.")],
             "rankings": [],
         },
         {  # arena vote (rating 1): the rated sibling above the other; models are the ones behind the arena
@@ -97,7 +97,7 @@ def test_both_tree_placements_import_row_by_row(store: FeedbackStore, tmp_path: 
             "context": [],
             "prompt": [q("What does Both bad do?")],
             "candidates": [("A", BAD_GOOD, "llama3.1:8b"), ("B", BAD_A, "qwen2.5:7b")],
-            "ratings": [("A", True, None)],
+            "ratings": [("A", True, None, None)],
             "rankings": [[["A"], ["B"]]],
         },
         {  # regenerated answer voted down (rating -1), older tree placement: its sibling is chosen
@@ -107,7 +107,7 @@ def test_both_tree_placements_import_row_by_row(store: FeedbackStore, tmp_path: 
             "context": [],
             "prompt": [q("Where are model versions stored?")],
             "candidates": [("A", VERSIONS_BAD, "llama3.1:8b"), ("B", VERSIONS_GOOD, "llama3.1:8b")],
-            "ratings": [("A", False, "Made up")],
+            "ratings": [("A", False, "Made up", None)],
             "rankings": [[["B"], ["A"]]],
         },
     ]
@@ -142,6 +142,13 @@ def test_both_tree_placements_import_row_by_row(store: FeedbackStore, tmp_path: 
         ],
         "llama3.1:8b",
     )
+    # A 👎 is a `label: false` row that keeps the rater's reason and comment apart.
+    disliked = [
+        (r["completion"][0]["content"], r["meta"]["reason"], r["meta"]["comment"])
+        for r in exported(tmp_path / "out", "unpaired")
+        if r["label"] is False
+    ]
+    assert (PORT_A, "Inaccurate information", "It is 7860, see getting started.") in disliked
 
 
 def test_second_import_adds_nothing(store: FeedbackStore, tmp_path: Path) -> None:
@@ -221,7 +228,7 @@ def test_string_ratings_and_a_snapshot_without_the_tree(store: FeedbackStore, tm
     assert import_file(store, path).imported == 1
     (row,) = rows(store)
     assert row["candidates"] == [("A", VERSIONS_BAD, "llama3.1:8b")]  # no sibling on the branch: thumbs only
-    assert (row["ratings"], row["rankings"]) == ([("A", False, "Made up")], [])
+    assert (row["ratings"], row["rankings"]) == ([("A", False, "Made up", None)], [])
 
 
 def test_a_chat_export_is_refused_with_what_to_export_instead(store: FeedbackStore, tmp_path: Path) -> None:
