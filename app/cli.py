@@ -73,10 +73,8 @@ def _run_ingest(cfg, root: Path, rebuild: bool) -> int:
         cfg.paths.index_dir,
         SentenceTransformerEmbedder(cfg.embedder),
         rebuild=rebuild,
-        chunk_tokens=cfg.chunk_tokens,
-        overlap=cfg.chunk_overlap,
-        max_file_bytes=int(cfg.max_file_mb * 1024 * 1024),
         progress=True,
+        **cfg.ingest_options(),
     )
     print(report.summary())
     return 0

@@ -97,6 +97,15 @@ class AppConfig:
         except ConfigError as e:
             raise ConfigError(f"{paths.config_file}: {e}") from e
 
+    def ingest_options(self) -> dict[str, int]:
+        """The chunking and file-size settings every ingest of this home uses (`retrieval.ingest.ingest` keywords):
+        one set, because an ingest with other chunking parameters re-chunks every indexed file."""
+        return {
+            "chunk_tokens": self.chunk_tokens,
+            "overlap": self.chunk_overlap,
+            "max_file_bytes": int(self.max_file_mb * 1024 * 1024),
+        }
+
     def cpu_share_policy(self) -> CpuSharePolicy:
         from model_store.cpu_share import CpuSharePolicy
 

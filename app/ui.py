@@ -321,7 +321,13 @@ class Handlers(FeedbackHandlers):
         lines = []
         for path in paths:
             try:
-                report = ingest(path, self.s.config.paths.index_dir, self.s.qa.embedder(), progress=False)
+                report = ingest(
+                    path,
+                    self.s.config.paths.index_dir,
+                    self.s.qa.embedder(),
+                    progress=False,
+                    **self.s.config.ingest_options(),
+                )
             except Exception as e:
                 return err(f"{path.name} could not be added: {e}")
             lines.append(f"{path.name}: {report.summary().splitlines()[0]}")

@@ -218,10 +218,8 @@ def _index_contexts(
         corpus,
         index_dir,
         embedder,
-        chunk_tokens=cfg.chunk_tokens,
-        overlap=cfg.chunk_overlap,
-        max_file_bytes=int(cfg.max_file_mb * 1024 * 1024),
         progress=progress,
+        **cfg.ingest_options(),
     )
     if report.skipped:
         raise EvalError(f"{len(report.skipped)} contexts could not be indexed: {report.skipped[:3]}")

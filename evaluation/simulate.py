@@ -195,9 +195,7 @@ def ensure_indexed(
             corpus,
             index_dir,
             embedder,
-            chunk_tokens=cfg.chunk_tokens,
-            overlap=cfg.chunk_overlap,
-            max_file_bytes=int(cfg.max_file_mb * 1024 * 1024),
+            **cfg.ingest_options(),
         )
     except RetrievalError as e:
         raise SimulationError(str(e)) from e

@@ -169,3 +169,31 @@ def test_admin_adds_a_document_from_the_ui(tiny_services: Services, ragqa_home: 
     assert ("lighthouse.md", "Velmora lighthouse") in h.documents()  # on the start page, and searchable:
     passages = tiny_services.qa.retrieve("When is the Velmora lighthouse lamp lit?")
     assert passages[0].source == "lighthouse.md"
+
+
+def test_admin_upload_keeps_the_homes_chunking(tiny_services: Services, tmp_path: Path) -> None:  # noqa: F811
+    """An upload is ingested with the home's chunking settings (a home indexed with chunk_tokens 120 refused
+    every upload when the UI ingested with the defaults: one file cannot change the chunking of the others)."""
+    from app.auth import Users
+    from retrieval.index import HybridIndex
+    from retrieval.ingest import ingest
+    from settings.paths import Paths
+
+    configured = tiny_services.config.with_(
+        paths=Paths(tmp_path / "home"), chunk_tokens=120, chunk_overlap=20
+    )
+    embedder = tiny_services.qa.embedder()
+    guide = tmp_path / "guide"
+    guide.mkdir()
+    (guide / "tower.md").write_text("# Tower\n\nThe Zorbium Tower opened in 1893.", encoding="utf-8")
+    ingest(guide, configured.paths.index_dir, embedder, progress=False, **configured.ingest_options())
+    users = Users(configured.paths.home / "users.json")
+    users.add("alice", "alice-password", "admin")
+    doc = tmp_path / "upload" / "harbour.md"
+    doc.parent.mkdir()
+    doc.write_text("# Orrin harbour\n\nThe Orrin harbour gate closes at ten.", encoding="utf-8")
+    handlers = Handlers(Services(configured, embedder=embedder), users)
+    assert handlers.add_documents([str(doc)], user="alice").startswith("✅ added")
+    index = HybridIndex.open(configured.paths.index_dir)
+    assert (index.chunking.chunk_tokens, index.chunking.overlap) == (120, 20)
+    assert {"tower.md", "harbour.md"} <= set(index.files)
