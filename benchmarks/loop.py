@@ -352,9 +352,8 @@ def build_index(qa_file: Path, index_dir: Path, embedder: Any) -> None:
         corpus,
         index_dir,
         embedder,
-        chunk_tokens=cfg.chunk_tokens,
-        overlap=cfg.chunk_overlap,
         progress=False,
+        **cfg.ingest_options(),
     )
 
 
