@@ -96,6 +96,8 @@ class TrainerSection:
     # tokens; for the reward model None = longest pair in the data
     max_length: int | None = field(default=1024, metadata=bounds(gt=0))
     gradient_checkpointing: bool = False
+    # batches of similar lengths (transformers' LengthGroupedSampler): less padding, so fewer wasted FLOPs
+    group_by_length: bool = True
     logging_steps: int = field(default=5, metadata=bounds(gt=0))
     save_steps: int = field(default=50, metadata=bounds(gt=0))  # checkpoints for --resume
     save_total_limit: int = field(default=2, metadata=bounds(ge=0))
@@ -315,6 +317,7 @@ def trainer_kwargs(
         "warmup_steps": section.warmup,
         "weight_decay": section.weight_decay,
         "activation_checkpointing": section.gradient_checkpointing,
+        "train_sampling_strategy": "group_by_length" if section.group_by_length else "random",
         "logging_steps": section.logging_steps,
         "logging_first_step": True,
         "save_strategy": "steps",

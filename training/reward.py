@@ -71,29 +71,25 @@ def heldout_metrics(
     }
 
 
-def train_reward_model(
-    cfg: TrainConfig, *, model_dir: Path, data: ExportData, out_dir: Path, resume: bool = False
-) -> StageResult:
-    """Train, merge and evaluate the reward model. Returns the stage result dict."""
+def build_reward_trainer(
+    cfg: TrainConfig, model_dir: Path, pairs: list[dict[str, Any]], out_dir: Path
+) -> tuple[Any, dict[str, Any]]:
+    """The RewardTrainer (LoRA SEQ_CLS on `model_dir`: a one-output score head, no LM head) over `pairs`, and
+    what was sized from the data (max_length, pairs longer than it)."""
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
     from model_store.loading import load_sequence_classifier, load_tokenizer, lora_config
     from model_store.reward import use_reward_padding
 
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    pairs = train_pairs(cfg, data, "training a reward model")
     device, four_bit = device_and_4bit(cfg)
     tokenizer = use_reward_padding(load_tokenizer(model_dir))
     lengths = pair_lengths(tokenizer, pairs)
     max_length = cfg.reward.max_length or (max(lengths) + LENGTH_MARGIN)
-    too_long = sum(n > max_length for n in lengths)
-
     model = load_sequence_classifier(
         model_dir, load_in_4bit=four_bit, device=device, pad_token_id=tokenizer.pad_token_id
     )
     model = prepare_for_kbit(model, cfg.reward, four_bit)
-    out_dir.mkdir(parents=True, exist_ok=True)
     args = RewardConfig(
         **trainer_kwargs(cfg.reward, cfg, device, out_dir / "checkpoints"),
         max_length=max_length,
@@ -106,6 +102,21 @@ def train_reward_model(
         processing_class=tokenizer,
         peft_config=lora_config(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets, "SEQ_CLS"),
     )
+    sizing = {"max_length": max_length, "too_long": sum(n > max_length for n in lengths), "qlora": four_bit}
+    return trainer, sizing
+
+
+def train_reward_model(
+    cfg: TrainConfig, *, model_dir: Path, data: ExportData, out_dir: Path, resume: bool = False
+) -> StageResult:
+    """Train, merge and evaluate the reward model. Returns the stage result dict."""
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    pairs = train_pairs(cfg, data, "training a reward model")
+    device, four_bit = device_and_4bit(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer, sizing = build_reward_trainer(cfg, model_dir, pairs, out_dir)
+    max_length, too_long = sizing["max_length"], sizing["too_long"]
+    tokenizer = trainer.processing_class
     kept = len(trainer.train_dataset)
     if kept == 0:
         raise TrainingDataError(
@@ -114,7 +125,7 @@ def train_reward_model(
             "from the data)"
         )
     run = run_trainer(trainer, out_dir, resume=resume)
-    del trainer, model
+    del trainer
     if not run.is_main:
         return StageResult.done()
     tokenizer.save_pretrained(str(run.adapter))  # with the <|endoftext|> pad token the merged model needs

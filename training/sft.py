@@ -1,6 +1,6 @@
 """Stage 2, supervised fine-tuning: TRL SFTTrainer with LoRA on the feedback's demonstrations.
 
-Loss on the answer tokens only: demonstrations are converted to TRL's conversational prompt/completion
+Loss on the answer tokens only, and logits only there (training/answer_loss.py): demonstrations are converted to TRL's conversational prompt/completion
 format (training/data.py), for which SFTTrainer masks the prompt (labels -100) with the stock chat
 template; `assistant_only_loss` would need `{% generation %}` tags SmolLM2's template lacks (TRL 1.16
 auto-patches only templates it knows).
@@ -32,9 +32,10 @@ def skipped(reason: str, **metrics: Any) -> StageResult:
 def build_sft_trainer(cfg: TrainConfig, model_dir: Path, data: ExportData, out_dir: Path) -> Any:
     """The SFTTrainer (LoRA on `model_dir`) over the train demonstrations; eval set = the test split."""
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     from model_store.loading import load_causal_lm, load_tokenizer, lora_config
+    from training.answer_loss import AnswerOnlySFTTrainer
 
     device = resolve_device(cfg)
     four_bit = want_4bit(cfg, device)
@@ -45,12 +46,16 @@ def build_sft_trainer(cfg: TrainConfig, model_dir: Path, data: ExportData, out_d
         **trainer_kwargs(cfg.sft, cfg, device, out_dir / "checkpoints"),
         max_length=cfg.sft.max_length,
         completion_only_loss=True,
+        # Padding-free batches need a varlen attention kernel (flash attention, CUDA only): with SDPA on CPU
+        # transformers turns the flattened batch into one [sum_len x sum_len] block-diagonal mask, ~8x the
+        # attention work of the padded batch at 8 x 512. Length-grouped batches (trainer_kwargs) instead.
+        padding_free=False,
         packing=False,
         eval_strategy="no",
     )
     lora = lora_config(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets, "CAUSAL_LM")
     test = data.sft.get("test") or []
-    return SFTTrainer(
+    return AnswerOnlySFTTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(data.sft["train"]),
@@ -104,9 +109,7 @@ def train_sft(
         "qlora": qlora,
         "merge": merge,
     }
-    plots = write_outputs(
-        cfg, out_dir, metrics, run.history, ["loss", "mean_token_accuracy"], "sft_loss", "SFT"
-    )
+    plots = write_outputs(cfg, out_dir, metrics, run.history, ["loss"], "sft_loss", "SFT")
     return StageResult.done(
         outputs={"adapter": str(run.adapter), "merged": str(out_dir / "merged")}, metrics=metrics, plots=plots
     )
