@@ -183,8 +183,13 @@ class TrainConfig:
     reward: TrainerSection = field(
         default_factory=lambda: TrainerSection(lr=1e-4, epochs=1.0, max_length=None)
     )
-    dpo: DPOTrainerSection = field(default_factory=lambda: DPOTrainerSection(lr=5e-5, epochs=1.0))
-    kto: KTOTrainerSection = field(default_factory=lambda: KTOTrainerSection(lr=5e-5, epochs=1.0))
+    # DPO / KTO: transformers' length grouping reads `input_ids`, which their tokenised rows do not have
+    dpo: DPOTrainerSection = field(
+        default_factory=lambda: DPOTrainerSection(lr=5e-5, epochs=1.0, group_by_length=False)
+    )
+    kto: KTOTrainerSection = field(
+        default_factory=lambda: KTOTrainerSection(lr=5e-5, epochs=1.0, group_by_length=False)
+    )
     ppo_preset: str = "ppo.yaml"  # resolved to an absolute path at load time
     ppo: PPOConfig = field(default_factory=PPOConfig)  # the preset, then the `ppo` keys of the YAML / --set
     merge: MergeSection = field(default_factory=MergeSection)
@@ -197,6 +202,10 @@ class TrainConfig:
             section: TrainerSection = getattr(self, name)
             if section.max_steps <= 0 and section.epochs <= 0:
                 raise ConfigError(f"{name}: set max_steps > 0 or epochs > 0")
+            if name in ("dpo", "kto") and section.group_by_length:
+                raise ConfigError(
+                    f"{name}.group_by_length: not supported (only sft and reward group by length)"
+                )
         self.ppo.validate()
 
     def ppo_config(self) -> PPOConfig:
@@ -317,7 +326,8 @@ def trainer_kwargs(
         "warmup_steps": section.warmup,
         "weight_decay": section.weight_decay,
         "activation_checkpointing": section.gradient_checkpointing,
-        "train_sampling_strategy": "group_by_length" if section.group_by_length else "random",
+        # off: the trainer's own default (KTOConfig needs "sequential", the others sample at random)
+        **({"train_sampling_strategy": "group_by_length"} if section.group_by_length else {}),
         "logging_steps": section.logging_steps,
         "logging_first_step": True,
         "save_strategy": "steps",

@@ -77,10 +77,11 @@ def build_reward_trainer(
     """The RewardTrainer (LoRA SEQ_CLS on `model_dir`: a one-output score head, no LM head) over `pairs`, and
     what was sized from the data (max_length, pairs longer than it)."""
     from datasets import Dataset
-    from trl import RewardConfig, RewardTrainer
+    from trl import RewardConfig
 
     from model_store.loading import load_sequence_classifier, load_tokenizer, lora_config
     from model_store.reward import use_reward_padding
+    from training.pair_batching import LengthGroupedRewardTrainer
 
     device, four_bit = device_and_4bit(cfg)
     tokenizer = use_reward_padding(load_tokenizer(model_dir))
@@ -95,7 +96,7 @@ def build_reward_trainer(
         max_length=max_length,
         eval_strategy="no",
     )
-    trainer = RewardTrainer(
+    trainer = LengthGroupedRewardTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(pairs),

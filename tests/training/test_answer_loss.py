@@ -146,11 +146,32 @@ def test_reward_model_computes_no_lm_head(tmp_path: Path, tiny_cfg) -> None:
 
 
 def test_length_grouping_reaches_the_trainers(tiny_cfg, tmp_path: Path) -> None:
-    from training.config import trainer_kwargs
+    from training.config import ConfigError, trainer_kwargs
 
     cfg = tiny_cfg()
     assert cfg.sft.group_by_length and cfg.reward.group_by_length
     assert trainer_kwargs(cfg.sft, cfg, "cpu", tmp_path)["train_sampling_strategy"] == "group_by_length"
     off = tiny_cfg("sft.group_by_length=false")
-    assert trainer_kwargs(off.sft, off, "cpu", tmp_path)["train_sampling_strategy"] == "random"
+    assert "train_sampling_strategy" not in trainer_kwargs(off.sft, off, "cpu", tmp_path)  # TRL's default
     assert off.reward.group_by_length  # per stage
+    assert not cfg.dpo.group_by_length and not cfg.kto.group_by_length
+    with pytest.raises(ConfigError, match="dpo.group_by_length"):
+        tiny_cfg("dpo.group_by_length=true")
+
+
+def test_reward_batches_are_grouped_by_pair_length(tiny_model_dir: Path, tmp_path: Path, tiny_cfg) -> None:
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from training.pair_batching import pair_token_lengths
+    from training.reward import build_reward_trainer
+
+    pairs = load_export(write_export(tmp_path / "e", pairs=8)).pairs["train"]
+    trainer, _ = build_reward_trainer(tiny_cfg(), tiny_model_dir, pairs, tmp_path / "rm")
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, LengthGroupedSampler)
+    assert sampler.lengths == pair_token_lengths(trainer.train_dataset)
+    assert sorted(sampler) == list(range(len(trainer.train_dataset)))  # every pair once
+    plain, _ = build_reward_trainer(
+        tiny_cfg("reward.group_by_length=false"), tiny_model_dir, pairs, tmp_path / "r2"
+    )
+    assert not isinstance(plain._get_train_sampler(), LengthGroupedSampler)
