@@ -1,8 +1,8 @@
 """Stage 2, supervised fine-tuning: TRL SFTTrainer with LoRA on the feedback's demonstrations.
 
-Loss on the answer tokens only, and logits only there (training/answer_loss.py): demonstrations are converted to TRL's conversational prompt/completion
-format (training/data.py), for which SFTTrainer masks the prompt (labels -100) with the stock chat
-template; `assistant_only_loss` would need `{% generation %}` tags SmolLM2's template lacks (TRL 1.16
+Loss on the answer tokens only, and logits only there (training/answer_loss.py): demonstrations are
+converted to TRL's conversational prompt/completion format (training/data.py), for which SFTTrainer masks
+the prompt (labels -100) with the stock chat template; `assistant_only_loss` would need `{% generation %}` tags SmolLM2's template lacks (TRL 1.16
 auto-patches only templates it knows).
 On CUDA the base is loaded in 4-bit (QLoRA: nf4, double quantisation, bf16 compute).
 

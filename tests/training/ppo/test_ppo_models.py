@@ -84,3 +84,16 @@ def test_reward_model_scores_batched_like_single_unpadded_sequences(toy_models: 
         with torch.no_grad():
             single = rm(**enc).logits[0, 0]
         assert score.item() == pytest.approx(single.item(), abs=1e-5)
+
+
+def test_lm_head_runs_only_on_response_positions(toy_models: tuple[Path, Path]) -> None:
+    """Rollout scoring and updates project only the R response positions through the LM head, never [B, T, V]."""
+    model = build_actor_critic(PPOConfig(bf16=False, lora_r=4, lora_alpha=8), toy_models[0], CPU)
+    rows: list[tuple[int, ...]] = []
+    head = model.lm.get_base_model().get_output_embeddings()
+    head.register_forward_hook(lambda module, args, out: rows.append(tuple(args[0].shape[:-1])))
+    ids, mask = _inputs()
+    model(ids, mask, 3)  # the update's policy + value forward
+    with torch.no_grad():
+        model.ref_logits(ids, mask, 3)
+    assert rows == [(2, 3), (2, 3)]  # policy and reference: [B, R] rows; the value pass uses no head

@@ -1,0 +1,609 @@
+"""Training throughput: tokens/s and peak memory of SFT, reward-model and PPO steps, ours vs TRL's trainers.
+
+Same model (the registry's v0001, SmolLM2-135M by default), same data: RAG-shaped sequences built from
+squad2-dev-half (the app's prompt with 1-2 passages + a question -> a short cited answer, 330-512 tokens).
+
+Rows (each measurement in its own fresh process; peak memory = that process's ru_maxrss):
+  sft-ours   training/sft.py build_sft_trainer (AnswerOnlySFTTrainer, the default config's settings)
+  sft-trl    trl.SFTTrainer with SFTConfig's defaults, apart from what must be set to run (max_steps, batch size,
+             use_cpu, report_to none, output dir); the same LoRA (r16, all linear layers)
+  rm-ours    training/reward.py build_reward_trainer (LoRA SEQ_CLS, length-grouped pairs)
+  rm-trl     trl.RewardTrainer with RewardConfig's defaults (same exceptions), the same LoRA
+  ppo-ours   training/ppo (one base, LoRA policy + value, adapters-off reference)
+  ppo-trl112 TRL 1.12's PPOTrainer (trl.experimental.ppo) in its own venv, driven as benchmarks/ppo_vs_trl.py
+             does (its leanest peft setup: LoRA policy, adapters-off reference, separate value and reward models)
+A batch of B sequences: SFT B demonstrations, RM B/2 pairs (B sequences), PPO B prompts. The first step of each
+run is warm-up and is not timed; `--repeats N` runs every row N times (alternating) and keeps the median.
+
+The compute bound: the measured matmul rate of this CPU (fp32 and bf16, the model's linear-layer shapes at
+4096 rows, torch's threads) and the FLOPs of one training token: forward + activation gradients of the
+non-embedding weights (4 x params; LoRA's weight gradients are negligible), causal attention (3 x its forward)
+and the LM head at the positions our step computes (4 x hidden x vocab per answer token; none for the RM).
+Recomputation (gradient checkpointing) counts against us, not in the bound.
+
+Prints a table and writes docs/results/train_throughput/<name>.json (CPU model, flags, load average per row,
+and a `summary`). No assertions: timings on shared cores are noisy.
+
+    .venv/bin/python benchmarks/train_throughput.py --quick            # a couple of minutes
+    nice -n 0 .venv/bin/python benchmarks/train_throughput.py --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SQUAD = ROOT.parent / "shared" / "data" / "squad2-dev-half" / "dev-v2.0.json"  # benchmarks may read ../shared
+OUT_DIR = ROOT / "docs" / "results" / "train_throughput"
+TRL112_VENV = Path("/tmp/venv-trl112")
+ROWS = ("sft-ours", "sft-trl", "rm-ours", "rm-trl", "ppo-ours", "ppo-trl112")
+LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
+PPO_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+# ---- data ---------------------------------------------------------------------------------------------
+def rag_examples(
+    squad: Path, tokenizer: Any, n: int, lo: int, hi: int, seed: int = 0
+) -> list[dict[str, Any]]:
+    """n answerable squad2 questions as the app prompts them: their passage (and, every other one, a passage of
+    another article after it) -> "answer [1]"; kept when prompt+answer renders to lo..hi tokens."""
+    from retrieval.prompt import render_prompt
+
+    articles = json.loads(squad.read_text())["data"]
+    rng = random.Random(seed)
+    items = [
+        (a["title"], p["context"], q)
+        for a in articles
+        for p in a["paragraphs"]
+        for q in p["qas"]
+        if not q.get("is_impossible") and q["answers"]
+    ]
+    rng.shuffle(items)
+    contexts = [(title, ctx) for title, ctx, _ in items]
+    out: list[dict[str, Any]] = []
+    for i, (title, context, qa) in enumerate(items):
+        passages = [{"text": context, "source": f"{title}.md"}]
+        if i % 2:
+            other_title, other = next(c for c in contexts[i + 1 :] + contexts if c[0] != title)
+            passages.append({"text": other, "source": f"{other_title}.md"})
+        prompt = render_prompt(qa["question"], passages)
+        answer = [{"role": "assistant", "content": f"{qa['answers'][0]['text'].strip()} [1]"}]
+        length = len(tokenizer.apply_chat_template(prompt + answer, tokenize=True, return_dict=False))
+        if lo <= length <= hi:
+            out.append({"prompt": prompt, "completion": answer, "tokens": length})
+        if len(out) == n:
+            break
+    return out
+
+
+def preference_pairs(examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each prompt with its own answer (chosen) and the next example's answer (rejected)."""
+    return [
+        {
+            "prompt": ex["prompt"],
+            "chosen": ex["completion"],
+            "rejected": examples[(i + 1) % len(examples)]["completion"],
+        }
+        for i, ex in enumerate(examples)
+    ]
+
+
+# ---- workers (each in a fresh process) ---------------------------------------------------------------
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def _step_timer(trainer: Any) -> Any:
+    """A TrainerCallback recording each optimizer step's seconds and the tokens the trainer counted in it."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+            self.tokens: list[int] = []
+
+        def on_step_begin(self, *args: Any, **kwargs: Any) -> None:
+            self._t0, self._n0 = time.perf_counter(), trainer._total_train_tokens
+
+        def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+            self.seconds.append(time.perf_counter() - self._t0)
+            self.tokens.append(int(trainer._total_train_tokens - self._n0))
+
+    timer = StepTimer()
+    trainer.add_callback(timer)
+    return timer
+
+
+def _ours_config(stage: str, spec: dict[str, Any]) -> Any:
+    from training.config import load_config
+
+    section = "sft" if stage == "sft" else "reward"
+    batch = spec["batch"] if stage == "sft" else spec["batch"] // 2
+    return load_config(
+        None,
+        [
+            "device=cpu",
+            "progress=false",
+            "plots=false",
+            f"{section}.batch_size={batch}",
+            f"{section}.grad_accum=1",
+            f"{section}.max_steps={spec['steps']}",
+            f"{section}.warmup=0",
+            f"{section}.save_steps=1000000",
+            f"{section}.max_length=1024",
+            *spec.get("ours_set", []),
+        ],
+    )
+
+
+def _trl_lora(task: str) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=LORA["dropout"],
+        target_modules="all-linear",
+        task_type=task,
+    )
+
+
+def build_trainer(row: str, spec: dict[str, Any], out: Path) -> Any:
+    """The trainer of an SFT or RM row, over the spec's data."""
+    from datasets import Dataset
+
+    model_dir = Path(spec["model_dir"])
+    sft_rows = [{"prompt": ex["prompt"], "completion": ex["completion"]} for ex in spec["examples"]]
+    pairs = preference_pairs(spec["examples"])
+    if row == "sft-ours":
+        from training.data import ExportData
+        from training.sft import build_sft_trainer
+
+        data = ExportData(folder=out, snapshot_id="bench", manifest={}, sft={"train": sft_rows})
+        return build_sft_trainer(_ours_config("sft", spec), model_dir, data, out)
+    if row == "rm-ours":
+        from training.reward import build_reward_trainer
+
+        return build_reward_trainer(_ours_config("rm", spec), model_dir, pairs, out)[0]
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    required = {"output_dir": str(out), "max_steps": spec["steps"], "use_cpu": True, "report_to": "none"}
+    if row == "sft-trl":
+        from trl import SFTConfig, SFTTrainer
+
+        args = SFTConfig(**required, per_device_train_batch_size=spec["batch"])
+        return SFTTrainer(
+            model=str(model_dir),
+            args=args,
+            train_dataset=Dataset.from_list(sft_rows),
+            processing_class=tokenizer,
+            peft_config=_trl_lora("CAUSAL_LM"),
+        )
+    from trl import RewardConfig, RewardTrainer
+
+    tokenizer.pad_token = (
+        "<|endoftext|>"  # SmolLM2's pad is EOS: the classifier would pool at the wrong token
+    )
+    args = RewardConfig(**required, per_device_train_batch_size=spec["batch"] // 2)
+    return RewardTrainer(
+        model=str(model_dir),
+        args=args,
+        train_dataset=Dataset.from_list(pairs),
+        processing_class=tokenizer,
+        peft_config=_trl_lora("SEQ_CLS"),
+    )
+
+
+def trainer_worker(row: str, spec: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    with tempfile.TemporaryDirectory() as out:
+        trainer = build_trainer(row, spec, Path(out))
+        timer = _step_timer(trainer)
+        trainer.train()
+    return {
+        "step_seconds": timer.seconds,
+        "step_tokens": timer.tokens,
+        "bf16": bool(trainer.args.bf16),
+        "gradient_checkpointing": bool(getattr(trainer.args, "gradient_checkpointing", False)),
+        "torch_threads": torch.get_num_threads(),
+        "peak_rss_gb": _peak_rss_gb(),
+    }
+
+
+def ppo_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """benchmarks/ppo_vs_trl.py's worker spec for our data and sizes."""
+    return {
+        "policy_dir": spec["model_dir"],
+        "reward_dir": spec["reward_dir"],
+        "prompts": [ex["prompt"] for ex in spec["examples"]],
+        "steps": spec["steps"],
+        "batch": spec["batch"],
+        "epochs": spec["ppo_epochs"],
+        "response_length": spec["response_length"],
+        "temperature": 0.7,
+        "lr": 3e-5,
+        "lora_r": LORA["r"],
+        "lora_alpha": LORA["alpha"],
+        "lora_targets": PPO_LORA_TARGETS,
+        "seed": 0,
+    }
+
+
+def ppo_ours_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Our PPO in this process; the base's dtype as the PPO config's `bf16: auto` chooses on this CPU."""
+    import torch
+
+    from benchmarks.ppo_vs_trl import ours_worker
+    from model_store.hardware import choose_dtype
+
+    bf16 = choose_dtype("auto", device="cpu").is_bf16
+    result = ours_worker({**ppo_spec(spec), "bf16_weights": bf16})
+    return {
+        "step_seconds": result["step_seconds"],
+        "bf16": bf16,
+        "torch_threads": torch.get_num_threads(),
+        "peak_rss_gb": result["peak_rss_mb"] / 1024,
+    }
+
+
+def run_row(row: str, spec: dict[str, Any], work: Path) -> dict[str, Any]:
+    """One measurement in a fresh process (TRL 1.12 in its venv). Returns the worker's result + load average."""
+    spec_file = work / f"{row}.json"
+    spec_file.write_text(json.dumps(spec))
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    if row == "ppo-trl112":
+        from benchmarks.ppo_vs_trl import TRL_WORKER
+
+        script = work / "trl112_worker.py"
+        script.write_text(TRL_WORKER)
+        trl_spec = {**ppo_spec(spec), "variant": "trl-lora", "bf16_weights": False, "bf16_autocast": False}
+        spec_file.write_text(json.dumps(trl_spec))
+        command = [str(spec["trl112_python"]), str(script), str(spec_file)]
+    else:
+        command = [sys.executable, str(Path(__file__).resolve()), "--worker", row, str(spec_file)]
+    load_before = load_average()
+    started = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{row} failed:\n{proc.stderr[-4000:]}")
+    result = json.loads(lines[-1][len("RESULT ") :])
+    if row == "ppo-trl112":
+        result = {
+            "step_seconds": result["step_seconds"],
+            "bf16": False,
+            "peak_rss_gb": result["peak_rss_mb"] / 1024,
+        }
+    timed = result["step_seconds"][1:] or result["step_seconds"]
+    result["seconds_per_step"] = statistics.mean(timed)
+    if "step_tokens" in result:
+        tokens = result["step_tokens"][1:] or result["step_tokens"]
+        result["tokens_per_s"] = sum(tokens) / sum(timed)
+    else:  # PPO: the tokens of the sequences it rolls out and trains on (prompt + max response) per update
+        result["tokens_per_s"] = (
+            spec["batch"]
+            * (spec["mean_prompt_tokens"] + spec["response_length"])
+            / (result["seconds_per_step"])
+        )
+    result["wall_seconds"] = round(time.perf_counter() - started, 1)
+    result["load_average_before"] = load_before
+    result["load_average_after"] = load_average()
+    return result
+
+
+# ---- the compute bound --------------------------------------------------------------------------------
+def matmul_rates(
+    hidden: int, intermediate: int, kv: int, rows: int = 4096, repeats: int = 5
+) -> dict[str, float]:
+    """GFLOP/s of the model's linear-layer matmuls ([rows, in] x [in, out]) in fp32 and bf16, best of `repeats`."""
+    import torch
+
+    shapes = [(hidden, hidden), (hidden, kv), (hidden, intermediate), (intermediate, hidden)]
+    rates = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        mats = [(torch.randn(rows, i, dtype=dtype), torch.randn(i, o, dtype=dtype)) for i, o in shapes]
+        flops = sum(2 * rows * i * o for i, o in shapes)
+        for a, b in mats:  # warm-up
+            a @ b
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for a, b in mats:
+                a @ b
+            best = min(best, time.perf_counter() - t0)
+        rates[str(dtype).removeprefix("torch.")] = flops / best / 1e9
+    return rates
+
+
+def flops_per_token(config: Any, lengths: list[int], head_tokens_per_seq: float) -> dict[str, float]:
+    """Training FLOPs per token: body forward + activation gradients (4 x non-embedding params), causal attention
+    (3 x 2 x L x hidden per token per layer), the LM head at `head_tokens_per_seq` positions per sequence."""
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    kv = config.num_key_value_heads * (hidden // config.num_attention_heads)
+    per_layer = 2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * config.intermediate_size
+    body = 4 * layers * per_layer
+    mean_len = statistics.mean(lengths)
+    mean_sq = statistics.mean(n * n for n in lengths)
+    attention = 3 * 2 * layers * hidden * mean_sq / mean_len
+    head = 4 * hidden * config.vocab_size * head_tokens_per_seq / mean_len
+    return {"non_embedding_params": layers * per_layer, "body": body, "attention": attention, "head": head}
+
+
+def compute_bound(
+    model_dir: Path, examples: list[dict[str, Any]], tokenizer: Any, dtype: str
+) -> dict[str, Any]:
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(model_dir))
+    kv = config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
+    rates = matmul_rates(config.hidden_size, config.intermediate_size, kv)
+    lengths = [ex["tokens"] for ex in examples]
+    answer = statistics.mean(
+        len(tokenizer.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=True, return_dict=False))
+        - len(
+            tokenizer.apply_chat_template(
+                ex["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        )
+        for ex in examples
+    )
+    sft = flops_per_token(config, lengths, answer)
+    rm = flops_per_token(config, lengths, 0)
+    rate = rates[dtype] * 1e9
+    return {
+        "matmul_gflops": {k: round(v, 1) for k, v in rates.items()},
+        "torch_threads": torch.get_num_threads(),
+        "dtype": dtype,
+        "mean_tokens": statistics.mean(lengths),
+        "mean_answer_tokens": answer,
+        "sft_flops_per_token": {k: round(v) for k, v in sft.items()},
+        "rm_flops_per_token": {k: round(v) for k, v in rm.items()},
+        "sft_bound_tokens_per_s": rate / (sft["body"] + sft["attention"] + sft["head"]),
+        "rm_bound_tokens_per_s": rate / (rm["body"] + rm["attention"]),
+    }
+
+
+# ---- the machine --------------------------------------------------------------------------------------
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def cpu_info() -> dict[str, Any]:
+    name, flags = platform.processor() or "unknown CPU", []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name == (platform.processor() or "unknown CPU"):
+                name = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "fma")
+    return {"model": name, "cores": os.cpu_count(), "flags": [f for f in wanted if f in flags]}
+
+
+def reward_model_dir(model_dir: Path, work: Path) -> Path:
+    """A one-output sequence classifier on the model (fresh score head): the reward model PPO scores with."""
+    out = work / "reward"
+    if not (out / "config.json").is_file():
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(model_dir))
+        tok.pad_token = "<|endoftext|>"
+        rm = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=1)
+        rm.config.pad_token_id = tok.pad_token_id
+        rm.save_pretrained(str(out))
+        tok.save_pretrained(str(out))
+    return out
+
+
+def trl112_python(venv: Path) -> Path:
+    python = venv / "bin" / "python"
+    probe = [str(python), "-c", "import trl, sys; sys.exit(not trl.__version__.startswith('1.12.'))"]
+    if not python.exists() or subprocess.run(probe, capture_output=True).returncode != 0:
+        raise SystemExit(
+            f"{venv} has no trl 1.12: python3 -m venv {venv} && {python} -m pip install torch==2.13.0 "
+            "'trl==1.12.*' transformers peft accelerate datasets (the versions of this project's venv)"
+        )
+    return python
+
+
+# ---- report -------------------------------------------------------------------------------------------
+def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median tokens/s, with every run's tokens/s and peak memory attached."""
+    ordered = sorted(runs, key=lambda r: r["tokens_per_s"])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["tokens_per_s_runs"] = [round(r["tokens_per_s"], 1) for r in runs]
+    chosen["peak_rss_gb_runs"] = [round(r["peak_rss_gb"], 2) for r in runs]
+    chosen["peak_rss_gb"] = max(r["peak_rss_gb"] for r in runs)
+    return chosen
+
+
+def summarise(rows: dict[str, dict[str, Any]], bound: dict[str, Any]) -> dict[str, Any]:
+    def ratio(a: str, b: str, key: str = "tokens_per_s") -> float | None:
+        return round(rows[a][key] / rows[b][key], 3) if a in rows and b in rows else None
+
+    summary = {
+        "sft_speedup_vs_trl": ratio("sft-ours", "sft-trl"),
+        "rm_speedup_vs_trl": ratio("rm-ours", "rm-trl"),
+        "ppo_speedup_vs_trl112": ratio("ppo-ours", "ppo-trl112"),
+        "ppo_memory_ratio_vs_trl112": ratio("ppo-ours", "ppo-trl112", "peak_rss_gb"),
+        "sft_fraction_of_bound": None,
+        "rm_fraction_of_bound": None,
+        "sft_peak_mem_gb": round(rows["sft-ours"]["peak_rss_gb"], 2) if "sft-ours" in rows else None,
+        "rm_peak_mem_gb": round(rows["rm-ours"]["peak_rss_gb"], 2) if "rm-ours" in rows else None,
+    }
+    for stage in ("sft", "rm"):
+        if f"{stage}-ours" in rows:
+            fraction = rows[f"{stage}-ours"]["tokens_per_s"] / bound[f"{stage}_bound_tokens_per_s"]
+            summary[f"{stage}_fraction_of_bound"] = round(fraction, 3)
+    return summary
+
+
+def print_table(rows: dict[str, dict[str, Any]], bound: dict[str, Any]) -> None:
+    print(f"\n{'row':<11} {'tokens/s':>9} {'s/step':>8} {'peak GB':>8} {'bf16':>5} {'load before':>16}")
+    for row, r in rows.items():
+        print(
+            f"{row:<11} {r['tokens_per_s']:>9.1f} {r['seconds_per_step']:>8.2f} {r['peak_rss_gb']:>8.2f} "
+            f"{str(r.get('bf16')):>5} {str(r['load_average_before']):>16}"
+        )
+    print(
+        f"matmul GFLOP/s {bound['matmul_gflops']} ({bound['torch_threads']} threads); bound in {bound['dtype']}: "
+        f"SFT {bound['sft_bound_tokens_per_s']:.0f} tokens/s, RM {bound['rm_bound_tokens_per_s']:.0f} tokens/s"
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    home = Path(os.environ.get("RAGQA_HOME", ROOT / "var"))
+    parser.add_argument("--model", type=Path, default=home / "models" / "v0001", help="an HF model folder")
+    parser.add_argument("--squad", type=Path, default=SQUAD)
+    parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--batch", type=int, default=8, help="sequences per step (RM: batch/2 pairs)")
+    parser.add_argument(
+        "--steps", type=int, default=3, help="optimizer steps per run; the first is not timed"
+    )
+    parser.add_argument("--min-tokens", type=int, default=330)
+    parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--ppo-batch", type=int, default=4)
+    parser.add_argument("--ppo-epochs", type=int, default=1)
+    parser.add_argument("--response-length", type=int, default=32)
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs per row, alternating; the median is kept"
+    )
+    parser.add_argument("--quick", action="store_true", help="batch 2, 2 steps, PPO batch 2 x 16 tokens")
+    parser.add_argument("--trl112-venv", type=Path, default=TRL112_VENV)
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "train_throughput")
+    parser.add_argument("--out", type=Path, help="JSON path (default docs/results/train_throughput/...)")
+    parser.add_argument(
+        "--ours-set",
+        action="append",
+        default=[],
+        help="extra --set of our training config (e.g. sft.lr=1e-4)",
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("spec", nargs="?", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batch, args.steps, args.ppo_batch, args.response_length = 2, 2, 2, 16
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        spec = json.loads(Path(args.spec).read_text())
+        result = ppo_ours_worker(spec) if args.worker == "ppo-ours" else trainer_worker(args.worker, spec)
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+    if not (args.model / "config.json").is_file():
+        raise SystemExit(f"no model at {args.model}: run `ragqa setup` (it makes v0001) or pass --model DIR")
+    from transformers import AutoTokenizer
+
+    from model_store.hardware import choose_dtype
+
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    args.work.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(args.model))
+    examples = rag_examples(args.squad, tokenizer, max(8 * args.batch, 32), args.min_tokens, args.max_tokens)
+    ppo_examples = examples[: max(16, args.ppo_batch * args.steps)]
+    mean_prompt = statistics.mean(
+        len(
+            tokenizer.apply_chat_template(
+                ex["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        )
+        for ex in ppo_examples
+    )
+    dtype = choose_dtype("auto", device="cpu").dtype
+    spec = {
+        "model_dir": str(args.model.resolve()),
+        "examples": examples,
+        "batch": args.batch,
+        "steps": args.steps,
+        "ours_set": args.ours_set,
+    }
+    ppo = {
+        **spec,
+        "examples": ppo_examples,
+        "batch": args.ppo_batch,
+        "ppo_epochs": args.ppo_epochs,
+        "response_length": args.response_length,
+        "mean_prompt_tokens": mean_prompt,
+    }
+    if any(r.startswith("ppo") for r in rows):
+        ppo["reward_dir"] = str(reward_model_dir(args.model, args.work))
+    if "ppo-trl112" in rows:
+        ppo["trl112_python"] = str(trl112_python(args.trl112_venv))
+    bound = compute_bound(args.model, examples, tokenizer, dtype)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for repeat in range(args.repeats):
+        for row in rows:
+            print(f"[{repeat + 1}/{args.repeats}] {row} (load {load_average()}) ...", flush=True)
+            result = run_row(row, ppo if row.startswith("ppo") else spec, args.work)
+            runs.setdefault(row, []).append(result)
+            print(
+                f"    {result['tokens_per_s']:.1f} tokens/s, {result['seconds_per_step']:.2f} s/step, "
+                f"peak {result['peak_rss_gb']:.2f} GB",
+                flush=True,
+            )
+            (args.work / "runs.json").write_text(json.dumps(runs, indent=1))  # kept if a later row fails
+    results = {row: median_row(r) for row, r in runs.items()}
+    print_table(results, bound)
+    report = {
+        "cpu": cpu_info(),
+        "load_average_start_end": [runs[rows[0]][0]["load_average_before"], load_average()],
+        "model": str(args.model),
+        "settings": {
+            "batch": args.batch,
+            "steps": args.steps,
+            "timed_steps": max(args.steps - 1, 1),
+            "repeats": args.repeats,
+            "quick": args.quick,
+            "tokens_range": [args.min_tokens, args.max_tokens],
+            "mean_tokens": bound["mean_tokens"],
+            "lora": LORA,
+            "ppo": {
+                "batch": args.ppo_batch,
+                "epochs": args.ppo_epochs,
+                "response_length": args.response_length,
+            },
+            "ppo_mean_prompt_tokens": mean_prompt,
+            "training_dtype_auto": dtype,
+            "ours_set": args.ours_set,
+        },
+        "compute_bound": bound,
+        "rows": results,
+        "summary": summarise(results, bound),
+    }
+    out = args.out or OUT_DIR / ("quick.json" if args.quick else "train_throughput.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(json.dumps(report["summary"], indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()
