@@ -81,8 +81,10 @@ def build_reward_trainer(
 
     from model_store.loading import load_sequence_classifier, load_tokenizer, lora_config
     from model_store.reward import use_reward_padding
+    from training.heap import return_large_blocks_to_the_os
     from training.pair_batching import LengthGroupedRewardTrainer
 
+    return_large_blocks_to_the_os()  # activations' freed memory must not stay resident (training/heap.py)
     device, four_bit = device_and_4bit(cfg)
     tokenizer = use_reward_padding(load_tokenizer(model_dir))
     lengths = pair_lengths(tokenizer, pairs)
