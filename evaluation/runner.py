@@ -1,13 +1,15 @@
 """Run a labelled QA file through the real ask path and turn the answers into metrics.
 
 The questions go through `QAService.ask`, exactly as the UI and `ragqa ask` answer them (`batch_size` 1), or
-through `QAService.ask_many`, the same retrieval, prompt and post-processing with `batch_size` greedy answers per
-generate call. Every answer is appended to `answers.jsonl` in the report folder as it completes, and a rerun
-into the same folder with the same options answers only the questions still missing (evaluation/journal.py). The documents are the
-file's own contexts, written one file per context into a temporary folder and indexed into a temporary RAGQA
-home (or an existing index with `--index`). That home's `models/` holds hard links to the one version being
-evaluated plus its own `current` pointer (no weights are copied unless the temporary folder is on another file
-system), and the user's registry - in particular its `current` - is never touched (`--model VERSION` evaluates a version without switching to it).
+through `QAService.ask_many`: the same retrieval, prompt and post-processing with `batch_size` greedy answers per
+generate call. Every answer is appended to `answers.jsonl` in the report folder as it completes, and a rerun into
+the same folder with the same options answers only the questions still missing (evaluation/journal.py).
+
+The documents are the file's own contexts, written one file per context into a temporary folder and indexed into a
+temporary RAGQA home (or an existing index with `--index`). That home's `models/` holds hard links to the one
+version being evaluated plus its own `current` pointer (no weights are copied unless the temporary folder is on
+another file system), and the user's registry - in particular its `current` - is never touched (`--model VERSION`
+evaluates a version without switching to it).
 """
 
 from __future__ import annotations
