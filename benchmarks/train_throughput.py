@@ -502,6 +502,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="extra --set of our training config (e.g. sft.lr=1e-4)",
     )
+    parser.add_argument(
+        "--report-from", type=Path, help="write the report from an earlier run's WORK/runs.json (no new runs)"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("spec", nargs="?", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -556,9 +559,18 @@ def main(argv: list[str] | None = None) -> None:
         ppo["reward_dir"] = str(reward_model_dir(args.model, args.work))
     if "ppo-trl112" in rows:
         ppo["trl112_python"] = str(trl112_python(args.trl112_venv))
-    bound = compute_bound(args.model, examples, tokenizer, dtype)
+    saved_bound = args.report_from.parent / "bound.json" if args.report_from else None
+    if saved_bound is not None and saved_bound.is_file():
+        bound = json.loads(saved_bound.read_text())
+    else:
+        bound = compute_bound(args.model, examples, tokenizer, dtype)
+        bound["load_average"] = load_average()
+        (args.work / "bound.json").write_text(json.dumps(bound, indent=1))
     runs: dict[str, list[dict[str, Any]]] = {}
-    for repeat in range(args.repeats):
+    if args.report_from:  # the rows an earlier (interrupted) run finished
+        runs = json.loads(args.report_from.read_text())
+        rows = [row for row in rows if row in runs]
+    for repeat in range(0 if args.report_from else args.repeats):
         for row in rows:
             print(f"[{repeat + 1}/{args.repeats}] {row} (load {load_average()}) ...", flush=True)
             result = run_row(row, ppo if row.startswith("ppo") else spec, args.work)
@@ -590,6 +602,7 @@ def main(argv: list[str] | None = None) -> None:
                 "response_length": args.response_length,
             },
             "ppo_mean_prompt_tokens": mean_prompt,
+            "ppo_trl112_setup": "trl-lora (LoRA policy, adapters-off reference, full value and reward models)",
             "training_dtype_auto": dtype,
             "ours_set": args.ours_set,
         },
