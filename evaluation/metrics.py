@@ -1,4 +1,5 @@
-"""Pure metric functions: answer scoring (SQuAD EM/F1), abstention, retrieval ranking, latency percentiles.
+"""Pure metric functions: answer scoring (SQuAD EM/F1), abstention, retrieval ranking, latency percentiles,
+bootstrap confidence intervals.
 
 THE SQuAD metric of the project: everything here works on plain strings and lists so it is unit-tested on
 hand-computed cases and reused by `ragqa eval`, `ragqa compare`, `ragqa eval-rm`, the loop benchmark and the
@@ -21,7 +22,8 @@ import math
 import re
 import string
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from retrieval.prompt import NO_ANSWER
 
@@ -268,3 +270,89 @@ def head_to_head(
             a += 1
     n = a + b + tie
     return {"a": a, "b": b, "tie": tie, "win_rate_b": ratio(2 * b + tie, 2 * n)}
+
+
+# ---- confidence intervals ---------------------------------------------------------------------------------------
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def bootstrap_mean_ci(
+    values: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0, level: float = 0.95
+) -> dict[str, Any]:
+    """The mean of `values` and its percentile-bootstrap confidence interval (`level`, seeded: reproducible).
+
+    The questions are resampled with replacement `resamples` times; the interval is the (1-level)/2 and
+    (1+level)/2 quantiles of the resampled means. NaN (reported as null) when there are no values.
+    """
+    import numpy as np
+
+    xs = np.asarray(values, dtype=float)
+    if xs.size == 0:
+        return {"n": 0, "mean": math.nan, "ci": [math.nan, math.nan], "level": level}
+    rng = np.random.default_rng(seed)
+    means = xs[rng.integers(0, xs.size, size=(resamples, xs.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return {"n": int(xs.size), "mean": float(xs.mean()), "ci": [float(lo), float(hi)], "level": level}
+
+
+def paired_bootstrap_ci(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """Mean of a - b over the same questions (a[i] and b[i] score question i) with its paired bootstrap CI.
+
+    Paired: a resample draws questions, and each drawn question brings both of its scores, so the large
+    per-question variance that both models share cancels out of the interval of the difference.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired scores need the same questions: {len(a)} scores against {len(b)}")
+    diff = bootstrap_mean_ci(
+        [x - y for x, y in zip(a, b, strict=True)], resamples=resamples, seed=seed, level=level
+    )
+    return {
+        "n": diff["n"],
+        "mean_a": mean(a),
+        "mean_b": mean(b),
+        "diff": diff["mean"],
+        "ci": diff["ci"],
+        "level": level,
+    }
+
+
+def paired_by_id(
+    rows_a: Iterable[Mapping[str, Any]],
+    rows_b: Iterable[Mapping[str, Any]],
+    key: str = "f1",
+    **bootstrap: Any,
+) -> dict[str, Any]:
+    """A - B of per-question `key` (F1) of two eval reports' examples (rows with "id" and `key`), paired by id.
+
+    Questions only one report scored (not evaluated, or an error: `key` is null) are left out and counted.
+    """
+    a, b = _scores_by_id(rows_a, key, "A"), _scores_by_id(rows_b, key, "B")
+    shared = [qid for qid in a if qid in b]
+    return {
+        **paired_bootstrap_ci([a[q] for q in shared], [b[q] for q in shared], **bootstrap),
+        "key": key,
+        "only_a": len(a) - len(shared),
+        "only_b": len(b) - len(shared),
+    }
+
+
+def _scores_by_id(rows: Iterable[Mapping[str, Any]], key: str, name: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    seen: set[str] = set()
+    for row in rows:
+        qid = str(row["id"])
+        if qid in seen:
+            raise ValueError(
+                f"report {name} has question id {qid!r} twice: per-question pairing needs unique ids"
+            )
+        seen.add(qid)
+        if row.get(key) is not None:
+            out[qid] = float(row[key])
+    return out

@@ -168,3 +168,49 @@ def test_head_to_head_counts_ties_half() -> None:
     h = M.head_to_head([1.0, 0.0, 0.5, 0.2], [2.0, 0.0, 0.1, 0.2])
     assert (h["a"], h["b"], h["tie"]) == (1, 1, 2)
     assert h["win_rate_b"] == 0.5
+
+
+# ---- confidence intervals ---------------------------------------------------------------------------------------
+def test_paired_bootstrap_of_identical_models_is_zero() -> None:
+    f1 = [0.0, 0.5, 1.0, 0.25, 0.0, 1.0, 0.75]
+    d = M.paired_bootstrap_ci(f1, f1)
+    assert (d["n"], d["diff"], d["ci"]) == (7, 0.0, [0.0, 0.0])
+
+
+def test_paired_bootstrap_of_a_constant_shift_is_the_shift() -> None:
+    b = [0.0, 0.5, 1.0, 0.25, 0.0, 0.75, 0.5, 0.125]
+    a = [x + 0.25 for x in b]
+    d = M.paired_bootstrap_ci(a, b)
+    assert d["diff"] == pytest.approx(0.25)
+    assert d["ci"] == pytest.approx([0.25, 0.25])
+    assert (d["mean_a"], d["mean_b"]) == (pytest.approx(M.mean(a)), pytest.approx(M.mean(b)))
+    # Unpaired, the same scores would give a wide interval: pairing removes the shared per-question spread.
+    single = M.bootstrap_mean_ci(a)
+    assert single["ci"][1] - single["ci"][0] > 0.3
+
+
+def test_bootstrap_mean_ci_hand_checkable() -> None:
+    # Half ones, half zeros, n = 100: the mean's standard error is 0.05, so the 95% interval is ~0.5 +- 0.098.
+    ci = M.bootstrap_mean_ci([1.0] * 50 + [0.0] * 50)
+    assert ci["mean"] == 0.5 and ci["n"] == 100 and ci["level"] == 0.95
+    assert ci["ci"][0] == pytest.approx(0.40, abs=0.025) and ci["ci"][1] == pytest.approx(0.60, abs=0.025)
+    assert M.bootstrap_mean_ci([1.0] * 50 + [0.0] * 50) == ci  # seeded: the same interval every time
+    spread = [i / 37 for i in range(37)]  # means that do not fall on a coarse grid
+    assert M.bootstrap_mean_ci(spread, seed=1)["ci"] != M.bootstrap_mean_ci(spread, seed=0)["ci"]
+    assert M.bootstrap_mean_ci([0.3])["ci"] == [0.3, 0.3]
+    empty = M.bootstrap_mean_ci([])
+    assert empty["n"] == 0 and math.isnan(empty["mean"]) and all(math.isnan(x) for x in empty["ci"])
+    with pytest.raises(ValueError, match="same questions"):
+        M.paired_bootstrap_ci([1.0], [1.0, 0.0])
+
+
+def test_paired_by_id_matches_questions_not_positions() -> None:
+    a = [{"id": "q1", "f1": 1.0}, {"id": "q2", "f1": 0.5}, {"id": "q3", "f1": 0.0}, {"id": "q4", "f1": None}]
+    b = [{"id": "q3", "f1": 0.0}, {"id": "q1", "f1": 0.5}, {"id": "q2", "f1": 0.5}, {"id": "q5", "f1": 1.0}]
+    d = M.paired_by_id(a, b)
+    # Shared and scored by both: q1 (1.0 vs 0.5), q2 (0.5 vs 0.5), q3 (0 vs 0) -> mean difference 0.5 / 3.
+    assert d["n"] == 3 and d["diff"] == pytest.approx(0.5 / 3)
+    assert (d["only_a"], d["only_b"], d["key"]) == (0, 1, "f1")  # q4 has no score (an error); q5 is B's only
+    assert 0.0 <= d["ci"][0] <= d["diff"] <= d["ci"][1] <= 0.5
+    with pytest.raises(ValueError, match="question id 'q1' twice"):
+        M.paired_by_id(a + [{"id": "q1", "f1": 0.0}], b)
