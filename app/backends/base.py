@@ -200,6 +200,14 @@ class ServedModel(ABC):
         request = Sampling(max_new_tokens, timeout_s, repetition_penalty, n, temperature, top_p, seed)
         return self._sample(messages, request)
 
+    @abstractmethod
+    def _stream(
+        self, messages: list[dict[str, str]], decoding: Decoding, stats: GenerationStats
+    ) -> Iterator[str]: ...
+
+    @abstractmethod
+    def _sample(self, messages: list[dict[str, str]], request: Sampling) -> list[Sampled]: ...
+
     def sample_batch(
         self,
         conversations: list[list[dict[str, str]]],
@@ -229,14 +237,6 @@ class ServedModel(ABC):
         self, conversations: list[list[dict[str, str]]], request: Sampling, seeds: list[int]
     ) -> list[list[Sampled]]:
         return [self._sample(m, replace(request, seed=s)) for m, s in zip(conversations, seeds, strict=True)]
-
-    @abstractmethod
-    def _stream(
-        self, messages: list[dict[str, str]], decoding: Decoding, stats: GenerationStats
-    ) -> Iterator[str]: ...
-
-    @abstractmethod
-    def _sample(self, messages: list[dict[str, str]], request: Sampling) -> list[Sampled]: ...
 
     def describe(self) -> str:
         return f"{self.version} ({self.backend})"
