@@ -356,7 +356,7 @@ def simulate(
         raise SimulationError(f"--k-candidates must be between 2 and 4, got {options.k_candidates}")
     if options.batch_size < 1:
         raise SimulationError(f"--batch-size must be at least 1, got {options.batch_size}")
-    cfg = config or AppConfig.load()
+    cfg = simulation_config(config or AppConfig.load(), options.batch_size)
     try:
         dataset = load_qa(options.qa, options.fmt)
     except EvalDataError as e:
@@ -389,6 +389,16 @@ def simulate(
                 bar.update(len(group))
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def simulation_config(cfg: AppConfig, batch_size: int) -> AppConfig:
+    """The config the candidates are sampled with: batching resolves backend `auto` to transformers.
+
+    `auto` serves with llama.cpp on a CPU, which samples one question at a time (its k candidates share the
+    prompt); transformers samples a whole group of questions in one generate. A backend named in the config (or
+    a version's manifest) is kept, and then the questions are sampled one after another.
+    """
+    return cfg.with_(backend="transformers") if batch_size > 1 and cfg.backend == "auto" else cfg
 
 
 def _require_model(cfg: AppConfig) -> None:
