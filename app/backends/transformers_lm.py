@@ -230,7 +230,8 @@ class TransformersModel(ServedModel):
             use_cache=True,
             logits_to_keep=1,  # the prompt's logits are not needed: 8 x 335 x 49k floats would be ~0.5 GB
         )
-        return out.past_key_values
+        cache = getattr(out, "cache", None)  # transformers 5.24 names it `cache` (`past_key_values` before)
+        return cache if cache is not None else out.past_key_values
 
     def _answers(self, rows: Any) -> list[tuple[str, bool, int]]:
         """(text, ended with EOS, answer tokens) of each generated row, cut at its first EOS."""
