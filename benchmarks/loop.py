@@ -1115,6 +1115,15 @@ def main(argv: list[str] | None = None) -> int:
         ledger.stage("simulate", lambda: run_step("simulate", simulate_command(train_qa, args), env, logs))
         state = retrain("ppo", args, env, logs, home, ledger, not_run)
         versions, final_how = models_to_evaluate(home, state, not_run)
+
+    from retrieval.embedder import SentenceTransformerEmbedder
+
+    embedder = SentenceTransformerEmbedder()
+    sets = {"squad2_heldout": heldout_qa, "xquad_minus_squad2": xquad_qa}
+    limits = {"squad2_heldout": args.eval_squad2, "xquad_minus_squad2": args.eval_xquad}
+    # base, SFT and final first: their numbers do not wait for (or depend on) the DPO retrain
+    metrics, results = evaluate_versions(sets, limits, versions, args, out, embedder, ledger)
+    if not (args.base_only or args.eval_only):
         export = stage_output(state, "export", "export")
         if args.no_dpo:
             not_run.append("DPO retrain (--no-dpo)")
@@ -1125,13 +1134,7 @@ def main(argv: list[str] | None = None) -> int:
             dpo = dpo_version(home, dpo_state, not_run)
             if dpo:
                 versions["dpo"] = dpo
-
-    from retrieval.embedder import SentenceTransformerEmbedder
-
-    embedder = SentenceTransformerEmbedder()
-    sets = {"squad2_heldout": heldout_qa, "xquad_minus_squad2": xquad_qa}
-    limits = {"squad2_heldout": args.eval_squad2, "xquad_minus_squad2": args.eval_xquad}
-    metrics, results = evaluate_versions(sets, limits, versions, args, out, embedder, ledger)
+                metrics, results = evaluate_versions(sets, limits, versions, args, out, embedder, ledger)
 
     rm_dir = stage_output(state, "rm", "merged") if state else None
     wins = ledger.stage("rm win-rate scoring", lambda: rm_win_rates(results, rm_dir))
