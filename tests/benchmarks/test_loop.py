@@ -301,3 +301,60 @@ def test_dpo_model_is_its_merged_candidate_published_unlisted(tmp_path: Path) ->
     assert dpo_version(tmp_path, state, not_run) == "v0002"  # a resumed pass finds it, publishes nothing new
     assert registry.current_name() == "v0001" and registry.get("v0002").manifest["kind"] == "dpo"
     assert dpo_version(tmp_path, {}, not_run) is None and "DPO" in not_run[0]
+
+
+def test_report_files_carry_the_summary_and_the_ci_plot(tmp_path: Path) -> None:
+    from benchmarks.loop import write_report
+
+    results = {
+        "xquad": {
+            "base": [_result("a", 0.0), _result("b", 0.5)],
+            "sft": [_result("a", 0.5), _result("b", 0.5)],
+            "final": [_result("a", 1.0), _result("b", 0.5)],
+            "dpo": [_result("a", 0.5), _result("b", 1.0)],
+        }
+    }
+    answers = {"f1": 0.5, "em": 0.0, "mean_answer_words": 4.0}
+    metrics = {
+        "xquad": {
+            lb: {
+                "answers": answers,
+                "retrieval": {},
+                "latency_ms": {},
+                "counts": {"questions": 2, "unanswerable": 0},
+            }
+            for lb in results["xquad"]
+        }
+    }
+    report = {
+        "quick": True,
+        "started_at": "now",
+        "machine": "2 CPU cores",
+        "load": {"start": 1.0, "simulate": 2.0},
+        "split": {"train": ["A"], "heldout": ["B"], "xquad_removed": 3},
+        "settings": {
+            "sim_limit": 12,
+            "correct_fraction": 0.5,
+            "k": 2,
+            "eval_squad2": 6,
+            "eval_xquad": 6,
+            "max_new_tokens": 48,
+            "kl_limit": 6,
+            "retrain": [],
+        },
+        "versions": {"base": "v0001"},
+        "rm_win_rate": {"reward_model": None},
+        "heldout": heldout_table(metrics, results, {}),
+        "deltas": deltas_table(results),
+        "metrics": metrics,
+        "wall_s": {"simulate": 10.0, "total": 10.0},
+    }
+    write_report(report, tmp_path)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert set(saved["deltas"]["xquad"]) == {"final_minus_base", "final_minus_sft", "ppo_minus_dpo"}
+    assert (
+        saved["heldout"]["xquad"]["final"]["n"] == 2 and len(saved["heldout"]["xquad"]["final"]["f1_ci"]) == 2
+    )
+    md = (tmp_path / "report.md").read_text()
+    assert "## xquad: summary" in md and "ppo_minus_dpo" in md and "F1 95% CI" in md
+    assert (tmp_path / "f1_by_model.png").stat().st_size > 0 and (tmp_path / "wall_time.png").is_file()
