@@ -48,6 +48,9 @@ def cmd_setup(args: argparse.Namespace) -> int:
     if registry.current() is None:
         print(f"Preparing the base model ({cfg.base_model}) as the registry's first version...", flush=True)
     version = ensure_base_model(registry, cfg.base_model, extras=gguf_extras(cfg.gguf))
+    if cfg.starter and not args.no_starter:
+        _publish_starter(registry, gguf_extras(cfg.gguf))
+        version = registry.current() or version
     gguf = version.manifest.get("gguf") or {}
     print(f"model: {version.name} ({version.manifest.get('base_model', '?')})")
     if gguf.get("file"):
@@ -60,6 +63,18 @@ def cmd_setup(args: argparse.Namespace) -> int:
         print("Indexing the bundled demo corpus (the rlhf-rag-qa user guide)...", flush=True)
         _run_ingest(cfg, DEMO_CORPUS, rebuild=False)
     return 0
+
+
+def _publish_starter(registry, extras) -> None:
+    """The shipped starter adapter on top of the default base, once (training/starter.py)."""
+    from model_store.starter import starter_version
+    from training.starter import publish_starter
+
+    if starter_version(registry) is not None:
+        return  # published before; a rollback to the raw model is the user's choice and stays
+    print("Publishing the grounded-QA starter (the default model + the shipped adapter)...", flush=True)
+    _, message = publish_starter(registry, extras=extras)
+    print(message)
 
 
 def _run_ingest(cfg, root: Path, rebuild: bool) -> int:
@@ -298,6 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("setup", help="prepare the default model and index the demo corpus (idempotent)")
     p.add_argument("--no-demo", action="store_true", help="do not index the bundled demo corpus")
+    p.add_argument(
+        "--no-starter",
+        action="store_true",
+        help="keep the raw default model (do not publish the starter as v0002)",
+    )
     p.set_defaults(func=cmd_setup)
 
     p = sub.add_parser("ingest", help="index a folder (or file) of documents; re-runs are incremental")

@@ -84,6 +84,9 @@ class AppConfig:
     allowed_hosts: tuple[str, ...] = ()
     # a login expires after this long (then the user logs in again)
     session_ttl_hours: float = field(default=12.0, metadata=bounds(gt=0))
+    starter: bool = (
+        True  # `ragqa setup` publishes the shipped grounded-QA starter (v0002) on the default model
+    )
     demo_corpus: bool = True  # `ragqa setup` ingests the bundled demo documents when no index exists
     paths: Paths = field(default_factory=Paths.from_env, metadata={"internal": True})  # RAGQA_HOME, not a key
 

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from app.config import AppConfig
 from app.errors import AppError
@@ -73,6 +73,15 @@ class Candidate:
     def to_record(self, label: str | None = None) -> NewCandidate:
         """The feedback store's record of this candidate (shown to the rater as `label`)."""
         return NewCandidate(self.text, self.model_version, self.sampling, self.latency_ms, label)
+
+
+class PreparedQuestion(NamedTuple):
+    """A question of `ask_many` ready for generation: its prompt, the passages it kept, its retrieval time."""
+
+    index: int  # position in the asked list
+    messages: list[dict[str, str]]
+    passages: list[Passage]
+    retrieve_ms: float
 
 
 def _content_words(text: str) -> set[str]:
@@ -267,27 +276,28 @@ class QAService:
         except GenerationError as e:
             raise QAError(str(e)) from e
         end = time.perf_counter()
-        answer = "".join(pieces).strip()
-        cited, mode = citations_for(answer, passages)
         timings = {
             "retrieve": (t_retrieve - t0) * 1000,
             "first_token": ((first_token or end) - t0) * 1000,
             "total": (end - t0) * 1000,
         }
-        finished = stats.finish_reason == "stop"
-        yield (
-            "done",
-            AskResult(
-                answer,
-                passages,
-                cited,
-                mode,
-                model.version,
-                timings,
-                finished,
-                model.backend,
-                stats.to_json(),
-            ),
+        answer = "".join(pieces).strip()
+        yield "done", self._result(model, answer, passages, timings, stats.finish_reason, stats.to_json())
+
+    def _result(
+        self,
+        model: ServedModel,
+        answer: str,
+        passages: list[Passage],
+        timings: dict[str, float],
+        finish_reason: str,
+        generation: dict[str, Any],
+    ) -> AskResult:
+        """The AskResult of a generated answer: its citations found, its end recorded (ask and ask_many)."""
+        cited, mode = citations_for(answer, passages)
+        finished = finish_reason == "stop"
+        return AskResult(
+            answer, passages, cited, mode, model.version, timings, finished, model.backend, generation
         )
 
     def ask(self, question: str, history: Sequence[Any] = (), k: int | None = None) -> AskResult:
@@ -297,6 +307,79 @@ class QAService:
                 result = value
         assert result is not None
         return result
+
+    def ask_many(
+        self, questions: Sequence[str], k: int | None = None, batch_size: int = 16
+    ) -> Iterator[list[tuple[int, AskResult | QAError]]]:
+        """Greedy answers to many single-turn questions, `batch_size` prompts per generate call.
+
+        Each answer is the one `ask` gives (the same retrieval, prompt and post-processing) up to the backend's
+        batching: transformers pads the prompts on the left, the other backends answer one by one. The prompts
+        are sorted by length first, so a batch pads little. Yields, after each batch, (index in `questions`,
+        result or the QAError that question got); questions refused before generation come first.
+        Timings: `retrieve` per question and `generate_batch`, the whole batch's generate call (no first-token
+        or total latency: the answers of a batch end together).
+        """
+        if batch_size < 1:
+            raise QAError(f"the batch size must be at least 1, got {batch_size}")
+        try:
+            model = self.generator.current()
+        except GenerationError as e:
+            raise QAError(str(e)) from e
+        prepared, refused = self._prepare_many(model, questions, k)
+        if refused:
+            yield refused
+        prepared.sort(key=lambda item: model.count_tokens(item.messages))
+        for start in range(0, len(prepared), batch_size):
+            yield self._answer_batch(model, prepared[start : start + batch_size])
+
+    def _prepare_many(
+        self, model: ServedModel, questions: Sequence[str], k: int | None
+    ) -> tuple[list[PreparedQuestion], list[tuple[int, AskResult | QAError]]]:
+        """Each question retrieved for and prompted as `ask` does; (index, QAError) of those refused."""
+        prepared: list[PreparedQuestion] = []
+        refused: list[tuple[int, AskResult | QAError]] = []
+        for i, question in enumerate(questions):
+            t0 = time.perf_counter()
+            try:
+                q = self.check_question(question)
+                passages = self.retrieve(q, (), k)
+                retrieve_ms = (time.perf_counter() - t0) * 1000
+                messages, kept = self.build_prompt(model, q, passages, ())
+            except QAError as e:
+                refused.append((i, e))
+                continue
+            prepared.append(PreparedQuestion(i, messages, kept, retrieve_ms))
+        return prepared, refused
+
+    def _answer_batch(
+        self, model: ServedModel, batch: list[PreparedQuestion]
+    ) -> list[tuple[int, AskResult | QAError]]:
+        t0 = time.perf_counter()
+        try:
+            answers = model.generate_batch(
+                [item.messages for item in batch],
+                max_new_tokens=self.config.max_new_tokens,
+                timeout_s=self.config.generation_timeout_s,
+                repetition_penalty=self.config.repetition_penalty,
+            )
+        except GenerationError as e:
+            return [(item.index, QAError(str(e))) for item in batch]
+        batch_ms = (time.perf_counter() - t0) * 1000
+        out: list[tuple[int, AskResult | QAError]] = []
+        for item, g in zip(batch, answers, strict=True):
+            generation = {
+                "backend": model.backend,
+                "prompt_tokens": g.prompt_tokens,
+                "completion_tokens": g.completion_tokens,
+                "finish_reason": g.finish_reason,
+                "batch_size": len(batch),
+            }
+            timings = {"retrieve": item.retrieve_ms, "generate_batch": batch_ms}
+            out.append(
+                (item.index, self._result(model, g.text, item.passages, timings, g.finish_reason, generation))
+            )
+        return out
 
     def candidates(
         self,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from evaluation.formats import PAIR_FORMATS, QA_FORMATS
-from evaluation.runner import EvalOptions
+from evaluation.runner import DEFAULT_BATCH_SIZE, EvalOptions
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -47,6 +47,7 @@ def _qa_options(args: argparse.Namespace) -> EvalOptions:
         index_dir=Path(args.index) if args.index else None,
         max_new_tokens=args.max_new_tokens,
         progress=not args.no_progress,
+        batch_size=args.batch_size,
     )
 
 
@@ -111,6 +112,14 @@ def _add_qa_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-new-tokens", type=_positive, default=None, help="answer length cap (default: config)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"greedy answers per generate call (default {DEFAULT_BATCH_SIZE}; 1: one ask per question, the app's "
+        "exact path with its latency); answers are saved as they complete and a rerun with the same --out and "
+        "options resumes",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 

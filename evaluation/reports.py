@@ -128,7 +128,8 @@ def chart_latency(series: dict[str, dict[str, list[float]]], path: Path) -> str:
                 ax.hist(values, bins=min(30, max(5, len(values) // 3)), alpha=0.6, label=name)
         ax.set_title(title)
         ax.set_ylabel("questions")
-    axes[-1].legend()
+    if axes[-1].get_legend_handles_labels()[0]:  # batched answers have no per-answer latency to plot
+        axes[-1].legend()
     return _save(fig, path)
 
 
@@ -314,6 +315,12 @@ def write_rm_report(report: dict[str, Any], margins: Sequence[float], out_dir: P
 
 
 # ---- compare ----------------------------------------------------------------------------------------------------
+def ci_text(stat: dict[str, Any]) -> str:
+    """ "[lo, hi]" of a bootstrap result (metrics.bootstrap_mean_ci / paired_bootstrap_ci)."""
+    lo, hi = stat["ci"]
+    return f"[{fmt(lo)}, {fmt(hi)}]"
+
+
 def write_compare_report(report: dict[str, Any], results: dict[str, Sequence[Any]], out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     a, b = report["versions"]
@@ -329,6 +336,9 @@ def write_compare_report(report: dict[str, Any], results: dict[str, Sequence[Any
     write_json(out_dir / REPORT_JSON, report)
     rows_a, rows_b = eval_rows(ma), eval_rows(mb)
     rows = [(label, va, vb) for (label, va), (_, vb) in zip(rows_a, rows_b, strict=True)]
+    rows.append(("F1 95% CI", *(ci_text(report["f1_ci"][v]) for v in (a, b))))
+    d = report["f1_difference"]
+    rows.append((f"F1 {b} - {a} (95% paired CI, n={d['n']})", "", f"{fmt(d['diff'])} {ci_text(d)}"))
     w = report["win_rate"]
     rows.append((f"win rate of {b} over {a} ({w['judge']})", "", w["win_rate_b"]))
     md = [

@@ -128,9 +128,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--from",
         dest="start_from",
-        choices=["base", "current"],
+        choices=["starter", "base", "current"],
         default=None,
-        help="start model (default base)",
+        help="start model: starter (default: the grounded-QA starter `ragqa setup` published, else the base), "
+        "base (the raw first version) or current",
     )
     p.add_argument("--json", action="store_true", help="also print the run state as JSON")
     p.set_defaults(func=cmd_retrain, handler=cmd_retrain)

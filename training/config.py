@@ -45,7 +45,7 @@ class ModelSection:
         "default"  # imported as v0001 when the registry is empty: "default" (SmolLM2 GGUF), folder, hub id
     )
     # "base" (registry's first version: no drift) | "current"
-    start_from: str = field(default="base", metadata=bounds(choices=("base", "current")))
+    start_from: str = field(default="starter", metadata=bounds(choices=("starter", "base", "current")))
     # bf16 autocast for SFT / RM / DPO: "auto" = bf16 only on CUDA with bf16 or a CPU with amx_bf16/avx512_bf16
     # (model_store.hardware.choose_dtype; AMX made training ~1.3-3x faster, emulated bf16 is ~10x slower) | true | false
     bf16: str = field(default="auto", metadata=bounds(parse=parse_precision))

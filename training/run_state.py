@@ -72,6 +72,15 @@ class RunState:
         self.save()
 
 
+def start_version(registry: Any, start_from: str) -> Any:
+    """The version a retrain starts from: the starter (else the base), the base, or the current version."""
+    from model_store.starter import starter_version
+
+    if start_from == "starter":
+        return starter_version(registry) or registry.base()
+    return registry.base() if start_from == "base" else registry.current()
+
+
 def start_model(cfg: TrainConfig, paths: Paths, start_from: str) -> dict[str, Any]:
     from model_store.base_model import ensure_base_model
     from model_store.gguf import gguf_extras
@@ -79,7 +88,7 @@ def start_model(cfg: TrainConfig, paths: Paths, start_from: str) -> dict[str, An
 
     registry = ModelRegistry(paths.models_dir)
     ensure_base_model(registry, cfg.model.base, extras=gguf_extras(cfg.publish.gguf))
-    version = registry.base() if start_from == "base" else registry.current()
+    version = start_version(registry, start_from)
     if version is None:
         raise RetrainError("the model registry is empty; run `ragqa setup` first")
     return {"name": version.name, "path": str(version.path), "base_model": version.manifest.get("base_model")}

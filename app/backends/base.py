@@ -36,6 +36,16 @@ class Sampled:
 
 
 @dataclass
+class Generated:
+    """One greedy answer of `ServedModel.generate_batch`."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int  # answer tokens; the EOS step is not one of them
+    finish_reason: str  # "stop" (EOS), "length" (max_new_tokens), "time" (time limit)
+
+
+@dataclass
 class GenerationStats:
     """What one `stream` call measured. Filled in by the backend as it goes; read after the stream ends."""
 
@@ -199,6 +209,32 @@ class ServedModel(ABC):
         """`n` sampled answers to the same prompt, each with the settings that reproduce it."""
         request = Sampling(max_new_tokens, timeout_s, repetition_penalty, n, temperature, top_p, seed)
         return self._sample(messages, request)
+
+    def generate_batch(
+        self,
+        conversations: list[list[dict[str, str]]],
+        *,
+        max_new_tokens: int = 256,
+        timeout_s: float = 120.0,
+        repetition_penalty: float = 1.1,
+    ) -> list[Generated]:
+        """Greedy answers to several prompts, in order: the same text `stream` gives for each one.
+
+        `timeout_s` is per answer. Backends that cannot batch answer one prompt after the other.
+        """
+        if not conversations:
+            return []
+        return self._generate_batch(conversations, Decoding(max_new_tokens, timeout_s, repetition_penalty))
+
+    def _generate_batch(
+        self, conversations: list[list[dict[str, str]]], decoding: Decoding
+    ) -> list[Generated]:
+        out = []
+        for messages in conversations:
+            stats = GenerationStats(backend=self.backend)
+            text = "".join(self._stream(messages, decoding, stats)).strip()
+            out.append(Generated(text, stats.prompt_tokens, stats.completion_tokens, stats.finish_reason))
+        return out
 
     @abstractmethod
     def _stream(

@@ -11,6 +11,7 @@ from typing import Any
 
 from app.backends.base import (
     Decoding,
+    Generated,
     GenerationError,
     GenerationStats,
     PromptCodec,
@@ -140,6 +141,49 @@ class TransformersModel(ServedModel):
             if stats.completion_tokens >= decoding.max_new_tokens
             else "time"
         )
+
+    def _generate_batch(
+        self, conversations: list[list[dict[str, str]]], decoding: Decoding
+    ) -> list[Generated]:
+        """One greedy `generate` over all prompts, left-padded.
+
+        Left padding keeps every prompt's last token at the end of the row, where generation continues; the
+        attention mask hides the pads and generate derives the position ids from it (cumsum of the mask), so
+        each row sees the positions it would see alone. The repetition penalty ignores the padded prompt width,
+        i.e. every row's prompt and pads, as in `_stream`. The time limit is per answer, so the batch gets
+        `timeout_s` times its size.
+        """
+        import dataclasses
+
+        import torch
+
+        prompts = [self.codec.prompt_ids(m) for m in conversations]
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.model.device)
+        attention_mask = torch.tensor(
+            [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.model.device
+        )
+        limits = dataclasses.replace(decoding, timeout_s=decoding.timeout_s * len(prompts))
+        try:
+            with torch.inference_mode():
+                out = self.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    do_sample=False,
+                    **self._generate_kwargs(limits, width),
+                )
+        except Exception as e:  # surfaced as the backend's error, as `_stream` does
+            raise GenerationError(f"generation failed: {e}") from e
+        eos = self.tokenizer.eos_token_id
+        results = []
+        for prompt, row in zip(prompts, out[:, width:].tolist(), strict=True):
+            stopped = eos in row
+            ids = row[: row.index(eos)] if stopped else row
+            reason = "stop" if stopped else "length" if len(ids) >= decoding.max_new_tokens else "time"
+            text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            results.append(Generated(text, len(prompt), len(ids), reason))
+        return results
 
     def _sample(self, messages: list[dict[str, str]], request: Sampling) -> list[Sampled]:
         """All `n` in one batched generate call (much faster than n calls); one seed, told apart by position."""

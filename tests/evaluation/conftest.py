@@ -55,13 +55,14 @@ def _llama_config(tok: Any, **extra: Any) -> Any:
     return tiny_llama_config(tok, **extra)
 
 
-def build_tiny_lm(out: Path, seed: int = 0) -> Path:
+def build_tiny_lm(out: Path, seed: int = 0, **config: Any) -> Path:
+    """`config`: LlamaConfig fields (initializer_range=0.2 gives answers that depend on the prompt)."""
     import torch
     from transformers import LlamaForCausalLM
 
     tok = build_tokenizer(out)
     torch.manual_seed(seed)
-    LlamaForCausalLM(_llama_config(tok)).save_pretrained(out)
+    LlamaForCausalLM(_llama_config(tok, **config)).save_pretrained(out)
     return out
 
 

@@ -21,6 +21,10 @@ def test_commands_register_on_a_subparser() -> None:
     assert args.func.__name__ == "cmd_eval_rm" and args.pairs == "p.jsonl"
     with pytest.raises(SystemExit):
         parser.parse_args(["eval", "--qa", "f.json", "--limit", "0"])
+    assert parser.parse_args(["eval", "--qa", "f.json"]).batch_size == 16
+    assert parser.parse_args(["compare", "a", "b", "--qa", "f.json", "--batch-size", "1"]).batch_size == 1
+    with pytest.raises(SystemExit):
+        parser.parse_args(["eval", "--qa", "f.json", "--batch-size", "0"])
 
 
 def test_eval_command_with_the_real_embedder(tiny_registry: Path, fixtures_dir: Path, tmp_path: Path) -> None:

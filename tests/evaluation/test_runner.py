@@ -38,8 +38,9 @@ def _read(out: Path) -> dict:
 
 def test_eval_end_to_end(tiny_registry: Path, fixtures_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    run = run_eval(
-        EvalOptions(fixtures_dir / "squad_v2.json", out_dir=out, progress=False), embedder=HashEmbedder()
+    run = run_eval(  # one ask per question: the path with per-answer latency
+        EvalOptions(fixtures_dir / "squad_v2.json", out_dir=out, progress=False, batch_size=1),
+        embedder=HashEmbedder(),
     )
     for name in (
         "report.json",
@@ -236,6 +237,16 @@ def test_compare_two_versions(
     assert {r.model_version for r in run.results} == {"v0001", "v0002"}
     for d in report["differences"]:
         assert d["answer_a"] != d["answer_b"]
+    # F1 of each version with its CI, and B - A paired over the questions.
+    f1 = {v: [r.scores["f1"] for r in run.results if r.model_version == v] for v in ("v0001", "v0002")}
+    for v in f1:
+        assert report["f1_ci"][v]["mean"] == pytest.approx(sum(f1[v]) / 6)
+        assert report["f1_ci"][v]["ci"][0] <= report["f1_ci"][v]["mean"] <= report["f1_ci"][v]["ci"][1]
+    diff = report["f1_difference"]
+    assert diff["n"] == 6 and diff["diff"] == pytest.approx((sum(f1["v0002"]) - sum(f1["v0001"])) / 6)
+    assert diff["ci"][0] <= diff["diff"] <= diff["ci"][1]
+    assert "F1 v0002 - v0001 (95% paired CI, n=6)" in (out / "report.md").read_text()
+    assert {p.name for p in out.glob("answers-*.jsonl")} == {"answers-v0001.jsonl", "answers-v0002.jsonl"}
     # With a reward model the judge is the RM, and every question gets both scores.
     run = run_compare(
         "v0001",

@@ -1,0 +1,34 @@
+"""Make the starter adapter: `build` its rows from SQuAD 2.0's training articles, then `train` it.
+
+    python scripts/train_starter.py build --squad ../shared/data/squad2-dev-half/dev-v2.0.json --out starter.jsonl
+    python scripts/train_starter.py train --data starter.jsonl --model var/models/v0001 --out starter-run
+
+`train` runs anywhere the retrain runs (CUDA in minutes, a 2-core CPU in hours); copy `OUT/adapter/*` into
+model_store/starter_adapter/ to ship it. The logic lives in evaluation/starter_data.py and training/starter.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from settings.errors import run_guarded  # noqa: E402
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("build", "train"):
+        print("usage: scripts/train_starter.py {build,train} ... (--help after the command for its options)")
+        return 2
+    if argv[0] == "build":
+        from evaluation.starter_data import main as build
+
+        return build(argv[1:])
+    from training.starter import main as train
+
+    return train(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(run_guarded(lambda: main(sys.argv[1:])))

@@ -1,0 +1,86 @@
+"""Out of the box, `ragqa setup` serves the starter, and it answers questions about the bundled user guide.
+
+Ten questions a new user asks about the guide (app/demo_corpus/), each with the key phrases a right answer contains
+(any one of them, case-insensitive), and three questions the guide cannot answer, where the right answer is the
+abstention sentence. Written from the guide, before the starter was measured on them; the starter never trained on
+the guide. Slow: a fresh home, the real default model, the merge and the GGUF export (~3 min on 2 cores).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from evaluation.metrics import is_abstention
+
+GUIDE_QUESTIONS = [
+    ("How do I add a folder of documents to the index?", ["ragqa ingest"]),
+    ("Which file formats can be ingested?", ["pdf", "markdown", ".md"]),
+    ("What is the default size limit for ingested files?", ["50 mb"]),
+    ("Where does the app store its state by default?", ["./var", "ragqa_home"]),
+    ("How many passages are given to the model by default?", ["4", "four"]),
+    ("Which command switches back to an earlier model version?", ["rollback"]),
+    ("Which command lists all model versions?", ["ragqa models list"]),
+    ("What does ragqa retrain --dry-run do?", ["plan"]),
+    ("Which embedding model does the dense search use?", ["minilm"]),
+    ("What port does the chat UI use by default?", ["7860"]),
+]
+OFF_TOPIC = [
+    "What is the capital of France?",
+    "Who wrote Pride and Prejudice?",
+    "How many moons does Mars have?",
+]
+
+
+def right(answer: str, phrases: list[str]) -> bool:
+    return not is_abstention(answer) and any(p in answer.lower() for p in phrases)
+
+
+@pytest.fixture(scope="module")
+def starter_answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """`ragqa setup` in a fresh home, then every question through the real ask path (what `ragqa ask` does)."""
+    import os
+
+    from app.cli import main
+    from app.config import AppConfig
+    from app.qa import QAService
+
+    home = tmp_path_factory.mktemp("starter-home")
+    old = os.environ.get("RAGQA_HOME")
+    os.environ["RAGQA_HOME"] = str(home)
+    try:
+        assert main(["setup"]) == 0
+        qa = QAService(AppConfig.load())
+        return {q: qa.ask(q) for q in [q for q, _ in GUIDE_QUESTIONS] + OFF_TOPIC}
+    finally:
+        if old is None:
+            os.environ.pop("RAGQA_HOME", None)
+        else:
+            os.environ["RAGQA_HOME"] = old
+
+
+def right_count(answers: dict[str, object]) -> tuple[int, str]:
+    report = "\n".join(f"{q} -> {answers[q].answer!r}" for q, _ in GUIDE_QUESTIONS)
+    return sum(right(answers[q].answer, phrases) for q, phrases in GUIDE_QUESTIONS), report
+
+
+@pytest.mark.slow
+def test_setup_serves_the_starter_and_it_abstains_off_topic(starter_answers) -> None:
+    assert {r.model_version for r in starter_answers.values()} == {"v0002"}
+    off = {q: starter_answers[q].answer for q in OFF_TOPIC}
+    assert all(is_abstention(a) for a in off.values()), off
+
+
+@pytest.mark.slow
+def test_the_starter_answers_the_guide_at_least_as_well_as_measured(starter_answers) -> None:
+    # Measured on the shipped starter: 4 of 10 (the raw default model: 0). A regression guard.
+    n, report = right_count(starter_answers)
+    assert n >= 4, f"{n}/10 right:\n{report}"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True, reason="the target is 7 of 10; the shipped starter answers 4 (see the README)"
+)
+def test_the_starter_answers_seven_of_ten_guide_questions(starter_answers) -> None:
+    n, report = right_count(starter_answers)
+    assert n >= 7, f"{n}/10 right:\n{report}"
