@@ -158,12 +158,8 @@ class TransformersModel(ServedModel):
         import torch
 
         prompts = [self.codec.prompt_ids(m) for m in conversations]
-        width = max(len(p) for p in prompts)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.model.device)
-        attention_mask = torch.tensor(
-            [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.model.device
-        )
+        input_ids, attention_mask = self._left_padded(prompts)
+        width = input_ids.shape[1]
         limits = dataclasses.replace(decoding, timeout_s=decoding.timeout_s * len(prompts))
         try:
             with torch.inference_mode():
