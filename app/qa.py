@@ -401,17 +401,46 @@ class QAService:
             raise QAError(str(e)) from e
         messages, kept = self.build_prompt(model, q, passages, turns)
         seed = int(time.time_ns() % 2**31) if seed is None else seed
-        sampled = model.sample(
-            messages,
-            n,
-            temperature=self.config.temperature,
-            top_p=self.config.top_p,
-            seed=seed,
-            max_new_tokens=self.config.max_new_tokens,
-            timeout_s=self.config.generation_timeout_s,
-            repetition_penalty=self.config.repetition_penalty,
-        )
+        sampled = model.sample(messages, n, seed=seed, **self._sampling_settings())
+        return _as_candidates(sampled, model.version, kept)
+
+    def candidates_batch(
+        self, asked: Sequence[tuple[str, list[Passage]]], n: int, seeds: Sequence[int]
+    ) -> list[list[Candidate]]:
+        """`candidates` for several (question, passages) at once, without history, one seed per question.
+
+        The same prompts and sampling settings as `candidates`; the transformers backend samples them all in one
+        batched generate, the other backends one question after another (ServedModel.sample_batch).
+        """
+        if not 1 <= n <= 4:
+            raise QAError(f"between 1 and 4 new answers can be sampled, not {n}")
+        try:
+            model = self.generator.current()
+        except GenerationError as e:
+            raise QAError(str(e)) from e
+        prompts = [self.build_prompt(model, self.check_question(q), passages, ()) for q, passages in asked]
+        try:
+            sampled = model.sample_batch(
+                [messages for messages, _kept in prompts], n, seeds=seeds, **self._sampling_settings()
+            )
+        except GenerationError as e:
+            raise QAError(str(e)) from e
         return [
-            Candidate(s.text, model.version, s.sampling, s.latency_ms, citations_for(s.text, kept)[0])
-            for s in sampled
+            _as_candidates(rows, model.version, kept)
+            for rows, (_messages, kept) in zip(sampled, prompts, strict=True)
         ]
+
+    def _sampling_settings(self) -> dict[str, Any]:
+        return {
+            "temperature": self.config.temperature,
+            "top_p": self.config.top_p,
+            "max_new_tokens": self.config.max_new_tokens,
+            "timeout_s": self.config.generation_timeout_s,
+            "repetition_penalty": self.config.repetition_penalty,
+        }
+
+
+def _as_candidates(sampled: Sequence[Any], version: str, shown: Sequence[Passage]) -> list[Candidate]:
+    return [
+        Candidate(s.text, version, s.sampling, s.latency_ms, citations_for(s.text, shown)[0]) for s in sampled
+    ]

@@ -4,24 +4,33 @@ Starting from the default model and an empty feedback store in a fresh RAGQA_HOM
   1. split squad2-dev-half by ARTICLE (seeded): training articles feed the simulator, held-out articles are only
      ever evaluated; xquad-en minus every context that also appears in squad2-dev-half is a second held-out set;
   2. index the training articles' contexts and simulate rankings with scripts/simulate_feedback.py (k=4
-     candidates ranked by token F1 vs the gold answer; `--correct-fraction` of the questions also get a gold
-     correction, which are SFT's demonstrations) on answerable questions of the training articles;
-  3. `ragqa retrain` (export, SFT, reward model, PPO, merge, gate, publish); the per-stage status, reason and
-     wall time come from the run's state.json;
-  4. evaluate v0001 (base), the SFT-only model and the final model (the published version, or the gated-out
-     candidate when the gate refused it: both are evaluated and the report says which) with the full ask path
-     (`evaluation.runner.run_eval`) on both held-out sets; RM win-rate vs base (the run's reward model),
-     KL from the base along each model's own answers, answer length, wall time per stage;
-  5. one report: report.json, report.md (before/after table, stages, sizes, machine load), PNG plots (PPO
-     reward and KL curves, F1 by model, wall time).
+     candidates ranked by token F1 vs the gold answer, unanswerable questions included: their right answer is
+     the abstention sentence; `--correct-fraction` of the questions also get a gold correction, which are SFT's
+     demonstrations), questions sampled in batches;
+  3. `ragqa retrain --from base` (export, SFT, reward model, PPO, merge, gate, publish) from the raw v0001, then
+     a second retrain with `algorithm=dpo` on the same export (not published); the per-stage status, reason and
+     wall time come from each run's state.json;
+  4. evaluate v0001 (base), the SFT-only model, the final model (the published PPO version, or the gated-out
+     candidate when the gate refused it: both are evaluated and the report says which) and the DPO model with
+     the full ask path (`evaluation.runner.run_eval`, batched) on both held-out sets; per model F1, EM,
+     contains-gold, abstention precision/recall, words, KL from the base (and from SFT) along the model's own
+     answers, with a bootstrap 95% CI of the mean F1; paired differences final - base, final - SFT, PPO - DPO
+     with paired bootstrap 95% CIs; RM win-rate vs base; wall time per stage;
+  5. one report: report.json (`heldout.<set>.<model>.{n,f1,f1_ci,...}`, `deltas.<set>.<pair>.{f1,ci}`,
+     `wall_s`), report.md, PNG plots (F1 by model with CIs, PPO reward and KL curves, wall time); a full run
+     also copies them into docs/results/loop/.
+
+Every stage is resumable: out/loop_state.json records the home, the retrain run ids and each finished stage, so
+a rerun with the same --out skips what is done (setup, ingest, simulation, each retrain, each evaluation, KL,
+win rates); the simulator, `ragqa retrain --resume` and the evaluation's answer journal resume inside a stage.
 
     python benchmarks/loop.py --quick            # a few minutes: tiny subsets, 2 steps per training stage
-    python benchmarks/loop.py                    # the full run (aim: < 60 min on the 2-core CPU)
+    python benchmarks/loop.py --out DIR          # the full run (issue #13's sizes); rerun the same to resume
     python benchmarks/loop.py --base-only        # only the base model's held-out numbers (no simulator/retrain)
 
-The data files live in ../shared/data next to the repository (benchmark-only; pass --data to point elsewhere). Only squad2-dev-half's
-training articles are trained or tuned on; xquad-en is held-out evaluation only. Results go to
-benchmarks/results/loop/<stamp>/ unless --out is given. Never asserts on time.
+The data files live in ../shared/data next to the repository (benchmark-only; pass --data to point elsewhere).
+Only squad2-dev-half's training articles are trained or tuned on; xquad-en is held-out evaluation only. Results
+go to benchmarks/results/loop/<stamp>/ unless --out is given. Never asserts on time.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,6 +52,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DATA = ROOT.parent / "shared" / "data"  # ../shared/data, relative to the repository root
+DOCS = ROOT / "docs" / "results" / "loop"  # where a full run's report is copied
+LEDGER = "loop_state.json"
 SQUAD2 = "squad2-dev-half/dev-v2.0.json"
 XQUAD = "xquad-en/xquad.en.json"
 
@@ -49,24 +61,29 @@ XQUAD = "xquad-en/xquad.en.json"
 # ---- sizes -----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Preset:
-    """How much of everything one run does; `retrain` are `ragqa retrain --set` overrides of default.yaml."""
+    """How much of everything one run does; `retrain` are `ragqa retrain --set` overrides of default.yaml (both
+    retrains, PPO and DPO, get them)."""
 
     sim_limit: int
     correct_fraction: float
-    eval_limit: int
+    eval_squad2: int  # held-out squad2 questions (answerable and unanswerable) per model
+    eval_xquad: int  # held-out xquad-en questions per model
     max_new_tokens: int
     kl_limit: int
     k: int  # passages shown to the model (the app's default is 4)
     retrain: tuple[str, ...] = field(default_factory=tuple)
+    sim_batch: int = 8  # questions whose candidates are sampled in one generate
+    eval_batch: int = 16  # greedy answers per generate in the evaluation
 
 
-# --quick: every training stage really trains (2 steps), on amounts that clear the lowered minimums.
+# --quick: every stage really runs (2 training steps each), on amounts that clear the lowered minimums.
 # Both presets show the model k=2 passages: on the shared 2-core CPU every sampled, trained and evaluated token
 # costs ~10x the figures measured on an idle machine, and 2 passages roughly halve the ~900-token prompts of k=4.
 QUICK = Preset(
     sim_limit=12,
     correct_fraction=0.5,
-    eval_limit=6,
+    eval_squad2=6,
+    eval_xquad=6,
     max_new_tokens=48,
     kl_limit=6,
     k=2,
@@ -87,39 +104,31 @@ QUICK = Preset(
         "ppo.mini_batch_size=2",
         "ppo.ppo_epochs=1",
         "ppo.max_new_tokens=32",
+        "dpo.max_steps=2",
+        "dpo.batch_size=1",
+        "dpo.grad_accum=2",
+        "dpo.gradient_checkpointing=false",
         "merge.check_prompts=1",
         "gate.num_prompts=4",
         "gate.max_new_tokens=32",
     ),
+    sim_batch=4,
+    eval_batch=4,
 )
-# The full run, sized from measured times on the shared 2-core CPU, which swing ~10x with the other jobs' load:
-# at load ~1-2 (k=2) simulation ~8 s per question, SFT 4 steps 31 s, RM 4 steps 32 s, PPO ~27 s per step,
-# evaluation ~2-3 s per answer: this preset is ~25 minutes; at load 4-6 (the quick run: 90 s per simulated
-# question at k=4, PPO ~250 s per step) it is 2-3x that. Raise --sim-limit / --eval-limit on an idle machine.
+# The full run at issue #13's size: >= 400 simulated training questions (unanswerables included) x 4 ranked
+# candidates, >= 100 corrections (0.3 x 400 = 120, less the few a candidate already matches), >= 400 held-out
+# xquad-en and >= 200 held-out squad2 questions per model. Training runs default.yaml's schedule (epochs, not
+# step caps): the amounts are what the loop must learn from; answers stay capped at 48 tokens as in evaluation.
 FULL = Preset(
-    sim_limit=40,
-    correct_fraction=0.5,
-    eval_limit=16,
+    sim_limit=400,
+    correct_fraction=0.3,
+    eval_squad2=200,
+    eval_xquad=400,
     max_new_tokens=48,
-    kl_limit=16,
+    kl_limit=100,
     k=2,
     retrain=(
-        "data.min_demonstrations=8",
-        "sft.epochs=1",
-        "sft.batch_size=1",
-        "sft.grad_accum=2",
-        "sft.gradient_checkpointing=false",
-        "reward.max_steps=10",
-        "reward.batch_size=1",
-        "reward.grad_accum=2",
-        "reward.gradient_checkpointing=false",
-        "ppo.total_steps=6",
-        "ppo.batch_size=4",
-        "ppo.mini_batch_size=2",
-        "ppo.ppo_epochs=1",
-        "ppo.max_new_tokens=32",
-        "merge.check_prompts=2",
-        "gate.num_prompts=4",
+        "ppo.max_new_tokens=48",
         "gate.max_new_tokens=48",
     ),
 )
@@ -170,19 +179,68 @@ def write_json(path: Path, data: Any) -> Path:
     return path
 
 
+# ---- what a run has finished (resume) ------------------------------------------------------------------------
+class Ledger:
+    """out/loop_state.json: the home, values to keep (retrain run ids) and each finished stage with its wall time,
+    the load after it and what it returned. Saved after every change, so a killed run loses one stage at most."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = (
+            json.loads(path.read_text()) if path.is_file() else {"stages": {}, "values": {}}
+        )
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=str) + "\n", encoding="utf-8")
+        tmp.replace(self.path)
+
+    def done(self, name: str) -> bool:
+        return name in self.data["stages"]
+
+    def forget(self, name: str) -> None:
+        self.data["stages"].pop(name, None)
+        self.save()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data["values"].get(key, default)
+
+    def put(self, key: str, value: Any) -> None:
+        self.data["values"][key] = value
+        self.save()
+
+    def stage(self, name: str, fn: Any) -> Any:
+        """fn()'s result, or the recorded one when an earlier pass finished this stage (then fn is not run)."""
+        if self.done(name):
+            print(
+                f"== {name}: done by an earlier pass ({self.data['stages'][name]['seconds']} s), skipped",
+                flush=True,
+            )
+            return self.data["stages"][name].get("result")
+        t0 = time.perf_counter()
+        result = fn()
+        seconds = round(time.perf_counter() - t0, 1)
+        self.data["stages"][name] = {"seconds": seconds, "load": load_average(), "result": result}
+        self.save()
+        return result
+
+    def walls(self) -> dict[str, float]:
+        return {name: st["seconds"] for name, st in self.data["stages"].items()}
+
+    def loads(self) -> dict[str, float]:
+        return {name: st["load"] for name, st in self.data["stages"].items()}
+
+
 # ---- steps as subprocesses -------------------------------------------------------------------------------------
 def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def run_step(
-    name: str, cmd: list[str], env: dict[str, str], log_dir: Path, timings: dict[str, float], loads: dict
-) -> None:
-    """Run one step, tee its output to log_dir/<name>.log, record its wall time and the 1-min load after it."""
+def run_step(name: str, cmd: list[str], env: dict[str, str], log_dir: Path) -> None:
+    """Run one step, tee its output to log_dir/<name>.log (appended: a resumed step keeps its first log)."""
     print(f"\n== {name}: {' '.join(cmd)}", flush=True)
     log_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    with open(log_dir / f"{name}.log", "w") as log:
+    with open(log_dir / f"{name}.log", "a") as log:
         proc = subprocess.Popen(
             cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
@@ -191,9 +249,7 @@ def run_step(
             sys.stdout.write(line)
             log.write(line)
         rc = proc.wait()
-    timings[name] = round(time.perf_counter() - t0, 1)
-    loads[name] = load_average()
-    print(f"== {name}: {timings[name]} s (load {loads[name]})", flush=True)
+    print(f"== {name}: exit {rc} (load {load_average()})", flush=True)
     if rc != 0:
         raise SystemExit(f"step {name} failed with exit code {rc}; see {log_dir / (name + '.log')}")
 
@@ -203,13 +259,13 @@ def ragqa(*args: str) -> list[str]:
 
 
 def simulate_command(train_qa: Path, args: argparse.Namespace) -> list[str]:
-    """scripts/simulate_feedback.py on the training articles' answerable questions, k=4, no progress bar."""
+    """scripts/simulate_feedback.py on the training articles' questions (unanswerable ones included: the
+    simulator scores an abstention 1 there), k=4, questions batched, no progress bar."""
     return [
         sys.executable,
         str(ROOT / "scripts" / "simulate_feedback.py"),
         "--qa",
         str(train_qa),
-        "--only-answerable",
         "--k-candidates",
         "4",
         "--limit",
@@ -218,14 +274,29 @@ def simulate_command(train_qa: Path, args: argparse.Namespace) -> list[str]:
         str(args.correct_fraction),
         "--seed",
         str(args.seed),
+        "--batch-size",
+        str(args.sim_batch),
         "--batch",
     ]
 
 
-def retrain_command(args: argparse.Namespace) -> list[str]:
-    """`ragqa retrain` with the preset's overrides, then the user's --retrain-args (which win)."""
-    sets = [x for s in args.preset.retrain for x in ("--set", s)]
-    return ragqa("retrain", *sets, *args.retrain_args.split())
+def retrain_command(
+    args: argparse.Namespace,
+    algorithm: str = "ppo",
+    export_dir: Path | None = None,
+    resume: str | None = None,
+) -> list[str]:
+    """`ragqa retrain --from base` (the raw v0001, whatever is current) with the preset's overrides, then the
+    user's --retrain-args (which win). DPO: `algorithm=dpo` on the PPO run's export, never published. A resumed
+    run keeps its own config (`--resume RUN_ID`, no --set)."""
+    extra = ["--no-publish"] if algorithm != "ppo" else []
+    if resume:
+        return ragqa("retrain", "--resume", resume, *extra)
+    sets = [*args.preset.retrain]
+    if algorithm != "ppo":
+        sets += [f"algorithm={algorithm}", *([f"data.export_dir={export_dir}"] if export_dir else [])]
+    flags = [x for s in sets for x in ("--set", s)]
+    return ragqa("retrain", "--from", "base", *flags, *extra, *args.retrain_args.split())
 
 
 # ---- what the retrain left -------------------------------------------------------------------------------------
@@ -299,6 +370,15 @@ def models_to_evaluate(home: Path, state: dict[str, Any], not_run: list[str]) ->
     return versions, how + f"; registry current = {current}"
 
 
+def dpo_version(home: Path, dpo_state: dict[str, Any], not_run: list[str]) -> str | None:
+    """The DPO retrain's merged policy, published unlisted (that retrain never publishes), or None."""
+    merged = stage_output(dpo_state, "merge", "merged") if dpo_state else None
+    if merged is None:
+        not_run.append("DPO model: the DPO retrain merged no policy (not run, skipped or failed)")
+        return None
+    return publish_unlisted(home, merged, "dpo", "the DPO retrain on the same export, merged")
+
+
 # ---- KL of a model from the base -------------------------------------------------------------------------------
 def answer_kl(policy_dir: Path, ref_dir: Path, results: list[Any], limit: int) -> dict[str, float]:
     """Mean per-token KL(policy || ref) of the next-token distributions along the policy's own answers.
@@ -357,42 +437,101 @@ def build_index(qa_file: Path, index_dir: Path, embedder: Any) -> None:
     )
 
 
+def eval_options(
+    qa_file: Path, version: str, limit: int, out_dir: Path, index_dir: Path, args: argparse.Namespace
+) -> Any:
+    """run_eval's options; batched (`batch_size`) where evaluation.runner has it, and always the same out_dir, so
+    a rerun resumes from the evaluation's own answer journal where that exists."""
+    from evaluation.runner import EvalOptions
+
+    options = EvalOptions(
+        qa_file,
+        model=version,
+        limit=limit,
+        seed=args.seed,
+        index_dir=index_dir,
+        max_new_tokens=args.max_new_tokens,
+        out_dir=out_dir,
+        progress=True,
+    )
+    if hasattr(options, "batch_size"):
+        options.batch_size = args.eval_batch
+    return options
+
+
+def save_results(path: Path, results: list[Any]) -> None:
+    """Every field of each ExampleResult (passages with their text: KL and RM scoring re-render the prompt)."""
+    import dataclasses
+
+    lines = []
+    for r in results:
+        row = {
+            f.name: getattr(r, f.name) for f in dataclasses.fields(r) if f.name not in ("example", "passages")
+        }
+        row["qid"] = r.example.qid
+        row["passages"] = [p.to_dict() for p in r.passages]
+        lines.append(json.dumps(row, ensure_ascii=False))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.replace(path)  # written whole or not at all: its presence marks the evaluation finished
+
+
+def load_results(path: Path, qa_file: Path) -> list[Any]:
+    from evaluation.formats import load_qa
+    from evaluation.runner import ExampleResult
+    from retrieval.types import Passage
+
+    examples = {e.qid: e for e in load_qa(qa_file).examples}
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        example = examples[row.pop("qid")]
+        passages = [Passage(**p) for p in row.pop("passages")]
+        out.append(ExampleResult(example, passages=passages, **row))
+    return out
+
+
 def evaluate_versions(
-    sets: dict[str, Path], versions: dict[str, str], args: argparse.Namespace, out: Path, embedder: Any
-) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, list[Any]]], dict[str, float]]:
-    """metrics[set][label], results[set][label], eval wall time per (set, label)."""
-    from evaluation.runner import EvalOptions, run_eval
+    sets: dict[str, Path],
+    limits: dict[str, int],
+    versions: dict[str, str],
+    args: argparse.Namespace,
+    out: Path,
+    embedder: Any,
+    ledger: Ledger,
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, list[Any]]]]:
+    """metrics[set][label], results[set][label]; an evaluation finished by an earlier pass is read back."""
+    from evaluation.runner import run_eval
 
     metrics: dict[str, dict[str, Any]] = {}
     results: dict[str, dict[str, list[Any]]] = {}
-    walls: dict[str, float] = {}
     for set_name, qa_file in sets.items():
-        t0 = time.perf_counter()
         index_dir = out / "indexes" / set_name
-        build_index(qa_file, index_dir, embedder)
-        walls[f"index {set_name}"] = round(time.perf_counter() - t0, 1)
+        ledger.stage(f"index {set_name}", lambda q=qa_file, d=index_dir: build_index(q, d, embedder))
         metrics[set_name], results[set_name] = {}, {}
         for label, version in versions.items():
-            t0 = time.perf_counter()
-            print(f"\n== eval {set_name} / {label} ({version})", flush=True)
-            run = run_eval(
-                EvalOptions(
-                    qa_file,
-                    model=version,
-                    limit=args.eval_limit,
-                    seed=args.seed,
-                    index_dir=index_dir,
-                    max_new_tokens=args.max_new_tokens,
-                    out_dir=out / "evals" / f"{set_name}-{label}",
-                    progress=True,
-                ),
-                embedder=embedder,
-            )
-            metrics[set_name][label] = run.report["metrics"]
-            results[set_name][label] = run.results
-            walls[f"eval {set_name} {label}"] = round(time.perf_counter() - t0, 1)
-            print(f"== eval {set_name} / {label}: {walls[f'eval {set_name} {label}']} s", flush=True)
-    return metrics, results, walls
+            eval_dir = out / "evals" / f"{set_name}-{label}"
+            saved = eval_dir / "loop_results.jsonl"
+
+            def run(
+                q: Path = qa_file,
+                v: str = version,
+                d: Path = eval_dir,
+                i: Path = index_dir,
+                f: Path = saved,
+                n: int = limits[set_name],
+            ) -> Any:
+                print(f"\n== eval {d.name} ({v})", flush=True)
+                ran = run_eval(eval_options(q, v, n, d, i, args), embedder=embedder)
+                save_results(f, ran.results)
+                return ran.report["metrics"]
+
+            name = f"eval {set_name} {label}"
+            if ledger.done(name) and not saved.is_file():
+                ledger.forget(name)  # the results file went missing: evaluate again (the journal resumes)
+            metrics[set_name][label] = ledger.stage(name, run)
+            results[set_name][label] = load_results(saved, qa_file)
+    return metrics, results
 
 
 def rm_win_rates(results: dict[str, dict[str, list[Any]]], rm_dir: Path | None) -> dict[str, Any]:
@@ -422,6 +561,95 @@ def read_ppo_metrics(run_dir: Path | None) -> list[dict[str, float]]:
     if path is None or not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---- held-out numbers with confidence intervals --------------------------------------------------------------
+# Paired differences reported for each held-out set: (name, model A, model B) for A - B.
+PAIRS = (
+    ("final_minus_base", "final", "base"),
+    ("final_minus_sft", "final", "sft"),
+    ("ppo_minus_dpo", "final", "dpo"),
+)
+
+
+def _finite(x: Any) -> Any:
+    """NaN (no values) as null: report.json stays valid JSON."""
+    if isinstance(x, float) and x != x:
+        return None
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x
+
+
+def f1_by_qid(results: list[Any]) -> dict[str, float]:
+    """Per-question token F1 of the answered questions (an error is not an answer and is left out)."""
+    return {
+        r.example.qid: float(r.scores["f1"])
+        for r in results
+        if r.error is None and r.scores.get("f1") is not None
+    }
+
+
+def heldout_table(
+    metrics: dict[str, dict[str, Any]], results: dict[str, dict[str, list[Any]]], kls: dict[str, Any]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """heldout[set][model]: n, F1 with its bootstrap 95% CI, EM, contains-gold, abstention P/R, words, KL."""
+    from evaluation.metrics import bootstrap_mean_ci
+
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for set_name, by_label in results.items():
+        out[set_name] = {}
+        for label, rs in by_label.items():
+            ci = bootstrap_mean_ci(list(f1_by_qid(rs).values()))
+            answers = metrics[set_name][label].get("answers", {})
+            kl = kls.get(label) or {}
+            out[set_name][label] = {
+                "n": ci["n"],
+                "f1": _finite(ci["mean"]),
+                "f1_ci": _finite(ci["ci"]),
+                "em": answers.get("em"),
+                "contains_gold": answers.get("contains_gold_rate"),
+                "abstention_precision": answers.get("abstention_precision"),
+                "abstention_recall": answers.get("abstention_recall"),
+                "abstention_rate": answers.get("abstention_rate"),
+                "words": answers.get("mean_answer_words"),
+                "kl_vs_base_per_answer": (kl.get("vs_base") or {}).get("kl_per_answer"),
+                "kl_vs_base_per_token": (kl.get("vs_base") or {}).get("kl_per_token"),
+                "kl_vs_sft_per_answer": (kl.get("vs_sft") or {}).get("kl_per_answer"),
+            }
+    return out
+
+
+def deltas_table(results: dict[str, dict[str, list[Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """deltas[set][pair]: mean F1 of A - B over the questions both answered, with its paired bootstrap 95% CI."""
+    from evaluation.metrics import paired_bootstrap_ci
+
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for set_name, by_label in results.items():
+        out[set_name] = {}
+        for name, a, b in PAIRS:
+            if a not in by_label or b not in by_label:
+                continue
+            fa, fb = f1_by_qid(by_label[a]), f1_by_qid(by_label[b])
+            shared = [q for q in fa if q in fb]
+            d = paired_bootstrap_ci([fa[q] for q in shared], [fb[q] for q in shared])
+            out[set_name][name] = {
+                "n": d["n"],
+                "f1": _finite(d["diff"]),
+                "ci": _finite(d["ci"]),
+                f"f1_{a}": _finite(d["mean_a"]),
+                f"f1_{b}": _finite(d["mean_b"]),
+            }
+    return out
+
+
+def kl_answers(results: dict[str, dict[str, list[Any]]], label: str, limit: int) -> list[Any]:
+    """Up to `limit` of the model's answers, alternating between the held-out sets (both kinds of question)."""
+    import itertools
+
+    per_set = [rs[label] for rs in results.values() if label in rs]
+    mixed = [r for group in itertools.zip_longest(*per_set) for r in group if r is not None]
+    return [r for r in mixed if r.error is None and r.answer][:limit]
 
 
 # ---- report ----------------------------------------------------------------------------------------------------
@@ -471,17 +699,25 @@ def _mean_reward(wins: dict[str, Any], label: str) -> float | None:
 
 
 def plot_f1_by_model(report: dict[str, Any], path: Path, plt: Any) -> str:
-    sets = list(report["metrics"])
-    labels = list(next(iter(report["metrics"].values())))
+    """Mean F1 per model and held-out set, with its bootstrap 95% CI as error bars."""
+    heldout = report["heldout"]
+    sets = list(heldout)
+    labels = list(next(iter(heldout.values())))
     fig, ax = plt.subplots(figsize=(7, 3.4))
     width = 0.8 / max(1, len(labels))
     for i, label in enumerate(labels):
         xs = [j + i * width for j in range(len(sets))]
-        ys = [report["metrics"][s][label]["answers"].get("f1") or 0.0 for s in sets]
-        bars = ax.bar(xs, ys, width, label=label)
+        rows = [heldout[s].get(label, {}) for s in sets]
+        ys = [r.get("f1") or 0.0 for r in rows]
+        ci = [r.get("f1_ci") or [y, y] for r, y in zip(rows, ys, strict=True)]
+        err = [
+            [max(0.0, y - (c[0] if c[0] is not None else y)) for y, c in zip(ys, ci, strict=True)],
+            [max(0.0, (c[1] if c[1] is not None else y) - y) for y, c in zip(ys, ci, strict=True)],
+        ]
+        bars = ax.bar(xs, ys, width, yerr=err, capsize=3, label=label)
         ax.bar_label(bars, fmt="%.3f", fontsize=7)
     ax.set_xticks([j + width * (len(labels) - 1) / 2 for j in range(len(sets))], sets)
-    ax.set_ylabel("token F1")
+    ax.set_ylabel("token F1 (95% CI)")
     ax.set_title("held-out F1 by model")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -547,7 +783,8 @@ def write_report(report: dict[str, Any], out: Path) -> None:
         f"- xquad-en minus {report['split']['xquad_removed']} contexts shared with squad2-dev-half.",
         f"- Sizes: {s['sim_limit']} simulated questions (4 candidates each, correct fraction "
         f"{s['correct_fraction']}), {s.get('k', 4)} passages shown to the model, "
-        f"{s['eval_limit']} questions per held-out set and model, answers capped at {s['max_new_tokens']} "
+        f"{s['eval_squad2']} held-out squad2 and {s['eval_xquad']} xquad questions per model (at most), "
+        f"answers capped at {s['max_new_tokens']} "
         f"new tokens, KL over {s['kl_limit']} answers; retrain overrides: `{' '.join(s['retrain'])}`.",
         f"- Simulation: {report.get('simulation') or '-'}",
         f"- Models: {report['versions']}; final model: {report.get('final_how')}.",
@@ -565,6 +802,7 @@ def write_report(report: dict[str, Any], out: Path) -> None:
             "",
         ]
         print_table(f"loop: {set_name}", ["metric", *labels], rows)
+    md += heldout_md(report)
     if "f1_by_model" in charts:
         md += ["![F1 by model](f1_by_model.png)", ""]
     if report.get("retrain_stages"):
@@ -593,6 +831,50 @@ def write_report(report: dict[str, Any], out: Path) -> None:
         md += ["## Not run", "", *[f"- {x}" for x in report["not_run"]], ""]
     (out / "report.md").write_text("\n".join(md), encoding="utf-8")
     print(f"report: {out / 'report.md'}")
+
+
+def _ci(ci: Any) -> str:
+    from evaluation.reports import fmt
+
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci and None not in ci else "-"
+
+
+def heldout_md(report: dict[str, Any]) -> list[str]:
+    """The summary tables: per model with the F1 CI, and the paired differences with theirs."""
+    from evaluation.reports import fmt, md_table
+
+    md: list[str] = []
+    keys = (
+        "em",
+        "contains_gold",
+        "abstention_precision",
+        "abstention_recall",
+        "words",
+        "kl_vs_base_per_answer",
+    )
+    for set_name, by_label in (report.get("heldout") or {}).items():
+        rows = [
+            (label, r["n"], fmt(r["f1"]), _ci(r["f1_ci"]), *(fmt(r.get(k)) for k in keys))
+            for label, r in by_label.items()
+        ]
+        head = [
+            "model",
+            "n",
+            "F1",
+            "F1 95% CI",
+            "EM",
+            "contains gold",
+            "abst. precision",
+            "abst. recall",
+            "words",
+            "KL vs base (nats/answer)",
+        ]
+        md += [f"## {set_name}: summary", "", md_table(head, rows), ""]
+        deltas = (report.get("deltas") or {}).get(set_name) or {}
+        if deltas:
+            drows = [(name, d["n"], fmt(d["f1"]), _ci(d["ci"])) for name, d in deltas.items()]
+            md += [md_table(["paired difference", "n", "F1", "95% CI (paired bootstrap)"], drows), ""]
+    return md
 
 
 def retrain_key_metrics(state: dict[str, Any]) -> dict[str, Any]:
@@ -628,31 +910,56 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--home", type=Path, default=None, help="RAGQA_HOME to create (default: a fresh temp folder)"
     )
-    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None, help="results folder; rerun with the same one to resume")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--heldout-articles", type=int, default=4)
     p.add_argument("--sim-limit", type=int, default=None, help="training questions to simulate")
     p.add_argument("--correct-fraction", type=float, default=None)
-    p.add_argument("--eval-limit", type=int, default=None, help="questions per held-out set")
+    p.add_argument("--eval-limit", type=int, default=None, help="questions per held-out set (both sets)")
+    p.add_argument("--eval-squad2", type=int, default=None, help="held-out squad2 questions per model")
+    p.add_argument("--eval-xquad", type=int, default=None, help="held-out xquad-en questions per model")
     p.add_argument("--max-new-tokens", type=int, default=None, help="answer cap (simulation and evaluation)")
     p.add_argument("--kl-limit", type=int, default=None, help="answers the KL is averaged over")
     p.add_argument("--k", type=int, default=None, help="passages shown to the model (preset: 2)")
+    p.add_argument("--sim-batch", type=int, default=None, help="questions sampled per generate (simulation)")
+    p.add_argument("--eval-batch", type=int, default=None, help="answers per generate (evaluation)")
+    p.add_argument("--no-dpo", action="store_true", help="skip the second (DPO) retrain and its evaluation")
     p.add_argument(
         "--eval-only",
         action="store_true",
-        help="reuse --home from an earlier loop run: skip setup, simulation and retrain, evaluate again",
+        help="reuse --home from an earlier loop run: skip setup, simulation and retrain, evaluate again "
+        "(into a new --out: the same one would skip the evaluations it finished)",
     )
     p.add_argument("--retrain-args", default="", help="extra arguments for `ragqa retrain` (quoted)")
     args = p.parse_args(argv)
     args.preset = QUICK if args.quick else FULL
-    for name in ("sim_limit", "correct_fraction", "eval_limit", "max_new_tokens", "kl_limit", "k"):
+    if args.eval_limit is not None:
+        args.eval_squad2 = args.eval_squad2 or args.eval_limit
+        args.eval_xquad = args.eval_xquad or args.eval_limit
+    for name in (
+        "sim_limit",
+        "correct_fraction",
+        "eval_squad2",
+        "eval_xquad",
+        "max_new_tokens",
+        "kl_limit",
+        "k",
+        "sim_batch",
+        "eval_batch",
+    ):
         if getattr(args, name) is None:
             setattr(args, name, getattr(args.preset, name))
     return args
 
 
-def prepare_home(args: argparse.Namespace) -> Path:
-    """A fresh RAGQA_HOME whose config.yaml caps answers (simulated candidates and evaluation alike)."""
+def prepare_home(args: argparse.Namespace, ledger: Ledger) -> Path:
+    """The run's RAGQA_HOME: the one an earlier pass of this --out made (resume), or a fresh one whose
+    config.yaml caps answers (simulated candidates and evaluation alike)."""
+    known = ledger.get("home")
+    if known and not args.eval_only:
+        if args.home and Path(args.home).resolve() != Path(known):
+            raise SystemExit(f"{ledger.path} belongs to a run in {known}; pass that --home or another --out")
+        return Path(known)
     home = (args.home or Path(tempfile.mkdtemp(prefix="ragqa-loop-"))).resolve()
     if args.eval_only:
         if latest_run(home) is None:
@@ -666,7 +973,89 @@ def prepare_home(args: argparse.Namespace) -> Path:
     (home / "config.yaml").write_text(
         f"max_new_tokens: {args.max_new_tokens}\nk: {args.k}\ndemo_corpus: false\n"
     )
+    ledger.put("home", str(home))
     return home
+
+
+def retrain(
+    kind: str,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    logs: Path,
+    home: Path,
+    ledger: Ledger,
+    not_run: list[str],
+    export_dir: Path | None = None,
+) -> dict[str, Any]:
+    """One retrain (kind "ppo" or "dpo") as a resumable stage; returns its state.json (empty when none).
+
+    The run id is recorded as soon as the run exists, so a rerun continues it with `--resume` (the trainers
+    continue from their checkpoints); a failed retrain is reported and its leftovers are still evaluated.
+    """
+    key = f"retrain run {kind}"
+
+    def run() -> str:
+        known = ledger.get(key)
+        if known and _run_status(home / "runs" / known) == "finished":
+            return known  # it finished, the loop was stopped before recording it: --resume would refuse
+        before = {p.name for p in (home / "runs").iterdir()} if (home / "runs").is_dir() else set()
+        cmd = retrain_command(args, kind, export_dir, resume=known)
+        try:
+            run_step(f"retrain-{kind}", cmd, env, logs)
+        finally:
+            after = {p.name for p in (home / "runs").iterdir()} if (home / "runs").is_dir() else set()
+            started = sorted(after - before)
+            if started:
+                ledger.put(key, started[-1])
+        return ledger.get(key)
+
+    try:
+        ledger.stage(f"retrain {kind}", run)
+    except SystemExit as e:  # evaluate what the run left (SFT model, candidate); the report says it failed
+        not_run.append(f"retrain {kind} FAILED: {e}")
+    run_id = ledger.get(key)
+    state_file = home / "runs" / run_id / "state.json" if run_id else None
+    return json.loads(state_file.read_text()) if state_file and state_file.is_file() else {}
+
+
+def _run_status(run_dir: Path) -> str | None:
+    state = run_dir / "state.json"
+    return json.loads(state.read_text()).get("status") if state.is_file() else None
+
+
+def simulation_line(logs: Path) -> str | None:
+    log = logs / "simulate.log"
+    lines = log.read_text().splitlines() if log.is_file() else []
+    return next((ln for ln in reversed(lines) if ln.startswith("simulated")), None)
+
+
+def kl_stages(
+    results: dict[str, dict[str, list[Any]]],
+    versions: dict[str, str],
+    home: Path,
+    args: argparse.Namespace,
+    ledger: Ledger,
+) -> dict[str, dict[str, Any]]:
+    """KL of each trained model from the base, and of the final and DPO models from SFT, over its own answers."""
+    from model_store.registry import ModelRegistry
+
+    reg = ModelRegistry(home / "models")
+    kls: dict[str, dict[str, Any]] = {}
+    for label in (lb for lb in versions if lb != "base"):
+        answers = kl_answers(results, label, args.kl_limit)
+        path = reg.get(versions[label]).path
+        kls[label] = {
+            "vs_base": ledger.stage(
+                f"kl {label} vs base",
+                lambda p=path, a=answers: answer_kl(p, reg.get("v0001").path, a, args.kl_limit),
+            )
+        }
+        if label != "sft" and "sft" in versions:
+            kls[label]["vs_sft"] = ledger.stage(
+                f"kl {label} vs sft",
+                lambda p=path, a=answers: answer_kl(p, reg.get(versions["sft"]).path, a, args.kl_limit),
+            )
+    return kls
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -675,100 +1064,93 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started, t_start = time.strftime("%Y-%m-%d %H:%M:%S"), time.perf_counter()
-    home = prepare_home(args)
-    os.environ["RAGQA_HOME"] = str(home)  # in-process evaluation reads the same home as the subprocesses
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = (args.out or ROOT / "benchmarks" / "results" / "loop" / time.strftime("%Y%m%d-%H%M%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(out / LEDGER)
+    home = prepare_home(args, ledger)
+    os.environ["RAGQA_HOME"] = str(home)  # in-process evaluation reads the same home as the subprocesses
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     logs = out / "logs"
-    wall: dict[str, float] = {}
-    loads: dict[str, float] = {"start": load_average()}
+    start_load = load_average()
     not_run: list[str] = []
-    print(f"loop: RAGQA_HOME={home}, results in {out}, load {loads['start']}", flush=True)
+    print(f"loop: RAGQA_HOME={home}, results in {out}, load {start_load}", flush=True)
 
     squad = json.loads((args.data / SQUAD2).read_text())
     train_titles, heldout_titles = split_articles(squad, args.heldout_articles, args.seed)
     data_dir = out / "data"
-    train_qa = write_json(
-        data_dir / "train_answerable.json", subset_squad(squad, train_titles, answerable_only=True)
-    )
+    train_qa = write_json(data_dir / "train.json", subset_squad(squad, train_titles))
     heldout_qa = write_json(data_dir / "squad2_heldout.json", subset_squad(squad, heldout_titles))
     xq, removed = xquad_minus(json.loads((args.data / XQUAD).read_text()), squad)
     xquad_qa = write_json(data_dir / "xquad_minus_squad2.json", xq)
 
     if not args.eval_only:
-        run_step("setup", ragqa("setup", "--no-demo"), env, logs, wall, loads)
+        ledger.stage("setup", lambda: run_step("setup", ragqa("setup", "--no-demo"), env, logs))
     state: dict[str, Any] = {}
-    run_dir = None
-    simulation = None
+    dpo_state: dict[str, Any] = {}
     versions = {"base": "v0001"}
     final_how = None
     if args.base_only:
         not_run.append("simulate + retrain (--base-only)")
     elif args.eval_only:
         run_dir = latest_run(home)
+        assert run_dir is not None
         state = json.loads((run_dir / "state.json").read_text())
         not_run.append(
             f"setup, simulate, retrain: --eval-only reused {run_dir} (their times are the first pass's)"
         )
-        for row in stage_table(state):
-            if row["seconds"] is not None:
-                wall[f"retrain: {row['stage']}"] = row["seconds"]
-        sim_log = logs / "simulate.log"
-        if sim_log.is_file():
-            simulation = next(
-                (ln for ln in sim_log.read_text().splitlines() if ln.startswith("simulated")), None
-            )
         versions, final_how = models_to_evaluate(home, state, not_run)
     else:
         from evaluation.formats import load_qa
         from evaluation.runner import write_corpus
 
         corpus = data_dir / "train_corpus"
-        write_corpus(load_qa(train_qa), corpus)  # every training article's contexts: the simulator's corpus
-        run_step("ingest", ragqa("ingest", str(corpus)), env, logs, wall, loads)
-        run_step("simulate", simulate_command(train_qa, args), env, logs, wall, loads)
-        simulation = next(
-            (ln for ln in (logs / "simulate.log").read_text().splitlines() if ln.startswith("simulated")),
-            None,
-        )
-        try:
-            run_step("retrain", retrain_command(args), env, logs, wall, loads)
-        except (
-            SystemExit
-        ) as e:  # evaluate what the run left (SFT model, candidate); the report says it failed
-            not_run.append(f"retrain FAILED: {e}")
-        finally:
-            run_dir = latest_run(home)
-            state = json.loads((run_dir / "state.json").read_text()) if run_dir else {}
-            for row in stage_table(state) if state else []:
-                if row["seconds"] is not None:
-                    wall[f"retrain: {row['stage']}"] = row["seconds"]
+
+        def ingest() -> None:
+            # every training article's contexts: the simulator's corpus
+            write_corpus(load_qa(train_qa), corpus)
+            run_step("ingest", ragqa("ingest", str(corpus)), env, logs)
+
+        ledger.stage("ingest", ingest)
+        # The simulator skips the questions it recorded before: a rerun of a killed simulation continues it.
+        ledger.stage("simulate", lambda: run_step("simulate", simulate_command(train_qa, args), env, logs))
+        state = retrain("ppo", args, env, logs, home, ledger, not_run)
         versions, final_how = models_to_evaluate(home, state, not_run)
 
     from retrieval.embedder import SentenceTransformerEmbedder
 
     embedder = SentenceTransformerEmbedder()
     sets = {"squad2_heldout": heldout_qa, "xquad_minus_squad2": xquad_qa}
-    metrics, results, eval_walls = evaluate_versions(sets, versions, args, out, embedder)
-    wall.update(eval_walls)
-    loads["eval"] = load_average()
+    limits = {"squad2_heldout": args.eval_squad2, "xquad_minus_squad2": args.eval_xquad}
+    # base, SFT and final first: their numbers do not wait for (or depend on) the DPO retrain
+    metrics, results = evaluate_versions(sets, limits, versions, args, out, embedder, ledger)
+    if not (args.base_only or args.eval_only):
+        export = stage_output(state, "export", "export")
+        if args.no_dpo:
+            not_run.append("DPO retrain (--no-dpo)")
+        elif export is None:
+            not_run.append("DPO retrain: the PPO retrain left no export to train on")
+        else:
+            dpo_state = retrain("dpo", args, env, logs, home, ledger, not_run, export_dir=export)
+            dpo = dpo_version(home, dpo_state, not_run)
+            if dpo:
+                versions["dpo"] = dpo
+                metrics, results = evaluate_versions(sets, limits, versions, args, out, embedder, ledger)
 
-    t0 = time.perf_counter()
     rm_dir = stage_output(state, "rm", "merged") if state else None
-    wins = rm_win_rates(results, rm_dir)
-    wall["rm win-rate scoring"] = round(time.perf_counter() - t0, 1)
-    t0 = time.perf_counter()
-    kls: dict[str, Any] = {}
-    from model_store.registry import ModelRegistry
-
-    reg = ModelRegistry(home / "models")
-    for label in (lb for lb in versions if lb != "base"):
-        answers = results["squad2_heldout"][label] + results["xquad_minus_squad2"][label]
-        kls[label] = answer_kl(reg.get(versions[label]).path, reg.get("v0001").path, answers, args.kl_limit)
-    wall["kl"] = round(time.perf_counter() - t0, 1)
-    wall["total"] = round(time.perf_counter() - t_start, 1)
-    loads["end"] = load_average()
+    wins = ledger.stage("rm win-rate scoring", lambda: rm_win_rates(results, rm_dir))
+    kls = kl_stages(results, versions, home, args, ledger)
+    wall = ledger.walls()
+    wall["total"] = round(sum(wall.values()), 1)  # every stage, whichever pass ran it
+    wall["total (this pass)"] = round(time.perf_counter() - t_start, 1)
+    for name, st in ((f"retrain {k}", s) for k, s in (("ppo", state), ("dpo", dpo_state))):
+        for row in stage_table(st) if st else []:
+            if row["seconds"] is not None:
+                wall[f"{name}: {row['stage']}"] = row["seconds"]
+    run_dir = (
+        latest_run(home)
+        if args.eval_only
+        else (home / "runs" / ledger.get("retrain run ppo") if ledger.get("retrain run ppo") else None)
+    )
     report = {
         "quick": args.quick,
         "started_at": started,
@@ -780,22 +1162,38 @@ def main(argv: list[str] | None = None) -> int:
             **{k: v for k, v in vars(args).items() if k not in ("data", "home", "out", "preset")},
             "retrain": [*args.preset.retrain, *args.retrain_args.split()],
         },
-        "simulation": simulation,
+        "simulation": simulation_line(logs),
         "versions": versions,
         "final_how": final_how,
         "retrain_run": str(run_dir) if run_dir else None,
+        "retrain_dpo_run": ledger.get("retrain run dpo"),
         "retrain_stages": stage_table(state) if state else [],
+        "retrain_dpo_stages": stage_table(dpo_state) if dpo_state else [],
         "retrain_metrics": retrain_key_metrics(state) if state else {},
+        "retrain_dpo_metrics": retrain_key_metrics(dpo_state) if dpo_state else {},
+        "heldout": heldout_table(metrics, results, kls),
+        "deltas": deltas_table(results),
         "metrics": metrics,
         "rm_win_rate": wins,
-        "kl_vs_base": kls,
+        "kl_vs_base": {label: kl.get("vs_base") for label, kl in kls.items()},
+        "kl_vs_sft": {label: kl["vs_sft"] for label, kl in kls.items() if "vs_sft" in kl},
         "ppo_steps": read_ppo_metrics(run_dir),
         "wall_s": wall,
-        "load": loads,
+        "load": {"start": start_load, **ledger.loads(), "end": load_average()},
         "not_run": not_run,
     }
     write_report(report, out)
+    if not args.quick and not args.base_only:
+        publish_docs(out)
     return 0
+
+
+def publish_docs(out: Path) -> None:
+    """A full run's report.json, report.md and plots into docs/results/loop/ (the issue's results folder)."""
+    DOCS.mkdir(parents=True, exist_ok=True)
+    for f in [out / "report.json", out / "report.md", *out.glob("*.png")]:
+        shutil.copy2(f, DOCS / f.name)
+    print(f"copied the report into {DOCS}")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ entry point; the logic lives here so tests and the loop benchmark import a packa
 For every question of a labelled QA file (SQuAD v1.1/v2.0 JSON, NQ-open or plain JSONL, read by
 evaluation.formats) it does what a careful user of the app would do, through the same code path as the UI:
   1. retrieve passages with QAService.retrieve and keep those that fit the model's window (what the model sees);
-  2. sample k candidates with QAService.candidates (one batched generate) and record the interaction, the
-     passages shown and the candidates with FeedbackStore.record_interaction;
+  2. sample k candidates with QAService.candidates (one batched generate), or for `--batch-size` questions at
+     once with QAService.candidates_batch (one generate for all their candidates on the transformers backend;
+     the same prompts and settings, only the sampled texts differ), and record the interaction, the passages
+     shown and the candidates with FeedbackStore.record_interaction;
   3. rank the candidates by SQuAD token F1 against the gold answers (evaluation.metrics.score_answer: SQuAD
      normalisation, citation markers removed; an unanswerable SQuAD 2.0 question scores 1 for an abstention);
      equal F1 is a tie; when every candidate scores 0 the ranking carries no preference and is recorded as
@@ -17,6 +19,7 @@ evaluation.formats) it does what a careful user of the app would do, through the
      learns the citation format (the plain gold answer when no shown passage contains it; the NO_ANSWER
      sentence for an unanswerable question).
 Every row is written by the rater session `simulated:f1`, which the store and its exports report as simulated.
+A rerun skips the questions that session has recorded already (same question text), so it resumes.
 
 The file's contexts are indexed first (one document per context) into RAGQA_HOME's index, or into `--index DIR`;
 this is skipped when they are all indexed already. The RAGQA_HOME index is never overwritten when it holds other
@@ -65,6 +68,7 @@ class SimulationOptions:
     index: Path | None = None
     fmt: str | None = None
     progress: bool = True
+    batch_size: int = 8  # questions sampled together in one generate (transformers backend); 1 = one by one
 
 
 @dataclass
@@ -74,6 +78,7 @@ class SimulationSummary:
     rankings: int = 0  # all rankings, both-bad included
     both_bad: int = 0
     corrections: int = 0
+    skipped: int = 0  # questions this session had recorded already (a rerun resumes)
     errors: list[str] = field(default_factory=list)  # "qid: message" for questions that could not be asked
     seconds: float = 0.0
 
@@ -82,6 +87,7 @@ class SimulationSummary:
             f"simulated feedback ({SESSION}): {self.questions} questions, {self.candidates} candidates, "
             f"{self.rankings} rankings ({self.both_bad} both bad), {self.corrections} corrections, "
             f"{len(self.errors)} errors in {self.seconds:.1f} s"
+            + (f"; {self.skipped} questions recorded by an earlier run skipped" if self.skipped else "")
         ]
         lines += [f"  error {e}" for e in self.errors[:10]]
         return "\n".join(lines)
@@ -224,13 +230,17 @@ def serving_config(cfg: AppConfig, index_dir: Path | None) -> Iterator[AppConfig
 
 
 # ---- the simulation -------------------------------------------------------------------------------------
-def simulate_one(
-    qa: Any, store: Any, example: QAExample, *, k_candidates: int, seed: int, correct: bool
-) -> dict[str, int]:
-    """Ask one question as the UI does, record it, rank the candidates by F1, maybe correct; returns counts."""
+def shown_passages(qa: Any, example: QAExample) -> list[Passage]:
+    """Retrieve as the UI does and keep the passages that fit the model's window: what the model sees."""
     passages = qa.retrieve(example.question)
     _messages, shown = qa.build_prompt(qa.generator.current(), example.question, passages, ())
-    cands = qa.candidates(example.question, shown, (), n=k_candidates, seed=seed)
+    return shown
+
+
+def record_one(
+    store: Any, example: QAExample, shown: list[Passage], cands: Sequence[Any], *, correct: bool
+) -> dict[str, int]:
+    """Record the interaction and its candidates, rank them by F1, maybe correct; returns counts."""
     records = [c.to_record(label=chr(ord("A") + i)) for i, c in enumerate(cands)]
     ids = store.record_interaction(
         example.question, [p.to_dict() for p in shown], records, session_id=SESSION
@@ -243,6 +253,15 @@ def simulate_one(
     return counts
 
 
+def simulate_one(
+    qa: Any, store: Any, example: QAExample, *, k_candidates: int, seed: int, correct: bool
+) -> dict[str, int]:
+    """Ask one question as the UI does, record it, rank the candidates by F1, maybe correct; returns counts."""
+    shown = shown_passages(qa, example)
+    cands = qa.candidates(example.question, shown, (), n=k_candidates, seed=seed)
+    return record_one(store, example, shown, cands, correct=correct)
+
+
 def _record_correction(store: Any, ids: Any, text: str, cands: Sequence[Any]) -> int:
     """Record the correction replacing every candidate; 0 when a candidate already says exactly that."""
     from feedback_store.pairs import normalize_text
@@ -253,21 +272,91 @@ def _record_correction(store: Any, ids: Any, text: str, cands: Sequence[Any]) ->
     return 1
 
 
+def recorded_questions(store: Any) -> set[str]:
+    """Question texts the simulated rater session has recorded already (a rerun skips them)."""
+    return {rec.question.strip() for rec in store.iter_interactions() if rec.session_id == SESSION}
+
+
+def question_seed(options: SimulationOptions, index: int) -> int:
+    """The sampling seed of the index-th selected question (the same whether it is asked alone or batched)."""
+    return options.seed * 1_000_003 + index
+
+
+def simulate_group(
+    qa: Any,
+    store: Any,
+    group: Sequence[tuple[int, QAExample]],
+    options: SimulationOptions,
+    corrected: set[int],
+    summary: SimulationSummary,
+) -> None:
+    """Ask a group of (index, question) together: passages one by one, candidates in one batched sample."""
+    from app.qa import QAError
+    from feedback_store.errors import FeedbackError
+
+    asked: list[tuple[int, QAExample, list[Passage]]] = []
+    for i, example in group:
+        try:
+            asked.append((i, example, shown_passages(qa, example)))
+        except QAError as e:
+            summary.errors.append(f"{example.qid}: {e}")
+    if not asked:
+        return
+    try:
+        if len(asked) == 1:  # exactly the UI's call (QAService.candidates)
+            i, example, shown = asked[0]
+            batches = [
+                qa.candidates(
+                    example.question,
+                    shown,
+                    (),
+                    n=options.k_candidates,
+                    seed=question_seed(options, i),
+                )
+            ]
+        else:
+            batches = qa.candidates_batch(
+                [(example.question, shown) for _i, example, shown in asked],
+                options.k_candidates,
+                [question_seed(options, i) for i, _e, _s in asked],
+            )
+    except QAError as e:
+        summary.errors.extend(f"{example.qid}: {e}" for _i, example, _s in asked)
+        return
+    for (i, example, shown), cands in zip(asked, batches, strict=True):
+        try:
+            counts = record_one(store, example, shown, cands, correct=i in corrected)
+        except FeedbackError as e:
+            raise SimulationError(f"the feedback store refused question {example.qid}: {e}") from e
+        summary.questions += 1
+        summary.rankings += 1
+        summary.candidates += counts["candidates"]
+        summary.both_bad += counts["both_bad"]
+        summary.corrections += counts["corrections"]
+
+
 def simulate(
     options: SimulationOptions, *, config: AppConfig | None = None, embedder: Any = None
 ) -> SimulationSummary:
-    """Run the simulated annotator (see the module docstring); returns what it recorded."""
+    """Run the simulated annotator (see the module docstring); returns what it recorded.
+
+    Questions are asked in groups of `options.batch_size` whose candidates are sampled in one batched generate
+    (ServedModel.sample_batch); the rows recorded are the same as one question at a time, only the sampled texts
+    differ (a sample depends on the batch it is drawn in). Questions the `simulated:f1` session has recorded
+    already are skipped, so an interrupted run resumes where it stopped.
+    """
     from tqdm import tqdm
 
-    from app.qa import QAError, QAService
+    from app.qa import QAService
     from evaluation.formats import EvalDataError
-    from feedback_store.errors import FeedbackError
     from feedback_store.store import FeedbackStore
 
     t0 = time.perf_counter()
     if not 2 <= options.k_candidates <= 4:
         raise SimulationError(f"--k-candidates must be between 2 and 4, got {options.k_candidates}")
-    cfg = config or AppConfig.load()
+    if options.batch_size < 1:
+        raise SimulationError(f"--batch-size must be at least 1, got {options.batch_size}")
+    cfg = simulation_config(config or AppConfig.load(), options.batch_size)
     try:
         dataset = load_qa(options.qa, options.fmt)
     except EvalDataError as e:
@@ -283,29 +372,33 @@ def simulate(
     summary = SimulationSummary()
     with serving_config(cfg, options.index) as served, FeedbackStore.open(cfg.paths.feedback_db) as store:
         qa = QAService(served, embedder=embedder)
-        bar = tqdm(examples, desc="simulated questions", unit="q", disable=not options.progress)
-        for i, example in enumerate(bar):
-            try:
-                counts = simulate_one(
-                    qa,
-                    store,
-                    example,
-                    k_candidates=options.k_candidates,
-                    seed=options.seed * 1_000_003 + i,
-                    correct=i in corrected,
-                )
-            except QAError as e:
-                summary.errors.append(f"{example.qid}: {e}")
-                continue
-            except FeedbackError as e:
-                raise SimulationError(f"the feedback store refused question {example.qid}: {e}") from e
-            summary.questions += 1
-            summary.rankings += 1
-            summary.candidates += counts["candidates"]
-            summary.both_bad += counts["both_bad"]
-            summary.corrections += counts["corrections"]
+        done = recorded_questions(store)
+        todo = [(i, e) for i, e in enumerate(examples) if e.question.strip() not in done]
+        summary.skipped = len(examples) - len(todo)
+        bar = tqdm(
+            total=len(examples),
+            initial=summary.skipped,
+            desc="simulated questions",
+            unit="q",
+            disable=not options.progress,
+        )
+        with bar:
+            for start in range(0, len(todo), options.batch_size):
+                group = todo[start : start + options.batch_size]
+                simulate_group(qa, store, group, options, corrected, summary)
+                bar.update(len(group))
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def simulation_config(cfg: AppConfig, batch_size: int) -> AppConfig:
+    """The config the candidates are sampled with: batching resolves backend `auto` to transformers.
+
+    `auto` serves with llama.cpp on a CPU, which samples one question at a time (its k candidates share the
+    prompt); transformers samples a whole group of questions in one generate. A backend named in the config (or
+    a version's manifest) is kept, and then the questions are sampled one after another.
+    """
+    return cfg.with_(backend="transformers") if batch_size > 1 and cfg.backend == "auto" else cfg
 
 
 def _require_model(cfg: AppConfig) -> None:
@@ -336,6 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-articles", type=_titles, default=(), help="comma-separated titles to skip")
     p.add_argument("--index", type=Path, help="index folder to use (default: RAGQA_HOME's index)")
     p.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="questions whose candidates are sampled in one generate (transformers backend; default 8)",
+    )
+    p.add_argument(
         "--batch", action="store_true", help="no progress bar (logs and CI); the summary still prints"
     )
     return p
@@ -355,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         index=args.index,
         fmt=args.fmt,
         progress=not args.batch,
+        batch_size=args.batch_size,
     )
     from settings.errors import run_guarded  # the one error boundary, as in `ragqa`
 
@@ -363,4 +463,4 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report(summary: SimulationSummary) -> int:
     print(summary.text())
-    return 0 if summary.questions else 1
+    return 0 if summary.questions or summary.skipped else 1  # a finished run resumed: nothing left to do

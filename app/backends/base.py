@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from app.errors import AppError
@@ -243,6 +243,36 @@ class ServedModel(ABC):
 
     @abstractmethod
     def _sample(self, messages: list[dict[str, str]], request: Sampling) -> list[Sampled]: ...
+
+    def sample_batch(
+        self,
+        conversations: list[list[dict[str, str]]],
+        n: int,
+        *,
+        seeds: Sequence[int],
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        max_new_tokens: int = 256,
+        timeout_s: float = 120.0,
+        repetition_penalty: float = 1.1,
+    ) -> list[list[Sampled]]:
+        """`n` sampled answers to EACH of several prompts (one list per prompt, in order); one seed per prompt.
+
+        `timeout_s` is per prompt (a batch of B prompts may take B times it). A backend that cannot batch prompts
+        answers them one `sample` call after another, each with its own seed: exactly what `sample` would do.
+        The transformers backend decodes them all in one generate seeded with the first seed.
+        """
+        if len(seeds) != len(conversations):
+            raise ValueError("one seed per prompt is needed")
+        if not conversations:
+            return []
+        request = Sampling(max_new_tokens, timeout_s, repetition_penalty, n, temperature, top_p, seeds[0])
+        return self._sample_batch(conversations, request, list(seeds))
+
+    def _sample_batch(
+        self, conversations: list[list[dict[str, str]]], request: Sampling, seeds: list[int]
+    ) -> list[list[Sampled]]:
+        return [self._sample(m, replace(request, seed=s)) for m, s in zip(conversations, seeds, strict=True)]
 
     def describe(self) -> str:
         return f"{self.version} ({self.backend})"

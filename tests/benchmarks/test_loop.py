@@ -13,10 +13,16 @@ import pytest
 from benchmarks.loop import (
     FULL,
     QUICK,
+    Ledger,
+    deltas_table,
+    dpo_version,
+    heldout_table,
+    load_results,
     metric_rows,
     models_to_evaluate,
     parse_args,
     retrain_command,
+    save_results,
     simulate_command,
     stage_table,
 )
@@ -43,7 +49,10 @@ def test_simulate_command_is_accepted_by_the_simulator(tmp_path: Path) -> None:
     parsed = build_parser().parse_args(cmd[2:])
     assert parsed.qa == tmp_path / "train.json"
     assert (parsed.k_candidates, parsed.limit, parsed.correct_fraction, parsed.seed) == (4, 7, 0.25, 3)
-    assert parsed.only_answerable and parsed.batch
+    assert (
+        not parsed.only_answerable and parsed.batch
+    )  # unanswerables are simulated too (abstention is right)
+    assert parsed.batch_size == QUICK.sim_batch
 
 
 @pytest.mark.parametrize("quick", [True, False])
@@ -57,7 +66,24 @@ def test_retrain_command_parses_and_its_overrides_make_a_valid_config(quick: boo
     assert parsed.overrides == list(args.preset.retrain)
     cfg = load_config(None, parsed.overrides)  # unknown keys or bad values raise ConfigError
     assert cfg.algorithm == "ppo"  # all stages: sft, rm, ppo (+ merge, gate, publish)
-    assert cfg.ppo_config().total_steps == int(_set_value(args.preset.retrain, "ppo.total_steps"))
+    steps = _set_value(args.preset.retrain, "ppo.total_steps")  # the full preset keeps ppo.yaml's schedule
+    assert steps is None or cfg.ppo_config().total_steps == int(steps)
+    assert cfg.ppo_config().max_new_tokens == int(_set_value(args.preset.retrain, "ppo.max_new_tokens"))
+
+
+def test_retrains_start_from_raw_base_and_dpo_reuses_the_export(tmp_path: Path) -> None:
+    from training.config import load_config
+
+    args = parse_args(["--quick"])
+    ppo = _retrain_parser().parse_args(retrain_command(args)[3:])
+    assert ppo.start_from == "base" and not ppo.no_publish  # v0001, not whatever `ragqa setup` made current
+    dpo = _retrain_parser().parse_args(retrain_command(args, "dpo", tmp_path / "export")[3:])
+    assert dpo.start_from == "base" and dpo.no_publish
+    cfg = load_config(None, dpo.overrides)
+    assert cfg.algorithm == "dpo" and cfg.data.export_dir == str(tmp_path / "export")
+    assert cfg.dpo.max_steps == 2  # the quick preset's cap reaches the DPO trainer too
+    resumed = _retrain_parser().parse_args(retrain_command(args, "dpo", tmp_path, resume="r1")[3:])
+    assert resumed.resume == "r1" and resumed.overrides == [] and resumed.no_publish
 
 
 def test_user_retrain_args_come_last_and_win() -> None:
@@ -80,6 +106,9 @@ def test_presets_give_every_stage_enough_data(preset) -> None:
 
     cfg = load_config(None, list(preset.retrain))
     corrections = round(preset.sim_limit * preset.correct_fraction)
+    if preset is FULL:  # issue #13's sizes
+        assert preset.sim_limit >= 400 and corrections >= 100
+        assert preset.eval_xquad >= 400 and preset.eval_squad2 >= 200
     assert int(corrections * 0.75) >= cfg.data.min_demonstrations
     # each correction alone gives 4 pairs (correction over every candidate)
     assert int(corrections * 4 * 0.75) >= cfg.data.min_pairs
@@ -177,3 +206,155 @@ def test_metric_rows_put_each_model_in_its_column() -> None:
     assert rows["mean RM reward"] == (-1.0, 1.0)
     assert rows["KL vs base, nats/token (both sets)"] == (None, 0.1)
     assert json.dumps(rows)  # JSON-able for report.json
+
+
+def test_ledger_skips_a_finished_stage_on_the_next_pass(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def work() -> dict:
+        calls.append("ran")
+        return {"f1": 0.5}
+
+    first = Ledger(tmp_path / "loop_state.json")
+    assert first.stage("eval x base", work) == {"f1": 0.5}
+    first.put("retrain run ppo", "r1")
+    again = Ledger(tmp_path / "loop_state.json")  # a rerun with the same --out
+    assert again.stage("eval x base", work) == {"f1": 0.5} and calls == ["ran"]
+    assert again.get("retrain run ppo") == "r1" and "eval x base" in again.walls()
+
+    def killed() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        again.stage("retrain ppo", killed)
+    assert not Ledger(tmp_path / "loop_state.json").done("retrain ppo")  # an unfinished stage runs again
+
+
+def _result(qid: str, f1: float, *, error: str | None = None):
+    from evaluation.formats import QAExample
+    from evaluation.runner import ExampleResult
+    from retrieval.types import Passage
+
+    return ExampleResult(
+        QAExample(qid, f"question {qid}?", ("gold",), False),
+        answer=f"answer {qid}",
+        passages=[Passage(1, "c1", "doc.txt", "The gold passage.", 0.5)],
+        scores={"em": float(f1 == 1.0), "f1": f1, "contains": f1 > 0, "abstained": False},
+        error=error,
+    )
+
+
+def test_heldout_and_paired_deltas_have_the_report_keys() -> None:
+    results = {
+        "xquad": {
+            "base": [
+                _result("a", 0.0),
+                _result("b", 0.5),
+                _result("c", 0.0),
+                _result("d", 0.0, error="boom"),
+            ],
+            "sft": [_result("a", 0.5), _result("b", 0.5), _result("c", 0.0), _result("d", 0.0)],
+            "final": [_result("a", 1.0), _result("b", 1.0), _result("c", 0.5), _result("d", 0.0)],
+        }
+    }
+    metrics = {"xquad": {lb: {"answers": {"em": 0.1, "abstention_recall": None}} for lb in results["xquad"]}}
+    kls = {
+        "final": {"vs_base": {"kl_per_answer": 3.0, "kl_per_token": 0.2}, "vs_sft": {"kl_per_answer": 1.0}}
+    }
+    heldout = heldout_table(metrics, results, kls)
+    base, final = heldout["xquad"]["base"], heldout["xquad"]["final"]
+    assert base["n"] == 3 and base["f1"] == pytest.approx(0.5 / 3)  # the error is not an answer
+    assert final["n"] == 4 and final["f1"] == pytest.approx(2.5 / 4)
+    assert final["f1_ci"][0] <= final["f1"] <= final["f1_ci"][1]
+    assert final["kl_vs_base_per_answer"] == 3.0 and final["kl_vs_sft_per_answer"] == 1.0
+    assert base["em"] == 0.1 and base["kl_vs_base_per_answer"] is None
+    deltas = deltas_table(results)["xquad"]
+    assert set(deltas) == {"final_minus_base", "final_minus_sft"}  # no DPO model: no ppo_minus_dpo
+    fb = deltas["final_minus_base"]
+    assert fb["n"] == 3 and fb["f1"] == pytest.approx((1.0 + 0.5 + 0.5) / 3)  # paired on a, b, c
+    assert fb["ci"][0] <= fb["f1"] <= fb["ci"][1] and fb["ci"][0] > 0  # final beats base on every question
+    assert deltas["final_minus_sft"]["n"] == 4
+    assert json.dumps({"heldout": heldout, "deltas": deltas}, allow_nan=False)
+
+
+def test_saved_results_read_back_with_their_passages(tmp_path: Path) -> None:
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(
+        "\n".join(json.dumps({"id": q, "question": f"question {q}?", "answers": ["gold"]}) for q in "ab")
+    )
+    rs = [_result("a", 0.5), _result("b", 0.0, error="too long")]
+    save_results(tmp_path / "r.jsonl", rs)
+    back = load_results(tmp_path / "r.jsonl", qa)
+    assert [(r.example.qid, r.answer, r.scores, r.error) for r in back] == [
+        (r.example.qid, r.answer, r.scores, r.error) for r in rs
+    ]
+    assert back[0].passages[0].text == "The gold passage."  # KL and RM scoring re-render the prompt
+
+
+def test_dpo_model_is_its_merged_candidate_published_unlisted(tmp_path: Path) -> None:
+    registry = _registry_with_base(tmp_path)
+    run = tmp_path / "runs" / "r2"
+    _model_folder(run / "merged")
+    state = {"plan": [], "stages": {"merge": {"status": "done", "outputs": {"merged": str(run / "merged")}}}}
+    not_run: list[str] = []
+    assert dpo_version(tmp_path, state, not_run) == "v0002"
+    assert dpo_version(tmp_path, state, not_run) == "v0002"  # a resumed pass finds it, publishes nothing new
+    assert registry.current_name() == "v0001" and registry.get("v0002").manifest["kind"] == "dpo"
+    assert dpo_version(tmp_path, {}, not_run) is None and "DPO" in not_run[0]
+
+
+def test_report_files_carry_the_summary_and_the_ci_plot(tmp_path: Path) -> None:
+    from benchmarks.loop import write_report
+
+    results = {
+        "xquad": {
+            "base": [_result("a", 0.0), _result("b", 0.5)],
+            "sft": [_result("a", 0.5), _result("b", 0.5)],
+            "final": [_result("a", 1.0), _result("b", 0.5)],
+            "dpo": [_result("a", 0.5), _result("b", 1.0)],
+        }
+    }
+    answers = {"f1": 0.5, "em": 0.0, "mean_answer_words": 4.0}
+    metrics = {
+        "xquad": {
+            lb: {
+                "answers": answers,
+                "retrieval": {},
+                "latency_ms": {},
+                "counts": {"questions": 2, "unanswerable": 0},
+            }
+            for lb in results["xquad"]
+        }
+    }
+    report = {
+        "quick": True,
+        "started_at": "now",
+        "machine": "2 CPU cores",
+        "load": {"start": 1.0, "simulate": 2.0},
+        "split": {"train": ["A"], "heldout": ["B"], "xquad_removed": 3},
+        "settings": {
+            "sim_limit": 12,
+            "correct_fraction": 0.5,
+            "k": 2,
+            "eval_squad2": 6,
+            "eval_xquad": 6,
+            "max_new_tokens": 48,
+            "kl_limit": 6,
+            "retrain": [],
+        },
+        "versions": {"base": "v0001"},
+        "rm_win_rate": {"reward_model": None},
+        "heldout": heldout_table(metrics, results, {}),
+        "deltas": deltas_table(results),
+        "metrics": metrics,
+        "wall_s": {"simulate": 10.0, "total": 10.0},
+    }
+    write_report(report, tmp_path)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert set(saved["deltas"]["xquad"]) == {"final_minus_base", "final_minus_sft", "ppo_minus_dpo"}
+    assert (
+        saved["heldout"]["xquad"]["final"]["n"] == 2 and len(saved["heldout"]["xquad"]["final"]["f1_ci"]) == 2
+    )
+    md = (tmp_path / "report.md").read_text()
+    assert "## xquad: summary" in md and "ppo_minus_dpo" in md and "F1 95% CI" in md
+    assert (tmp_path / "f1_by_model.png").stat().st_size > 0 and (tmp_path / "wall_time.png").is_file()

@@ -33,6 +33,7 @@ from model_store.registry import ModelRegistry
 from retrieval.embedder import HashEmbedder
 from retrieval.prompt import NO_ANSWER
 from retrieval.types import Passage
+from settings.paths import Paths
 
 TOWER = (
     "The Zorbium Tower in Kelvale opened on 14 March 1893. It is 212 metres tall and was designed by the "
@@ -132,7 +133,11 @@ def fixed_candidates(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
         calls.append({"question": question, "passages": list(passages), "n": n, "seed": seed})
         return [Candidate(t, "v0001", {"seed": seed, "fixed": True}, 1.0) for t in FIXED[question][:n]]
 
+    def candidates_batch(self, asked, n, seeds):  # noqa: ANN001, ANN202
+        return [candidates(self, q, p, n=n, seed=s) for (q, p), s in zip(asked, seeds, strict=True)]
+
     monkeypatch.setattr(QAService, "candidates", candidates)
+    monkeypatch.setattr(QAService, "candidates_batch", candidates_batch)
     return calls
 
 
@@ -332,32 +337,24 @@ def test_cli_reports_bad_input_clearly(
     assert "between 2 and 4" in capsys.readouterr().err
 
 
-def test_candidates_are_one_batched_generate_per_question(
+def test_candidates_are_one_batched_generate_per_question_or_per_group(
     registry: ModelRegistry, qa_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The k candidates of a question come from ONE generate over the prompt (num_return_sequences=k, one
-    prefill), never k generate calls one after another; the stored records keep their shape."""
-    from app.backends.transformers_lm import TransformersModel
+    """Asked one by one, the k candidates of a question come from ONE generate over the prompt
+    (num_return_sequences=k), never k generate calls; asked in groups, one generate samples every question's k
+    candidates (each prompt prefilled once, its cache repeated k times). The records keep their shape."""
+    from transformers import LlamaForCausalLM
 
     calls: list[tuple[int, int]] = []
-    original = TransformersModel._sample
+    generate = LlamaForCausalLM.generate
 
-    def counting(self, messages, request):  # noqa: ANN001, ANN202
-        generate = self.model.generate
+    def recorded(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        calls.append((kwargs["input_ids"].shape[0], kwargs.get("num_return_sequences", 1)))
+        return generate(self, *args, **kwargs)
 
-        def recorded(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            calls.append((kwargs["input_ids"].shape[0], kwargs.get("num_return_sequences", 1)))
-            return generate(*args, **kwargs)
-
-        self.model.generate = recorded
-        try:
-            return original(self, messages, request)
-        finally:
-            del self.model.generate
-
-    monkeypatch.setattr(TransformersModel, "_sample", counting)
+    monkeypatch.setattr(LlamaForCausalLM, "generate", recorded)
     cfg = _config()
-    summary = simulate(_options(qa_file, k_candidates=3), config=cfg, embedder=HashEmbedder())
+    summary = simulate(_options(qa_file, k_candidates=3, batch_size=1), config=cfg, embedder=HashEmbedder())
     assert summary.questions == 4 and summary.candidates == 12
     assert calls == [(1, 3)] * 4  # one prompt row, three sequences from it, once per question
     store = FeedbackStore.open(cfg.paths.feedback_db)
@@ -365,3 +362,106 @@ def test_candidates_are_one_batched_generate_per_question(
         assert [c.sampling["sequence_index"] for c in rec.candidates] == [0, 1, 2]
         assert {c.sampling["num_return_sequences"] for c in rec.candidates} == {3}
     store.close()
+
+    calls.clear()
+    other = _config().with_(paths=Paths(cfg.paths.home.parent / "grouped"))
+    _publish_tiny(other, registry)
+    summary = simulate(_options(qa_file, k_candidates=3, batch_size=3), config=other, embedder=HashEmbedder())
+    assert summary.questions == 4 and summary.candidates == 12
+    assert calls == [(9, 1), (1, 3)]  # 3 questions x 3 rows in one generate, then the last question alone
+    with FeedbackStore.open(other.paths.feedback_db) as store:
+        batch_index = [
+            [c.sampling.get("batch_index") for c in rec.candidates] for rec in store.iter_interactions()
+        ]
+    assert batch_index == [[0] * 3, [1] * 3, [2] * 3, [None] * 3]
+
+
+def _publish_tiny(cfg: AppConfig, registry: ModelRegistry) -> None:
+    """Publish the same tiny model as `registry`'s v0001 in another home's registry."""
+    ModelRegistry(cfg.paths.models_dir).publish_folder(registry.get("v0001").path, {"kind": "base"})
+
+
+def _records(cfg: AppConfig) -> list:
+    with FeedbackStore.open(cfg.paths.feedback_db) as store:
+        return list(store.iter_interactions())
+
+
+def test_grouped_simulation_records_the_same_rows_as_one_by_one(
+    registry: ModelRegistry, qa_file: Path
+) -> None:
+    """Same questions, passages, candidate count and labels, settings, F1 ranking rule and corrections; only the
+    sampled texts (and the batch's place in the sampling record) may differ."""
+    alone = _config()
+    s1 = simulate(
+        _options(qa_file, correct_fraction=0.5, seed=2, batch_size=1), config=alone, embedder=HashEmbedder()
+    )
+    grouped = _config().with_(paths=Paths(alone.paths.home.parent / "grouped"))
+    _publish_tiny(grouped, registry)
+    s2 = simulate(
+        _options(qa_file, correct_fraction=0.5, seed=2, batch_size=4), config=grouped, embedder=HashEmbedder()
+    )
+    assert (s1.questions, s1.candidates, s1.rankings, s1.corrections) == (4, 16, 4, 2)
+    assert (s2.questions, s2.candidates, s2.rankings, s2.corrections) == (4, 16, 4, 2)
+    answers = {
+        q["question"]: tuple(a["text"] for a in q["answers"])
+        for a in SQUAD["data"]
+        for p in a["paragraphs"]
+        for q in p["qas"]
+    }
+    batch_keys = {"batch_index", "batch_prompts"}
+    r1, r2 = _records(alone), _records(grouped)
+    assert [r.question for r in r1] == [r.question for r in r2]
+    for a, b in zip(r1, r2, strict=True):
+        assert a.passages == b.passages and a.session_id == b.session_id == SESSION
+        assert [c.label for c in a.candidates] == [c.label for c in b.candidates] == ["A", "B", "C", "D"]
+        assert {c.model_version for c in a.candidates + b.candidates} == {"v0001"}
+        for ca, cb in zip(a.candidates, b.candidates, strict=True):
+            settings_a = {k: v for k, v in ca.sampling.items() if k != "seed"}
+            settings_b = {k: v for k, v in cb.sampling.items() if k not in batch_keys | {"seed"}}
+            assert settings_a == settings_b
+            assert set(cb.sampling) - set(ca.sampling) == batch_keys and cb.sampling["batch_prompts"] == 4
+        ex = QAExample("x", a.question, answers[a.question], not answers[a.question])
+        for rec in (a, b):  # the ranking rule applied to the texts each run sampled
+            order, both_bad = f1_ranking(
+                [c.id for c in rec.candidates], [candidate_f1(c.text, ex) for c in rec.candidates]
+            )
+            (ranking,) = rec.rankings
+            assert (ranking.both_bad, [list(g) for g in ranking.order]) == (both_bad, order)
+            assert ranking.session_id == SESSION
+        assert [(c.text, c.session_id) for c in a.corrections] == [
+            (c.text, c.session_id) for c in b.corrections
+        ]
+        for rec in (a, b):
+            for corr in rec.corrections:
+                assert sorted(corr.replaces) == sorted(c.id for c in rec.candidates)
+
+
+def test_an_interrupted_run_resumes_without_asking_twice(
+    registry: ModelRegistry, qa_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import evaluation.simulate as sim
+
+    cfg = _config()
+    recorded = sim.record_one
+    count = {"n": 0}
+
+    def crash_after_two(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if count["n"] == 2:
+            raise KeyboardInterrupt  # the process is stopped half way through a group
+        count["n"] += 1
+        return recorded(*args, **kwargs)
+
+    monkeypatch.setattr(sim, "record_one", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        simulate(_options(qa_file, batch_size=4), config=cfg, embedder=HashEmbedder())
+    assert len(_records(cfg)) == 2
+    monkeypatch.setattr(sim, "record_one", recorded)
+    summary = simulate(_options(qa_file, batch_size=4), config=cfg, embedder=HashEmbedder())
+    assert (summary.questions, summary.skipped) == (2, 2)
+    questions = [r.question for r in _records(cfg)]
+    assert sorted(questions) == sorted(
+        {q["question"] for a in SQUAD["data"] for p in a["paragraphs"] for q in p["qas"]}
+    )
+    again = simulate(_options(qa_file, batch_size=4), config=cfg, embedder=HashEmbedder())
+    assert (again.questions, again.skipped) == (0, 4) and len(_records(cfg)) == 4
+    assert "4 questions recorded by an earlier run skipped" in again.text()
