@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -50,6 +49,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from evaluation.splits import split_articles, subset_squad  # noqa: E402  (the starter uses the same split)
 
 DATA = ROOT.parent / "shared" / "data"  # ../shared/data, relative to the repository root
 DOCS = ROOT / "docs" / "results" / "loop"  # where a full run's report is copied
@@ -135,31 +136,6 @@ FULL = Preset(
 
 
 # ---- data ------------------------------------------------------------------------------------------------------
-def split_articles(squad: dict[str, Any], heldout: int, seed: int) -> tuple[list[str], list[str]]:
-    """(training titles, held-out titles): a seeded shuffle of the article titles, `heldout` of them held out."""
-    titles = sorted(a["title"] for a in squad["data"])
-    if not 0 < heldout < len(titles):
-        raise SystemExit(f"--heldout-articles must be between 1 and {len(titles) - 1}, got {heldout}")
-    random.Random(seed).shuffle(titles)
-    return sorted(titles[heldout:]), sorted(titles[:heldout])
-
-
-def subset_squad(squad: dict[str, Any], titles: list[str], answerable_only: bool = False) -> dict[str, Any]:
-    """The SQuAD file restricted to `titles` (and to answerable questions when asked)."""
-    keep = set(titles)
-    data = []
-    for article in squad["data"]:
-        if article["title"] not in keep:
-            continue
-        paragraphs = []
-        for p in article["paragraphs"]:
-            qas = [q for q in p["qas"] if not (answerable_only and q.get("is_impossible"))]
-            if qas:
-                paragraphs.append({**p, "qas": qas})
-        data.append({**article, "paragraphs": paragraphs})
-    return {"version": squad.get("version", "v2.0"), "data": data}
-
-
 def xquad_minus(xquad: dict[str, Any], squad: dict[str, Any]) -> tuple[dict[str, Any], int]:
     """xquad-en without the contexts that squad2-dev-half also has (78 of 240); returns (data, removed)."""
     seen = {" ".join(p["context"].split()) for a in squad["data"] for p in a["paragraphs"]}
@@ -1084,7 +1060,9 @@ def main(argv: list[str] | None = None) -> int:
     xquad_qa = write_json(data_dir / "xquad_minus_squad2.json", xq)
 
     if not args.eval_only:
-        ledger.stage("setup", lambda: run_step("setup", ragqa("setup", "--no-demo"), env, logs))
+        ledger.stage(
+            "setup", lambda: run_step("setup", ragqa("setup", "--no-demo", "--no-starter"), env, logs)
+        )
     state: dict[str, Any] = {}
     dpo_state: dict[str, Any] = {}
     versions = {"base": "v0001"}
