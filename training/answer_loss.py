@@ -77,10 +77,11 @@ class AnswerOnlySFTTrainer(SFTTrainer):
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
-        if (
-            return_outputs
-        ):  # logits for compute_metrics: the stock path (the eval loop asks only for the loss here)
-            return super().compute_loss(model, inputs, True, num_items_in_batch)
+        if return_outputs or isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            # return_outputs: logits for compute_metrics (the eval loop asks only for the loss here).
+            # DDP: the gradient all-reduce is armed by the wrapper's own forward; calling the decoder body inside
+            # it would skip that, so multi-process training takes the stock (full-logits) loss.
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         mode = "train" if self.model.training else "eval"
         loss, _ = answer_only_loss(model, inputs, num_items_in_batch)
         # As SFTTrainer: num_items_in_batch counts the tokens of every rank and DDP averages the gradients
