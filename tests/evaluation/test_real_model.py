@@ -14,7 +14,10 @@ from evaluation.runner import EvalOptions, run_eval
 def test_eval_real_default_model(default_registry: Path, fixtures_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     run = run_eval(
-        EvalOptions(fixtures_dir / "squad_v2.json", out_dir=out, max_new_tokens=48, progress=False)
+        # batch_size=1: the app's exact ask path, the only mode that times first tokens
+        EvalOptions(
+            fixtures_dir / "squad_v2.json", out_dir=out, max_new_tokens=48, progress=False, batch_size=1
+        )
     )
     report = json.loads((out / "report.json").read_text())
     m = report["metrics"]
