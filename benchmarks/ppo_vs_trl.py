@@ -112,16 +112,22 @@ def prepare_models(model: str, work: Path) -> tuple[Path, Path]:
         from model_store.base_model import convert_gguf, default_gguf_path
 
         convert_gguf(default_gguf_path(), policy_dir)
-    if not (reward_dir / "config.json").is_file():
+    return policy_dir, reward_model_from(policy_dir, reward_dir)
+
+
+def reward_model_from(model_dir: Path, out: Path) -> Path:
+    """A one-output sequence classifier on the model (fresh score head), padded by the project's reward pad rule."""
+    if not (out / "config.json").is_file():
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(str(policy_dir))
-        tok.pad_token = "<|endoftext|>"
-        rm = AutoModelForSequenceClassification.from_pretrained(str(policy_dir), num_labels=1)
+        from model_store.reward import use_reward_padding
+
+        tok = use_reward_padding(AutoTokenizer.from_pretrained(str(model_dir)))
+        rm = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=1)
         rm.config.pad_token_id = tok.pad_token_id
-        rm.save_pretrained(str(reward_dir))
-        tok.save_pretrained(str(reward_dir))
-    return policy_dir, reward_dir
+        rm.save_pretrained(str(out))
+        tok.save_pretrained(str(out))
+    return out
 
 
 def _cpu_seconds() -> float:

@@ -405,17 +405,9 @@ def cpu_info() -> dict[str, Any]:
 
 def reward_model_dir(model_dir: Path, work: Path) -> Path:
     """A one-output sequence classifier on the model (fresh score head): the reward model PPO scores with."""
-    out = work / "reward"
-    if not (out / "config.json").is_file():
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from benchmarks.ppo_vs_trl import reward_model_from
 
-        tok = AutoTokenizer.from_pretrained(str(model_dir))
-        tok.pad_token = "<|endoftext|>"
-        rm = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=1)
-        rm.config.pad_token_id = tok.pad_token_id
-        rm.save_pretrained(str(out))
-        tok.save_pretrained(str(out))
-    return out
+    return reward_model_from(model_dir, work / "reward")
 
 
 def trl112_python(venv: Path) -> Path:
