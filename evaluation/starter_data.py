@@ -27,6 +27,7 @@ from typing import Any
 
 from evaluation.errors import EvaluationError
 from evaluation.splits import HELDOUT_ARTICLES, SPLIT_SEED, split_articles, subset_squad
+from retrieval.prompt import NO_ANSWER, fit_passages, render_prompt
 
 LICENCE = "CC BY-SA 4.0 (training data: SQuAD 2.0 dev, Rajpurkar et al. 2018, the CS224N half)"
 OFF_TOPIC_FRACTION = 0.06  # of all questions: enough to learn "wrong subject -> abstain", not to over-abstain
@@ -55,7 +56,6 @@ def gold_answer(answers: Sequence[str]) -> str:
 def target_answer(answers: Sequence[str], unanswerable: bool, passages: Sequence[Any]) -> tuple[str, str]:
     """(answer the model should write, kind): kind is "answer", "unanswerable" or "retrieval_miss"."""
     from evaluation.metrics import contains_answer
-    from retrieval.prompt import NO_ANSWER
 
     if unanswerable or not answers:
         return NO_ANSWER, "unanswerable"
@@ -76,12 +76,12 @@ def build_rows(squad: dict[str, Any], *, k: int, seed: int, progress: bool = Tru
     """Every question of `squad` (already restricted to the training articles) as a rendered SFT row."""
     from tqdm.auto import tqdm
 
+    from app.backends.base import MAX_CONTEXT_TOKENS
     from app.config import AppConfig
     from app.qa import QAService
     from evaluation.formats import load_qa
     from evaluation.runner import eval_home
     from retrieval.embedder import SentenceTransformerEmbedder
-    from retrieval.prompt import NO_ANSWER, fit_passages, render_prompt
 
     cfg = AppConfig.load(k=k)
     with tempfile.TemporaryDirectory(prefix="ragqa-starter-") as tmp:
@@ -90,7 +90,7 @@ def build_rows(squad: dict[str, Any], *, k: int, seed: int, progress: bool = Tru
         dataset = load_qa(path, "squad")
         embedder = SentenceTransformerEmbedder(cfg.embedder)
         count = _token_counter()
-        budget = 8192 - cfg.max_new_tokens  # the app's window cap minus the answer's room
+        budget = MAX_CONTEXT_TOKENS - cfg.max_new_tokens  # the app's window cap minus the answer's room
         rows: list[dict[str, Any]] = []
         shown: list[tuple[str, list[Any]]] = []
         with eval_home(cfg, dataset, embedder=embedder, index_dir=None, progress=progress) as home:
@@ -102,7 +102,7 @@ def build_rows(squad: dict[str, Any], *, k: int, seed: int, progress: bool = Tru
                 meta = {"qid": ex.qid, "kind": kind, "title": title}
                 rows.append(example_row(render_prompt(ex.question, passages), answer, meta))
                 shown.append((title or "", passages))
-        rows += off_topic_rows(dataset.examples, dataset, shown, seed, NO_ANSWER, render_prompt)
+        rows += off_topic_rows(dataset.examples, dataset, shown, seed)
     random.Random(seed).shuffle(rows)
     return rows
 
@@ -119,12 +119,7 @@ def balance(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
 
 
 def off_topic_rows(
-    examples: Sequence[Any],
-    dataset: Any,
-    shown: list[tuple[str, list[Any]]],
-    seed: int,
-    no_answer: str,
-    render: Any,
+    examples: Sequence[Any], dataset: Any, shown: list[tuple[str, list[Any]]], seed: int
 ) -> list[dict[str, Any]]:
     """Questions shown the passages retrieved for a question of ANOTHER article: the answer is the abstention."""
     rng = random.Random(f"off-topic:{seed}")
@@ -138,7 +133,7 @@ def off_topic_rows(
             break
         passages = shown[rng.choice(others)][1]
         meta = {"qid": f"{ex.qid}:off-topic", "kind": "off_topic", "title": title}
-        rows.append(example_row(render(ex.question, passages), no_answer, meta))
+        rows.append(example_row(render_prompt(ex.question, passages), NO_ANSWER, meta))
     return rows
 
 

@@ -104,8 +104,7 @@ def save_half(src: Path, dst: Path) -> None:
     from safetensors.torch import load_file, save_file
 
     dst.mkdir(parents=True, exist_ok=True)
-    for name in ("adapter_config.json",):
-        shutil.copy2(src / name, dst / name)
+    shutil.copy2(src / "adapter_config.json", dst / "adapter_config.json")
     weights = load_file(str(src / "adapter_model.safetensors"))
     save_file(
         {k: v.to(torch.float16).contiguous() for k, v in weights.items()},
@@ -139,6 +138,7 @@ def publish_starter(
     Returns (the version or None, what happened). Publishes once: an existing starter version is left as it is
     (also when the user rolled back to the raw model: setup never undoes a rollback).
     """
+    from model_store.files import sha256_file
     from model_store.starter import STARTER_DIR, STARTER_KIND, starter_card, starter_version, unfit_reason
     from training.merge import merge_adapter
 
@@ -168,7 +168,7 @@ def publish_starter(
         "lineage": {
             "base": base.name,
             "adapter": "model_store/starter_adapter",
-            "adapter_sha256": _sha256(folder / "adapter_model.safetensors"),
+            "adapter_sha256": sha256_file(folder / "adapter_model.safetensors"),
             "trained_with": card.get("trained_with"),
             "data": {k: card.get("data", {}).get(k) for k in ("source", "rows", "kinds", "split")},
         },
@@ -180,12 +180,6 @@ def publish_starter(
 
     version = registry.publish(write, manifest, extras=extras_with_merge)
     return version, f"starter published as {version.name} (base {base.name} + the grounded-QA adapter)"
-
-
-def _sha256(path: Path) -> str:
-    from model_store.files import sha256_file
-
-    return sha256_file(path)
 
 
 # ---- command line ----------------------------------------------------------------------------------------------

@@ -38,24 +38,17 @@ def right(answer: str, phrases: list[str]) -> bool:
 @pytest.fixture(scope="module")
 def starter_answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """`ragqa setup` in a fresh home, then every question through the real ask path (what `ragqa ask` does)."""
-    import os
-
     from app.cli import main
     from app.config import AppConfig
     from app.qa import QAService
 
-    home = tmp_path_factory.mktemp("starter-home")
-    old = os.environ.get("RAGQA_HOME")
-    os.environ["RAGQA_HOME"] = str(home)
-    try:
+    with (
+        pytest.MonkeyPatch.context() as mp
+    ):  # module-scoped: the per-test RAGQA_HOME fixture does not reach here
+        mp.setenv("RAGQA_HOME", str(tmp_path_factory.mktemp("starter-home")))
         assert main(["setup"]) == 0
         qa = QAService(AppConfig.load())
         return {q: qa.ask(q) for q in [q for q, _ in GUIDE_QUESTIONS] + OFF_TOPIC}
-    finally:
-        if old is None:
-            os.environ.pop("RAGQA_HOME", None)
-        else:
-            os.environ["RAGQA_HOME"] = old
 
 
 def right_count(answers: dict[str, object]) -> tuple[int, str]:
