@@ -13,6 +13,7 @@ Per browser session the UI keeps a `gr.State` dict:
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,6 +93,24 @@ class Handlers(FeedbackHandlers):
         self.s = services
         self.users = users
         self.limiter = RateLimiter(services.config.rate_limit_per_minute)
+        # Per session, the answer in flight: "asking", then "saved" (recorded) or "stopped". Stop and the end of an
+        # answer race (Gradio cancels a stream only at its next yield, and the stop handler sees the state as the
+        # browser last had it): whichever claims the turn first decides, so a stopped answer is never recorded and
+        # an answer already recorded is never reported as "not saved".
+        self._turns: dict[str, str] = {}
+        self._turns_lock = threading.Lock()
+
+    def _claim_turn(self, session: str, new: str) -> bool:
+        """Move the session's answer in flight from "asking" to `new`; False when it had already left "asking"."""
+        with self._turns_lock:
+            if self._turns.get(session) != "asking":
+                return False
+            self._turns[session] = new
+            return True
+
+    def turn_state(self, session: str) -> str | None:
+        with self._turns_lock:
+            return self._turns.get(session)
 
     def is_admin(self, user: str | None) -> bool:
         """Without logins nobody is an admin in the web UI: any page the browser opens (or a DNS-rebinding one)
@@ -120,6 +139,8 @@ class Handlers(FeedbackHandlers):
         try:
             q = self.s.qa.check_question(question)
             self._limit(user, state)
+            with self._turns_lock:
+                self._turns[state["session_id"]] = "asking"
             pieces: list[str] = []
             sources = sources_markdown([], [], "none")
             busy = "Answering… (■ Stop interrupts it; a question you type now stays in the box: send it when this answer is done)"
@@ -153,6 +174,8 @@ class Handlers(FeedbackHandlers):
                 None,
             )
             return
+        if not self._claim_turn(state["session_id"], "saved"):
+            return  # Stop came first: the partial answer it showed stays, and nothing is recorded
         relevance = self._relevance(q, result.passages)
         status = self._record_answer(q, result, state, relevance)
         content = answer_markdown(
@@ -233,7 +256,7 @@ class Handlers(FeedbackHandlers):
         """After Stop: keep the partial answer on screen, marked as not saved (it never reached the store)."""
         shown = list(chat or [])
         display = state.setdefault("display", [])
-        if len(shown) < len(display) + 2:
+        if not self._claim_turn(state["session_id"], "stopped") or len(shown) < len(display) + 2:
             return chat_value(state), "Nothing to stop.", state
         question, partial = shown[len(display)], shown[len(display) + 1]
         display.append({"role": "user", "content": _message_text(question)})
@@ -602,6 +625,8 @@ def build_ui(services: Services, users: Any = None) -> Any:  # noqa: PLR0915 (on
             event.then(_as_user(chat_list, 0), None, [chats], api_name=False)
 
         def on_stop(value: list, s: dict) -> tuple:
+            if h.turn_state(s["session_id"]) == "saved":  # the answer ended (and was recorded) before Stop
+                return gr.skip(), "The answer had already finished; it is saved.", gr.skip()
             shown, msg, s = h.stop(value, s)
             return shown, _toast(ok(msg)) if msg.startswith("Stopped") else msg, s
 
