@@ -4,7 +4,8 @@ Same model (the registry's v0001, SmolLM2-135M by default), same data: RAG-shape
 squad2-dev-half (the app's prompt with 1-2 passages + a question -> a short cited answer, 330-512 tokens).
 
 Rows (each measurement in its own fresh process; peak memory = that process's ru_maxrss):
-  sft-ours   training/sft.py build_sft_trainer (AnswerOnlySFTTrainer, the default config's settings)
+  sft-ours   training/sft.py build_sft_trainer (AnswerOnlySFTTrainer, the default config's settings: the batch of
+             B sequences in micro-batches of the default size, gradients accumulated; one optimizer step each)
   sft-trl    trl.SFTTrainer with SFTConfig's defaults, apart from what must be set to run (max_steps, batch size,
              use_cpu, report_to none, output dir); the same LoRA (r16, all linear layers)
   rm-ours    training/reward.py build_reward_trainer (LoRA SEQ_CLS, length-grouped pairs)
@@ -49,7 +50,7 @@ SQUAD = ROOT.parent / "shared" / "data" / "squad2-dev-half" / "dev-v2.0.json"  #
 OUT_DIR = ROOT / "docs" / "results" / "train_throughput"
 TRL112_VENV = Path("/tmp/venv-trl112")
 ROWS = ("sft-ours", "sft-trl", "rm-ours", "rm-trl", "ppo-ours", "ppo-trl112")
-LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
+LORA = {"r": 16, "alpha": 32, "dropout": 0.0}  # our default config's LoRA (dropout: PEFT's default)
 PPO_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -130,15 +131,19 @@ def _ours_config(stage: str, spec: dict[str, Any]) -> Any:
     from training.config import load_config
 
     section = "sft" if stage == "sft" else "reward"
-    batch = spec["batch"] if stage == "sft" else spec["batch"] // 2
+    batch = spec["batch"] if stage == "sft" else spec["batch"] // 2  # the RM counts pairs
+    # The step's batch as the default config runs it: micro-batches of its size, accumulated to `batch`
+    micro = min(getattr(load_config(None, []), section).batch_size, batch)
+    if batch % micro:
+        raise SystemExit(f"--batch {spec['batch']}: not a multiple of the default {section} micro-batch")
     return load_config(
         None,
         [
             "device=cpu",
             "progress=false",
             "plots=false",
-            f"{section}.batch_size={batch}",
-            f"{section}.grad_accum=1",
+            f"{section}.batch_size={micro}",
+            f"{section}.grad_accum={batch // micro}",
             f"{section}.max_steps={spec['steps']}",
             f"{section}.warmup=0",
             f"{section}.save_steps=1000000",
@@ -218,7 +223,12 @@ def trainer_worker(row: str, spec: dict[str, Any]) -> dict[str, Any]:
         "step_seconds": timer.seconds,
         "step_tokens": timer.tokens,
         "bf16": bool(trainer.args.bf16),
-        "gradient_checkpointing": bool(getattr(trainer.args, "gradient_checkpointing", False)),
+        "gradient_checkpointing": bool(
+            getattr(trainer.args, "activation_checkpointing", False)
+            or getattr(trainer.args, "gradient_checkpointing", False)
+        ),
+        "micro_batch": trainer.args.per_device_train_batch_size,
+        "grad_accum": trainer.args.gradient_accumulation_steps,
         "torch_threads": torch.get_num_threads(),
         "peak_rss_gb": _peak_rss_gb(),
     }

@@ -20,6 +20,8 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 from trl import SFTTrainer
 
+from training.causal_mask import without_redundant_mask
+
 IGNORE_INDEX = -100
 # Label rows per head chunk: 1024 x 49k fp32 logits is ~200 MB, the most one chunk holds at a time.
 HEAD_CHUNK_ROWS = 1024
@@ -60,7 +62,8 @@ def answer_only_loss(
 ) -> tuple[Tensor, Tensor]:
     """(loss, number of labelled tokens): mean NLL over the answer tokens, as TRL's SFTTrainer defines it
     (divided by `num_items_in_batch` when the Trainer counts tokens over the accumulated micro-batches)."""
-    body_inputs = {k: v for k, v in inputs.items() if k in BODY_KEYS}
+    # right-padded batches (TRL's collator) need no padding mask: SDPA then runs causal (training/causal_mask.py)
+    body_inputs = without_redundant_mask({k: v for k, v in inputs.items() if k in BODY_KEYS})
     hidden = decoder_body(model)(**body_inputs, use_cache=False).last_hidden_state
     hidden, targets = answer_positions(hidden, inputs["labels"])
     nll = answer_nll_sum(hidden, model.get_output_embeddings(), targets)

@@ -61,7 +61,7 @@ class LoraSection:
 
     r: int = field(default=16, metadata=bounds(gt=0))
     alpha: int = field(default=32, metadata=bounds(gt=0))
-    dropout: float = field(default=0.05, metadata=bounds(ge=0, lt=1))
+    dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1))
     targets: list[str] = field(default_factory=lambda: ["all-linear"])
 
 

@@ -81,10 +81,9 @@ def build_reward_trainer(
 
     from model_store.loading import load_sequence_classifier, load_tokenizer, lora_config
     from model_store.reward import use_reward_padding
-    from training.heap import return_large_blocks_to_the_os
+    from training.causal_mask import skip_redundant_causal_mask
     from training.pair_batching import LengthGroupedRewardTrainer
 
-    return_large_blocks_to_the_os()  # activations' freed memory must not stay resident (training/heap.py)
     device, four_bit = device_and_4bit(cfg)
     tokenizer = use_reward_padding(load_tokenizer(model_dir))
     lengths = pair_lengths(tokenizer, pairs)
@@ -105,6 +104,7 @@ def build_reward_trainer(
         processing_class=tokenizer,
         peft_config=lora_config(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets, "SEQ_CLS"),
     )
+    skip_redundant_causal_mask(trainer.model)  # TRL pads pairs on the right: SDPA can run causal
     sizing = {"max_length": max_length, "too_long": sum(n > max_length for n in lengths), "qlora": four_bit}
     return trainer, sizing
 

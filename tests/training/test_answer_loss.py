@@ -176,10 +176,3 @@ def test_reward_batches_are_grouped_by_pair_length(tiny_model_dir: Path, tmp_pat
     )
     assert not isinstance(plain._get_train_sampler(), LengthGroupedSampler)
 
-
-def test_training_processes_return_large_blocks_to_the_os() -> None:
-    import sys
-
-    from training.heap import return_large_blocks_to_the_os
-
-    assert return_large_blocks_to_the_os() is sys.platform.startswith("linux")

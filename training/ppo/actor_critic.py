@@ -132,9 +132,6 @@ def build_actor_critic(cfg: PPOConfig, policy_dir: Path, device: torch.device) -
     from peft import LoraConfig, get_peft_model
 
     from model_store.loading import load_causal_lm
-    from training.heap import return_large_blocks_to_the_os
-
-    return_large_blocks_to_the_os()  # activations' freed memory must not stay resident (training/heap.py)
 
     # 4-bit: the project loader places the nf4 model on CUDA device 0 (one GPU per process is not handled).
     target = "cuda" if cfg.load_in_4bit else str(device)
