@@ -250,8 +250,11 @@ def timed_row(name: str, wait: dict[str, Any], body: Callable[[], dict[str, Any]
     t0 = time.perf_counter()
     try:
         row = body()
-    except (AskBenchError, ServingBenchError) as e:
-        row = {"error": str(e)}
+    except Exception as e:  # one failed row must not lose the others' minutes of measurement: recorded, shown
+        import traceback
+
+        traceback.print_exc()
+        row = {"error": f"{type(e).__name__}: {e}"}
         print(f"[{name}] failed: {e}", flush=True)
     row.update(wait=wait, load_after=load_average(), wall_s=round(time.perf_counter() - t0, 1))
     return row
@@ -563,6 +566,7 @@ MILESTONES = {  # the first line of `make run`'s output that shows each step beg
     "starter": "Publishing the grounded-QA starter",
     "ingest": "Indexing the bundled demo corpus",
     "serve": "ragqa serve",
+    "server_address_printed": "rlhf-rag-qa: http",
 }
 
 
