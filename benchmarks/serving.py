@@ -27,7 +27,8 @@ passes, and recorded before and after each row; it is never faked and nothing is
    (`--stages sft --no-publish`), on a small feedback export in the export format (feedback_store/export.py):
    the app's own prompts for the measured demo questions with the idle row's answers as demonstrations, with
    `sft.max_steps` large enough to keep training through the row. Measurement starts once the retrain is really
-   training: its job marker is up, its SFT folder exists and it used >= 70% of a core over three 3-s windows. The
+   training: its job marker is up, its SFT trainer's progress bar shows a finished step and it used >= 70% of a
+   core over the last three 3-s windows (the steps done at the start and end of the row are recorded). The
    app then answers the same questions as row 1; the retrain's threads (its marker), niceness and CPU use during
    the row are recorded; the retrain is killed after the row.
 4. `agreement`: ask_latency's agreement machinery (`agreement_prompts`, `answer_prompts`, `compare_backends`):
@@ -53,6 +54,7 @@ import gc
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -373,7 +375,7 @@ def retrain_command(export_dir: Path, steps: int) -> list[str]:
         "data.min_pairs=1",
         "data.min_prompts=1",
         f"sft.max_steps={steps}",
-        "progress=false",
+        "progress=true",  # the trainer's progress bar in the log is the proof that steps are done
         "plots=false",
     ]
     flags = [x for s in sets for x in ("--set", s)]
@@ -427,8 +429,17 @@ def cpu_percent(pid: int, window_s: float) -> float:
     return 100 * (process_stat(pid)["cpu_s"] - before) / (time.perf_counter() - t0)
 
 
-def wait_until_training(proc: subprocess.Popen, home: Path, log: Path, timeout_s: float) -> dict[str, Any]:
-    """Block until the retrain trains: its job marker, its SFT folder, and >= 70% of a core for 3 windows."""
+def steps_done(log_text: str, max_steps: int) -> int:
+    """Optimizer steps the trainer's progress bar (`  12/1000 [`) last showed in the retrain's log; 0 before."""
+    found = re.findall(rf"(\d+)/{max_steps} \[", log_text)
+    return max((int(n) for n in found), default=0)
+
+
+def wait_until_training(
+    proc: subprocess.Popen, home: Path, log: Path, max_steps: int, timeout_s: float
+) -> dict[str, Any]:
+    """Block until the retrain trains: its job marker is up, its SFT trainer finished a step, and it used
+    >= 70% of a core over the last 3 windows of 3 s."""
     from model_store.cpu_share import running
 
     start = time.monotonic()
@@ -441,13 +452,14 @@ def wait_until_training(proc: subprocess.Popen, home: Path, log: Path, timeout_s
         if proc.poll() is not None:
             raise ServingBenchError(f"the retrain exited with {proc.returncode}: {_tail(log)}")
         samples.append(round(cpu, 1))
+        hits = hits + 1 if cpu >= TRAINING_CPU_PERCENT else 0
         marker = next((m for m in running(home, "job") if int(m["pid"]) == proc.pid), None)
-        training = marker is not None and any((home / "runs").glob("*/sft"))
-        hits = hits + 1 if training and cpu >= TRAINING_CPU_PERCENT else 0
-        if hits >= TRAINING_WINDOWS:
+        steps = steps_done(log.read_text(errors="replace"), max_steps)
+        if marker is not None and steps >= 1 and hits >= TRAINING_WINDOWS:
             stat = process_stat(proc.pid)
             return {
                 "waited_s": round(time.monotonic() - start, 1),
+                "steps_done": steps,
                 "cpu_percent_samples": samples[-10:],
                 "job_marker": marker,
                 "nice": stat["nice"],
@@ -479,7 +491,7 @@ def retrain_row(
     log = work / "retrain.log"
     proc = start_retrain(home, export, args.retrain_steps, log)
     try:
-        started = wait_until_training(proc, home, log, args.retrain_start_timeout)
+        started = wait_until_training(proc, home, log, args.retrain_steps, args.retrain_start_timeout)
         print(f"[during_retrain] retrain training after {started['waited_s']} s", flush=True)
         before, t0 = process_stat(proc.pid), time.perf_counter()
         load_start = load_average()
@@ -487,6 +499,7 @@ def retrain_row(
         t1 = time.perf_counter()
         still_training = proc.poll() is None
         after = process_stat(proc.pid) if still_training else None
+        steps_after = steps_done(log.read_text(errors="replace"), args.retrain_steps)
     finally:
         code = stop_process_group(proc)
     cpu_s = after["cpu_s"] - before["cpu_s"] if after is not None else None
@@ -502,6 +515,8 @@ def retrain_row(
             "os_threads": started["os_threads"],
             "policy_line": next((ln for ln in log.read_text().splitlines() if "cpu:" in ln), None),
             "start_to_training_s": started["waited_s"],
+            "sft_steps_done_at_row_start": started["steps_done"],
+            "sft_steps_done_at_row_end": steps_after,
             "cpu_percent_while_waiting": started["cpu_percent_samples"],
             "cpu_cores_used_during_row": round(cpu_s / (t1 - t0), 2) if cpu_s is not None else None,
             "still_training_at_row_end": still_training,

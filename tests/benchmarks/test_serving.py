@@ -1,6 +1,7 @@
 """benchmarks/serving.py's pure parts on hand-made rows: the acceptance summary (ratios, TTFT in seconds, nulls
 and the fresh-clone note when a row or the fresh clone is missing or failed), the length-normalised k-candidates
-ratio, a candidates call's length, /proc/PID/stat reading and the retrain command. No model runs here."""
+ratio, a candidates call's length, /proc/PID/stat reading, the trainer's step count in a log and the retrain
+command. No model runs here."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from benchmarks.serving import (
     process_stat,
     retrain_command,
     speed_stats,
+    steps_done,
     summarise_serving,
     write_export,
 )
@@ -111,6 +113,13 @@ def test_meets_is_none_without_a_value() -> None:
     assert meets(None, "<", 1.0) is None
     assert meets(1.0, "<", 1.0) is False
     assert meets(1.0, "<=", 1.0) is True
+
+
+def test_steps_done_reads_the_trainers_progress_bar() -> None:
+    log = "Map: 100%|##| 20/20 [00:00<00:00]\r  0%|   | 0/1000 [00:00<?, ?it/s]\r  0%|   | 2/1000 [00:41<5:40:00]"
+    assert steps_done(log, 1000) == 2
+    assert steps_done("Map: 100%|##| 20/20 [00:00<00:00]\r  0%|   | 0/1000 [00:00<?, ?it/s]", 1000) == 0
+    assert steps_done("", 1000) == 0
 
 
 def test_process_stat_reads_this_process() -> None:
