@@ -819,6 +819,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--k must be between 2 and 4 (the app samples at most 4 alternatives)")
     if not 0 <= args.agreement <= 50:
         parser.error("--agreement must be between 0 and 50 (20 demo + 30 squad2 prompts)")
+    if args.agreement > len(QUESTIONS) and not args.fresh_clone and not args.squad.is_file():
+        # checked now, not after the speed rows' minutes: prompts past the demo questions come from squad2
+        parser.error(
+            f"--agreement {args.agreement} needs squad2-dev-half: {args.squad} is missing (--squad PATH)"
+        )
     return args
 
 

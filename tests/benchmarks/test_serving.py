@@ -143,7 +143,15 @@ def test_export_and_retrain_command(tmp_path: Path) -> None:
     assert f"data.export_dir={folder}" in cmd and "sft.max_steps=500" in cmd
 
 
-@pytest.mark.parametrize("argv", [["--k", "5"], ["--questions", "0"], ["--agreement", "51"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--k", "5"],
+        ["--questions", "0"],
+        ["--agreement", "51"],
+        ["--agreement", "21", "--squad", "/nonexistent.json"],
+    ],
+)
 def test_bad_arguments_are_refused(argv: list[str]) -> None:
     from benchmarks.serving import parse_args
 
