@@ -247,6 +247,9 @@ def stage_ppo(ctx: RunContext) -> StageResult:
     # Only a checkpoint whose state.json was written is complete (the trainer counts the same way): a kill while
     # the first checkpoint was being written must start PPO afresh, not fail every later resume.
     resume = ctx.resuming and any((out / "checkpoints").glob("step-*/state.json"))
+    # The policy PPO hands on is the best on held-out prompts (training/ppo/selection.py); train prompts are
+    # no basis for that choice, so without a held-out split the last policy is kept.
+    heldout, source = ctx.data.eval_prompts()
     result = run_ppo(
         ppo_cfg,
         policy_dir=ctx.policy_base,
@@ -254,6 +257,7 @@ def stage_ppo(ctx: RunContext) -> StageResult:
         out_dir=out,
         reward_dir=ctx.output("rm", "merged"),
         resume=resume,
+        heldout_prompts=None if source.startswith("prompts.train") else heldout,
     )
     plots = sorted(str(p) for p in (out / "plots").glob("*.png"))
     return StageResult.done(

@@ -36,6 +36,7 @@ def build_sft_trainer(cfg: TrainConfig, model_dir: Path, data: ExportData, out_d
 
     from model_store.loading import load_causal_lm, load_tokenizer, lora_config
     from training.answer_loss import AnswerOnlySFTTrainer
+
     device = resolve_device(cfg)
     four_bit = want_4bit(cfg, device)
     tokenizer = load_tokenizer(model_dir)
