@@ -184,6 +184,33 @@ def _score(
     )
 
 
+def _sample_and_score(
+    model: ActorCritic,
+    cfg: PPOConfig,
+    scorer: _Scorer,
+    tokenizer: Any,
+    prompts: Sequence[list[dict]],
+    query_tokens: Sequence[list[int]],
+    generation_config: Any,
+    eos_ids: list[int],
+    pad_id: int,
+    device: torch.device,
+) -> tuple[Sequences, Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """Sample one response per prompt with the policy; (sequences, ended with EOS, scores [B], (old log-probs,
+    reference log-probs, values))."""
+    query_ids, query_mask = left_pad(query_tokens, pad_id)
+    query_ids, query_mask = query_ids.to(device), query_mask.to(device)
+    response_ids, response_mask, ended = sample_responses(
+        model, query_ids, query_mask, generation_config, eos_ids, pad_id
+    )
+    scores = _score(
+        scorer, tokenizer, prompts, query_tokens, response_ids, response_mask, cfg.batch_size, device
+    ).to(device)
+    seqs = Sequences(query_ids, query_mask, response_ids, response_mask)
+    chunk = cfg.mini_batch_size // cfg.grad_accum
+    return seqs, ended, scores, _forward_in_chunks(model, seqs, chunk, cfg.temperature)
+
+
 def _collect_rollout(
     model: ActorCritic,
     cfg: PPOConfig,
@@ -198,23 +225,17 @@ def _collect_rollout(
     kl_coef: float,
 ) -> tuple[Rollout, dict[str, float]]:
     """Steps 1-4: sample, score, old/ref log-probs and values, then rewards and advantages: the Rollout, built once."""
-    query_ids, query_mask = left_pad(query_tokens, pad_id)
-    query_ids, query_mask = query_ids.to(device), query_mask.to(device)
-    response_ids, response_mask, ended = sample_responses(
-        model, query_ids, query_mask, generation_config, eos_ids, pad_id
+    seqs, ended, scores, (logprobs, ref_logprobs, values) = _sample_and_score(
+        model, cfg, scorer, tokenizer, prompts, query_tokens, generation_config, eos_ids, pad_id, device
     )
-    scores = _score(
-        scorer, tokenizer, prompts, query_tokens, response_ids, response_mask, cfg.batch_size, device
-    ).to(device)
-    seqs = Sequences(query_ids, query_mask, response_ids, response_mask)
-    chunk = cfg.mini_batch_size // cfg.grad_accum
-    logprobs, ref_logprobs, values = _forward_in_chunks(model, seqs, chunk, cfg.temperature)
-    shaped, stats = _shape_rewards(scores, ended, logprobs, ref_logprobs, values, response_mask, cfg, kl_coef)
+    shaped, stats = _shape_rewards(
+        scores, ended, logprobs, ref_logprobs, values, seqs.response_mask, cfg, kl_coef
+    )
     rollout = Rollout(
-        query_ids,
-        query_mask,
-        response_ids,
-        response_mask,
+        seqs.query_ids,
+        seqs.query_mask,
+        seqs.response_ids,
+        seqs.response_mask,
         ends_with_eos=ended,
         scores=scores,
         logprobs=logprobs,
@@ -246,23 +267,14 @@ def _heldout_score(
     torch.manual_seed(cfg.seed + HELDOUT_SEED_OFFSET)
     try:
         model.eval()
-        query_ids, query_mask = left_pad(query_tokens, pad_id)
-        query_ids, query_mask = query_ids.to(device), query_mask.to(device)
-        response_ids, response_mask, _ = sample_responses(
-            model, query_ids, query_mask, generation_config, eos_ids, pad_id
-        )
-        scores = _score(
-            scorer, tokenizer, prompts, query_tokens, response_ids, response_mask, cfg.batch_size, device
-        )
-        seqs = Sequences(query_ids, query_mask, response_ids, response_mask)
-        logprobs, ref_logprobs, _ = _forward_in_chunks(
-            model, seqs, cfg.mini_batch_size // cfg.grad_accum, cfg.temperature
+        seqs, _, scores, (logprobs, ref_logprobs, _) = _sample_and_score(
+            model, cfg, scorer, tokenizer, prompts, query_tokens, generation_config, eos_ids, pad_id, device
         )
     finally:
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
-    mask = response_mask.to(logprobs.dtype)
+    mask = seqs.response_mask.to(logprobs.dtype)
     return HeldoutScore(
         step=step,
         reward=float(scores.float().mean()),
