@@ -444,6 +444,15 @@ def restore_rng(path: Path) -> None:
 # --- metrics -------------------------------------------------------------------------------------------
 
 
+def _all_agree(accelerator: Any, stop: bool) -> bool:
+    """`stop` on any process = stop on every process (ranks' clocks differ; one leaving the loop alone would
+    leave the others waiting in the next all-reduce)."""
+    if accelerator.num_processes == 1:
+        return stop
+    flag = torch.tensor([1.0 if stop else 0.0], device=accelerator.device)
+    return bool(accelerator.gather(flag).max() > 0)
+
+
 def _reduce_stats(accelerator: Any, stats: dict[str, float]) -> dict[str, float]:
     """Average each scalar over processes (accelerator.gather), keys in a fixed order on every rank."""
     if accelerator.num_processes == 1:
@@ -514,6 +523,7 @@ def run_ppo(
     reward_fn: Callable[[list[Tensor], list[Tensor]], Tensor] | None = None,
     resume: bool = False,
     heldout_prompts: list[list[dict]] | None = None,
+    time_budget_s: float | None = None,
 ) -> PPOResult:
     """Train the policy LoRA on `prompts` with PPO against a reward model (`reward_dir`) or `reward_fn`.
 
@@ -523,6 +533,8 @@ def run_ppo(
     resume: continue from the newest checkpoint under out_dir/checkpoints (error if there is none).
     heldout_prompts: prompts never trained on; with `select_every` > 0 the policy is scored on them and the best
         eligible one is what the run saves (training/ppo/selection.py). None = the last policy.
+    time_budget_s: stop before a step that would end past this many seconds (training/time_budget.py); the
+        stopping step is scored, checkpointed and recorded (`time_budget` in the summary).
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -632,6 +644,8 @@ def run_ppo(
 
     if selector is not None and start_step == 0:
         score_heldout(0)  # the starting policy: what the stage hands on if no update beats it
+    budget = {"budget_s": round(time_budget_s, 1), "cut": False} if time_budget_s is not None else None
+    loop_started = time.monotonic()
     for step in range(start_step + 1, cfg.total_steps + 1):
         started, cpu_started = time.perf_counter(), time.process_time()
         seed = _step_seed(cfg.seed, step, rank)
@@ -666,7 +680,16 @@ def run_ppo(
         # CPU seconds of this process (all threads): with wall time it shows how busy the machine was.
         stats["cpu_seconds_per_step"] = time.process_time() - cpu_started
         stats["step"] = step
-        if selector is not None and (step % cfg.select_every == 0 or step == cfg.total_steps):
+        elapsed = time.monotonic() - loop_started
+        last = step == cfg.total_steps
+        if (
+            budget is not None
+            and not last
+            and _all_agree(accelerator, elapsed + elapsed / (step - start_step) > time_budget_s)
+        ):
+            budget.update(cut=True, steps=step, planned_steps=cfg.total_steps)  # the next step would overrun
+            last = True
+        if selector is not None and (step % cfg.select_every == 0 or last):
             score = score_heldout(step)
             stats["heldout_reward"], stats["heldout_kl"] = score.reward, score.kl
             stats["heldout_length"] = score.length
@@ -677,10 +700,12 @@ def run_ppo(
         progress.set_postfix(score=f"{stats['score']:.3f}", kl=f"{stats['kl']:.3f}")
         progress.update(1)
         # 7. checkpoint.
-        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.total_steps:
+        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last:
             last_checkpoint = _save_checkpoint(
                 accelerator, model, optimizer, kl_ctl, step, out_dir, cfg.keep_checkpoints, selector
             )
+        if last:
+            break
     progress.close()
 
     adapters_dir = out_dir / "adapters"
@@ -704,6 +729,7 @@ def run_ppo(
             "value_head_from_reward_model": value_head_from_rm,
             "last_checkpoint": str(last_checkpoint) if last_checkpoint else None,
             "heldout_prompts": len(heldout[0]) if heldout else 0,
+            **({"time_budget": budget} if budget is not None else {}),
             **(selector.summary() if selector is not None else {"selected_step": None}),
         },
     )
