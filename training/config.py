@@ -166,6 +166,18 @@ class PublishSection:
 
 
 @dataclass
+class TimeBudgetSection:
+    """How long the training stages of one retrain may take together (training/time_budget.py)."""
+
+    # minutes for SFT + reward model + the policy stage; null = no limit (each runs its full schedule)
+    minutes: float | None = field(default=60.0, metadata=bounds(gt=0))
+    # shares of what is left when a stage starts (a stage that finishes early leaves its time to the next)
+    sft: float = field(default=0.2, metadata=bounds(gt=0))
+    reward: float = field(default=0.3, metadata=bounds(gt=0))
+    policy: float = field(default=0.5, metadata=bounds(gt=0))  # ppo, dpo or kto
+
+
+@dataclass
 class TrainConfig:
     """Everything `ragqa retrain` needs; see training/configs/default.yaml for documented values."""
 
@@ -195,6 +207,7 @@ class TrainConfig:
     merge: MergeSection = field(default_factory=MergeSection)
     gate: GateSection = field(default_factory=GateSection)
     publish: PublishSection = field(default_factory=PublishSection)
+    time_budget: TimeBudgetSection = field(default_factory=TimeBudgetSection)
 
     def validate(self) -> None:
         """The rules between fields (single-field ranges are on the fields and checked by the loader)."""

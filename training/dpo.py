@@ -21,7 +21,13 @@ from training.trl_stage import device_and_4bit, prepare_for_kbit, run_trainer, t
 
 
 def train_dpo(
-    cfg: TrainConfig, *, model_dir: Path, data: ExportData, out_dir: Path, resume: bool = False
+    cfg: TrainConfig,
+    *,
+    model_dir: Path,
+    data: ExportData,
+    out_dir: Path,
+    resume: bool = False,
+    budget_s: float | None = None,
 ) -> StageResult:
     """Train the DPO policy adapter on `model_dir`. Returns the stage result dict."""
     from datasets import Dataset
@@ -53,7 +59,7 @@ def train_dpo(
         processing_class=tokenizer,
         peft_config=lora_config(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets, "CAUSAL_LM"),
     )
-    run = run_trainer(trainer, out_dir, resume=resume)
+    run = run_trainer(trainer, out_dir, resume=resume, budget_s=budget_s)
     if not run.is_main:
         return StageResult.done()
     metrics = {

@@ -41,7 +41,13 @@ def shuffled(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
 
 
 def train_kto(
-    cfg: TrainConfig, *, model_dir: Path, data: ExportData, out_dir: Path, resume: bool = False
+    cfg: TrainConfig,
+    *,
+    model_dir: Path,
+    data: ExportData,
+    out_dir: Path,
+    resume: bool = False,
+    budget_s: float | None = None,
 ) -> StageResult:
     """Train the KTO policy adapter on `model_dir`. Returns the stage result."""
     from datasets import Dataset
@@ -81,7 +87,7 @@ def train_kto(
         processing_class=tokenizer,
         peft_config=lora_config(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets, "CAUSAL_LM"),
     )
-    run = run_trainer(trainer, out_dir, resume=resume)
+    run = run_trainer(trainer, out_dir, resume=resume, budget_s=budget_s)
     if not run.is_main:
         return StageResult.done()
     heldout = run.heldout

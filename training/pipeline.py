@@ -131,6 +131,14 @@ class RunContext:
     state: RunState
     options: RetrainOptions
     data: ExportData | None = None
+    deadline: float | None = None  # time.monotonic() by which the budgeted training stages should be done
+
+    def budget_s(self, stage: str) -> float | None:
+        """This stage's seconds of the retrain's time budget (training/time_budget.py); None without one."""
+        from training.time_budget import stage_budget_s
+
+        pending = [s for s in self.state.data["plan"] if not self.state.finished(s)]
+        return stage_budget_s(self.cfg, stage, pending, self.deadline)
 
     @property
     def resuming(self) -> bool:
@@ -220,7 +228,12 @@ def stage_sft(ctx: RunContext) -> StageResult:
     from training import sft
 
     return sft.train_sft(
-        ctx.cfg, model_dir=ctx.start_dir, data=ctx.data, out_dir=ctx.run_dir / "sft", resume=ctx.resuming
+        ctx.cfg,
+        model_dir=ctx.start_dir,
+        data=ctx.data,
+        out_dir=ctx.run_dir / "sft",
+        resume=ctx.resuming,
+        budget_s=ctx.budget_s("sft"),
     )
 
 
@@ -228,7 +241,12 @@ def stage_rm(ctx: RunContext) -> StageResult:
     from training import reward
 
     return reward.train_reward_model(
-        ctx.cfg, model_dir=ctx.policy_base, data=ctx.data, out_dir=ctx.run_dir / "rm", resume=ctx.resuming
+        ctx.cfg,
+        model_dir=ctx.policy_base,
+        data=ctx.data,
+        out_dir=ctx.run_dir / "rm",
+        resume=ctx.resuming,
+        budget_s=ctx.budget_s("rm"),
     )
 
 
@@ -247,6 +265,9 @@ def stage_ppo(ctx: RunContext) -> StageResult:
     # Only a checkpoint whose state.json was written is complete (the trainer counts the same way): a kill while
     # the first checkpoint was being written must start PPO afresh, not fail every later resume.
     resume = ctx.resuming and any((out / "checkpoints").glob("step-*/state.json"))
+    # The policy PPO hands on is the best on held-out prompts (training/ppo/selection.py); train prompts are
+    # no basis for that choice, so without a held-out split the last policy is kept.
+    heldout, source = ctx.data.eval_prompts()
     result = run_ppo(
         ppo_cfg,
         policy_dir=ctx.policy_base,
@@ -254,6 +275,8 @@ def stage_ppo(ctx: RunContext) -> StageResult:
         out_dir=out,
         reward_dir=ctx.output("rm", "merged"),
         resume=resume,
+        heldout_prompts=None if source.startswith("prompts.train") else heldout,
+        time_budget_s=ctx.budget_s("ppo"),
     )
     plots = sorted(str(p) for p in (out / "plots").glob("*.png"))
     return StageResult.done(
@@ -267,7 +290,12 @@ def stage_dpo(ctx: RunContext) -> StageResult:
     from training import dpo
 
     return dpo.train_dpo(
-        ctx.cfg, model_dir=ctx.policy_base, data=ctx.data, out_dir=ctx.run_dir / "dpo", resume=ctx.resuming
+        ctx.cfg,
+        model_dir=ctx.policy_base,
+        data=ctx.data,
+        out_dir=ctx.run_dir / "dpo",
+        resume=ctx.resuming,
+        budget_s=ctx.budget_s("dpo"),
     )
 
 
@@ -275,7 +303,12 @@ def stage_kto(ctx: RunContext) -> StageResult:
     from training import kto
 
     return kto.train_kto(
-        ctx.cfg, model_dir=ctx.policy_base, data=ctx.data, out_dir=ctx.run_dir / "kto", resume=ctx.resuming
+        ctx.cfg,
+        model_dir=ctx.policy_base,
+        data=ctx.data,
+        out_dir=ctx.run_dir / "kto",
+        resume=ctx.resuming,
+        budget_s=ctx.budget_s("kto"),
     )
 
 
@@ -529,6 +562,8 @@ def _run_stages(ctx: RunContext, say: Callable[[str], None]) -> dict[str, Any]:
     for line in describe_plan(ctx.cfg, plan, ctx.data):
         say(line)
     state.data["status"] = "running"
+    minutes = ctx.cfg.time_budget.minutes
+    ctx.deadline = time.monotonic() + 60 * minutes if minutes else None  # per process: a resume starts afresh
     for i, name in enumerate(plan, 1):
         if state.finished(name):
             say(f"[{i}/{len(plan)}] {name}: already {state.stage(name)['status']} (skipped on resume)")

@@ -32,12 +32,21 @@ KEY_METRICS = {
         "heldout_accuracy",
         "heldout_mean_margin",
     ],
-    "ppo": ["steps", "score_first", "score_last", "kl_last", "response_length_last"],
+    "ppo": ["steps", "score_first", "score_last", "kl_last", "response_length_last", "selected_step"],
     "dpo": ["pairs_train", "steps", "train_loss", "heldout_accuracy", "heldout_mean_margin"],
     "kto": ["ratings_good", "ratings_bad", "steps", "train_loss", "heldout_mean_margin"],
     "merge": ["max_abs_logit_diff", "atol"],
     "evaluate": ["current_version", "prompts", "win_rate", "reward_delta", "kl", "kl_per_token"],
 }
+
+
+def budget_note(metrics: dict[str, Any]) -> str:
+    """'time budget: 40 of 120 steps' when training/time_budget.py cut the stage, else ''."""
+    budget = metrics.get("time_budget") or {}
+    if not budget.get("cut"):
+        return ""
+    run = budget.get("steps", budget.get("hard_stop_at_step", metrics.get("steps")))
+    return f"time budget ({budget['budget_s']:.0f} s): {run} of {budget.get('planned_steps')} steps"
 
 
 def stage_summary(name: str, result: dict[str, Any]) -> str:
@@ -48,7 +57,8 @@ def stage_summary(name: str, result: dict[str, Any]) -> str:
     if name == "publish":
         return f"publish: {result['outputs'].get('version')} ({result.get('reason')})"
     shown = [f"{k}={_fmt(metrics[k])[:16]}" for k in KEY_METRICS.get(name, []) if metrics.get(k) is not None]
-    return f"{name}: done  " + " ".join(shown)
+    note = budget_note(metrics)
+    return f"{name}: done  " + " ".join(shown) + (f"  [{note}]" if note else "")
 
 
 def write_report(ctx: Any) -> Path:
@@ -72,8 +82,9 @@ def write_report(ctx: Any) -> Path:
             f"{k} {_fmt(metrics[k])}" for k in KEY_METRICS.get(name, []) if metrics.get(k) is not None
         )
         status = result.get("status", "not run")
-        if result.get("reason"):
-            shown = (shown + "; " if shown else "") + str(result["reason"])
+        for extra in (budget_note(metrics), result.get("reason")):
+            if extra:
+                shown = (shown + "; " if shown else "") + str(extra)
         lines.append(f"| {name} | {status} | {shown.replace('|', '/')} |")
     evaluated = ctx.state.stage("evaluate").get("metrics") or {}
     if evaluated.get("candidate"):

@@ -110,7 +110,13 @@ def build_reward_trainer(
 
 
 def train_reward_model(
-    cfg: TrainConfig, *, model_dir: Path, data: ExportData, out_dir: Path, resume: bool = False
+    cfg: TrainConfig,
+    *,
+    model_dir: Path,
+    data: ExportData,
+    out_dir: Path,
+    resume: bool = False,
+    budget_s: float | None = None,
 ) -> StageResult:
     """Train, merge and evaluate the reward model. Returns the stage result dict."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -127,7 +133,7 @@ def train_reward_model(
             "tokens and RewardTrainer drops them; raise reward.max_length (or set it to null to size it "
             "from the data)"
         )
-    run = run_trainer(trainer, out_dir, resume=resume)
+    run = run_trainer(trainer, out_dir, resume=resume, budget_s=budget_s)
     del trainer
     if not run.is_main:
         return StageResult.done()

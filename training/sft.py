@@ -36,6 +36,7 @@ def build_sft_trainer(cfg: TrainConfig, model_dir: Path, data: ExportData, out_d
 
     from model_store.loading import load_causal_lm, load_tokenizer, lora_config
     from training.answer_loss import AnswerOnlySFTTrainer
+
     device = resolve_device(cfg)
     four_bit = want_4bit(cfg, device)
     tokenizer = load_tokenizer(model_dir)
@@ -65,7 +66,13 @@ def build_sft_trainer(cfg: TrainConfig, model_dir: Path, data: ExportData, out_d
 
 
 def train_sft(
-    cfg: TrainConfig, *, model_dir: Path, data: ExportData, out_dir: Path, resume: bool = False
+    cfg: TrainConfig,
+    *,
+    model_dir: Path,
+    data: ExportData,
+    out_dir: Path,
+    resume: bool = False,
+    budget_s: float | None = None,
 ) -> StageResult:
     """Run SFT + merge. Returns the stage result dict (status, reason, outputs, metrics, plots)."""
 
@@ -80,7 +87,7 @@ def train_sft(
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = build_sft_trainer(cfg, model_dir, data, out_dir)
-    run = run_trainer(trainer, out_dir, resume=resume)
+    run = run_trainer(trainer, out_dir, resume=resume, budget_s=budget_s)
     del trainer
     if not run.is_main:
         return StageResult.done()

@@ -26,6 +26,7 @@ class TrainRun:
     adapter: Path
     processes: int
     is_main: bool  # only the main process merges and reports
+    time_budget: dict[str, Any] | None = None  # training/time_budget.py's record (None without a budget)
 
     def summary(self) -> dict[str, Any]:
         """The metrics every stage reports."""
@@ -34,6 +35,7 @@ class TrainRun:
             "processes": self.processes,
             "train_loss": float(self.train_out.training_loss),
             "runtime_s": float(self.train_out.metrics.get("train_runtime", 0.0)),
+            **({"time_budget": self.time_budget} if self.time_budget else {}),
         }
 
 
@@ -97,8 +99,15 @@ def prepare_for_kbit(model: Any, section: TrainerSection, four_bit: bool) -> Any
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=section.gradient_checkpointing)
 
 
-def run_trainer(trainer: Any, out_dir: Path, *, resume: bool) -> TrainRun:
-    """Train (from the newest checkpoint when resuming), evaluate on the eval split, save the adapter."""
+def run_trainer(trainer: Any, out_dir: Path, *, resume: bool, budget_s: float | None = None) -> TrainRun:
+    """Train (from the newest checkpoint when resuming) within `budget_s` seconds when given, evaluate on the
+    eval split, save the adapter."""
+    budget = None
+    if budget_s is not None:
+        from training.time_budget import TimeBudget
+
+        budget = TimeBudget(trainer, budget_s)
+        trainer.add_callback(budget)
     train_out = trainer.train(
         resume_from_checkpoint=last_checkpoint(out_dir / "checkpoints") if resume else None
     )
@@ -108,7 +117,15 @@ def run_trainer(trainer: Any, out_dir: Path, *, resume: bool) -> TrainRun:
     history = list(trainer.state.log_history)
     processes = trainer.accelerator.num_processes
     trainer.accelerator.wait_for_everyone()
-    return TrainRun(train_out, history, heldout, adapter, processes, trainer.is_world_process_zero())
+    return TrainRun(
+        train_out,
+        history,
+        heldout,
+        adapter,
+        processes,
+        trainer.is_world_process_zero(),
+        budget.record if budget else None,
+    )
 
 
 def write_outputs(

@@ -331,3 +331,32 @@ def test_threads_drop_while_a_job_runs_and_come_back(llamacpp_model) -> None:
     wanted[0] = 2
     llamacpp_model.sample(_messages(PROMPTS[0]), 2, max_new_tokens=2)
     assert llama_cpp.llama_n_threads(llamacpp_model.llama.ctx) == 2
+
+
+def test_auto_switches_to_llamacpp_when_it_lands_while_serving(gguf_registry: Path, monkeypatch) -> None:
+    """`make run` serves the first page with transformers while llama.cpp builds in the background: once the
+    package is importable, the next request after the recheck interval is answered by llama.cpp."""
+    import app.backends.llamacpp_lm as llamacpp_lm
+    import app.generator as generator_module
+
+    installed = {"llama_cpp": False}
+    monkeypatch.setattr(llamacpp_lm, "llama_cpp_available", lambda: installed["llama_cpp"])
+    monkeypatch.setattr(generator_module, "LLAMACPP_RECHECK_S", 0.0)
+    generator = Generator(ModelRegistry(gguf_registry), backend="auto")
+    first = generator.current()
+    assert first.backend == "transformers"
+    assert generator.current() is first  # nothing changed: the loaded model is reused
+    installed["llama_cpp"] = True  # the background build finished
+    second = generator.current()
+    assert second.backend == "llamacpp" and second.version == first.version
+    assert generator.current() is second  # and it stays
+
+
+def test_auto_does_not_wait_for_llamacpp_when_it_serves_already(gguf_registry: Path, monkeypatch) -> None:
+    import app.generator as generator_module
+
+    monkeypatch.setattr(generator_module, "LLAMACPP_RECHECK_S", 0.0)
+    generator = Generator(ModelRegistry(gguf_registry), backend="auto")
+    served = generator.current()
+    assert served.backend == "llamacpp" and not generator._awaiting_llamacpp
+    assert generator.current() is served

@@ -175,4 +175,3 @@ def test_reward_batches_are_grouped_by_pair_length(tiny_model_dir: Path, tmp_pat
         tiny_cfg("reward.group_by_length=false"), tiny_model_dir, pairs, tmp_path / "r2"
     )
     assert not isinstance(plain._get_train_sampler(), LengthGroupedSampler)
-

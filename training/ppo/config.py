@@ -97,6 +97,16 @@ class PPOConfig:
     load_in_4bit: bool = False  # nf4 base via bitsandbytes; CUDA only
     gradient_checkpointing: bool = False
 
+    # --- which policy the stage hands on (training/ppo/selection.py) ---
+    # score the policy on held-out prompts every N steps (and before the first update); the best eligible one
+    # is kept, not the last. 0 = keep the last policy (no held-out scoring)
+    select_every: int = field(default=10, metadata=bounds(ge=0))
+    select_prompts: int = field(default=16, metadata=bounds(gt=0))  # held-out prompts scored each time
+    # eligible only with a mean KL to the reference (the SFT model) under this many nats per answer ...
+    select_kl_limit: float = field(default=10.0, metadata=bounds(gt=0))
+    # ... and mean answers at most this many times as long as the starting policy's
+    select_max_length_ratio: float = field(default=1.5, metadata=bounds(gt=0))
+
     # --- bookkeeping ---
     checkpoint_every: int = field(default=50, metadata=bounds(ge=0))  # also at the end; 0 = only at the end
     keep_checkpoints: int = field(default=2, metadata=bounds(ge=0))

@@ -56,8 +56,19 @@ from training.ppo.rollout import (
     sample_responses,
     tokenize_prompts,
 )
+from training.ppo.selection import HeldoutScore, PolicySelector
 
-PLOTTED = {"reward": "score", "kl": "kl", "response_length": "response_length", "value_loss": "value_loss"}
+PLOTTED = {
+    "reward": "score",
+    "kl": "kl",
+    "response_length": "response_length",
+    "value_loss": "value_loss",
+    "heldout_reward": "heldout_reward",
+    "heldout_kl": "heldout_kl",
+}
+# Held-out scoring samples with its own fixed seed (every evaluation sees the same noise) and then restores the
+# training RNG, so turning selection on or off does not change the training run itself.
+HELDOUT_SEED_OFFSET = 7919
 
 
 @dataclass
@@ -173,6 +184,33 @@ def _score(
     )
 
 
+def _sample_and_score(
+    model: ActorCritic,
+    cfg: PPOConfig,
+    scorer: _Scorer,
+    tokenizer: Any,
+    prompts: Sequence[list[dict]],
+    query_tokens: Sequence[list[int]],
+    generation_config: Any,
+    eos_ids: list[int],
+    pad_id: int,
+    device: torch.device,
+) -> tuple[Sequences, Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """Sample one response per prompt with the policy; (sequences, ended with EOS, scores [B], (old log-probs,
+    reference log-probs, values))."""
+    query_ids, query_mask = left_pad(query_tokens, pad_id)
+    query_ids, query_mask = query_ids.to(device), query_mask.to(device)
+    response_ids, response_mask, ended = sample_responses(
+        model, query_ids, query_mask, generation_config, eos_ids, pad_id
+    )
+    scores = _score(
+        scorer, tokenizer, prompts, query_tokens, response_ids, response_mask, cfg.batch_size, device
+    ).to(device)
+    seqs = Sequences(query_ids, query_mask, response_ids, response_mask)
+    chunk = cfg.mini_batch_size // cfg.grad_accum
+    return seqs, ended, scores, _forward_in_chunks(model, seqs, chunk, cfg.temperature)
+
+
 def _collect_rollout(
     model: ActorCritic,
     cfg: PPOConfig,
@@ -187,23 +225,17 @@ def _collect_rollout(
     kl_coef: float,
 ) -> tuple[Rollout, dict[str, float]]:
     """Steps 1-4: sample, score, old/ref log-probs and values, then rewards and advantages: the Rollout, built once."""
-    query_ids, query_mask = left_pad(query_tokens, pad_id)
-    query_ids, query_mask = query_ids.to(device), query_mask.to(device)
-    response_ids, response_mask, ended = sample_responses(
-        model, query_ids, query_mask, generation_config, eos_ids, pad_id
+    seqs, ended, scores, (logprobs, ref_logprobs, values) = _sample_and_score(
+        model, cfg, scorer, tokenizer, prompts, query_tokens, generation_config, eos_ids, pad_id, device
     )
-    scores = _score(
-        scorer, tokenizer, prompts, query_tokens, response_ids, response_mask, cfg.batch_size, device
-    ).to(device)
-    seqs = Sequences(query_ids, query_mask, response_ids, response_mask)
-    chunk = cfg.mini_batch_size // cfg.grad_accum
-    logprobs, ref_logprobs, values = _forward_in_chunks(model, seqs, chunk, cfg.temperature)
-    shaped, stats = _shape_rewards(scores, ended, logprobs, ref_logprobs, values, response_mask, cfg, kl_coef)
+    shaped, stats = _shape_rewards(
+        scores, ended, logprobs, ref_logprobs, values, seqs.response_mask, cfg, kl_coef
+    )
     rollout = Rollout(
-        query_ids,
-        query_mask,
-        response_ids,
-        response_mask,
+        seqs.query_ids,
+        seqs.query_mask,
+        seqs.response_ids,
+        seqs.response_mask,
         ends_with_eos=ended,
         scores=scores,
         logprobs=logprobs,
@@ -212,6 +244,43 @@ def _collect_rollout(
         **shaped,
     )
     return rollout, stats
+
+
+@torch.no_grad()
+def _heldout_score(
+    model: ActorCritic,
+    cfg: PPOConfig,
+    scorer: _Scorer,
+    tokenizer: Any,
+    heldout: tuple[list[list[dict]], list[list[int]]],
+    generation_config: Any,
+    eos_ids: list[int],
+    pad_id: int,
+    device: torch.device,
+    step: int,
+) -> HeldoutScore:
+    """The policy on the held-out prompts: one sampled answer each (rollout settings, fixed seed), its reward
+    score, its KL to the reference summed over the answer (nats), its length."""
+    prompts, query_tokens = heldout
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    torch.manual_seed(cfg.seed + HELDOUT_SEED_OFFSET)
+    try:
+        model.eval()
+        seqs, _, scores, (logprobs, ref_logprobs, _) = _sample_and_score(
+            model, cfg, scorer, tokenizer, prompts, query_tokens, generation_config, eos_ids, pad_id, device
+        )
+    finally:
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+    mask = seqs.response_mask.to(logprobs.dtype)
+    return HeldoutScore(
+        step=step,
+        reward=float(scores.float().mean()),
+        kl=float(((logprobs - ref_logprobs) * mask).sum(dim=1).mean()),
+        length=float(mask.sum(dim=1).mean()),
+    )
 
 
 def _shape_rewards(
@@ -316,7 +385,14 @@ def _checkpoint_dirs(out_dir: Path) -> list[Path]:
 
 
 def _save_checkpoint(
-    accelerator: Any, model: ActorCritic, optimizer: Any, kl_ctl: Any, step: int, out_dir: Path, keep: int
+    accelerator: Any,
+    model: ActorCritic,
+    optimizer: Any,
+    kl_ctl: Any,
+    step: int,
+    out_dir: Path,
+    keep: int,
+    selector: PolicySelector | None = None,
 ) -> Path:
     """Adapters (peft folders) + exact trainable tensors + optimizer + step + kl_coef + RNG state per rank."""
     path = out_dir / "checkpoints" / f"step-{step:06d}"
@@ -326,6 +402,8 @@ def _save_checkpoint(
         model.save_adapters(path / "adapters")
         torch.save(model.trainable_state(), path / "trainable.pt")
         torch.save(optimizer.state_dict(), path / "optimizer.pt")
+        if selector is not None:
+            selector.save(path)
     accelerator.wait_for_everyone()
     rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
     torch.save(rng, path / f"rng_rank{accelerator.process_index}.pt")
@@ -366,6 +444,15 @@ def restore_rng(path: Path) -> None:
 # --- metrics -------------------------------------------------------------------------------------------
 
 
+def _all_agree(accelerator: Any, stop: bool) -> bool:
+    """`stop` on any process = stop on every process (ranks' clocks differ; one leaving the loop alone would
+    leave the others waiting in the next all-reduce)."""
+    if accelerator.num_processes == 1:
+        return stop
+    flag = torch.tensor([1.0 if stop else 0.0], device=accelerator.device)
+    return bool(accelerator.gather(flag).max() > 0)
+
+
 def _reduce_stats(accelerator: Any, stats: dict[str, float]) -> dict[str, float]:
     """Average each scalar over processes (accelerator.gather), keys in a fixed order on every rank."""
     if accelerator.num_processes == 1:
@@ -386,6 +473,8 @@ def _write_plots(metrics: list[dict[str, float]], out_dir: Path) -> list[Path]:
     written = []
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     for name, key in PLOTTED.items():
+        if not any(key in m for m in metrics):  # held-out curves only when selection ran
+            continue
         fig, ax = plt.subplots(figsize=(5, 3.2))
         ax.plot(steps, [m.get(key, float("nan")) for m in metrics], marker="o", markersize=2)
         ax.set_xlabel("PPO step")
@@ -433,6 +522,8 @@ def run_ppo(
     reward_dir: Path | None = None,
     reward_fn: Callable[[list[Tensor], list[Tensor]], Tensor] | None = None,
     resume: bool = False,
+    heldout_prompts: list[list[dict]] | None = None,
+    time_budget_s: float | None = None,
 ) -> PPOResult:
     """Train the policy LoRA on `prompts` with PPO against a reward model (`reward_dir`) or `reward_fn`.
 
@@ -440,6 +531,10 @@ def run_ppo(
     prompts: chat conversations (lists of {"role", "content"}) rendered with add_generation_prompt=True.
     reward_fn: test/toy scorer `(prompt_ids: list[Tensor], response_ids: list[Tensor]) -> Tensor[B]`.
     resume: continue from the newest checkpoint under out_dir/checkpoints (error if there is none).
+    heldout_prompts: prompts never trained on; with `select_every` > 0 the policy is scored on them and the best
+        eligible one is what the run saves (training/ppo/selection.py). None = the last policy.
+    time_budget_s: stop before a step that would end past this many seconds (training/time_budget.py); the
+        stopping step is scored, checkpointed and recorded (`time_budget` in the summary).
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -480,6 +575,14 @@ def run_ppo(
     eos_ids = _eos_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     generation_config = _generation_config(cfg, tokenizer, eos_ids, pad_id)
+    heldout = None
+    if heldout_prompts and cfg.select_every:
+        kept_heldout, heldout_tokens = tokenize_prompts(
+            tokenizer, heldout_prompts[: cfg.select_prompts], cfg.max_prompt_tokens
+        )
+        if heldout_tokens:
+            heldout = ([heldout_prompts[i] for i in kept_heldout], heldout_tokens)
+    selector = PolicySelector(cfg.select_kl_limit, cfg.select_max_length_ratio) if heldout else None
 
     scorer = _Scorer(reward_fn=reward_fn)
     value_head_from_rm = False
@@ -517,6 +620,8 @@ def run_ppo(
         if not checkpoints:
             raise FileNotFoundError(f"resume=True but {out_dir}/checkpoints holds no checkpoint")
         start_step = _load_checkpoint(accelerator, model, optimizer, kl_ctl, checkpoints[-1])
+        if selector is not None:
+            selector.restore(checkpoints[-1], accelerator.device)
         if metrics_file.is_file():
             lines = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
             metrics = [m for m in lines if m["step"] <= start_step]
@@ -530,6 +635,17 @@ def run_ppo(
         disable=not (cfg.progress and accelerator.is_main_process),
     )
     last_checkpoint: Path | None = None
+
+    def score_heldout(step: int) -> HeldoutScore:
+        args = (model, cfg, scorer, tokenizer, heldout, generation_config, eos_ids, pad_id, device, step)
+        score = _heldout_score(*args)
+        selector.offer(score, model.trainable_state())
+        return score
+
+    if selector is not None and start_step == 0:
+        score_heldout(0)  # the starting policy: what the stage hands on if no update beats it
+    budget = {"budget_s": round(time_budget_s, 1), "cut": False} if time_budget_s is not None else None
+    loop_started = time.monotonic()
     for step in range(start_step + 1, cfg.total_steps + 1):
         started, cpu_started = time.perf_counter(), time.process_time()
         seed = _step_seed(cfg.seed, step, rank)
@@ -564,6 +680,19 @@ def run_ppo(
         # CPU seconds of this process (all threads): with wall time it shows how busy the machine was.
         stats["cpu_seconds_per_step"] = time.process_time() - cpu_started
         stats["step"] = step
+        elapsed = time.monotonic() - loop_started
+        last = step == cfg.total_steps
+        if (
+            budget is not None
+            and not last
+            and _all_agree(accelerator, elapsed + elapsed / (step - start_step) > time_budget_s)
+        ):
+            budget.update(cut=True, steps=step, planned_steps=cfg.total_steps)  # the next step would overrun
+            last = True
+        if selector is not None and (step % cfg.select_every == 0 or last):
+            score = score_heldout(step)
+            stats["heldout_reward"], stats["heldout_kl"] = score.reward, score.kl
+            stats["heldout_length"] = score.length
         metrics.append(stats)
         if accelerator.is_main_process:
             with metrics_file.open("a") as fh:
@@ -571,13 +700,17 @@ def run_ppo(
         progress.set_postfix(score=f"{stats['score']:.3f}", kl=f"{stats['kl']:.3f}")
         progress.update(1)
         # 7. checkpoint.
-        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.total_steps:
+        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last:
             last_checkpoint = _save_checkpoint(
-                accelerator, model, optimizer, kl_ctl, step, out_dir, cfg.keep_checkpoints
+                accelerator, model, optimizer, kl_ctl, step, out_dir, cfg.keep_checkpoints, selector
             )
+        if last:
+            break
     progress.close()
 
     adapters_dir = out_dir / "adapters"
+    if selector is not None and selector.best_state is not None:
+        model.load_trainable_state(selector.best_state)  # the best held-out policy, not necessarily the last
     accelerator.wait_for_everyone()
     model.save_adapters(adapters_dir, is_main_process=accelerator.is_main_process)
     with torch.no_grad():
@@ -595,6 +728,9 @@ def run_ppo(
             "processes": world,
             "value_head_from_reward_model": value_head_from_rm,
             "last_checkpoint": str(last_checkpoint) if last_checkpoint else None,
+            "heldout_prompts": len(heldout[0]) if heldout else 0,
+            **({"time_budget": budget} if budget is not None else {}),
+            **(selector.summary() if selector is not None else {"selected_step": None}),
         },
     )
     if accelerator.is_main_process:

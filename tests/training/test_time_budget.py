@@ -1,0 +1,93 @@
+"""A retrain fits its time budget: each stage gets its share of the time left, a TRL stage re-plans its steps and
+learning-rate schedule to what fits after timing its first steps, PPO stops before the step that would overrun."""
+
+from __future__ import annotations
+
+import math
+import types
+from pathlib import Path
+
+import pytest
+from transformers import TrainerCallback
+
+from tests.training.conftest import write_export
+from training import time_budget
+from training.data import load_export
+from training.sft import build_sft_trainer
+from training.trl_stage import run_trainer
+
+
+def test_each_stage_gets_its_share_of_the_time_left(tiny_cfg, monkeypatch) -> None:
+    cfg = tiny_cfg()  # shares: sft 0.2, reward 0.3, policy 0.5
+    monkeypatch.setattr(time_budget.time, "monotonic", lambda: 100.0)
+    deadline = 100.0 + 1000.0
+    plan = ["export", "sft", "rm", "ppo", "merge", "evaluate", "publish"]
+    assert time_budget.stage_budget_s(cfg, "sft", plan, deadline) == pytest.approx(200.0)
+    # SFT done: its unused time is shared by what is left
+    assert time_budget.stage_budget_s(cfg, "rm", ["rm", "ppo", "merge"], deadline) == pytest.approx(375.0)
+    assert time_budget.stage_budget_s(cfg, "ppo", ["ppo", "merge"], deadline) == pytest.approx(1000.0)
+    assert time_budget.stage_budget_s(cfg, "sft", plan, None) is None
+    assert time_budget.stage_budget_s(cfg, "merge", plan, deadline) is None
+
+
+class OneSecondPerStep(TrainerCallback):
+    """A clock that moves 1 s per optimizer step (registered before the budget, so it has moved when it looks)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def on_step_end(self, args, state, control, **kwargs) -> None:
+        self.now += 1.0
+
+
+def test_a_trl_stage_replans_its_steps_and_schedule_to_fit(
+    tiny_model_dir: Path, tmp_path: Path, tiny_cfg, monkeypatch
+) -> None:
+    clock = OneSecondPerStep()
+    monkeypatch.setattr(time_budget, "time", types.SimpleNamespace(monotonic=lambda: clock.now))
+    data = load_export(write_export(tmp_path / "e", demos=8))
+    cfg = tiny_cfg("sft.max_steps=20", "sft.batch_size=1", "sft.grad_accum=1", "sft.warmup=2", "sft.lr=0.01")
+    trainer = build_sft_trainer(cfg, tiny_model_dir, data, tmp_path / "sft")
+    trainer.add_callback(clock)
+    run = run_trainer(trainer, tmp_path / "sft", resume=False, budget_s=10.0)
+    record = run.summary()["time_budget"]
+    # 3 calibration steps at 1 s: 7 more fit in 10 s, so 10 of the planned 20
+    assert record["cut"] and record["planned_steps"] == 20 and record["steps"] == 10
+    assert record["seconds_per_step"] == 1.0
+    assert run.summary()["steps"] == 10
+
+    # Every logged rate (the one its step trained with) follows a 10-step warm-up + cosine schedule, and the
+    # schedule ends at zero: not halfway down the planned 20-step curve.
+    def planned(step: int, total: int = 10, warmup: int = 2) -> float:
+        k = step - 1  # the scheduler's position when step `step` ran
+        if k < warmup:
+            return 0.01 * k / warmup
+        return 0.01 * 0.5 * (1 + math.cos(math.pi * (k - warmup) / (total - warmup)))
+
+    logged = [(row["step"], row["learning_rate"]) for row in run.history if "learning_rate" in row]
+    assert logged and logged[-1][0] == 10
+    for step, lr in logged:
+        assert lr == pytest.approx(planned(step), rel=1e-6, abs=1e-12), step
+    assert trainer.lr_scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_trl_stage_without_a_budget_runs_its_schedule(
+    tiny_model_dir: Path, tmp_path: Path, tiny_cfg
+) -> None:
+    data = load_export(write_export(tmp_path / "e", demos=4))
+    cfg = tiny_cfg("sft.max_steps=4", "sft.batch_size=1", "sft.grad_accum=1")
+    run = run_trainer(
+        build_sft_trainer(cfg, tiny_model_dir, data, tmp_path / "s"), tmp_path / "s", resume=False
+    )
+    assert run.summary()["steps"] == 4 and "time_budget" not in run.summary()
+
+
+def test_a_cut_is_said_in_the_stage_line_and_report() -> None:
+    from training.report import budget_note, stage_summary
+
+    metrics = {"steps": 10, "time_budget": {"budget_s": 10.0, "cut": True, "planned_steps": 20, "steps": 10}}
+    assert budget_note(metrics) == "time budget (10 s): 10 of 20 steps"
+    assert stage_summary("sft", {"status": "done", "metrics": metrics}).endswith(
+        "[time budget (10 s): 10 of 20 steps]"
+    )
+    assert budget_note({"time_budget": {"budget_s": 10.0, "cut": False}}) == ""
