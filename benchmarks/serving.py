@@ -36,10 +36,13 @@ passes, and recorded before and after each row; it is never faked and nothing is
    paragraph), greedy, the app's llamacpp backend vs transformers float32; greedy_agreement_vs_fp32 = the share of
    identical answer texts. Its wall time is reported.
 
-`--fresh-clone` (a separate run, 10-20 minutes of both cores): `git clone` of `--repo` (default: this checkout's
-repository) into a temporary folder, then `make run` there (the Makefile makes a new virtualenv, installs, runs
-`ragqa setup` and `ragqa serve`) with PIP_NO_CACHE_DIR=1 and its own RAGQA_HOME on a free port, timed until the
-served page answers HTTP 200; then the server is stopped. Writes docs/results/serving/fresh_clone.json, which the
+`--fresh-clone` (a separate run: minutes of both cores): `git clone` of `--repo` (default: this checkout's
+repository) into a temporary folder, then `make run` there (the Makefile makes a new virtualenv, installs the app
+from wheels, runs `ragqa setup`, starts the llama.cpp build in the background and runs `ragqa serve`) with
+PIP_NO_CACHE_DIR=1 and its own RAGQA_HOME on a free port, timed until the served page answers HTTP 200 (whichever
+backend serves it then); then the server and the background build, one process group, are stopped. When each step
+began is recorded (`milestones_s`), with pip's configuration (a local wheel mirror makes installs faster than on a
+machine without one). Writes docs/results/serving/fresh_clone.json, which the
 main run reads for `fresh_clone_to_page_s` (null with a note when there is none).
 
     python benchmarks/serving.py [--questions 20] [--agreement 50] [--k-questions 5] [--out PATH]
@@ -375,6 +378,9 @@ def retrain_command(export_dir: Path, steps: int) -> list[str]:
         "data.min_pairs=1",
         "data.min_prompts=1",
         f"sft.max_steps={steps}",
+        # no time budget: it would re-plan max_steps after timing the first steps; the row needs a retrain that
+        # keeps training with a known step total (the progress bar's `n/steps`)
+        "time_budget.minutes=null",
         "progress=true",  # the trainer's progress bar in the log is the proof that steps are done
         "plots=false",
     ]
@@ -575,11 +581,12 @@ def _tail(log: Path, lines: int = 5) -> str:
 MILESTONES = {  # the first line of `make run`'s output that shows each step began
     "venv": "-m venv",
     "torch": "torch==",
-    "llama_cpp_build": "Building llama-cpp-python",
+    "app_install": "pip install -q -e",
     "setup": "ragqa setup",
     "base_model": "Preparing the base model",
     "starter": "Publishing the grounded-QA starter",
     "ingest": "Indexing the bundled demo corpus",
+    "llamacpp_background_build": "is building in the background",
     "serve": "ragqa serve",
     "server_address_printed": "rlhf-rag-qa: http",
 }
