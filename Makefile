@@ -42,12 +42,13 @@ $(STAMP): $(APP_STAMP)
 	touch $(STAMP)
 
 # The page comes up on the transformers backend while llama.cpp builds in the background at the lowest priority
-# (log: var/llamacpp-build.log); the running app switches to it by itself once it is installed (backend: auto).
+# (log: var/llamacpp-build.log; its own session, so stopping the server with Ctrl-C does not stop the build); the
+# running app switches to it by itself once it is installed (backend: auto).
 run: $(APP_STAMP)
 	$(BIN)/ragqa setup
 	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || { mkdir -p var; \
 	  echo "llama.cpp (the fast CPU backend) is building in the background: var/llamacpp-build.log"; \
-	  nohup nice -n 19 env $(LLAMACPP_BUILD) -e ".[llamacpp]" > var/llamacpp-build.log 2>&1 & }
+	  setsid nohup nice -n 19 env $(LLAMACPP_BUILD) -e ".[llamacpp]" > var/llamacpp-build.log 2>&1 & }
 	$(BIN)/ragqa serve
 
 test: install

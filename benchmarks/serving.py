@@ -668,6 +668,9 @@ def fresh_clone(repo: str, timeout_s: float, keep: bool) -> dict[str, Any]:
             time.sleep(2.0)
     finally:
         record["make_exit_code"] = stop_process_group(proc)
+        record["left_behind_killed"] = kill_processes_in(
+            clone
+        )  # the background llama.cpp build (own session)
         reader.join(10)
     record["milestones_s"] = dict(sorted(seen.items(), key=lambda kv: kv[1]))
     record["log_tail"] = _tail(log, 15).split(" | ")
@@ -677,6 +680,22 @@ def fresh_clone(repo: str, timeout_s: float, keep: bool) -> dict[str, Any]:
     else:
         shutil.rmtree(tmp, ignore_errors=True)
     return record
+
+
+def kill_processes_in(folder: Path) -> int:
+    """SIGKILL every process whose working directory is inside `folder` (what `make run` left running in its
+    own session: the background llama.cpp build); returns how many."""
+    killed = 0
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            cwd = Path(os.readlink(proc_dir / "cwd"))
+        except OSError:
+            continue
+        if cwd == folder or folder in cwd.parents:
+            with contextlib.suppress(OSError):
+                os.kill(int(proc_dir.name), signal.SIGKILL)
+                killed += 1
+    return killed
 
 
 def _follow(proc: subprocess.Popen, log: Path, t0: float, seen: dict[str, float]) -> None:
