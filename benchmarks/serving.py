@@ -47,6 +47,7 @@ main run reads for `fresh_clone_to_page_s` (null with a note when there is none)
 
     python benchmarks/serving.py [--questions 20] [--agreement 50] [--k-questions 5] [--out PATH]
     python benchmarks/serving.py --fresh-clone [--repo PATH_OR_URL]
+    python benchmarks/serving.py --resummarise    # the last run's rows + the newest fresh clone
 """
 
 from __future__ import annotations
@@ -836,6 +837,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fresh-clone-out", type=Path, default=FRESH_CLONE)
     parser.add_argument("--fresh-clone-timeout", type=float, default=2400.0)
     parser.add_argument("--keep", action="store_true", help="--fresh-clone: keep the clone and its log")
+    parser.add_argument(
+        "--resummarise",
+        action="store_true",
+        help="no new rows: rewrite --out's summary with the newest fresh-clone record (after --fresh-clone)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.questions <= len(QUESTIONS):
         parser.error(f"--questions must be between 1 and {len(QUESTIONS)}")
@@ -861,6 +867,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             write_json(record, args.fresh_clone_out)
             print(f"clone to page: {record.get('clone_to_page_s')} s ({record.get('error') or 'ok'})")
             return record
+        if args.resummarise:  # the rows of an earlier run (--out), with the newest fresh-clone record
+            return finish_report(json.loads(args.out.read_text()), args.out)
         return run(args)
     except (AskBenchError, ServingBenchError) as e:
         raise SystemExit(f"serving: {e}") from e
@@ -941,14 +949,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
             else:
                 _close(qa)
+    result["load_end"] = load_average()
+    return finish_report(result, args.out)
+
+
+def finish_report(result: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Attach the newest fresh-clone record and the summary; print and write the report."""
     fresh = newest_fresh_clone(FRESH_CLONE)
     result["fresh_clone"] = (
         {k: fresh.get(k) for k in ("clone_to_page_s", "commit", "error", "milestones_s")} if fresh else None
     )
-    result["summary"] = summarise_serving(rows, fresh)
-    result["load_end"] = load_average()
+    result["summary"] = summarise_serving(result["rows"], fresh)
     print_report(result)
-    write_json(result, args.out)
+    write_json(result, out)
     return result
 
 
