@@ -61,7 +61,12 @@ def _run_stage(stage: str, train: StageFn, args: argparse.Namespace) -> int:
     paths = Paths.from_env()
     model = args.model or Path(start_model(cfg, paths, cfg.model.start_from)["path"])
     out = args.out or paths.runs_dir / new_run_id() / stage
-    result = train(cfg, model_dir=model, data=data, out_dir=out, resume=args.resume)
+    from training.time_budget import SHARE_KEYS
+
+    # Alone, the stage gets its share of the retrain's budget (training/time_budget.py); null = no limit.
+    minutes = cfg.time_budget.minutes
+    budget = 60 * minutes * getattr(cfg.time_budget, SHARE_KEYS[stage]) if minutes else None
+    result = train(cfg, model_dir=model, data=data, out_dir=out, resume=args.resume, budget_s=budget)
     if int(os.environ.get("RANK", "0")) == 0:
         print(
             json.dumps(

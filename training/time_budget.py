@@ -47,7 +47,7 @@ class TimeBudget(TrainerCallback):
         self.record["planned_steps"] = state.max_steps
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        done, elapsed = state.global_step - self.first_step, time.monotonic() - self.started
+        done, elapsed = state.global_step - self.first_step, self._slowest(time.monotonic() - self.started)
         if done == CALIBRATION_STEPS:
             per_step = elapsed / done
             fits = state.global_step + int(max(self.seconds - elapsed, 0.0) / per_step)
@@ -57,6 +57,17 @@ class TimeBudget(TrainerCallback):
         if elapsed > HARD_STOP * self.seconds and not control.should_training_stop:
             control.should_training_stop = True
             self.record.update(cut=True, hard_stop_at_step=state.global_step)
+
+    def _slowest(self, elapsed: float) -> float:
+        """The largest `elapsed` over the training processes: every rank must cut and stop at the same step, or
+        the ones still training would wait for the others in their next all-reduce."""
+        accelerator = self.trainer.accelerator
+        if accelerator.num_processes == 1:
+            return elapsed
+        import torch
+
+        value = torch.tensor([elapsed], dtype=torch.float64, device=accelerator.device)
+        return float(accelerator.reduce(value, reduction="max").item())
 
     def _cut(self, state: Any, control: Any, steps: int) -> None:
         self.record.update(cut=True, steps=steps)
