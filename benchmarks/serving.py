@@ -336,7 +336,6 @@ def k_candidates_row(qa: Any, questions: list[str], k: int, seed: int) -> dict[s
 def write_export(folder: Path, prompts: list[dict[str, Any]], answers: list[dict[str, Any]]) -> Path:
     """A feedback export (feedback_store/export.py's format) from the app's prompts and answers: each answer is a
     demonstration, preferred over an abstention in a pair; the prompts are PPO prompts."""
-    import hashlib
 
     by_question = {a["question"]: a["answer"] for a in answers}
     rows: dict[str, list[dict[str, Any]]] = {
@@ -359,16 +358,9 @@ def write_export(folder: Path, prompts: list[dict[str, Any]], answers: list[dict
             }
         )
         rows["prompts.train.jsonl"].append({"prompt": p["messages"], "question": p["question"]})
-    folder.mkdir(parents=True, exist_ok=True)
-    digests = {}
-    for name, items in rows.items():
-        text = "".join(json.dumps(r) + "\n" for r in items)
-        (folder / name).write_text(text)
-        digests[name] = hashlib.sha256(text.encode()).hexdigest()
-    snapshot = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
-    manifest = {"snapshot_id": snapshot, "files": {n: {"rows": len(r)} for n, r in rows.items()}}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    return folder
+    from feedback_store.export import write_rows_as_export
+
+    return write_rows_as_export(folder, rows)
 
 
 def retrain_command(export_dir: Path, steps: int) -> list[str]:

@@ -339,3 +339,19 @@ def read_manifest(out_dir: str | Path) -> ExportManifest:
     d = json.loads((Path(out_dir) / MANIFEST).read_text(encoding="utf-8"))
     d["out_dir"] = Path(out_dir)
     return ExportManifest(**d)
+
+
+def write_rows_as_export(folder: Path, rows: dict[str, list[dict[str, Any]]]) -> Path:
+    """An export folder from ready rows ({file name: rows}) with a minimal manifest (snapshot_id over the files'
+    sha256s, row counts): what training.data.load_export reads. For benchmarks and tests that make their own
+    feedback; the app's exports come from export_snapshot."""
+    folder.mkdir(parents=True, exist_ok=True)
+    digests = {}
+    for name, items in rows.items():
+        text = "".join(json.dumps(r) + "\n" for r in items)
+        (folder / name).write_text(text)
+        digests[name] = hashlib.sha256(text.encode()).hexdigest()
+    snapshot = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+    manifest = {"snapshot_id": snapshot, "files": {n: {"rows": len(r)} for n, r in rows.items()}}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    return folder

@@ -133,6 +133,15 @@ class RunContext:
     data: ExportData | None = None
     deadline: float | None = None  # time.monotonic() by which the budgeted training stages should be done
 
+    def trl_stage_args(self, stage: str) -> dict[str, Any]:
+        """The keyword arguments every TRL stage function (train_sft, train_reward_model, ...) takes from a run."""
+        return {
+            "data": self.data,
+            "out_dir": self.run_dir / stage,
+            "resume": self.resuming,
+            "budget_s": self.budget_s(stage),
+        }
+
     def budget_s(self, stage: str) -> float | None:
         """This stage's seconds of the retrain's time budget (training/time_budget.py); None without one."""
         from training.time_budget import stage_budget_s
@@ -227,27 +236,13 @@ def check_enough_data(cfg: TrainConfig, plan: list[str], data: ExportData) -> No
 def stage_sft(ctx: RunContext) -> StageResult:
     from training import sft
 
-    return sft.train_sft(
-        ctx.cfg,
-        model_dir=ctx.start_dir,
-        data=ctx.data,
-        out_dir=ctx.run_dir / "sft",
-        resume=ctx.resuming,
-        budget_s=ctx.budget_s("sft"),
-    )
+    return sft.train_sft(ctx.cfg, model_dir=ctx.start_dir, **ctx.trl_stage_args("sft"))
 
 
 def stage_rm(ctx: RunContext) -> StageResult:
     from training import reward
 
-    return reward.train_reward_model(
-        ctx.cfg,
-        model_dir=ctx.policy_base,
-        data=ctx.data,
-        out_dir=ctx.run_dir / "rm",
-        resume=ctx.resuming,
-        budget_s=ctx.budget_s("rm"),
-    )
+    return reward.train_reward_model(ctx.cfg, model_dir=ctx.policy_base, **ctx.trl_stage_args("rm"))
 
 
 def stage_ppo(ctx: RunContext) -> StageResult:
@@ -289,27 +284,13 @@ def stage_ppo(ctx: RunContext) -> StageResult:
 def stage_dpo(ctx: RunContext) -> StageResult:
     from training import dpo
 
-    return dpo.train_dpo(
-        ctx.cfg,
-        model_dir=ctx.policy_base,
-        data=ctx.data,
-        out_dir=ctx.run_dir / "dpo",
-        resume=ctx.resuming,
-        budget_s=ctx.budget_s("dpo"),
-    )
+    return dpo.train_dpo(ctx.cfg, model_dir=ctx.policy_base, **ctx.trl_stage_args("dpo"))
 
 
 def stage_kto(ctx: RunContext) -> StageResult:
     from training import kto
 
-    return kto.train_kto(
-        ctx.cfg,
-        model_dir=ctx.policy_base,
-        data=ctx.data,
-        out_dir=ctx.run_dir / "kto",
-        resume=ctx.resuming,
-        budget_s=ctx.budget_s("kto"),
-    )
+    return kto.train_kto(ctx.cfg, model_dir=ctx.policy_base, **ctx.trl_stage_args("kto"))
 
 
 def _policy_stage(ctx: RunContext) -> str | None:

@@ -4,8 +4,6 @@ holding it as v0001, and hand-made feedback exports in feedback_store/export.py'
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -83,15 +81,9 @@ def write_export(
     rows["preferences.test.jsonl"] = [pair(100 + i) for i in range(pairs_test)]
     rows["prompts.train.jsonl"] = [{"prompt": prompt(i), "question": FACTS[i % 8][0]} for i in range(prompts)]
     rows["prompts.test.jsonl"] = [{"prompt": prompt(100 + i), "question": "q"} for i in range(prompts_test)]
-    digests = {}
-    for name, items in rows.items():
-        text = "".join(json.dumps(r) + "\n" for r in items)
-        (folder / name).write_text(text)
-        digests[name] = hashlib.sha256(text.encode()).hexdigest()
-    snapshot = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
-    manifest = {"snapshot_id": snapshot, "files": {n: {"rows": len(r)} for n, r in rows.items()}}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    return folder
+    from feedback_store.export import write_rows_as_export
+
+    return write_rows_as_export(folder, rows)
 
 
 @pytest.fixture(scope="session")
