@@ -184,6 +184,9 @@ def summarise_serving(rows: dict[str, Any], fresh: dict[str, Any] | None) -> dic
         "decode_tokens_per_s_idle": _decode(app_idle),
         "decode_tokens_per_s_raw_engine": _decode(raw_idle),
         "decode_ratio_vs_raw_engine": ratio(_decode(app_idle), _decode(raw_idle)),
+        "decode_ratio_vs_raw_engine_same_penalty": ratio(
+            _decode(app_idle), _decode(idle.get("raw_same_penalty"))
+        ),
         "ttft_p50_s_during_retrain": _p50_s(app_busy),
         "decode_tokens_per_s_during_retrain": _decode(app_busy),
         "decode_ratio_during_retrain": ratio(_decode(app_busy), _decode(app_idle)),
@@ -276,16 +279,20 @@ def idle_row(qa: Any, questions: list[str]) -> tuple[dict[str, Any], list[dict[s
         for q in WARM_UP:
             warm = ask_once(qa, q)
             raw_once(raw, warm["prompt_ids"], max(warm["tokens"], 2))
-        app_answers, raw_answers = [], []
+        app_answers, raw_answers, raw_penalty_answers = [], [], []
+        penalty = qa.config.repetition_penalty
         for q in questions:
             a = ask_once(qa, q)
             app_answers.append(a)
             raw_answers.append(raw_once(raw, a["prompt_ids"], a["tokens"]))
+            # the same engine with the app's repetition penalty: the sampling work the app does per token
+            raw_penalty_answers.append(raw_once(raw, a["prompt_ids"], a["tokens"], penalty=penalty))
     finally:
         raw.close()
     row = {
         "app": speed_stats(app_answers),
         "raw": speed_stats(raw_answers),
+        "raw_same_penalty": {**speed_stats(raw_penalty_answers), "repetition_penalty": penalty},
         "app_threads": model._threads_set,
         "raw_threads": options["n_threads"],
         "llamacpp_settings": {**settings, "match": settings["app"] == settings["raw"]},
