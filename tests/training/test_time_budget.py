@@ -91,3 +91,12 @@ def test_a_cut_is_said_in_the_stage_line_and_report() -> None:
         "[time budget (10 s): 10 of 20 steps]"
     )
     assert budget_note({"time_budget": {"budget_s": 10.0, "cut": False}}) == ""
+
+
+def test_the_budget_is_configurable_and_checked(tiny_cfg) -> None:
+    from training.config import ConfigError
+
+    assert tiny_cfg().time_budget.minutes == 60.0
+    assert tiny_cfg("time_budget.minutes=null").time_budget.minutes is None
+    with pytest.raises(ConfigError, match="time_budget.minutes must be > 0"):
+        tiny_cfg("time_budget.minutes=-1")
