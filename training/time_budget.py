@@ -71,6 +71,12 @@ class TimeBudget(TrainerCallback):
 
     def _cut(self, state: Any, control: Any, steps: int) -> None:
         self.record.update(cut=True, steps=steps)
+        if self.trainer.is_world_process_zero():  # said now, not only in the stage's metrics at its end
+            print(
+                f"time budget: {self.seconds:.0f} s for this stage at {self.record['seconds_per_step']} s/step: "
+                f"{steps} of {state.max_steps} planned steps",
+                flush=True,
+            )
         state.max_steps = steps
         if steps <= state.global_step:
             control.should_training_stop = True
