@@ -78,6 +78,11 @@ class TimeBudget(TrainerCallback):
                 flush=True,
             )
         state.max_steps = steps
+        for callback in self.trainer.callback_handler.callbacks:  # the progress bar shows the new length
+            bar = getattr(callback, "training_bar", None)
+            if bar is not None:
+                bar.total = steps
+                bar.refresh()
         if steps <= state.global_step:
             control.should_training_stop = True
             return

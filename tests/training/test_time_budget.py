@@ -46,7 +46,14 @@ def test_a_trl_stage_replans_its_steps_and_schedule_to_fit(
     clock = OneSecondPerStep()
     monkeypatch.setattr(time_budget, "time", types.SimpleNamespace(monotonic=lambda: clock.now))
     data = load_export(write_export(tmp_path / "e", demos=8))
-    cfg = tiny_cfg("sft.max_steps=20", "sft.batch_size=1", "sft.grad_accum=1", "sft.warmup=2", "sft.lr=0.01")
+    cfg = tiny_cfg(
+        "sft.max_steps=20",
+        "sft.batch_size=1",
+        "sft.grad_accum=1",
+        "sft.warmup=2",
+        "sft.lr=0.01",
+        "progress=true",
+    )  # progress on: the cut also resizes the progress bar
     trainer = build_sft_trainer(cfg, tiny_model_dir, data, tmp_path / "sft")
     trainer.add_callback(clock)
     run = run_trainer(trainer, tmp_path / "sft", resume=False, budget_s=10.0)
