@@ -543,8 +543,9 @@ def _run_stages(ctx: RunContext, say: Callable[[str], None]) -> dict[str, Any]:
     for line in describe_plan(ctx.cfg, plan, ctx.data):
         say(line)
     state.data["status"] = "running"
-    minutes = ctx.cfg.time_budget.minutes
-    ctx.deadline = time.monotonic() + 60 * minutes if minutes else None  # per process: a resume starts afresh
+    from training.time_budget import run_deadline
+
+    ctx.deadline = run_deadline(ctx.cfg.time_budget.minutes, state.data.get("stages", {}))
     for i, name in enumerate(plan, 1):
         if state.finished(name):
             say(f"[{i}/{len(plan)}] {name}: already {state.stage(name)['status']} (skipped on resume)")
@@ -558,7 +559,8 @@ def _run_stages(ctx: RunContext, say: Callable[[str], None]) -> dict[str, Any]:
             result = STAGE_FUNCTIONS[name](ctx)
         except BaseException as e:
             state.data["status"] = "failed"
-            state.record(name, StageResult.failed(e).to_dict())
+            seconds = round(time.perf_counter() - started, 1)  # spent: a resume's time budget counts it
+            state.record(name, {**StageResult.failed(e).to_dict(), "seconds": seconds})
             write_report(ctx)
             if isinstance(e, KeyboardInterrupt | Exception):
                 say(f"[{i}/{len(plan)}] {name}: FAILED ({type(e).__name__}: {e})")

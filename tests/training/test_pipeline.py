@@ -90,6 +90,7 @@ def test_killed_run_keeps_current_and_resumes(
     state = json.loads((tiny_registry.parent / "runs" / run_id / "state.json").read_text())
     assert state["status"] == "failed"
     assert state["stages"]["evaluate"]["status"] == "failed"
+    assert state["stages"]["evaluate"]["seconds"] >= 0  # its time counts against a resume's time budget
     assert all(state["stages"][s]["status"] == "done" for s in ("export", "sft", "rm", "ppo", "merge"))
 
     def must_not_rerun(*args, **kwargs):

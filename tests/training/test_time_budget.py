@@ -107,3 +107,18 @@ def test_the_budget_is_configurable_and_checked(tiny_cfg) -> None:
     assert tiny_cfg("time_budget.minutes=null").time_budget.minutes is None
     with pytest.raises(ConfigError, match="time_budget.minutes must be > 0"):
         tiny_cfg("time_budget.minutes=-1")
+
+
+def test_a_resumed_run_gets_what_is_left_of_its_budget(monkeypatch) -> None:
+    monkeypatch.setattr(time_budget.time, "monotonic", lambda: 100.0)
+    assert time_budget.run_deadline(None, {}) is None
+    assert time_budget.run_deadline(0, {}) is None
+    assert time_budget.run_deadline(10, {}) == pytest.approx(700.0)
+    # earlier processes spent 120 s on finished stages and 30 s on one that failed (or was stopped)
+    stages = {
+        "export": {"status": "done", "seconds": 20.0},
+        "sft": {"status": "done", "seconds": 100.0},
+        "rm": {"status": "failed", "seconds": 30.0},
+        "ppo": {"status": "pending"},
+    }
+    assert time_budget.run_deadline(10, stages) == pytest.approx(550.0)
