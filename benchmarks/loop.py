@@ -38,11 +38,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -212,8 +214,15 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def run_step(name: str, cmd: list[str], env: dict[str, str], log_dir: Path) -> None:
-    """Run one step, tee its output to log_dir/<name>.log (appended: a resumed step keeps its first log)."""
+def run_step(
+    name: str,
+    cmd: list[str],
+    env: dict[str, str],
+    log_dir: Path,
+    on_line: Callable[[str], None] | None = None,
+) -> None:
+    """Run one step, tee its output to log_dir/<name>.log (appended: a resumed step keeps its first log);
+    `on_line` sees each line as it comes (to record what a step says before it ends or is killed)."""
     print(f"\n== {name}: {' '.join(cmd)}", flush=True)
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / f"{name}.log", "a") as log:
@@ -224,6 +233,8 @@ def run_step(name: str, cmd: list[str], env: dict[str, str], log_dir: Path) -> N
         for line in proc.stdout:
             sys.stdout.write(line)
             log.write(line)
+            if on_line is not None:
+                on_line(line)
         rc = proc.wait()
     print(f"== {name}: exit {rc} (load {load_average()})", flush=True)
     if rc != 0:
@@ -996,8 +1007,14 @@ def retrain(
             return known  # it finished, the loop was stopped before recording it: --resume would refuse
         before = {p.name for p in (home / "runs").iterdir()} if (home / "runs").is_dir() else set()
         cmd = retrain_command(args, kind, export_dir, resume=known)
+
+        def record_run_id(line: str) -> None:  # recorded when the run starts: a kill must not lose it
+            started = RUN_STARTED.match(line)
+            if started and ledger.get(key) != started.group(1):
+                ledger.put(key, started.group(1))
+
         try:
-            run_step(f"retrain-{kind}", cmd, env, logs)
+            run_step(f"retrain-{kind}", cmd, env, logs, on_line=record_run_id)
         finally:
             after = {p.name for p in (home / "runs").iterdir()} if (home / "runs").is_dir() else set()
             started = sorted(after - before)
@@ -1012,6 +1029,9 @@ def retrain(
     run_id = ledger.get(key)
     state_file = home / "runs" / run_id / "state.json" if run_id else None
     return json.loads(state_file.read_text()) if state_file and state_file.is_file() else {}
+
+
+RUN_STARTED = re.compile(r"^(?:starting|resuming) retrain run (\S+) ")
 
 
 def _run_status(run_dir: Path) -> str | None:

@@ -230,6 +230,32 @@ def test_ledger_skips_a_finished_stage_on_the_next_pass(tmp_path: Path) -> None:
     assert not Ledger(tmp_path / "loop_state.json").done("retrain ppo")  # an unfinished stage runs again
 
 
+def test_retrain_run_id_is_recorded_when_it_starts_so_a_killed_loop_resumes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from benchmarks import loop
+
+    commands: list[str | None] = []
+
+    def dies_after_starting(args, kind, export_dir, resume=None) -> list[str]:
+        # like a retrain killed mid-run: it says its run id, never ends normally and leaves no runs/ folder behind
+        commands.append(resume)
+        return [sys.executable, "-c", "print('starting retrain run r7 from v0001 (x)'); raise SystemExit(9)"]
+
+    monkeypatch.setattr(loop, "retrain_command", dies_after_starting)
+    ledger = Ledger(tmp_path / "loop_state.json")
+    home = tmp_path / "home"
+    loop.retrain("ppo", argparse.Namespace(), {}, tmp_path / "logs", home, ledger, not_run := [])
+    assert (
+        Ledger(tmp_path / "loop_state.json").get("retrain run ppo") == "r7"
+    )  # on disk before the step ended
+    assert not_run and "FAILED" in not_run[0]
+    loop.retrain("ppo", argparse.Namespace(), {}, tmp_path / "logs", home, ledger, [])
+    assert commands == [None, "r7"]  # the second pass resumes the run
+
+
 def _result(qid: str, f1: float, *, error: str | None = None):
     from evaluation.formats import QAExample
     from evaluation.runner import ExampleResult
