@@ -768,7 +768,7 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     md = [f"# Feedback loop: before / after ({'quick' if report['quick'] else 'full'} run)", ""]
     md += [
         f"- Started {report['started_at']}, total wall time {fmt(report['wall_s'].get('total'), 0)} s; "
-        f"machine: {report['machine']}.",
+        f"machine: {describe_machine(report['machine'])}.",
         f"- Load average (1 min) at start {report['load']['start']}, after each step: "
         + ", ".join(f"{k} {v}" for k, v in report["load"].items() if k != "start")
         + " (2 cores shared with other work: timings are inflated by the load).",
@@ -1155,7 +1155,8 @@ def main(argv: list[str] | None = None) -> int:
                 metrics, results = evaluate_versions(sets, limits, versions, args, out, embedder, ledger)
 
     rm_dir = stage_output(state, "rm", "merged") if state else None
-    wins = ledger.stage("rm win-rate scoring", lambda: rm_win_rates(results, rm_dir))
+    # keyed by the models scored: a later pass that adds the DPO model scores them again
+    wins = ledger.stage(f"rm win-rate scoring ({', '.join(versions)})", lambda: rm_win_rates(results, rm_dir))
     kls = kl_stages(results, versions, home, args, ledger)
     wall = ledger.walls()
     wall["total"] = round(sum(wall.values()), 1)  # every stage, whichever pass ran it
@@ -1172,7 +1173,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "quick": args.quick,
         "started_at": started,
-        "machine": f"{os.cpu_count()} CPU cores, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}",
+        "machine": machine_record(),
         "home": str(home),
         "seed": args.seed,
         "split": {"train": train_titles, "heldout": heldout_titles, "xquad_removed": removed},
@@ -1204,6 +1205,31 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick and not args.base_only:
         publish_docs(out)
     return 0
+
+
+def machine_record() -> dict[str, Any]:
+    """The CPU (model and the flags that pick dtypes and kernels), its cores and torch's threads: the timings'
+    context (the CPU changes between machines)."""
+    from model_store.hardware import read_cpuinfo, usable_cores
+
+    cpu = read_cpuinfo()
+    threads = os.environ.get("OMP_NUM_THREADS", "default")
+    return {
+        "cpu": cpu.model,
+        "flags": cpu.relevant_flags,
+        "cpus": os.cpu_count(),
+        "usable_cores": usable_cores(),
+        "torch_threads": threads,
+    }
+
+
+def describe_machine(machine: dict[str, Any] | str) -> str:
+    if isinstance(machine, str):  # a report written before the CPU was recorded
+        return machine
+    return (
+        f"{machine['cpu']} ({' '.join(machine['flags']) or 'no flags read'}), {machine['usable_cores']} usable "
+        f"cores, torch threads {machine['torch_threads']}"
+    )
 
 
 def publish_docs(out: Path) -> None:

@@ -355,7 +355,13 @@ def test_report_files_carry_the_summary_and_the_ci_plot(tmp_path: Path) -> None:
     report = {
         "quick": True,
         "started_at": "now",
-        "machine": "2 CPU cores",
+        "machine": {
+            "cpu": "AMD EPYC",
+            "flags": ["avx2", "avx512_bf16"],
+            "cpus": 2,
+            "usable_cores": 2,
+            "torch_threads": "default",
+        },
         "load": {"start": 1.0, "simulate": 2.0},
         "split": {"train": ["A"], "heldout": ["B"], "xquad_removed": 3},
         "settings": {
@@ -383,4 +389,5 @@ def test_report_files_carry_the_summary_and_the_ci_plot(tmp_path: Path) -> None:
     )
     md = (tmp_path / "report.md").read_text()
     assert "## xquad: summary" in md and "ppo_minus_dpo" in md and "F1 95% CI" in md
+    assert "AMD EPYC (avx2 avx512_bf16), 2 usable cores" in md
     assert (tmp_path / "f1_by_model.png").stat().st_size > 0 and (tmp_path / "wall_time.png").is_file()
