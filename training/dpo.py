@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from training.config import TrainConfig, trainer_kwargs
 from training.data import ExportData
@@ -20,28 +21,22 @@ from training.stage_result import StageResult
 from training.trl_stage import device_and_4bit, prepare_for_kbit, run_trainer, train_pairs, write_outputs
 
 
-def train_dpo(
-    cfg: TrainConfig,
-    *,
-    model_dir: Path,
-    data: ExportData,
-    out_dir: Path,
-    resume: bool = False,
-    budget_s: float | None = None,
-) -> StageResult:
-    """Train the DPO policy adapter on `model_dir`. Returns the stage result dict."""
+def build_dpo_trainer(
+    cfg: TrainConfig, model_dir: Path, data: ExportData, out_dir: Path
+) -> tuple[Any, dict[str, Any]]:
+    """TRL's DPOTrainer with a fresh LoRA adapter on `model_dir` over the export's train pairs (test pairs for
+    held-out accuracy and margin), and the counts the metrics report."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     from model_store.loading import load_causal_lm, load_tokenizer, lora_config
+    from training.causal_mask import skip_redundant_causal_mask
 
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
     pairs = train_pairs(cfg, data, "DPO")
     device, four_bit = device_and_4bit(cfg)
     tokenizer = load_tokenizer(model_dir)
     model = load_causal_lm(model_dir, load_in_4bit=four_bit, device=device)
     model = prepare_for_kbit(model, cfg.dpo, four_bit)
-    out_dir.mkdir(parents=True, exist_ok=True)
     args = DPOConfig(
         **trainer_kwargs(cfg.dpo, cfg, device, out_dir / "checkpoints"),
         max_length=cfg.dpo.max_length,
@@ -59,18 +54,37 @@ def train_dpo(
         processing_class=tokenizer,
         peft_config=lora_config(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets, "CAUSAL_LM"),
     )
+    # TRL's DPO collator flushes each prompt + answer to the left (pads only on the right), so SDPA can run causal
+    # without the padding mask, for the policy's forward and the reference's (the same model, adapter off).
+    skip_redundant_causal_mask(trainer.model)
+    return trainer, {"pairs_train": len(pairs), "pairs_test": len(test), "qlora": four_bit}
+
+
+def train_dpo(
+    cfg: TrainConfig,
+    *,
+    model_dir: Path,
+    data: ExportData,
+    out_dir: Path,
+    resume: bool = False,
+    budget_s: float | None = None,
+) -> StageResult:
+    """Train the DPO policy adapter on `model_dir`. Returns the stage result dict."""
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer, sizing = build_dpo_trainer(cfg, model_dir, data, out_dir)
     run = run_trainer(trainer, out_dir, resume=resume, budget_s=budget_s)
     if not run.is_main:
         return StageResult.done()
     metrics = {
-        "pairs_train": len(pairs),
-        "pairs_test": len(test),
+        "pairs_train": sizing["pairs_train"],
+        "pairs_test": sizing["pairs_test"],
         **run.summary(),
         "beta": cfg.dpo.beta,
         "heldout_accuracy": run.heldout.get("eval_rewards/accuracies"),
         "heldout_mean_margin": run.heldout.get("eval_rewards/margins"),
         "heldout_loss": run.heldout.get("eval_loss"),
-        "qlora": four_bit,
+        "qlora": sizing["qlora"],
     }
     curves = ["loss", "rewards/accuracies", "rewards/margins"]
     plots = write_outputs(cfg, out_dir, metrics, run.history, curves, "dpo_curves", "DPO")

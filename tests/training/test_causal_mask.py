@@ -88,3 +88,29 @@ def test_a_hooked_model_still_takes_a_left_padded_mask() -> None:
     with torch.no_grad():
         model(input_ids=ids, attention_mask=padded([8, 3], 8, "left"))
     assert seen == [True]
+
+
+def test_the_dpo_trainer_runs_its_right_padded_pairs_without_the_mask_and_the_same_loss(
+    tiny_model_dir: Path, tmp_path: Path, tiny_cfg
+) -> None:
+    from training.dpo import build_dpo_trainer
+
+    data = load_export(write_export(tmp_path / "e", pairs=4))
+    trainer, sizing = build_dpo_trainer(tiny_cfg(), tiny_model_dir, data, tmp_path / "dpo")
+    assert sizing["pairs_train"] == len(data.pairs["train"])
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    assert is_right_padded(batch["attention_mask"]) and not bool(batch["attention_mask"].all())
+    seen: list[bool] = []
+    spy = trainer.model.register_forward_pre_hook(
+        lambda m, a, kw: seen.append("attention_mask" in kw), with_kwargs=True
+    )
+    trainer.model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, batch)
+    spy.remove()
+    assert seen and not any(seen)  # policy and reference forwards both ran causal, without the mask
+    for hook_id in list(trainer.model._forward_pre_hooks):
+        trainer.model._forward_pre_hooks.pop(hook_id)
+    with torch.no_grad():
+        reference = trainer.compute_loss(trainer.model, batch)
+    torch.testing.assert_close(loss, reference, atol=1e-5, rtol=1e-5)
