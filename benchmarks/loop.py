@@ -884,6 +884,8 @@ def retrain_key_metrics(state: dict[str, Any]) -> dict[str, Any]:
             "kl_last",
             "response_length_last",
             "seconds_per_step",
+            "rollout_seconds",
+            "update_seconds",
             "selected_step",
             "selected_heldout_reward",
             "selected_heldout_kl",

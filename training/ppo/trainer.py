@@ -489,6 +489,17 @@ def _write_plots(metrics: list[dict[str, float]], out_dir: Path) -> list[Path]:
     return written
 
 
+# Where a step's time goes (averaged in the summary): the rollout (sampling, scoring, reference and values)
+# against the PPO epochs' updates.
+STEP_TIMES = ("seconds_per_step", "rollout_seconds", "update_seconds")
+
+
+def mean_of(rows: list[dict[str, float]], key: str) -> float | None:
+    """The mean of `key` over the rows that have it (a run resumed from an older version's steps may lack it)."""
+    values = [row[key] for row in rows if key in row]
+    return sum(values) / len(values) if values else None
+
+
 def _summarise(metrics: list[dict[str, float]], extra: dict[str, Any]) -> dict[str, Any]:
     if not metrics:
         return dict(extra)
@@ -506,7 +517,7 @@ def _summarise(metrics: list[dict[str, float]], extra: dict[str, Any]) -> dict[s
         "kl_last": avg(tail, "kl"),
         "response_length_last": avg(tail, "response_length"),
         "eos_fraction_last": avg(tail, "eos_fraction"),
-        "seconds_per_step": sum(m["seconds_per_step"] for m in metrics) / len(metrics),
+        **{key: mean_of(metrics, key) for key in STEP_TIMES},
     }
 
 
@@ -668,6 +679,7 @@ def run_ppo(
             device,
             kl_ctl.value,
         )
+        stats["rollout_seconds"] = time.perf_counter() - started  # sampling, scoring, reference and values
         # 5. PPO epochs x mini-batches.
         model.train(cfg.gradient_checkpointing)
         shuffle = torch.Generator().manual_seed(seed)
@@ -677,6 +689,7 @@ def run_ppo(
         stats["kl_coef"] = kl_ctl.value
         kl_ctl.update(stats["kl"], cfg.batch_size * world)
         stats["seconds_per_step"] = time.perf_counter() - started
+        stats["update_seconds"] = stats["seconds_per_step"] - stats["rollout_seconds"]
         # CPU seconds of this process (all threads): with wall time it shows how busy the machine was.
         stats["cpu_seconds_per_step"] = time.process_time() - cpu_started
         stats["step"] = step

@@ -72,6 +72,9 @@ def test_ppo_raises_a_toy_reward_and_keeps_the_reference(
     # artefacts: metrics while running and at the end, plots, a loadable policy adapter
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == list(range(1, 26))
+    step = json.loads(lines[0])  # where a step's time went
+    assert step["rollout_seconds"] > 0 and step["update_seconds"] > 0
+    assert step["rollout_seconds"] + step["update_seconds"] == pytest.approx(step["seconds_per_step"])
     assert json.loads((tmp_path / "metrics.json").read_text())["summary"]["steps"] == 25
     for name in ("reward", "kl", "response_length", "value_loss"):
         assert (tmp_path / "plots" / f"{name}.png").stat().st_size > 1000
@@ -211,3 +214,14 @@ def test_four_bit_base_on_cuda(toy_models: tuple[Path, Path], tmp_path: Path) ->
     )
     assert math.isfinite(result.metrics[0]["policy_loss"])
     assert result.summary["reference_logits_max_abs_change"] == 0.0
+
+
+def test_step_times_average_over_the_steps_that_have_them() -> None:
+    from training.ppo.trainer import mean_of
+
+    rows = [
+        {"seconds_per_step": 4.0},
+        {"seconds_per_step": 2.0, "rollout_seconds": 1.5},
+    ]  # resumed from older steps
+    assert mean_of(rows, "seconds_per_step") == 3.0 and mean_of(rows, "rollout_seconds") == 1.5
+    assert mean_of(rows, "update_seconds") is None
