@@ -169,8 +169,11 @@ class PublishSection:
 class TimeBudgetSection:
     """How long the training stages of one retrain may take together (training/time_budget.py)."""
 
-    # minutes for SFT + reward model + the policy stage; null = no limit (each runs its full schedule)
+    # minutes for the whole retrain; null = no limit (each stage runs its full schedule)
     minutes: float | None = field(default=60.0, metadata=bounds(gt=0))
+    # of them, kept for the stages after training (merge, gate, publish): the gate alone generated and scored
+    # 2 x 32 answers in ~3.5 min on 2 cores
+    reserve_minutes: float = field(default=5.0, metadata=bounds(ge=0))
     # shares of what is left when a stage starts (a stage that finishes early leaves its time to the next)
     sft: float = field(default=0.2, metadata=bounds(gt=0))
     reward: float = field(default=0.3, metadata=bounds(gt=0))
@@ -219,6 +222,12 @@ class TrainConfig:
                 raise ConfigError(
                     f"{name}.group_by_length: not supported (only sft and reward group by length)"
                 )
+        budget = self.time_budget
+        if budget.minutes is not None and budget.reserve_minutes >= budget.minutes:
+            raise ConfigError(
+                f"time_budget.reserve_minutes ({budget.reserve_minutes}) must be less than time_budget.minutes "
+                f"({budget.minutes}): nothing would be left for training"
+            )
         self.ppo.validate()
 
     def ppo_config(self) -> PPOConfig:

@@ -545,7 +545,8 @@ def _run_stages(ctx: RunContext, say: Callable[[str], None]) -> dict[str, Any]:
     state.data["status"] = "running"
     from training.time_budget import run_deadline
 
-    ctx.deadline = run_deadline(ctx.cfg.time_budget.minutes, state.data.get("stages", {}))
+    budget = ctx.cfg.time_budget
+    ctx.deadline = run_deadline(budget.minutes, state.data.get("stages", {}), budget.reserve_minutes)
     for i, name in enumerate(plan, 1):
         if state.finished(name):
             say(f"[{i}/{len(plan)}] {name}: already {state.stage(name)['status']} (skipped on resume)")

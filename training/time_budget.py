@@ -24,14 +24,17 @@ HARD_STOP = 1.15  # a run that slows down after calibration still stops near its
 SHARE_KEYS = {"sft": "sft", "rm": "reward", "ppo": "policy", "dpo": "policy", "kto": "policy"}
 
 
-def run_deadline(minutes: float | None, stages: dict[str, dict[str, Any]]) -> float | None:
-    """The time.monotonic() by which a run's budgeted stages should be done; None without a budget. A resumed run
-    has already spent the wall time its earlier processes recorded for their stages (finished ones, and one that
-    failed or was interrupted), so it gets what is left of the budget, not a fresh one."""
+def run_deadline(
+    minutes: float | None, stages: dict[str, dict[str, Any]], reserve_minutes: float = 0.0
+) -> float | None:
+    """The time.monotonic() by which a run's training stages should be done: `minutes` for the whole run less
+    `reserve_minutes` for the stages after training (merge, gate, publish); None without a budget. A resumed
+    run has already spent the wall time its earlier processes recorded for their stages (finished ones, and one
+    that failed or was interrupted), so it gets what is left of the budget, not a fresh one."""
     if not minutes:
         return None
     spent = sum(float(stage.get("seconds") or 0.0) for stage in stages.values())
-    return time.monotonic() + 60 * minutes - spent
+    return time.monotonic() + 60 * (minutes - reserve_minutes) - spent
 
 
 def stage_budget_s(cfg: Any, stage: str, pending: list[str], deadline: float | None) -> float | None:

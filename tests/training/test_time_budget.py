@@ -107,6 +107,10 @@ def test_the_budget_is_configurable_and_checked(tiny_cfg) -> None:
     assert tiny_cfg("time_budget.minutes=null").time_budget.minutes is None
     with pytest.raises(ConfigError, match="time_budget.minutes must be > 0"):
         tiny_cfg("time_budget.minutes=-1")
+    assert tiny_cfg().time_budget.reserve_minutes == 5.0
+    with pytest.raises(ConfigError, match="reserve_minutes .* must be less than"):
+        tiny_cfg("time_budget.minutes=5")
+    assert tiny_cfg("time_budget.minutes=5", "time_budget.reserve_minutes=0").time_budget.minutes == 5
 
 
 def test_a_resumed_run_gets_what_is_left_of_its_budget(monkeypatch) -> None:
@@ -122,3 +126,5 @@ def test_a_resumed_run_gets_what_is_left_of_its_budget(monkeypatch) -> None:
         "ppo": {"status": "pending"},
     }
     assert time_budget.run_deadline(10, stages) == pytest.approx(550.0)
+    # 2 of the 10 minutes kept for merge, gate and publish
+    assert time_budget.run_deadline(10, stages, reserve_minutes=2) == pytest.approx(430.0)

@@ -379,6 +379,13 @@ def _ppo_update(
 # --- checkpoints ---------------------------------------------------------------------------------------
 
 
+def next_step_overruns(spent_s: float, per_step_s: float, scoring_s: float, budget_s: float) -> bool:
+    """True when one more step and the held-out scoring after it (0 without selection) would end past the
+    budget; `spent_s` counts from the stage's start (loading the models and scoring the start policy are part of
+    the stage's time: without them a 1,699 s budget ran 1,785 s)."""
+    return spent_s + per_step_s + scoring_s > budget_s
+
+
 def _checkpoint_dirs(out_dir: Path) -> list[Path]:
     root = out_dir / "checkpoints"
     return sorted(p for p in root.glob("step-*") if (p / "state.json").is_file()) if root.is_dir() else []
@@ -550,6 +557,7 @@ def run_ppo(
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
+    stage_started = time.monotonic()  # the budget counts loading the models and scoring the start policy too
     cfg.validate()
     policy_dir, out_dir = Path(policy_dir), Path(out_dir)
     if (reward_dir is None) == (reward_fn is None):
@@ -647,10 +655,15 @@ def run_ppo(
     )
     last_checkpoint: Path | None = None
 
+    scoring_s = 0.0  # how long the last held-out scoring took: the budget keeps room for the final one
+
     def score_heldout(step: int) -> HeldoutScore:
+        nonlocal scoring_s
+        began = time.monotonic()
         args = (model, cfg, scorer, tokenizer, heldout, generation_config, eos_ids, pad_id, device, step)
         score = _heldout_score(*args)
         selector.offer(score, model.trainable_state())
+        scoring_s = time.monotonic() - began
         return score
 
     if selector is not None and start_step == 0:
@@ -693,12 +706,15 @@ def run_ppo(
         # CPU seconds of this process (all threads): with wall time it shows how busy the machine was.
         stats["cpu_seconds_per_step"] = time.process_time() - cpu_started
         stats["step"] = step
-        elapsed = time.monotonic() - loop_started
+        now = time.monotonic()
         last = step == cfg.total_steps
+        per_step = (now - loop_started) / (step - start_step)
         if (
             budget is not None
             and not last
-            and _all_agree(accelerator, elapsed + elapsed / (step - start_step) > time_budget_s)
+            and _all_agree(
+                accelerator, next_step_overruns(now - stage_started, per_step, scoring_s, time_budget_s)
+            )
         ):
             budget.update(cut=True, steps=step, planned_steps=cfg.total_steps)  # the next step would overrun
             last = True

@@ -23,3 +23,12 @@ def test_ppo_stops_before_the_step_that_would_overrun(toy_models: tuple[Path, Pa
     assert result.summary["time_budget"] == {"budget_s": 0.0, "cut": True, "steps": 1, "planned_steps": 5}
     assert [s["step"] for s in result.summary["selection_heldout"]] == [0, 1]  # the stopping step is scored
     assert (tmp_path / "checkpoints" / "step-000001" / "state.json").is_file()  # and checkpointed
+
+
+def test_the_budget_keeps_room_for_the_step_and_the_final_scoring() -> None:
+    from training.ppo.trainer import next_step_overruns
+
+    # 1,000 s budget, 100 s per step, 60 s to score the held-out prompts
+    assert not next_step_overruns(spent_s=800, per_step_s=100, scoring_s=60, budget_s=1000)  # ends at 960
+    assert next_step_overruns(spent_s=850, per_step_s=100, scoring_s=60, budget_s=1000)  # would end at 1,010
+    assert not next_step_overruns(spent_s=850, per_step_s=100, scoring_s=0, budget_s=1000)  # no selection
