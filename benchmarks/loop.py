@@ -77,6 +77,8 @@ class Preset:
     retrain: tuple[str, ...] = field(default_factory=tuple)
     sim_batch: int = 8  # questions whose candidates are sampled in one generate
     eval_batch: int = 16  # greedy answers per generate in the evaluation
+    # share of unanswerable questions simulated; None = as in the training articles (~1/2 in squad2-dev-half)
+    unanswerable_fraction: float | None = None
 
 
 # --quick: every stage really runs (2 training steps each), on amounts that clear the lowered minimums.
@@ -264,6 +266,11 @@ def simulate_command(train_qa: Path, args: argparse.Namespace) -> list[str]:
         "--batch-size",
         str(args.sim_batch),
         "--batch",
+        *(
+            ["--unanswerable-fraction", str(args.unanswerable_fraction)]
+            if args.unanswerable_fraction is not None
+            else []
+        ),
     ]
 
 
@@ -924,6 +931,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heldout-articles", type=int, default=4)
     p.add_argument("--sim-limit", type=int, default=None, help="training questions to simulate")
     p.add_argument("--correct-fraction", type=float, default=None)
+    p.add_argument(
+        "--unanswerable-fraction", type=float, default=None, help="share of unanswerable questions simulated"
+    )
     p.add_argument("--eval-limit", type=int, default=None, help="questions per held-out set (both sets)")
     p.add_argument("--eval-squad2", type=int, default=None, help="held-out squad2 questions per model")
     p.add_argument("--eval-xquad", type=int, default=None, help="held-out xquad-en questions per model")
@@ -955,6 +965,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "k",
         "sim_batch",
         "eval_batch",
+        "unanswerable_fraction",
     ):
         if getattr(args, name) is None:
             setattr(args, name, getattr(args.preset, name))

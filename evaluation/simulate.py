@@ -63,6 +63,8 @@ class SimulationOptions:
     seed: int = 0
     correct_fraction: float = 0.0
     only_answerable: bool = False
+    # share of unanswerable questions among those asked; None = as they come in the file (SQuAD 2.0 dev: ~1/2)
+    unanswerable_fraction: float | None = None
     articles: tuple[str, ...] = ()
     exclude_articles: tuple[str, ...] = ()
     index: Path | None = None
@@ -155,7 +157,38 @@ def select(dataset: QADataset, options: SimulationOptions) -> list[QAExample]:
         raise SimulationError(f"no question of {dataset.path} is left after the filters")
     if options.limit is not None and options.limit < 1:
         raise SimulationError(f"--limit must be at least 1, got {options.limit}")
+    if options.unanswerable_fraction is not None:
+        return mix_unanswerable(examples, options.unanswerable_fraction, options.limit, options.seed)
     return select_examples(examples, options.limit, options.seed)
+
+
+def mix_unanswerable(
+    examples: Sequence[QAExample], fraction: float, limit: int | None, seed: int
+) -> list[QAExample]:
+    """`limit` questions (None: as many as the mix allows) of which round(fraction * limit) are unanswerable,
+    each part a seeded subset, kept in file order. Why: the share of questions the documents cannot answer
+    decides how often the corrections teach the abstention sentence (SQuAD 2.0 dev has ~1/2; a user's questions
+    about their own documents far fewer)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise SimulationError(f"--unanswerable-fraction must be within [0, 1], got {fraction}")
+    unanswerable = [i for i, e in enumerate(examples) if e.unanswerable]
+    answerable = [i for i, e in enumerate(examples) if not e.unanswerable]
+    if limit is None:  # the largest mix both parts can fill
+        limits = [
+            len(unanswerable) / fraction if fraction else None,
+            len(answerable) / (1 - fraction) if fraction < 1 else None,
+        ]
+        limit = int(min(x for x in limits if x is not None))
+    want = round(fraction * limit)
+    if want > len(unanswerable) or limit - want > len(answerable):
+        raise SimulationError(
+            f"{limit} questions with {fraction:.0%} unanswerable need {want} unanswerable and {limit - want} "
+            f"answerable ones; the filters leave {len(unanswerable)} and {len(answerable)}: lower --limit or "
+            "change --unanswerable-fraction"
+        )
+    rng = random.Random(f"unanswerable:{seed}")
+    picked = sorted(rng.sample(unanswerable, want) + rng.sample(answerable, limit - want))
+    return [examples[i] for i in picked]
 
 
 # ---- the index ------------------------------------------------------------------------------------------
@@ -425,6 +458,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--correct-fraction", type=float, default=0.0, help="share of questions also corrected")
     p.add_argument("--only-answerable", action="store_true", help="skip SQuAD 2.0 unanswerable questions")
+    p.add_argument(
+        "--unanswerable-fraction",
+        type=float,
+        help="share of unanswerable questions among those asked (default: as in the file)",
+    )
     p.add_argument("--articles", type=_titles, default=(), help="comma-separated SQuAD titles to keep")
     p.add_argument("--exclude-articles", type=_titles, default=(), help="comma-separated titles to skip")
     p.add_argument("--index", type=Path, help="index folder to use (default: RAGQA_HOME's index)")
@@ -449,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         correct_fraction=args.correct_fraction,
         only_answerable=args.only_answerable,
+        unanswerable_fraction=args.unanswerable_fraction,
         articles=args.articles,
         exclude_articles=args.exclude_articles,
         index=args.index,

@@ -53,6 +53,12 @@ def test_simulate_command_is_accepted_by_the_simulator(tmp_path: Path) -> None:
         not parsed.only_answerable and parsed.batch
     )  # unanswerables are simulated too (abstention is right)
     assert parsed.batch_size == QUICK.sim_batch
+    assert parsed.unanswerable_fraction is None  # as in the file unless asked
+    args = parse_args(["--quick", "--unanswerable-fraction", "0.2"])
+    assert (
+        build_parser().parse_args(simulate_command(tmp_path / "t.json", args)[2:]).unanswerable_fraction
+        == 0.2
+    )
 
 
 @pytest.mark.parametrize("quick", [True, False])

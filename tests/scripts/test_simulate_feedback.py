@@ -24,6 +24,7 @@ from evaluation.simulate import (
     ensure_indexed,
     f1_ranking,
     main,
+    mix_unanswerable,
     pick_corrected,
     simulate,
 )
@@ -186,6 +187,23 @@ def test_pick_corrected_takes_the_rounded_share_and_depends_on_the_seed() -> Non
     assert len(pick_corrected(3, 0.0, seed=0)) == 0 and len(pick_corrected(3, 1.0, seed=0)) == 3
     with pytest.raises(SimulationError, match="correct-fraction"):
         pick_corrected(3, 1.5, seed=0)
+
+
+def test_the_unanswerable_share_of_the_questions_asked_is_chosen() -> None:
+    examples = [QAExample(f"q{i}", f"Q{i}?", () if i % 2 else ("a",), bool(i % 2)) for i in range(40)]  # 1/2
+    picked = mix_unanswerable(examples, 0.25, 12, seed=0)
+    assert len(picked) == 12 and sum(e.unanswerable for e in picked) == 3
+    assert [int(e.qid[1:]) for e in picked] == sorted(int(e.qid[1:]) for e in picked)  # file order kept
+    assert (
+        mix_unanswerable(examples, 0.25, 12, seed=0) == picked != mix_unanswerable(examples, 0.25, 12, seed=1)
+    )
+    everything = mix_unanswerable(examples, 0.25, None, seed=0)  # the largest mix: all 20 answerable + 6
+    assert len(everything) == 26 and sum(e.unanswerable for e in everything) == 6
+    assert not any(e.unanswerable for e in mix_unanswerable(examples, 0.0, 10, seed=0))
+    with pytest.raises(SimulationError, match="need 30 unanswerable and 10 answerable.*leave 20 and 20"):
+        mix_unanswerable(examples, 0.75, 40, seed=0)
+    with pytest.raises(SimulationError, match="within \\[0, 1\\]"):
+        mix_unanswerable(examples, 1.5, 10, seed=0)
 
 
 # ---- the whole simulation -------------------------------------------------------------------------------
