@@ -1018,7 +1018,6 @@ def retrain(
         known = ledger.get(key)
         if known and _run_status(home / "runs" / known) == "finished":
             return known  # it finished, the loop was stopped before recording it: --resume would refuse
-        before = {p.name for p in (home / "runs").iterdir()} if (home / "runs").is_dir() else set()
         cmd = retrain_command(args, kind, export_dir, resume=known)
 
         def record_run_id(line: str) -> None:  # recorded when the run starts: a kill must not lose it
@@ -1026,13 +1025,7 @@ def retrain(
             if started and ledger.get(key) != started.group(1):
                 ledger.put(key, started.group(1))
 
-        try:
-            run_step(f"retrain-{kind}", cmd, env, logs, on_line=record_run_id)
-        finally:
-            after = {p.name for p in (home / "runs").iterdir()} if (home / "runs").is_dir() else set()
-            started = sorted(after - before)
-            if started:
-                ledger.put(key, started[-1])
+        run_step(f"retrain-{kind}", cmd, env, logs, on_line=record_run_id)
         return ledger.get(key)
 
     try:
@@ -1044,6 +1037,7 @@ def retrain(
     return json.loads(state_file.read_text()) if state_file and state_file.is_file() else {}
 
 
+# The retrain's first line (training/pipeline.py's `_run_stages`; tests/training/test_pipeline.py holds them to it).
 RUN_STARTED = re.compile(r"^(?:starting|resuming) retrain run (\S+) ")
 
 
@@ -1236,9 +1230,7 @@ def machine_record() -> dict[str, Any]:
     }
 
 
-def describe_machine(machine: dict[str, Any] | str) -> str:
-    if isinstance(machine, str):  # a report written before the CPU was recorded
-        return machine
+def describe_machine(machine: dict[str, Any]) -> str:
     return (
         f"{machine['cpu']} ({' '.join(machine['flags']) or 'no flags read'}), {machine['usable_cores']} usable "
         f"cores, torch threads {machine['torch_threads']}"

@@ -167,7 +167,8 @@ class PublishSection:
 
 @dataclass
 class TimeBudgetSection:
-    """How long the training stages of one retrain may take together (training/time_budget.py)."""
+    """How long one retrain may take: its training stages share what the reserve for merge, gate and publish
+    leaves (training/time_budget.py)."""
 
     # minutes for the whole retrain; null = no limit (each stage runs its full schedule)
     minutes: float | None = field(default=60.0, metadata=bounds(gt=0))

@@ -35,6 +35,9 @@ def test_all_stages_publish_and_switch_current(
     assert manifest["started_from"] == "v0001"
     assert manifest["base_model"] == "tiny-random-llama"
     assert manifest["run_id"] == state["run_id"]
+    from benchmarks.loop import RUN_STARTED  # the loop benchmark records the run id from this first line
+
+    assert RUN_STARTED.match(lines[0]).group(1) == state["run_id"]
     assert manifest["feedback_snapshot"] == snapshot
     assert manifest["config"]["algorithm"] == "ppo"
     run_dir = ragqa_home / "runs" / state["run_id"]
@@ -103,6 +106,9 @@ def test_killed_run_keeps_current_and_resumes(
     assert registry.current_name() == "v0002"
     assert registry.current().manifest["run_id"] == run_id
     assert any("sft: already done" in line for line in lines)
+    from benchmarks.loop import RUN_STARTED  # the loop benchmark records the run id from this first line
+
+    assert RUN_STARTED.match(lines[0]).group(1) == run_id
 
 
 def test_too_little_data_is_refused_clearly(tiny_registry: Path, tmp_path: Path) -> None:

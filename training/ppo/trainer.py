@@ -512,18 +512,14 @@ def _summarise(metrics: list[dict[str, float]], extra: dict[str, Any]) -> dict[s
         return dict(extra)
     k = max(1, len(metrics) // 5)
     head, tail = metrics[:k], metrics[-k:]
-
-    def avg(rows: list[dict[str, float]], key: str) -> float:
-        return sum(r[key] for r in rows) / len(rows)
-
     return {
         **extra,
         "steps": int(metrics[-1]["step"]),
-        "score_first": avg(head, "score"),
-        "score_last": avg(tail, "score"),
-        "kl_last": avg(tail, "kl"),
-        "response_length_last": avg(tail, "response_length"),
-        "eos_fraction_last": avg(tail, "eos_fraction"),
+        "score_first": mean_of(head, "score"),
+        "score_last": mean_of(tail, "score"),
+        "kl_last": mean_of(tail, "kl"),
+        "response_length_last": mean_of(tail, "response_length"),
+        "eos_fraction_last": mean_of(tail, "eos_fraction"),
         **{key: mean_of(metrics, key) for key in STEP_TIMES},
     }
 
