@@ -12,13 +12,21 @@ Outputs in `out_dir`: `adapter/`, `checkpoints/`, `metrics.json`, `plots/dpo_cur
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from training.config import TrainConfig, trainer_kwargs
 from training.data import ExportData
 from training.stage_result import StageResult
-from training.trl_stage import device_and_4bit, prepare_for_kbit, run_trainer, train_pairs, write_outputs
+from training.trl_stage import (
+    device_and_4bit,
+    heldout_rows,
+    prepare_for_kbit,
+    run_trainer,
+    train_pairs,
+    write_outputs,
+)
 
 
 def build_dpo_trainer(
@@ -44,7 +52,7 @@ def build_dpo_trainer(
         loss_type=[cfg.dpo.loss_type],
         eval_strategy="no",
     )
-    test = data.pairs.get("test") or []
+    test = heldout_rows(data.pairs.get("test"), cfg.dpo)
     trainer = DPOTrainer(
         model=model,
         ref_model=None,
@@ -57,7 +65,13 @@ def build_dpo_trainer(
     # TRL's DPO collator flushes each prompt + answer to the left (pads only on the right), so SDPA can run causal
     # without the padding mask, for the policy's forward and the reference's (the same model, adapter off).
     skip_redundant_causal_mask(trainer.model)
-    return trainer, {"pairs_train": len(pairs), "pairs_test": len(test), "qlora": four_bit}
+    n_test = len(data.pairs.get("test") or [])
+    return trainer, {
+        "pairs_train": len(pairs),
+        "pairs_test": n_test,
+        "pairs_test_scored": len(test),
+        "qlora": four_bit,
+    }
 
 
 def train_dpo(
@@ -70,15 +84,17 @@ def train_dpo(
     budget_s: float | None = None,
 ) -> StageResult:
     """Train the DPO policy adapter on `model_dir`. Returns the stage result dict."""
+    started = time.monotonic()  # the time budget counts loading the models
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer, sizing = build_dpo_trainer(cfg, model_dir, data, out_dir)
-    run = run_trainer(trainer, out_dir, resume=resume, budget_s=budget_s)
+    run = run_trainer(trainer, out_dir, resume=resume, budget_s=budget_s, started=started)
     if not run.is_main:
         return StageResult.done()
     metrics = {
         "pairs_train": sizing["pairs_train"],
         "pairs_test": sizing["pairs_test"],
+        "pairs_test_scored": sizing["pairs_test_scored"],
         **run.summary(),
         "beta": cfg.dpo.beta,
         "heldout_accuracy": run.heldout.get("eval_rewards/accuracies"),

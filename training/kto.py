@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import random
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from training.config import TrainConfig, trainer_kwargs
 from training.data import ExportData, require
 from training.stage_result import StageResult
-from training.trl_stage import device_and_4bit, prepare_for_kbit, run_trainer, write_outputs
+from training.trl_stage import device_and_4bit, heldout_rows, prepare_for_kbit, run_trainer, write_outputs
 
 
 def label_counts(rows: list[dict[str, Any]]) -> tuple[int, int]:
@@ -50,6 +51,7 @@ def train_kto(
     budget_s: float | None = None,
 ) -> StageResult:
     """Train the KTO policy adapter on `model_dir`. Returns the stage result."""
+    started = time.monotonic()  # the time budget counts loading the model
     from datasets import Dataset
     from trl import KTOConfig, KTOTrainer
 
@@ -77,7 +79,7 @@ def train_kto(
         undesirable_weight=cfg.kto.undesirable_weight,
         eval_strategy="no",
     )
-    test = data.unpaired.get("test") or []
+    test = heldout_rows(data.unpaired.get("test"), cfg.kto)
     trainer = KTOTrainer(
         model=model,
         ref_model=None,
@@ -87,7 +89,7 @@ def train_kto(
         processing_class=tokenizer,
         peft_config=lora_config(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets, "CAUSAL_LM"),
     )
-    run = run_trainer(trainer, out_dir, resume=resume, budget_s=budget_s)
+    run = run_trainer(trainer, out_dir, resume=resume, budget_s=budget_s, started=started)
     if not run.is_main:
         return StageResult.done()
     heldout = run.heldout

@@ -19,6 +19,7 @@ Outputs in `out_dir`: `adapter/`, `merged/` (the folder PPO takes as reward_dir)
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,7 @@ def train_reward_model(
     budget_s: float | None = None,
 ) -> StageResult:
     """Train, merge and evaluate the reward model. Returns the stage result dict."""
+    started = time.monotonic()  # the time budget counts loading the model
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     pairs = train_pairs(cfg, data, "training a reward model")
     device, four_bit = device_and_4bit(cfg)
@@ -133,7 +135,11 @@ def train_reward_model(
             "tokens and RewardTrainer drops them; raise reward.max_length (or set it to null to size it "
             "from the data)"
         )
-    run = run_trainer(trainer, out_dir, resume=resume, budget_s=budget_s)
+    # the budget keeps room for scoring the held-out pairs after the merge
+    test = data.pairs.get("test", [])
+    run = run_trainer(
+        trainer, out_dir, resume=resume, budget_s=budget_s, started=started, scored_after=len(test)
+    )
     del trainer
     if not run.is_main:
         return StageResult.done()
@@ -155,7 +161,7 @@ def train_reward_model(
         "last_logged_train_accuracy": accuracies[-1] if accuracies else None,
         "qlora": four_bit,
         "merge": merge,
-        **heldout_metrics(merged, data.pairs.get("test", []), cfg.reward.batch_size, device),
+        **heldout_metrics(merged, test, cfg.reward.batch_size, device),
     }
     curves = ["loss", "accuracy", "margin"]
     plots = write_outputs(cfg, out_dir, metrics, run.history, curves, "rm_curves", "Reward model")

@@ -16,13 +16,21 @@ Skipped, with a reason, when there are fewer than `data.min_demonstrations` demo
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from training.config import TrainConfig, resolve_device, trainer_kwargs, want_4bit
 from training.data import ExportData
 from training.stage_result import StageResult
-from training.trl_stage import device_and_4bit, merge_trained, prepare_for_kbit, run_trainer, write_outputs
+from training.trl_stage import (
+    device_and_4bit,
+    heldout_rows,
+    merge_trained,
+    prepare_for_kbit,
+    run_trainer,
+    write_outputs,
+)
 
 
 def skipped(reason: str, **metrics: Any) -> StageResult:
@@ -54,7 +62,7 @@ def build_sft_trainer(cfg: TrainConfig, model_dir: Path, data: ExportData, out_d
         eval_strategy="no",
     )
     lora = lora_config(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets, "CAUSAL_LM")
-    test = data.sft.get("test") or []
+    test = heldout_rows(data.sft.get("test"), cfg.sft)
     return AnswerOnlySFTTrainer(
         model=model,
         args=args,
@@ -75,7 +83,7 @@ def train_sft(
     budget_s: float | None = None,
 ) -> StageResult:
     """Run SFT + merge. Returns the stage result dict (status, reason, outputs, metrics, plots)."""
-
+    started = time.monotonic()  # the time budget counts loading the model
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     n_train, n_test = len(data.sft.get("train", [])), len(data.sft.get("test", []))
     if n_train < cfg.data.min_demonstrations:
@@ -87,7 +95,7 @@ def train_sft(
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = build_sft_trainer(cfg, model_dir, data, out_dir)
-    run = run_trainer(trainer, out_dir, resume=resume, budget_s=budget_s)
+    run = run_trainer(trainer, out_dir, resume=resume, budget_s=budget_s, started=started)
     del trainer
     if not run.is_main:
         return StageResult.done()

@@ -51,6 +51,12 @@ def train_pairs(cfg: TrainConfig, data: ExportData, before: str) -> list[dict[st
     return pairs
 
 
+def heldout_rows(rows: list[dict[str, Any]] | None, section: TrainerSection) -> list[dict[str, Any]]:
+    """The test split's rows the trainer evaluates on: the first `max_eval_examples` (the split is shuffled)."""
+    rows = rows or []
+    return rows if section.max_eval_examples is None else rows[: section.max_eval_examples]
+
+
 def device_and_4bit(cfg: TrainConfig) -> tuple[str, bool]:
     """Where to train and whether QLoRA (nf4) is on: it needs CUDA."""
     device = resolve_device(cfg)
@@ -99,14 +105,25 @@ def prepare_for_kbit(model: Any, section: TrainerSection, four_bit: bool) -> Any
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=section.gradient_checkpointing)
 
 
-def run_trainer(trainer: Any, out_dir: Path, *, resume: bool, budget_s: float | None = None) -> TrainRun:
-    """Train (from the newest checkpoint when resuming) within `budget_s` seconds when given, evaluate on the
-    eval split, save the adapter."""
+def run_trainer(
+    trainer: Any,
+    out_dir: Path,
+    *,
+    resume: bool,
+    budget_s: float | None = None,
+    started: float | None = None,
+    scored_after: int = 0,
+) -> TrainRun:
+    """Train (from the newest checkpoint when resuming) within `budget_s` seconds from `started` (the stage's
+    time.monotonic() start; None = when training begins) when given, evaluate on the eval split, save the
+    adapter. The budget keeps room for that evaluation and for `scored_after` more held-out examples the stage
+    scores itself afterwards."""
     budget = None
     if budget_s is not None:
         from training.time_budget import TimeBudget
 
-        budget = TimeBudget(trainer, budget_s)
+        evaluated = len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0
+        budget = TimeBudget(trainer, budget_s, started=started, after_examples=evaluated + scored_after)
         trainer.add_callback(budget)
     train_out = trainer.train(
         resume_from_checkpoint=last_checkpoint(out_dir / "checkpoints") if resume else None

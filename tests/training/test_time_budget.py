@@ -78,6 +78,37 @@ def test_a_trl_stage_replans_its_steps_and_schedule_to_fit(
     assert trainer.lr_scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-9)
 
 
+def test_a_trl_stage_counts_its_loading_and_keeps_room_for_its_heldout_scoring(
+    tiny_model_dir: Path, tmp_path: Path, tiny_cfg, monkeypatch
+) -> None:
+    from training.dpo import build_dpo_trainer
+
+    clock = OneSecondPerStep()
+    monkeypatch.setattr(time_budget, "time", types.SimpleNamespace(monotonic=lambda: clock.now))
+    data = load_export(write_export(tmp_path / "e", pairs=8, pairs_test=6))
+    settings = ["dpo.max_steps=20", "dpo.batch_size=1", "dpo.grad_accum=1", "dpo.warmup=0"]
+
+    def run(cap: str, folder: str):
+        trainer, sizing = build_dpo_trainer(tiny_cfg(*settings, cap), tiny_model_dir, data, tmp_path / folder)
+        trainer.add_callback(clock)
+        clock.now = 0.0
+        # the stage began 1 s before training did (loading the models)
+        return sizing, run_trainer(trainer, tmp_path / folder, resume=False, budget_s=10.0, started=-1.0)
+
+    # 6 held-out pairs at EVAL_COST (0.5) of a 1 s training example: 3 s kept for scoring them; 3 calibration
+    # steps + 1 s of loading spent, so 10 - 4 - 3 = 3 more steps fit: 6 of 20
+    sizing, whole = run("dpo.max_eval_examples=null", "all")
+    record = whole.summary()["time_budget"]
+    assert sizing["pairs_test_scored"] == 6 and len(whole.heldout) > 0
+    assert record["reserved_s"] == 3.0 and record["heldout_examples"] == 6
+    assert record["seconds_before_training"] == 1.0
+    assert record["cut"] and record["steps"] == 6 and whole.summary()["steps"] == 6
+    # capped at 2 held-out pairs: 1 s kept, 5 more steps fit
+    sizing, capped = run("dpo.max_eval_examples=2", "capped")
+    assert sizing == {**sizing, "pairs_test": 6, "pairs_test_scored": 2}
+    assert capped.summary()["time_budget"]["reserved_s"] == 1.0 and capped.summary()["steps"] == 8
+
+
 def test_a_trl_stage_without_a_budget_runs_its_schedule(
     tiny_model_dir: Path, tmp_path: Path, tiny_cfg
 ) -> None:
