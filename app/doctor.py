@@ -51,7 +51,7 @@ def collect(cfg: Any, training: tuple[str, str]) -> dict[str, Any]:
         "train_dtype": train.dtype,
         "dtypes": {"serve": serve.to_json(), "train": train.to_json()},
         "backend": _backend(cfg),
-        "llama_cpp": _llama_cpp(),
+        "llama_cpp": _llama_cpp(cpu),
         "cpu_share": _cpu_share(cfg),
         "memory": _memory(),
         "disk": _disk(cfg.paths.home),
@@ -100,12 +100,26 @@ def _backend_reason(configured: str, manifest: dict[str, Any], info: dict[str, A
     return f"auto: llama-cpp-python installed and {info['gguf']} present"
 
 
-def _llama_cpp() -> dict[str, Any]:
-    """llama-cpp-python's version and the instruction sets its llama.cpp was built with."""
+# llama.cpp's name for an instruction set -> the /proc/cpuinfo flag it needs (the ones the Makefile names)
+LLAMA_CPP_KERNELS = {
+    "AVX2": "avx2",
+    "AVX_VNNI": "avx_vnni",
+    "AVX512": "avx512f",
+    "AVX512_VNNI": "avx512_vnni",
+    "AVX512_BF16": "avx512_bf16",
+    "AVX512_VBMI": "avx512vbmi",
+}
+
+
+def _llama_cpp(cpu: hardware.CpuInfo) -> dict[str, Any]:
+    """llama-cpp-python's version, the instruction sets its llama.cpp was built with, how they fit this CPU
+    (a build from another machine may lack this one's kernels, or use some it does not have), and the GGUF type
+    `gguf: auto` publishes here."""
     from app.backends.llamacpp_lm import llama_cpp_available
+    from model_store.gguf import auto_outtype
 
     if not llama_cpp_available():
-        return {"installed": False}
+        return {"installed": False, "gguf_auto": auto_outtype(cpu)}
     import llama_cpp
 
     system = llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip()
@@ -116,11 +130,25 @@ def _llama_cpp() -> dict[str, Any]:
         for name, value in [part.rsplit("=", 1)]
         if value.strip() == "1"
     ]
+    built = [f.split(":")[-1].strip() for f in features]
     return {
         "installed": True,
         "version": getattr(llama_cpp, "__version__", "?"),
-        "instruction_sets": [f.split(":")[-1].strip() for f in features],
+        "instruction_sets": built,
+        **build_fit(built, cpu),
+        "gguf_auto": auto_outtype(cpu),
         "system_info": system,
+    }
+
+
+def build_fit(built: list[str], cpu: hardware.CpuInfo) -> dict[str, list[str]]:
+    """`not_built`: kernels this CPU could run that the build lacks (rebuild for speed); `not_on_this_cpu`:
+    instruction sets the build uses that this CPU lacks (it may crash: rebuild)."""
+    return {
+        "not_built": [k for k, flag in LLAMA_CPP_KERNELS.items() if flag in cpu.flags and k not in built],
+        "not_on_this_cpu": [
+            k for k, flag in LLAMA_CPP_KERNELS.items() if k in built and flag not in cpu.flags
+        ],
     }
 
 
@@ -195,8 +223,19 @@ def text(report: dict[str, Any]) -> str:
     )
     if llama["installed"]:
         lines.append(f"llama.cpp:    {llama['version']}, built with {' '.join(llama['instruction_sets'])}")
+        if llama["not_on_this_cpu"]:
+            lines.append(
+                f"              built for {' '.join(llama['not_on_this_cpu'])}, which this CPU lacks: it may "
+                "crash; rebuild with `make clean install`"
+            )
+        if llama["not_built"]:
+            lines.append(
+                f"              without this CPU's {' '.join(llama['not_built'])} kernels: `make clean install` "
+                "builds them"
+            )
     else:
         lines.append("llama.cpp:    not installed (pip install -e '.[llamacpp]')")
+    lines.append(f"gguf auto:    {llama['gguf_auto']} (bf16 with native bf16 instructions, else f16)")
     lines.append(
         f"cpu share:    server {share['server_threads_now']} threads now; a retrain/eval would use "
         f"{share['job_threads_now']} at nice +{share['job_nice']} (servers {share['servers'] or 'none'}, "

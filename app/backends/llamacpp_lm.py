@@ -48,8 +48,8 @@ from app.backends.base import (
 )
 
 INSTALL_HINT = (
-    'install it with: CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=ON" '
-    "pip install -e '.[llamacpp]' (a source build, ~5 min on 2 cores; see the README)"
+    "install it with `make install` (it builds llama.cpp for this CPU's instruction sets, ~5 min on 2 cores), or "
+    "by hand: CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DGGML_AVX2=ON\" pip install -e '.[llamacpp]' (see the README)"
 )
 
 

@@ -136,6 +136,19 @@ def test_doctor_json_reports_the_choice_for_the_faked_cpu(
     assert report["backend"]["reason"] == "no model published: run `ragqa setup`"
     assert report["cores"]["usable"] >= 1 and report["disk"]["free_gb"] > 0
     assert set(report["cpu_share"]) >= {"server_threads_now", "job_threads_now", "job_nice"}
+    assert report["llama_cpp"]["gguf_auto"] == ("bf16" if dtype == "bfloat16" else "f16")
+
+
+def test_doctor_compares_the_llama_cpp_build_with_the_cpu() -> None:
+    from app.doctor import build_fit
+
+    zen4 = parse_cpuinfo(ZEN4)
+    avx2 = parse_cpuinfo(AVX2_EPYC)
+    # a build without the BF16/VNNI kernels on a Zen 4: faster kernels left unbuilt
+    old = build_fit(["AVX", "AVX2", "F16C", "FMA", "AVX512"], zen4)
+    assert "AVX512_BF16" in old["not_built"] and old["not_on_this_cpu"] == []
+    # the same build moved to an AVX2-only machine: it uses instructions this CPU lacks
+    assert build_fit(["AVX", "AVX2", "AVX512"], avx2) == {"not_built": [], "not_on_this_cpu": ["AVX512"]}
 
 
 def test_doctor_text_names_the_dtypes_and_why(fake_machine, capsys: pytest.CaptureFixture[str]) -> None:

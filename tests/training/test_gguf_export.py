@@ -17,6 +17,7 @@ from model_store.gguf import (
     gguf_extras,
     resolve_outtype,
 )
+from model_store.hardware import CpuInfo
 from model_store.registry import ModelRegistry
 from tests.conftest import llama_cpp_or_skip
 
@@ -35,6 +36,13 @@ def _tensor_names(path: Path) -> set[str]:
 def test_resolve_outtype() -> None:
     assert resolve_outtype("off") is None
     assert resolve_outtype("f16") == "f16"
+    # auto follows the CPU: bf16 only where it has native bf16 dot products, f16 elsewhere
+    zen4 = CpuInfo("AMD EPYC (Zen 4)", frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    spr = CpuInfo("Intel Xeon (Sapphire Rapids)", frozenset({"avx2", "avx512f", "amx_tile", "amx_bf16"}))
+    avx2 = CpuInfo("AMD EPYC (AVX2 only)", frozenset({"avx2", "fma", "f16c"}))
+    assert resolve_outtype("auto", zen4) == "bf16" and resolve_outtype("auto", spr) == "bf16"
+    assert resolve_outtype("auto", avx2) == "f16"
+    assert resolve_outtype("f16", zen4) == "f16"  # an explicit type always wins
     with pytest.raises(ValueError, match="gguf must be one of"):
         resolve_outtype("q4_k")
 
