@@ -419,10 +419,12 @@ def open_service(
     return qa
 
 
-def ask_once(qa: Any, question: str) -> dict[str, Any]:
-    """One question through QAService.stream, with a fresh llama.cpp context (no prefix reuse)."""
+def ask_once(qa: Any, question: str, *, fresh: bool = True) -> dict[str, Any]:
+    """One question through QAService.stream, with a fresh llama.cpp context (no prefix reuse), or with
+    `fresh=False` as the server answers it: the context keeps the previous request's tokens and llama.cpp reuses
+    their common prefix (the system prompt and the start of the user turn)."""
     model = qa.generator.current()
-    if model.backend == "llamacpp":
+    if model.backend == "llamacpp" and fresh:
         model.llama.reset()
     result = None
     for kind, value in qa.stream(question):
