@@ -86,7 +86,11 @@ class AnswerOnlySFTTrainer(SFTTrainer):
             # it would skip that, so multi-process training takes the stock (full-logits) loss.
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         mode = "train" if self.model.training else "eval"
-        loss, _ = answer_only_loss(model, inputs, num_items_in_batch)
+        # The decoder body is called directly, not through the model's forward that accelerate wrapped in the
+        # mixed-precision autocast, so the autocast is entered here: without it "bf16" SFT ran every matmul in fp32
+        # (measured on Zen 4: 9.7 ms for a 1016x576x1536 matmul, the fp32 rate, against 4.5 ms in bf16).
+        with self.accelerator.autocast():
+            loss, _ = answer_only_loss(model, inputs, num_items_in_batch)
         # As SFTTrainer: num_items_in_batch counts the tokens of every rank and DDP averages the gradients
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes

@@ -120,6 +120,27 @@ def test_sft_trainer_never_materialises_full_logits(tiny_model_dir: Path, tmp_pa
     assert not any("accuracy" in k or "entropy" in k for k in trainer._metrics["train"])
 
 
+@pytest.mark.parametrize(("setting", "dtype"), [("true", torch.bfloat16), ("false", torch.float32)])
+def test_sft_body_runs_in_the_trainers_precision(
+    tiny_model_dir: Path, tmp_path: Path, tiny_cfg, setting: str, dtype: torch.dtype
+) -> None:
+    """The loss calls the decoder body directly, outside the forward accelerate wraps in autocast: the trainer's
+    precision must still reach the body's matmuls (it did not: "bf16" SFT ran in fp32)."""
+    from training.sft import build_sft_trainer
+
+    data = load_export(write_export(tmp_path / "e"))
+    trainer = build_sft_trainer(tiny_cfg(f"model.bf16={setting}"), tiny_model_dir, data, tmp_path / "sft")
+    assert trainer.args.bf16 is (setting == "true")
+    seen: list[torch.dtype] = []
+    layer = trainer.model.get_base_model().model.layers[0].mlp.up_proj
+    layer.base_layer.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    trainer.current_gradient_accumulation_steps = 1
+    trainer.model.train()
+    assert torch.isfinite(trainer.training_step(trainer.model, dict(batch)))
+    assert seen and set(seen) == {dtype}
+
+
 def test_reward_model_computes_no_lm_head(tmp_path: Path, tiny_cfg) -> None:
     from training.ppo.toy import build_toy_tokenizer
     from training.reward import build_reward_trainer
