@@ -1,0 +1,56 @@
+"""benchmarks/gguf_types.py's prompt building on a hand-made squad file (no model runs here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.gguf_types import four_passage_prompts, quality_items
+
+
+class TextTokenizer:
+    """Encodes the user turn as its characters' code points, so a test can read the prompt back."""
+
+    def apply_chat_template(self, messages, **_kwargs):
+        return [ord(c) for c in messages[-1]["content"]]
+
+
+def _squad(tmp_path: Path) -> Path:
+    def paragraph(i: int, answerable: bool) -> dict:
+        answers = [{"text": f"answer{i}", "answer_start": 0}] if answerable else []
+        return {
+            "context": f"context number {i}.",
+            "qas": [{"question": f"question {i}?", "answers": answers}],
+        }
+
+    data = {
+        "data": [
+            {"title": f"T{a}", "paragraphs": [paragraph(a * 10 + i, i % 2 == 0) for i in range(5)]}
+            for a in range(4)
+        ]
+    }
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_quality_items_put_the_gold_paragraph_first_with_its_answers(tmp_path: Path) -> None:
+    items = quality_items(_squad(tmp_path), TextTokenizer(), 6, seed=0)
+    assert len(items) == 6
+    for ids, golds in items:
+        text = "".join(map(chr, ids))
+        number = golds[0].removeprefix("answer")
+        assert golds == [f"answer{number}"]  # answerable questions only
+        assert f"question {number}?" in text
+        assert text.count("context number") == 4  # 4 passages
+        assert text.index("context number") == text.index(f"context number {number}.")  # the gold one first
+
+
+def test_prompts_are_reproducible_and_differ_by_seed(tmp_path: Path) -> None:
+    squad = _squad(tmp_path)
+    assert four_passage_prompts(squad, TextTokenizer(), 5, seed=1) == four_passage_prompts(
+        squad, TextTokenizer(), 5, seed=1
+    )
+    assert four_passage_prompts(squad, TextTokenizer(), 5, seed=1) != four_passage_prompts(
+        squad, TextTokenizer(), 5, seed=2
+    )
