@@ -28,11 +28,12 @@ from model_store.registry import Extras
 OUTTYPES = ("q8_0", "f16", "bf16", "f32")
 # `gguf: auto` picks the type from the CPU the version is published on (model_store.hardware):
 #   - bf16 where the CPU has native bf16 dot products (avx512_bf16 / amx_bf16) and llama.cpp is built for them
-#     (the Makefile names AVX512_BF16 when the CPU reports it): on the 2-core Zen 4 EPYC a 4-passage prompt
-#     (~670 tokens, SmolLM2-135M, 2 threads) prefilled in 0.71 s p50 against 1.05 s for f16, decode unchanged
-#     (~85 tokens/s). Its rounding changes some near-tied greedy tokens (30 prompts, 48 tokens: 21 identical to
-#     transformers fp32 against f16's 30) but not the answers' quality: squad2-dev-half, 150 questions, gold passage
-#     + 3 others, token F1 0.113 vs 0.112, paired difference +0.001 [-0.003, +0.005].
+#     (the Makefile names AVX512_BF16 when the CPU reports it). On the 2-core Zen 4 EPYC (benchmarks/gguf_types.py,
+#     4-passage squad2-dev-half prompts, 2 threads) prefill p50 0.99 s against 1.42 s for f16, decode about the
+#     same (80 vs 84 tokens/s); greedy answers token-identical to transformers fp32 27/30 vs f16's 28/30; answer
+#     quality nearly the same: squad2-dev-half (training side), 150 questions, gold paragraph + 3 others, token F1
+#     0.144 vs 0.151, paired difference -0.007 [-0.015, -0.001] (an earlier sample with the paragraphs cut to 900
+#     characters: +0.001 [-0.003, +0.005]). A third faster first token for <= 0.01 F1: `gguf: f16` takes it back.
 #   - f16 elsewhere: without native bf16 a bf16 file prefills no faster than f16 (measured: 1.09 vs 1.08 s), so
 #     f16's closer agreement wins. q8_0 (34-37% identical answers) stays a choice: `gguf: q8_0`.
 DEFAULT_OUTTYPE = "f16"
