@@ -123,14 +123,7 @@ def _llama_cpp(cpu: hardware.CpuInfo) -> dict[str, Any]:
     import llama_cpp
 
     system = llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip()
-    features = [
-        name.strip()
-        for part in system.split("|")
-        if "=" in part
-        for name, value in [part.rsplit("=", 1)]
-        if value.strip() == "1"
-    ]
-    built = [f.split(":")[-1].strip() for f in features]
+    built = instruction_sets(system)
     return {
         "installed": True,
         "version": getattr(llama_cpp, "__version__", "?"),
@@ -139,6 +132,18 @@ def _llama_cpp(cpu: hardware.CpuInfo) -> dict[str, Any]:
         "gguf_auto": auto_outtype(cpu),
         "system_info": system,
     }
+
+
+def instruction_sets(system_info: str) -> list[str]:
+    """The instruction sets a `llama_print_system_info()` text says its llama.cpp was built with ("X = 1")."""
+    features = [
+        name.strip()
+        for part in system_info.split("|")
+        if "=" in part
+        for name, value in [part.rsplit("=", 1)]
+        if value.strip() == "1"
+    ]
+    return [f.split(":")[-1].strip() for f in features]
 
 
 def build_fit(built: list[str], cpu: hardware.CpuInfo) -> dict[str, list[str]]:

@@ -41,32 +41,40 @@ TYPES = ("f16", "bf16", "q8_0")
 CITATION = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")
 
 
+def paragraphs(squad: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(article title, paragraph) of every paragraph of a squad-format file."""
+    return [(a["title"], p) for a in json.loads(squad.read_text())["data"] for p in a["paragraphs"]]
+
+
+def with_three_others(
+    rng: random.Random, title: str, own: dict[str, Any], pool: list[tuple[str, dict[str, Any]]]
+) -> list[dict[str, str]]:
+    """The app's passages: `own` first, then 3 paragraphs drawn from `pool`."""
+    return [{"text": p["context"], "source": f"{t}.md"} for t, p in [(title, own), *rng.sample(pool, 3)]]
+
+
 def four_passage_prompts(squad: Path, tokenizer: Any, n: int, seed: int) -> list[list[int]]:
     """n chat-templated prompts: a question and 4 paragraphs (its own first), as the app renders them."""
-
-    articles = json.loads(squad.read_text())["data"]
-    paragraphs = [(a["title"], p) for a in articles for p in a["paragraphs"]]
+    pool = paragraphs(squad)
     rng = random.Random(seed)
-    prompts = []
-    for title, own in rng.sample(paragraphs, n):
-        others = rng.sample(paragraphs, 3)
-        passages = [{"text": p["context"], "source": f"{t}.md"} for t, p in [(title, own), *others]]
-        prompts.append(encode(tokenizer, own["qas"][0]["question"], passages))
-    return prompts
+    return [
+        encode(tokenizer, own["qas"][0]["question"], with_three_others(rng, title, own, pool))
+        for title, own in rng.sample(pool, n)
+    ]
 
 
 def quality_items(squad: Path, tokenizer: Any, n: int, seed: int) -> list[tuple[list[int], list[str]]]:
     """(prompt ids, gold answers) of n answerable questions: the gold paragraph first, then 3 random others."""
-    articles = json.loads(squad.read_text())["data"]
-    paragraphs = [(a["title"], p) for a in articles for p in a["paragraphs"]]
+    pool = paragraphs(squad)
     rng = random.Random(seed)
-    answerable = [(t, p, q) for t, p in paragraphs for q in p["qas"] if q["answers"]]
-    items = []
-    for title, own, qa in rng.sample(answerable, n):
-        others = rng.sample(paragraphs, 3)
-        passages = [{"text": p["context"], "source": f"{t}.md"} for t, p in [(title, own), *others]]
-        items.append((encode(tokenizer, qa["question"], passages), [a["text"] for a in qa["answers"]]))
-    return items
+    answerable = [(t, p, q) for t, p in pool for q in p["qas"] if q["answers"]]
+    return [
+        (
+            encode(tokenizer, qa["question"], with_three_others(rng, title, own, pool)),
+            [a["text"] for a in qa["answers"]],
+        )
+        for title, own, qa in rng.sample(answerable, n)
+    ]
 
 
 def encode(tokenizer: Any, question: str, passages: list[dict[str, str]]) -> list[int]:
@@ -171,8 +179,9 @@ def measure_type(
 def llama_build() -> list[str]:
     import llama_cpp
 
-    info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
-    return [p.split("=")[0].split(":")[-1].strip() for p in info.split("|") if p.strip().endswith("= 1")]
+    from app.doctor import instruction_sets
+
+    return instruction_sets(llama_cpp.llama_print_system_info().decode("utf-8", "replace"))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -233,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result["types"][outtype] = row
             print(
                 f"{outtype}: TTFT p50 {row['ttft_p50_s']} s, decode {row['decode_tokens_per_s']} tok/s, "
-                f"identical {row['identical_to_fp32']}/{row['agreement_prompts']}, F1 {row['f1']:.4f}",
+                f"identical {row['identical_to_fp32']}/{row['agreement_prompts']}, F1 {row['f1']}",
                 flush=True,
             )
     base = result["types"].get("f16")
