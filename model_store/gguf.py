@@ -29,13 +29,15 @@ OUTTYPES = ("q8_0", "f16", "bf16", "f32")
 # `gguf: auto` picks the type from the CPU the version is published on (model_store.hardware):
 #   - bf16 where the CPU has native bf16 dot products (avx512_bf16 / amx_bf16) and llama.cpp is built for them
 #     (the Makefile names AVX512_BF16 when the CPU reports it). On the 2-core Zen 4 EPYC (benchmarks/gguf_types.py,
-#     4-passage squad2-dev-half prompts, 2 threads) prefill p50 0.99 s against 1.42 s for f16, decode about the
-#     same (80 vs 84 tokens/s); greedy answers token-identical to transformers fp32 27/30 vs f16's 28/30; answer
+#     4-passage squad2-dev-half prompts, 2 threads) prefill p50 0.99 s against 1.42 s for f16 (a rerun on 24 prompts:
+#     1.20 vs 1.42 s), decode about the same (80 vs 84 tokens/s); greedy answers token-identical to transformers fp32 27/30 vs f16's 28/30; answer
 #     quality nearly the same: squad2-dev-half (training side), 150 questions, gold paragraph + 3 others, token F1
 #     0.144 vs 0.151, paired difference -0.007 [-0.015, -0.001] (an earlier sample with the paragraphs cut to 900
-#     characters: +0.001 [-0.003, +0.005]). A third faster first token for <= 0.01 F1: `gguf: f16` takes it back.
-#   - f16 elsewhere: without native bf16 a bf16 file prefills no faster than f16 (measured: 1.09 vs 1.08 s), so
-#     f16's closer agreement wins. q8_0 (34-37% identical answers) stays a choice: `gguf: q8_0`.
+#     characters: +0.001 [-0.003, +0.005]). A 15-30% faster first token for <= 0.01 F1: `gguf: f16` takes it back.
+#   - f16 elsewhere: without native bf16 kernels a bf16 file prefills no faster than f16 (Zen 4, llama.cpp built
+#     without its BF16 kernels: 1.09 vs 1.08 s) or slower (built for AVX2 only: see
+#     docs/results/serving/gguf_types_avx2_build.json), so f16's closer agreement wins. q8_0 (15 of 30 answers
+#     identical to fp32, F1 0.141) stays a choice: `gguf: q8_0`.
 DEFAULT_OUTTYPE = "f16"
 NATIVE_BF16_OUTTYPE = "bf16"
 SETTINGS = ("auto", "off", *OUTTYPES)
