@@ -72,8 +72,10 @@ def example_row(messages: list[dict[str, str]], answer: str, meta: dict[str, Any
 
 
 # ---- build -----------------------------------------------------------------------------------------------------
-def build_rows(squad: dict[str, Any], *, k: int, seed: int, progress: bool = True) -> list[dict[str, Any]]:
-    """Every question of `squad` (already restricted to the training articles) as a rendered SFT row."""
+def build_rows(
+    squad: dict[str, Any], *, k: int, seed: int, views: int = 1, progress: bool = True
+) -> list[dict[str, Any]]:
+    """Every question of `squad` (already restricted to the training articles) as rendered SFT rows (one per view)."""
     from tqdm.auto import tqdm
 
     from app.backends.base import MAX_CONTEXT_TOKENS
@@ -93,25 +95,53 @@ def build_rows(squad: dict[str, Any], *, k: int, seed: int, progress: bool = Tru
         budget = MAX_CONTEXT_TOKENS - cfg.max_new_tokens  # the app's window cap minus the answer's room
         rows: list[dict[str, Any]] = []
         shown: list[tuple[str, list[Any]]] = []
+        rng = random.Random(f"views:{seed}")
         with eval_home(cfg, dataset, embedder=embedder, index_dir=None, progress=progress) as home:
             qa = QAService(home, embedder=embedder)
             for ex in tqdm(dataset.examples, desc="starter prompts", unit="q", disable=not progress):
-                passages = fit_passages(ex.question, qa.retrieve(ex.question, (), k), (), count, budget)
-                answer, kind = target_answer(ex.answers, ex.unanswerable, passages)
+                retrieved = fit_passages(ex.question, qa.retrieve(ex.question, (), k), (), count, budget)
                 title = dataset.documents[ex.doc_id].title if ex.doc_id else None
-                meta = {"qid": ex.qid, "kind": kind, "title": title}
-                rows.append(example_row(render_prompt(ex.question, passages), answer, meta))
-                shown.append((title or "", passages))
+                for view, passages in enumerate(passage_views(retrieved, views, rng)):
+                    answer, kind = target_answer(ex.answers, ex.unanswerable, passages)
+                    qid = ex.qid if view == 0 else f"{ex.qid}:view{view}"
+                    meta = {
+                        "qid": qid,
+                        "kind": kind,
+                        "title": title,
+                        "view": view,
+                        "answers": list(ex.answers),
+                    }
+                    rows.append(example_row(render_prompt(ex.question, passages), answer, meta))
+                shown.append((title or "", retrieved))
         rows += off_topic_rows(dataset.examples, dataset, shown, seed)
     random.Random(seed).shuffle(rows)
     return rows
 
 
-def balance(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
-    """Unanswerable rows sampled down to UNANSWERABLE_PER_ANSWER per answered row (seeded); order kept."""
+def passage_views(passages: Sequence[Any], views: int, rng: random.Random) -> list[list[Any]]:
+    """The retrieved passages as shown (view 0), then `views - 1` other showings of the same retrieval.
+
+    An extra view keeps the top 2 to k passages in a shuffled order: the gold passage moves, so the citation [n] the
+    target carries changes with it, and fewer passages (what a user with a smaller k, or a long question, sees) can
+    leave the gold out, where the target is the abstention. Same questions, more ways of being shown them: the
+    training articles hold only ~2,100 answerable questions.
+    """
+    out = [list(passages)]
+    for _ in range(views - 1):
+        n = rng.randint(min(2, len(passages)), len(passages)) if passages else 0
+        view = list(passages[:n])
+        rng.shuffle(view)
+        out.append(view)
+    return out
+
+
+def balance(
+    rows: list[dict[str, Any]], seed: int, per_answer: float = UNANSWERABLE_PER_ANSWER
+) -> list[dict[str, Any]]:
+    """Unanswerable rows sampled down to `per_answer` per answered row (seeded); order kept."""
     answered = sum(r["meta"]["kind"] == "answer" for r in rows)
     unanswerable = [i for i, r in enumerate(rows) if r["meta"]["kind"] == "unanswerable"]
-    keep = round(UNANSWERABLE_PER_ANSWER * answered)
+    keep = round(per_answer * answered)
     if len(unanswerable) <= keep:
         return rows
     dropped = set(random.Random(f"balance:{seed}").sample(unanswerable, len(unanswerable) - keep))
@@ -156,26 +186,48 @@ def _token_counter() -> Any:
 
 
 def build(
-    squad_path: Path, out: Path, *, k: int, heldout: int, seed: int, progress: bool = True
+    squad_path: Path,
+    out: Path,
+    *,
+    k: int,
+    heldout: int,
+    seed: int,
+    views: int = 1,
+    per_answer: float = UNANSWERABLE_PER_ANSWER,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Write the starter's SFT rows (JSONL) and a summary (counts per kind, the split) beside them."""
+    """Write the starter's SFT rows (JSONL) and a summary (counts per kind, the split) beside them.
+
+    Every row before balancing goes to `<out>.all.jsonl` too: the natural mix (half of SQuAD 2.0 dev is
+    unanswerable) that a validation of the trained adapter scores on.
+    """
+    if views < 1:
+        raise StarterDataError(f"views must be at least 1 (got {views})")
     squad = json.loads(Path(squad_path).read_text(encoding="utf-8"))
     train_titles, heldout_titles = split_articles(squad, heldout, seed)
-    rows = balance(build_rows(subset_squad(squad, train_titles), k=k, seed=seed, progress=progress), seed)
+    every = build_rows(subset_squad(squad, train_titles), k=k, seed=seed, views=views, progress=progress)
+    rows = balance(every, seed, per_answer)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_rows(out, rows)
+    write_rows(out.with_suffix(".all.jsonl"), every)
     summary = {
         "rows": len(rows),
         "kinds": dict(Counter(r["meta"]["kind"] for r in rows)),
         "k": k,
+        "views": views,
+        "unanswerable_per_answer": per_answer,
         "split": {"seed": seed, "heldout_articles": heldout_titles, "train_articles": train_titles},
         "source": str(squad_path),
         "licence": LICENCE,
     }
     out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     return summary
+
+
+def write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,12 +239,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=4, help="passages per prompt (the app's default)")
     p.add_argument("--heldout-articles", type=int, default=HELDOUT_ARTICLES)
     p.add_argument("--seed", type=int, default=SPLIT_SEED)
+    p.add_argument(
+        "--views", type=int, default=1, help="showings of each question's passages (see passage_views)"
+    )
+    p.add_argument(
+        "--unanswerable-per-answer",
+        type=float,
+        default=UNANSWERABLE_PER_ANSWER,
+        help="unanswerable rows kept per answered row",
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    summary = build(args.squad, args.out, k=args.k, heldout=args.heldout_articles, seed=args.seed)
+    summary = build(
+        args.squad,
+        args.out,
+        k=args.k,
+        heldout=args.heldout_articles,
+        seed=args.seed,
+        views=args.views,
+        per_answer=args.unanswerable_per_answer,
+    )
     print(json.dumps({k: v for k, v in summary.items() if k != "split"}, indent=1))
     return 0
 

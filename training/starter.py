@@ -50,18 +50,22 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def split_rows(rows: list[dict[str, Any]], test_fraction: float) -> dict[str, list[dict[str, Any]]]:
-    """Train/test by question (the off-topic copy of a question goes with it), without the meta column."""
+def is_test_qid(qid: str, test_fraction: float) -> bool:
+    """Whether a question is held back from training: by a hash of its id, so its off-topic copy and its other
+    showings (`<qid>:off-topic`, `<qid>:view1`) go with it, and every data variant holds back the same questions."""
     import hashlib
 
-    def is_test(row: dict[str, Any]) -> bool:
-        qid = str(row["meta"]["qid"]).split(":")[0]
-        return int(hashlib.sha256(qid.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < test_fraction
+    base = str(qid).split(":")[0]
+    return int(hashlib.sha256(base.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < test_fraction
 
+
+def split_rows(rows: list[dict[str, Any]], test_fraction: float) -> dict[str, list[dict[str, Any]]]:
+    """Train/test by question (see is_test_qid), without the meta column."""
+    test = [is_test_qid(r["meta"]["qid"], test_fraction) for r in rows]
     plain = [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
     return {
-        "train": [p for p, r in zip(plain, rows, strict=True) if not is_test(r)],
-        "test": [p for p, r in zip(plain, rows, strict=True) if is_test(r)],
+        "train": [p for p, t in zip(plain, test, strict=True) if not t],
+        "test": [p for p, t in zip(plain, test, strict=True) if t],
     }
 
 

@@ -240,3 +240,43 @@ def test_a_retrain_starts_from_the_starter_by_default_and_never_stacks(tmp_path:
     assert start_version(registry, "starter").name == "v0002"
     assert start_version(registry, "base").name == "v0001"
     assert start_version(registry, "current").name == "v0003"
+
+
+def test_balance_takes_the_share_of_unanswerables_asked_for() -> None:
+    rows = [{"meta": {"kind": "answer"}}] * 10 + [
+        {"meta": {"kind": "unanswerable", "i": i}} for i in range(30)
+    ]
+    kinds = [r["meta"]["kind"] for r in D.balance(rows, seed=0, per_answer=1.0)]
+    assert (kinds.count("answer"), kinds.count("unanswerable")) == (10, 10)
+
+
+# ---- views -----------------------------------------------------------------------------------------------------
+def test_the_first_view_is_the_retrieval_as_shown_and_others_reshow_a_prefix() -> None:
+    import random
+
+    shown = [passage(f"p{i}", i) for i in range(1, 5)]
+    views = D.passage_views(shown, 4, random.Random(0))
+    assert len(views) == 4 and views[0] == shown
+    for view in views[1:]:
+        ranks = sorted(p.rank for p in view)
+        assert 2 <= len(view) <= 4 and ranks == list(range(1, len(view) + 1))  # the top n, reordered
+    assert any([p.rank for p in v] != sorted(p.rank for p in v) or len(v) < 4 for v in views[1:])
+    assert views == D.passage_views(shown, 4, random.Random(0))  # seeded
+
+
+def test_an_extra_view_moves_the_citation_with_the_gold_passage() -> None:
+    shown = [passage("Paris is big.", 1), passage("The Seine flows through Paris.", 2)]
+    assert D.target_answer(["the Seine"], False, shown[::-1]) == ("the Seine [1].", "answer")
+    assert D.target_answer(["the Seine"], False, shown[:1]) == (NO_ANSWER, "retrieval_miss")
+
+
+def test_every_view_of_a_question_lands_in_its_split() -> None:
+    qids = [f"q{i}{s}" for i in range(300) for s in ("", ":view1", ":off-topic")]
+    held = {q.split(":")[0] for q in qids if S.is_test_qid(q, 0.1)}
+    assert 0 < len(held) < 300
+    assert all(S.is_test_qid(q, 0.1) == (q.split(":")[0] in held) for q in qids)
+
+
+def test_build_refuses_no_views(tmp_path: Path) -> None:
+    with pytest.raises(D.StarterDataError, match="views"):
+        D.build(tmp_path / "none.json", tmp_path / "out.jsonl", k=4, heldout=4, seed=0, views=0)
