@@ -12,9 +12,11 @@ articles only, and the chosen adapter is then measured on the held-out sets by b
     python scripts/train_starter.py build --squad dev-v2.0.json --out rows/v2.jsonl --views 2
     python benchmarks/starter_sweep.py derive --rows rows/v2.all.jsonl --out sweep-data
     python benchmarks/starter_sweep.py run --model var/models/v0001 --data sweep-data --out sweep-out
+    python benchmarks/starter_sweep.py guide views2=sweep-out/views2/adapter ... --out guide-out
 
 `run` writes OUT/<variant>/adapter/ (the adapter and its card), OUT/<variant>/dev.json (each answer and the
-metrics) and OUT/sweep.json (the table, the device, the time per variant); it prints the table.
+metrics) and OUT/sweep.json (the table, the device, the time per variant); it prints the table. `guide` asks each
+adapter the user-guide questions of the slow starter test (evaluation/guide_questions.py) and writes OUT/guide.json.
 """
 
 from __future__ import annotations
@@ -245,6 +247,69 @@ def run(
     return report
 
 
+# ---- guide -----------------------------------------------------------------------------------------------------
+def guide(adapters: dict[str, Path], out: Path) -> dict[str, Any]:
+    """Each adapter published on v0001 in its own home (the demo guide indexed, as `ragqa setup` leaves it), then
+    the guide questions of evaluation/guide_questions.py asked through the app's ask path."""
+    import shutil
+
+    from app.cli import main as cli
+
+    base_home = out / "home-base"
+    os.environ["RAGQA_HOME"] = str(base_home)
+    if not (base_home / "models" / "current").exists() and cli(["setup", "--no-starter"]) != 0:
+        raise SystemExit("ragqa setup failed")
+    results = {}
+    for name, adapter in adapters.items():
+        home = out / f"home-{name}"
+        if not home.exists():  # v0001 and the index shared by hard links; each home publishes its own starter
+            shutil.copytree(base_home, home, copy_function=os.link, symlinks=True)
+        results[name] = ask_guide(home, adapter)
+        print(f"{name}: {results[name]['score']}", flush=True)
+    (out / "guide.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    return results
+
+
+def ask_guide(home: Path, adapter: Path) -> dict[str, Any]:
+    from app.config import AppConfig
+    from app.qa import QAService
+    from evaluation.guide_questions import GUIDE_QUESTIONS, OFF_TOPIC, score_guide
+    from model_store.gguf import gguf_extras
+    from model_store.registry import ModelRegistry
+    from training.starter import publish_starter
+
+    os.environ["RAGQA_HOME"] = str(home)
+    registry = ModelRegistry(home / "models")
+    fill_base(adapter, registry.base())
+    cfg = AppConfig.load()  # the default backend, as `ragqa setup` serves the starter
+    version, message = publish_starter(registry, adapter=adapter, extras=gguf_extras(cfg.gguf))
+    if version is None:
+        raise SystemExit(f"{adapter}: {message}")
+    qa = QAService(cfg)
+    answers = {q: qa.ask(q).answer for q in [q for q, _ in GUIDE_QUESTIONS] + OFF_TOPIC}
+    return {
+        "score": score_guide(answers),
+        "answers": answers,
+        "version": version.name,
+        "backend": cfg.backend,
+    }
+
+
+def fill_base(adapter: Path, base: Any) -> None:
+    """An adapter trained on a copy of v0001 made outside a registry (a GPU machine) names the weights by their
+    safetensors hash only; where they are this registry's base, record the base's GGUF hash too (what setup checks)."""
+    from model_store.files import sha256_file
+
+    path = adapter / "starter.json"
+    card = json.loads(path.read_text(encoding="utf-8"))
+    known = card.get("base") or {}
+    if known.get("gguf_sha256") or not known.get("safetensors_sha256"):
+        return
+    if sha256_file(base.path / "model.safetensors") == known["safetensors_sha256"]:
+        card["base"] = {**known, "gguf_sha256": base.manifest.get("gguf_sha256")}
+        path.write_text(json.dumps(card, indent=1, default=str) + "\n", encoding="utf-8")
+
+
 HEADER = "variant | F1 | EM | F1 answerable | answerable abstained | abst. P | abst. R | words | train s"
 
 
@@ -272,7 +337,15 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--batch", type=int, default=64, help="validation prompts per generate call")
     r.add_argument("--threads", type=int, default=2, help="CPU threads per training process")
     r.add_argument("--no-base", dest="base", action="store_false", help="do not score the raw base model too")
+    g = sub.add_parser(
+        "guide", help="publish each adapter on v0001 in a home of its own; ask the guide questions"
+    )
+    g.add_argument("adapters", nargs="+", help="NAME=ADAPTER_FOLDER")
+    g.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
+    if args.cmd == "guide":
+        guide({a.split("=", 1)[0]: Path(a.split("=", 1)[1]) for a in args.adapters}, args.out)
+        return 0
     if args.cmd == "derive":
         print(json.dumps(derive(args.rows, args.out, args.seed, args.test_fraction), indent=1))
         return 0

@@ -91,6 +91,8 @@ def train(data: Path, model_dir: Path, out_dir: Path, overrides: list[str]) -> d
         "kinds": dict(Counter(r["meta"]["kind"] for r in rows)),
         "config": {"lora": vars(cfg.lora), "sft": vars(cfg.sft)},
         "metrics": result.metrics,
+        "base": base_identity(Path(model_dir)),
+        "trained_on": trained_on(),
     }
     summary = Path(data).with_suffix(".summary.json")
     if summary.is_file():  # written by the build: the data's source, split, counts and licence
@@ -98,6 +100,31 @@ def train(data: Path, model_dir: Path, out_dir: Path, overrides: list[str]) -> d
         card["licence"] = card["data"].get("licence")
     (adapter / "starter.json").write_text(json.dumps(card, indent=1, default=str) + "\n", encoding="utf-8")
     return card
+
+
+def base_identity(model_dir: Path) -> dict[str, Any]:
+    """The weights the adapter was trained on: it fits only them (model_store.starter.unfit_reason checks)."""
+    from model_store.files import sha256_file
+
+    manifest = model_dir / "manifest.json"
+    weights = model_dir / "model.safetensors"
+    return {
+        "gguf_sha256": json.loads(manifest.read_text(encoding="utf-8")).get("gguf_sha256")
+        if manifest.is_file()
+        else None,
+        "safetensors_sha256": sha256_file(weights) if weights.is_file() else None,
+    }
+
+
+def trained_on() -> dict[str, Any]:
+    import torch
+    import transformers
+    import trl
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    return {
+        "device": f"{device}, torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}"
+    }
 
 
 def save_half(src: Path, dst: Path) -> None:

@@ -1,38 +1,16 @@
 """Out of the box, `ragqa setup` serves the starter, and it answers questions about the bundled user guide.
 
-Ten questions a new user asks about the guide (app/demo_corpus/), each with the key phrases a right answer contains
-(any one of them, case-insensitive), and three questions the guide cannot answer, where the right answer is the
-abstention sentence. Written from the guide, before the starter was measured on them; the starter never trained on
-the guide. Slow: a fresh home, the real default model, the merge and the GGUF export (~3 min on 2 cores).
+Ten questions a new user asks about the guide (app/demo_corpus/) and three it cannot answer, from
+evaluation/guide_questions.py (written from the guide before the starter was measured on them; the starter never
+trained on the guide). Slow: a fresh home, the real default model, the merge and the GGUF export (~3 min on 2 cores).
 """
 
 from __future__ import annotations
 
 import pytest
 
+from evaluation.guide_questions import GUIDE_QUESTIONS, OFF_TOPIC, right
 from evaluation.metrics import is_abstention
-
-GUIDE_QUESTIONS = [
-    ("How do I add a folder of documents to the index?", ["ragqa ingest"]),
-    ("Which file formats can be ingested?", ["pdf", "markdown", ".md"]),
-    ("What is the default size limit for ingested files?", ["50 mb"]),
-    ("Where does the app store its state by default?", ["./var", "ragqa_home"]),
-    ("How many passages are given to the model by default?", ["4", "four"]),
-    ("Which command switches back to an earlier model version?", ["rollback"]),
-    ("Which command lists all model versions?", ["ragqa models list"]),
-    ("What does ragqa retrain --dry-run do?", ["plan"]),
-    ("Which embedding model does the dense search use?", ["minilm"]),
-    ("What port does the chat UI use by default?", ["7860"]),
-]
-OFF_TOPIC = [
-    "What is the capital of France?",
-    "Who wrote Pride and Prejudice?",
-    "How many moons does Mars have?",
-]
-
-
-def right(answer: str, phrases: list[str]) -> bool:
-    return not is_abstention(answer) and any(p in answer.lower() for p in phrases)
 
 
 @pytest.fixture(scope="module")

@@ -90,3 +90,33 @@ def test_validation_answers_come_from_the_apps_backend(tiny_llama_dir: Path) -> 
     answers = W.generate_answers(tiny_llama_dir, None, rows, batch=2)
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
     assert W.table_row("tiny", W.score_answers(rows, answers)).startswith("tiny | ")
+
+
+def test_an_adapter_trained_off_registry_gets_the_bases_gguf_hash_only_if_the_weights_match(
+    tmp_path: Path,
+) -> None:
+    from types import SimpleNamespace
+
+    from model_store.files import sha256_file
+
+    base = tmp_path / "v0001"
+    base.mkdir()
+    (base / "model.safetensors").write_bytes(b"weights")
+    registry_base = SimpleNamespace(path=base, manifest={"gguf_sha256": "g"})
+    for weights, expected in ((sha256_file(base / "model.safetensors"), "g"), ("other", None)):
+        adapter = tmp_path / f"adapter-{expected}"
+        adapter.mkdir()
+        (adapter / "starter.json").write_text(
+            json.dumps({"base": {"gguf_sha256": None, "safetensors_sha256": weights}})
+        )
+        W.fill_base(adapter, registry_base)
+        assert json.loads((adapter / "starter.json").read_text())["base"]["gguf_sha256"] == expected
+
+
+def test_guide_score_counts_right_answers_and_off_topic_abstentions() -> None:
+    from evaluation.guide_questions import GUIDE_QUESTIONS, OFF_TOPIC, score_guide
+
+    answers = {q: f"{phrases[0]} [1]." for q, phrases in GUIDE_QUESTIONS} | {q: NO_ANSWER for q in OFF_TOPIC}
+    answers[GUIDE_QUESTIONS[0][0]] = NO_ANSWER  # an abstention is never right
+    answers[OFF_TOPIC[0]] = "Paris [1]."
+    assert score_guide(answers) == {"right": 9, "of": 10, "off_topic_abstained": 2, "off_topic": 3}

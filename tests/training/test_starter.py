@@ -280,3 +280,31 @@ def test_every_view_of_a_question_lands_in_its_split() -> None:
 def test_build_refuses_no_views(tmp_path: Path) -> None:
     with pytest.raises(D.StarterDataError, match="views"):
         D.build(tmp_path / "none.json", tmp_path / "out.jsonl", k=4, heldout=4, seed=0, views=0)
+
+
+def test_build_with_two_views_writes_both_showings_and_every_row_before_balancing(tmp_path: Path) -> None:
+    squad = {
+        "version": "v2.0",
+        "data": [
+            _article(f"Topic{t}", f"Fact {t}: the answer is word{t}.", [(f"What is fact {t}?", f"word{t}")])
+            for t in range(4)
+        ],
+    }
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps(squad))
+    summary = D.build(path, tmp_path / "rows.jsonl", k=2, heldout=1, seed=0, views=2, progress=False)
+    every = [json.loads(line) for line in (tmp_path / "rows.all.jsonl").read_text().splitlines()]
+    views = {r["meta"]["qid"]: r["meta"]["view"] for r in every if r["meta"]["kind"] != "off_topic"}
+    assert summary["views"] == 2 and sorted(set(views.values())) == [0, 1]
+    assert all(f"{q}:view1" in views for q, v in views.items() if v == 0)
+    assert all(r["meta"]["answers"] for r in every if r["meta"]["kind"] == "answer")
+
+
+def test_the_card_names_the_weights_the_adapter_was_trained_on(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"w")
+    assert S.base_identity(tmp_path) == {
+        "gguf_sha256": None,
+        "safetensors_sha256": sha256_file(tmp_path / "model.safetensors"),
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps({"gguf_sha256": "g"}))
+    assert S.base_identity(tmp_path)["gguf_sha256"] == "g"
