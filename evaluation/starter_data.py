@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout-articles", type=int, default=HELDOUT_ARTICLES)
     p.add_argument("--seed", type=int, default=SPLIT_SEED)
     p.add_argument(
-        "--views", type=int, default=1, help="showings of each question's passages (see passage_views)"
+        "--views", type=int, default=2, help="showings of each question's passages (see passage_views)"
     )
     p.add_argument(
         "--unanswerable-per-answer",
