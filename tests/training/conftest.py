@@ -27,6 +27,22 @@ FACTS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each test starts with no accelerate state, as each retrain process does.
+
+    accelerate keeps its device in a process-wide singleton: after a test whose trainer ran on the CPU (TRL's
+    use_cpu), a later Accelerator() on a CUDA machine silently reuses the CPU device, and PPO's 4-bit test then fed
+    CPU token ids to a CUDA model (seen on a lent H200: it passes alone, failed after the CPU tests). accelerate's own
+    test case resets the same way.
+    """
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
 def prompt_for(i: int, serving_format: bool = False) -> list[dict[str, str]]:
     """Chat messages for fact i. serving_format=True renders THE prompt (retrieval.prompt: ~450 tokens with
     the char-level tokenizer); the default keeps its shape with a one-line system prompt (~90 tokens), which
