@@ -1209,8 +1209,12 @@ def main(argv: list[str] | None = None) -> int:
         "not_run": not_run,
     }
     write_report(report, out)
-    if not args.quick and not args.base_only:
+    if not args.quick and not args.base_only and full_size(args):
         publish_docs(out)
+    elif not args.quick:
+        print(
+            f"a run smaller than the full preset: its report stays in {out} (docs/results/loop/ is for full runs)"
+        )
     return 0
 
 
@@ -1235,6 +1239,13 @@ def describe_machine(machine: dict[str, Any]) -> str:
         f"{machine['cpu']} ({' '.join(machine['flags']) or 'no flags read'}), {machine['usable_cores']} usable "
         f"cores, torch threads {machine['torch_threads']}"
     )
+
+
+def full_size(args: argparse.Namespace) -> bool:
+    """At least issue #13's sizes (the FULL preset) everywhere, DPO included: only such a run replaces the report in
+    docs/results/loop/ (a smaller run, e.g. to try a setting, must not overwrite it)."""
+    sizes = ("sim_limit", "eval_squad2", "eval_xquad", "kl_limit")
+    return not args.no_dpo and all(getattr(args, name) >= getattr(FULL, name) for name in sizes)
 
 
 def publish_docs(out: Path) -> None:

@@ -397,3 +397,13 @@ def test_report_files_carry_the_summary_and_the_ci_plot(tmp_path: Path) -> None:
     assert "## xquad: summary" in md and "ppo_minus_dpo" in md and "F1 95% CI" in md
     assert "AMD EPYC (avx2 avx512_bf16), 2 usable cores" in md
     assert (tmp_path / "f1_by_model.png").stat().st_size > 0 and (tmp_path / "wall_time.png").is_file()
+
+
+def test_only_a_run_at_the_full_size_replaces_the_docs_report() -> None:
+    from benchmarks import loop
+
+    assert loop.full_size(loop.parse_args([]))
+    assert not loop.full_size(loop.parse_args(["--sim-limit", "200"]))
+    assert not loop.full_size(loop.parse_args(["--eval-limit", "100"]))
+    assert not loop.full_size(loop.parse_args(["--no-dpo"]))
+    assert not loop.full_size(loop.parse_args(["--quick"]))
