@@ -36,6 +36,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from evaluation.starter_data import write_rows  # noqa: E402
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -59,10 +61,6 @@ VARIANTS = (
 # ---- data ------------------------------------------------------------------------------------------------------
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def variant_rows(rows: list[dict[str, Any]], variant: Variant, seed: int) -> list[dict[str, Any]]:
@@ -89,7 +87,7 @@ def derive(rows_path: Path, out: Path, seed: int, test_fraction: float) -> dict[
     counts: dict[str, Any] = {}
     for variant in VARIANTS:
         chosen = variant_rows(rows, variant, seed)
-        write_jsonl(out / f"{variant.name}.jsonl", chosen)
+        write_rows(out / f"{variant.name}.jsonl", chosen)
         summary = {
             **built,
             "rows": len(chosen),
@@ -102,7 +100,7 @@ def derive(rows_path: Path, out: Path, seed: int, test_fraction: float) -> dict[
         )
         counts[variant.name] = summary["kinds"]
     dev = dev_rows(rows, test_fraction)
-    write_jsonl(out / "dev.jsonl", dev)
+    write_rows(out / "dev.jsonl", dev)
     counts["dev"] = dict(Counter(r["meta"]["kind"] for r in dev))
     return counts
 

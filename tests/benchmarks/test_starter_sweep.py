@@ -55,7 +55,7 @@ def test_validation_rows_are_the_held_back_questions_in_their_natural_mix() -> N
 
 def test_derive_writes_every_variant_with_its_summary(tmp_path: Path) -> None:
     src = tmp_path / "v2.all.jsonl"
-    W.write_jsonl(src, rows_of(100))
+    W.write_rows(src, rows_of(100))
     (tmp_path / "v2.summary.json").write_text(json.dumps({"licence": "CC BY-SA 4.0", "split": {"seed": 0}}))
     counts = W.derive(src, tmp_path / "data", seed=0, test_fraction=0.1)
     for v in W.VARIANTS:
