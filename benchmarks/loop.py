@@ -772,7 +772,8 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     write_json(out / "report.json", report)
 
     s = report["settings"]
-    md = [f"# Feedback loop: before / after ({'quick' if report['quick'] else 'full'} run)", ""]
+    size = "quick" if report["quick"] else "full" if report.get("full_size", True) else "reduced"
+    md = [f"# Feedback loop: before / after ({size} run)", ""]
     md += [
         f"- Started {report['started_at']}, total wall time {fmt(report['wall_s'].get('total'), 0)} s; "
         f"machine: {describe_machine(report['machine'])}.",
@@ -1207,6 +1208,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": wall,
         "load": {"start": start_load, **ledger.loads(), "end": load_average()},
         "not_run": not_run,
+        "full_size": full_size(args),
     }
     write_report(report, out)
     if not args.quick and not args.base_only and full_size(args):
