@@ -49,7 +49,7 @@ class Variant:
 
 # Overrides on top of training/starter.STARTER_SETTINGS (r 16, batch 32, lr 3e-4: the views2 recipe, shipped since
 # this sweep chose it); `previous` is the first shipped starter's recipe (r 8, batch 16, lr 2e-4, one showing).
-_FIRST = ("lora.r=8", "lora.alpha=16", "sft.batch_size=16", "sft.lr=2e-4")
+_FIRST = ("lora.r=8", "lora.alpha=16", "sft.batch_size=16", "sft.grad_accum=1", "sft.lr=2e-4")
 VARIANTS = (
     Variant("previous", views=1, per_answer=0.2, overrides=_FIRST),
     Variant("fewer_abstain", views=1, per_answer=0.1, overrides=_FIRST),

@@ -308,3 +308,13 @@ def test_the_card_names_the_weights_the_adapter_was_trained_on(tmp_path: Path) -
     }
     (tmp_path / "manifest.json").write_text(json.dumps({"gguf_sha256": "g"}))
     assert S.base_identity(tmp_path)["gguf_sha256"] == "g"
+
+
+def test_the_recipes_32_rows_per_step_come_in_small_micro_batches_on_a_cpu() -> None:
+    from training.config import load_config
+
+    for cuda, micro in ((True, 32), (False, 2)):
+        cfg = load_config(None, S.STARTER_SETTINGS + S.batch_settings(cuda))
+        assert cfg.sft.batch_size == micro and cfg.sft.batch_size * cfg.sft.grad_accum == S.EFFECTIVE_BATCH
+    overridden = load_config(None, S.STARTER_SETTINGS + S.batch_settings(False) + ["sft.batch_size=4"])
+    assert overridden.sft.batch_size == 4  # a user's --set still wins
