@@ -195,6 +195,13 @@ def train_all(model: Path, data: Path, out: Path, variants: list[Variant], threa
     return done
 
 
+def machine_now() -> dict[str, Any]:
+    """The CPU (model, flags, cores) and the load average at the start: the context of the times recorded."""
+    from benchmarks.loop import machine_record
+
+    return {**machine_record(), "load_average": os.getloadavg()}
+
+
 def device_name() -> str:
     import torch
 
@@ -211,6 +218,7 @@ def run(
     variants = [v for v in VARIANTS if v.name in names]
     out.mkdir(parents=True, exist_ok=True)
     dev = read_jsonl(data / "dev.jsonl")
+    machine = machine_now()
     trained = train_all(model, data, out, variants, threads)
     results: dict[str, Any] = {}
     targets = ([("base", None)] if base else []) + [(v.name, out / v.name / "adapter") for v in variants]
@@ -236,6 +244,7 @@ def run(
         print(table_row(name, metrics), flush=True)
     report = {
         "device": device_name(),
+        "machine": {**machine, "load_average_after": os.getloadavg()},
         "dev": {"n": len(dev), "kinds": dict(Counter(r["meta"]["kind"] for r in dev))},
         "variants": {
             v.name: {"views": v.views, "per_answer": v.per_answer, "overrides": list(v.overrides)}
@@ -255,6 +264,7 @@ def guide(adapters: dict[str, Path], out: Path) -> dict[str, Any]:
 
     from app.cli import main as cli
 
+    machine = machine_now()
     base_home = out / "home-base"
     os.environ["RAGQA_HOME"] = str(base_home)
     if not (base_home / "models" / "current").exists() and cli(["setup", "--no-starter"]) != 0:
@@ -266,7 +276,8 @@ def guide(adapters: dict[str, Path], out: Path) -> dict[str, Any]:
             shutil.copytree(base_home, home, copy_function=os.link, symlinks=True)
         results[name] = ask_guide(home, adapter)
         print(f"{name}: {results[name]['score']}", flush=True)
-    (out / "guide.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    report = {"machine": {**machine, "load_average_after": os.getloadavg()}, "results": results}
+    (out / "guide.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     return results
 
 
