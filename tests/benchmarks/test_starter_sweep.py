@@ -120,3 +120,8 @@ def test_guide_score_counts_right_answers_and_off_topic_abstentions() -> None:
     answers[GUIDE_QUESTIONS[0][0]] = NO_ANSWER  # an abstention is never right
     answers[OFF_TOPIC[0]] = "Paris [1]."
     assert score_guide(answers) == {"right": 9, "of": 10, "off_topic_abstained": 2, "off_topic": 3}
+
+
+def test_results_record_the_cpu_and_its_load() -> None:
+    machine = W.machine_now()
+    assert machine["cpu"] and isinstance(machine["flags"], list) and len(machine["load_average"]) == 3
