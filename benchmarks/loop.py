@@ -1211,7 +1211,7 @@ def main(argv: list[str] | None = None) -> int:
         "full_size": full_size(args),
     }
     write_report(report, out)
-    if not args.quick and not args.base_only and full_size(args):
+    if not args.quick and not args.base_only and report["full_size"]:
         publish_docs(out)
     elif not args.quick:
         print(

@@ -30,8 +30,8 @@ OUTTYPES = ("q8_0", "f16", "bf16", "f32")
 #   - bf16 where the CPU has native bf16 dot products (avx512_bf16 / amx_bf16) and llama.cpp is built for them
 #     (the Makefile names AVX512_BF16 when the CPU reports it). On the 2-core Zen 4 EPYC (benchmarks/gguf_types.py,
 #     4-passage squad2-dev-half prompts, 2 threads) prefill p50 0.99 s against 1.42 s for f16 (a rerun on 24 prompts:
-#     1.20 vs 1.42 s), decode about the same (80 vs 84 tokens/s); greedy answers token-identical to transformers fp32 27/30 vs f16's 28/30; answer
-#     quality nearly the same: squad2-dev-half (training side), 150 questions, gold paragraph + 3 others, token F1
+#     1.20 vs 1.42 s), decode about the same (80 vs 84 tokens/s); greedy answers token-identical to transformers
+#     fp32 27/30 vs f16's 28/30; answer quality nearly the same: squad2-dev-half (training side), 150 questions, gold paragraph + 3 others, token F1
 #     0.144 vs 0.151, paired difference -0.007 [-0.015, -0.001] (an earlier sample with the paragraphs cut to 900
 #     characters: +0.001 [-0.003, +0.005]). A 15-30% faster first token for <= 0.01 F1: `gguf: f16` takes it back.
 #   - f16 elsewhere: without native bf16 kernels a bf16 file prefills no faster than f16 (Zen 4, llama.cpp built
