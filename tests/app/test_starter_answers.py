@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from evaluation.guide_questions import GUIDE_QUESTIONS, OFF_TOPIC, right
+from evaluation.guide_questions import GUIDE_QUESTIONS, OFF_TOPIC, score_guide
 from evaluation.metrics import is_abstention
 
 
@@ -31,7 +31,7 @@ def starter_answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, objec
 
 def right_count(answers: dict[str, object]) -> tuple[int, str]:
     report = "\n".join(f"{q} -> {answers[q].answer!r}" for q, _ in GUIDE_QUESTIONS)
-    return sum(right(answers[q].answer, phrases) for q, phrases in GUIDE_QUESTIONS), report
+    return score_guide({q: r.answer for q, r in answers.items()})["right"], report
 
 
 @pytest.mark.slow
