@@ -32,15 +32,9 @@ ITERATIONS = 240_000
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 log = logging.getLogger(__name__)
-_dummy_hash: str | None = None
-
-
-def _dummy() -> str:
-    """A hash of a random password with the current cost: unknown names are checked against it (one PBKDF2)."""
-    global _dummy_hash
-    if _dummy_hash is None:
-        _dummy_hash = hash_password(secrets.token_hex(16))
-    return _dummy_hash
+# Unknown names are checked against this: the current cost with a random salt and digest, so the check is one
+# PBKDF2 like a real user's. Made without hashing anything: a lazily hashed dummy made the first unknown name cost two.
+_DUMMY_HASH = f"{ALGORITHM}${ITERATIONS}${secrets.token_hex(16)}${secrets.token_hex(32)}"
 
 
 class AuthError(AppError, ValueError):
@@ -140,7 +134,7 @@ class Users:
         entry = self._entries.get(name)
         if entry is None:
             # Exactly one PBKDF2, as for a real user, so timing does not reveal which names exist.
-            verify_password(password, _dummy())
+            verify_password(password, _DUMMY_HASH)
             return False
         return verify_password(password, entry["password"])
 
