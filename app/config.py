@@ -62,6 +62,8 @@ class AppConfig:
     num_candidates: int = field(default=2, metadata=bounds(ge=2, le=4))
     temperature: float = field(default=0.8, metadata=bounds(gt=0))
     top_p: float = field(default=0.95, metadata=bounds(gt=0, le=1))
+    # sample among the k most likely tokens only (0 = all): transformers' own default, explicit in every backend
+    top_k: int = field(default=50, metadata=bounds(ge=0))
     # Limits
     max_question_chars: int = field(default=2000, metadata=bounds(ge=1))
     # questions + alternatives per user (0 = no limit)

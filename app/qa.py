@@ -434,6 +434,7 @@ class QAService:
         return {
             "temperature": self.config.temperature,
             "top_p": self.config.top_p,
+            "top_k": self.config.top_k,
             "max_new_tokens": self.config.max_new_tokens,
             "timeout_s": self.config.generation_timeout_s,
             "repetition_penalty": self.config.repetition_penalty,

@@ -117,6 +117,9 @@ class Sampling(Decoding):
     temperature: float = 0.8
     top_p: float = 0.95
     seed: int = 0
+    # Only the k most likely tokens are sampled from (0 = all). Explicit in every backend: transformers applies
+    # top_k=50 when it is not set, llama.cpp none, so leaving it out made the two backends sample differently.
+    top_k: int = 50
 
     def record(self, index: int, *, seed: int | None = None, **extra: Any) -> dict[str, Any]:
         """The settings stored with candidate `index` so it can be reproduced (same keys for every backend)."""
@@ -124,6 +127,7 @@ class Sampling(Decoding):
             "do_sample": True,
             "temperature": self.temperature,
             "top_p": self.top_p,
+            "top_k": self.top_k,
             "seed": self.seed if seed is None else seed,
             "sequence_index": index,
             "num_return_sequences": self.n,
@@ -201,13 +205,14 @@ class ServedModel(ABC):
         *,
         temperature: float = 0.8,
         top_p: float = 0.95,
+        top_k: int = 50,
         seed: int = 0,
         max_new_tokens: int = 256,
         timeout_s: float = 120.0,
         repetition_penalty: float = 1.1,
     ) -> list[Sampled]:
         """`n` sampled answers to the same prompt, each with the settings that reproduce it."""
-        request = Sampling(max_new_tokens, timeout_s, repetition_penalty, n, temperature, top_p, seed)
+        request = Sampling(max_new_tokens, timeout_s, repetition_penalty, n, temperature, top_p, seed, top_k)
         return self._sample(messages, request)
 
     def generate_batch(
@@ -252,6 +257,7 @@ class ServedModel(ABC):
         seeds: Sequence[int],
         temperature: float = 0.8,
         top_p: float = 0.95,
+        top_k: int = 50,
         max_new_tokens: int = 256,
         timeout_s: float = 120.0,
         repetition_penalty: float = 1.1,
@@ -266,7 +272,9 @@ class ServedModel(ABC):
             raise ValueError("one seed per prompt is needed")
         if not conversations:
             return []
-        request = Sampling(max_new_tokens, timeout_s, repetition_penalty, n, temperature, top_p, seeds[0])
+        request = Sampling(
+            max_new_tokens, timeout_s, repetition_penalty, n, temperature, top_p, seeds[0], top_k
+        )
         return self._sample_batch(conversations, request, list(seeds))
 
     def _sample_batch(

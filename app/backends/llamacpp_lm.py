@@ -191,8 +191,8 @@ class LlamaCppModel(ServedModel):
         self._check_fits(prompt, decoding.max_new_tokens)
         deadline = time.perf_counter() + decoding.timeout_s
         stats.prompt_tokens = len(prompt)
-        # top_k=0 / min_p=0 / typical_p=1 switch llama.cpp's extra samplers off: temperature + top-p only, as the
-        # transformers backend samples (order differs: llama.cpp applies top-p before the temperature).
+        # Greedy here (the app streams greedy answers): min_p=0 / typical_p=1 switch llama.cpp's extra samplers
+        # off. Sampled candidates go through ParallelSampler's chain (top-k, top-p, temperature).
         tokens = self.llama.generate(
             prompt,
             temp=temperature,
@@ -327,10 +327,12 @@ class ParallelSampler:
             self._keep_prompt_only(memory, len(prompt))
 
     def _sampler(self, request: Sampling, seed: int) -> Any:
-        """The same chain `Llama.generate` builds for the sequential path (penalty on answer tokens only)."""
+        """The chain `Llama.generate` builds (penalty on answer tokens only), with the request's top-k: as in
+        transformers, and it makes a draw ~15x cheaper (0.25 vs 4 ms on the 2-core Zen 4 box, bf16 SmolLM2):
+        top-p alone sorts the whole 49k-token vocabulary for every token of every candidate."""
         self.llama.set_seed(seed)
         return self.llama._init_sampler(
-            top_k=0,
+            top_k=request.top_k,
             top_p=request.top_p,
             min_p=0.0,
             typical_p=1.0,

@@ -174,6 +174,9 @@ class OpenAIModel(ServedModel):
             tokens = usage.completion_tokens if usage else self.count_text_tokens(text)
             settings = request.record(i, seed=request.seed + i, backend=self.backend, served_model=self.model)
             settings["repetition_penalty"] = self._penalty()  # what the server applied, not what was asked
+            settings["top_k"] = self.extra_body.get(
+                "top_k"
+            )  # not an OpenAI parameter: the server's own unless sent
             results.append(Sampled(text, choice.finish_reason == "stop", tokens, latency, settings))
         return results
 

@@ -211,6 +211,7 @@ class TransformersModel(ServedModel):
                 do_sample=True,
                 temperature=request.temperature,
                 top_p=request.top_p,
+                top_k=request.top_k,
                 num_return_sequences=request.n,
                 **self._generate_kwargs(request, prompt_len),
             )
@@ -254,6 +255,7 @@ class TransformersModel(ServedModel):
                     do_sample=True,
                     temperature=request.temperature,
                     top_p=request.top_p,
+                    top_k=request.top_k,
                     **self._generate_kwargs(limits, width),
                 )
 

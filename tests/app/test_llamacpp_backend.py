@@ -319,6 +319,19 @@ def test_sampled_records_have_the_same_shape_as_before(llamacpp_model) -> None:
         assert s.latency_ms > 0 and s.num_tokens >= 1 and isinstance(s.finished, bool)
 
 
+def test_top_k_reaches_the_sampler_chain(llamacpp_model) -> None:
+    """top_k=1 at a hot temperature: every parallel candidate is the greedy answer (same penalty rule); with
+    top_k off the same temperature samples other answers."""
+    messages = _messages(PROMPTS[3])
+    hot = {"temperature": 5.0, "top_p": 1.0, "max_new_tokens": 10}
+    greedy = "".join(llamacpp_model.stream(messages, max_new_tokens=10)).strip()
+    rows = llamacpp_model.sample(messages, 4, seed=4, top_k=1, **hot)
+    assert [r.text for r in rows] == [greedy] * 4
+    assert all(r.sampling["top_k"] == 1 for r in rows)
+    free = llamacpp_model.sample(messages, 4, seed=4, top_k=0, **hot)
+    assert any(r.text != greedy for r in free)
+
+
 def test_threads_drop_while_a_job_runs_and_come_back(llamacpp_model) -> None:
     import llama_cpp
 

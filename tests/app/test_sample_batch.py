@@ -90,3 +90,17 @@ def test_other_backends_sample_prompt_after_prompt_with_their_own_seeds() -> Non
     ]
     assert [[r.text for r in rows] for rows in out] == [["10-0", "10-1"], ["20-0", "20-1"], ["30-0", "30-1"]]
     assert "batch_index" not in out[0][0].sampling  # exactly what `sample` records
+
+
+def test_top_k_is_applied_and_recorded(model: TransformersModel) -> None:
+    """top_k=1 leaves only the most likely token, however hot the temperature: every candidate is the greedy
+    answer. With top_k off the same temperature gives other answers, so top_k really reached generate."""
+    hot = {"temperature": 5.0, "top_p": 1.0, "max_new_tokens": 10, "repetition_penalty": 1.1}
+    messages = CONVERSATIONS[0]
+    greedy = "".join(model.stream(messages, max_new_tokens=10, repetition_penalty=1.1)).strip()
+    rows = model.sample(messages, 3, seed=2, top_k=1, **hot)
+    batched = model.sample_batch(CONVERSATIONS[:2], 2, seeds=[2, 3], top_k=1, **hot)[0]
+    assert [r.text for r in rows + batched] == [greedy] * 5
+    assert all(r.sampling["top_k"] == 1 for r in rows + batched)
+    free = model.sample(messages, 3, seed=2, top_k=0, **hot)
+    assert any(r.text != greedy for r in free) and free[0].sampling["top_k"] == 0
