@@ -94,6 +94,8 @@ if (
 ):  # `python benchmarks/ask_latency.py` (make bench) imports benchmarks.retrieval_latency
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import cpu, load_average  # noqa: E402  (after the sys.path line above)
+
 RESULTS = Path(__file__).parent / "results" / "ask_latency.json"
 DEMO_CORPUS = ROOT / "app" / "demo_corpus"
 SQUAD = ROOT.parent / "shared" / "data" / "squad2-dev-half" / "dev-v2.0.json"  # benchmarks may read ../shared
@@ -162,10 +164,6 @@ def memory_bandwidth(gib: float = 1.0, repeats: int = 7) -> dict[str, float]:
         "copy_gbps_max": round(max(copies), 2),
         "torch_threads": torch.get_num_threads(),
     }
-
-
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 # ---- bytes one decode step reads ---------------------------------------------------------------------
@@ -951,16 +949,6 @@ def print_report(result: dict[str, Any]) -> None:
         console.print(scale)
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 # ---- main ------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -1033,7 +1021,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "what": "QAService.stream per backend on the default model, demo corpus, k=4, greedy; raw llama.cpp on "
         "the same GGUF and prompt ids; greedy agreement (see the benchmark's docstring for the rules)",
         "machine": {
-            "cpu": _cpu_name(),
+            "cpu": cpu()["model"],
             "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,

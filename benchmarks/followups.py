@@ -126,21 +126,14 @@ def evaluate(
 
 def machine() -> dict[str, Any]:
     """CPU model, the flags that decide the embedder's speed, load average: context for the timings."""
-    name, flags = platform.processor() or "unknown CPU", []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-                flags = [f for f in line.split(":", 1)[1].split() if f in wanted]
-    except OSError:
-        pass
+    from benchmarks.machine import cpu, load_average
+
+    info = cpu()
     return {
-        "cpu": name,
-        "flags": flags,
+        "cpu": info["model"],
+        "flags": info["flags"],
         "cores": os.cpu_count(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "load_average": load_average(),
         "python": platform.python_version(),
     }
 

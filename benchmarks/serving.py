@@ -233,19 +233,14 @@ def meets(value: float | None, op: str, target: float) -> bool | None:
 # ---- machine ------------------------------------------------------------------------------------------
 def machine_record() -> dict[str, Any]:
     """CPU model and flags (from /proc/cpuinfo; the SIMD ones that pick kernels, and all of them), cores."""
-    from benchmarks.serving_engines import cpu_info
+    from benchmarks.machine import all_flags, cpu
     from model_store.hardware import usable_cores
 
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    info = cpu_info(text)
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+    info = cpu()
     return {
         "cpu": info["model"],
         "simd_flags": info["flags"],
-        "flags": flags,
+        "flags": all_flags(),
         "cpus": os.cpu_count(),
         "usable_cores": usable_cores(),
         "python": platform.python_version(),

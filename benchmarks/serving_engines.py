@@ -68,6 +68,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import machine  # noqa: E402  (after the sys.path line above)
+
 RESULTS = ROOT / "docs" / "results" / "serving" / "engines.json"
 SQUAD = ROOT.parent / "shared" / "data" / "squad2-dev-half" / "dev-v2.0.json"  # benchmarks may read ../shared
 REFERENCE = "transformers fp32"
@@ -75,17 +77,6 @@ PASSAGES = 4
 # The app feeds chunks of ~200 tokens, not whole squad paragraphs (some pass 300 words): each passage is cut to
 # this many words, which makes the 4-passage prompts ~700-800 tokens like the app's.
 PASSAGE_WORDS = 120
-CPU_FLAGS = (
-    "avx2",
-    "fma",
-    "f16c",
-    "avx512f",
-    "avx512bw",
-    "avx512_vnni",
-    "avx512_bf16",
-    "amx_bf16",
-    "amx_int8",
-)
 
 
 class EngineBenchError(RuntimeError):
@@ -271,18 +262,6 @@ def agreement(
     result = agreement_metrics(pairs, first_n)
     result.pop("examples", None)
     return result
-
-
-def cpu_info(cpuinfo: str) -> dict[str, Any]:
-    """CPU model name and the SIMD flags that decide which kernels the engines use (from /proc/cpuinfo text)."""
-    name, flags = "", set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and not name:
-            name = value.strip()
-        elif key.strip() == "flags" and not flags:
-            flags = set(value.split())
-    return {"model": name or platform.processor(), "flags": [f for f in CPU_FLAGS if f in flags]}
 
 
 # ---- engines (child side) --------------------------------------------------------------------------------
@@ -819,7 +798,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "serving_engines",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "complete": False,
-        "cpu": {**cpu_info(Path("/proc/cpuinfo").read_text()), "cores_usable": len(os.sched_getaffinity(0))},
+        "cpu": {**machine.cpu(), "cores_usable": len(os.sched_getaffinity(0))},
         "python": platform.python_version(),
         "settings": {k: v for k, v in spec.items() if k not in ("prompts", "files")}
         | {"prompt_set": f"squad2-dev-half, {PASSAGES} passages, retrieval.prompt.render_prompt"},

@@ -143,11 +143,9 @@ def main() -> int:
 
 
 def _cpu() -> dict[str, Any]:
-    from model_store.hardware import read_cpuinfo
+    from benchmarks.machine import cpu
 
-    info = read_cpuinfo()
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    return {"model": info.model, "flags": sorted(f for f in info.flags if f in wanted)}
+    return cpu()
 
 
 if __name__ == "__main__":

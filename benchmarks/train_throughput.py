@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import statistics
@@ -395,22 +394,16 @@ def compute_bound(
 
 
 # ---- the machine --------------------------------------------------------------------------------------
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
 def cpu_info() -> dict[str, Any]:
-    name, flags = platform.processor() or "unknown CPU", []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name == (platform.processor() or "unknown CPU"):
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = line.split(":", 1)[1].split()
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "fma")
-    return {"model": name, "cores": os.cpu_count(), "flags": [f for f in wanted if f in flags]}
+    from benchmarks.machine import cpu
+
+    return {**cpu(), "cores": os.cpu_count()}
+
+
+def load_average() -> list[float]:
+    from benchmarks.machine import load_average as now
+
+    return now()
 
 
 def reward_model_dir(model_dir: Path, work: Path) -> Path:

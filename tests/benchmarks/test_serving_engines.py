@@ -15,7 +15,6 @@ from benchmarks.serving_engines import (
     Row,
     agreement,
     common_prefix_length,
-    cpu_info,
     cut_words,
     missing_engine,
     parse_args,
@@ -115,11 +114,6 @@ def test_agreement_on_token_ids() -> None:
     assert result["first_n_tokens_rate"] == 1.0
     assert result["mean_first_divergence"] == 2.0
     assert "examples" not in result
-
-
-def test_cpu_info_reads_the_model_and_the_simd_flags() -> None:
-    text = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 fma f16c avx512f\nprocessor\t: 1\n"
-    assert cpu_info(text) == {"model": "AMD EPYC", "flags": ["avx2", "fma", "f16c", "avx512f"]}
 
 
 # ---- rows ----------------------------------------------------------------------------------------------
