@@ -331,6 +331,23 @@ def train_dtype(cfg: TrainConfig, device: str) -> DtypeChoice:
     return choose_dtype(cfg.model.bf16, device=device)
 
 
+def frozen_base_dtype(cfg: TrainConfig, device: str, four_bit: bool) -> Any:
+    """The dtype LoRA training loads the frozen base in (SFT, DPO, KTO); None = the loader's default.
+
+    On CPU with bf16 compute the base is kept in bf16: autocast rounds every matmul weight to bf16 anyway, and a
+    frozen weight's cast is not cached, so an fp32 base only cost a copy per weight per use and twice the memory.
+    Measured (SFT, 8 sequences of 330-512 tokens, SmolLM2-135M, 2-core Zen 4 with avx512_bf16): 318 -> 366
+    tokens/s, peak 2.84 -> 2.39 GB. The LoRA weights stay fp32 (PEFT upcasts adapters of a bf16 base). Not for the
+    reward model: its score head is trained whole, and would then train in bf16 (and its step did not get faster).
+    Without native bf16 the compute is fp32 and so is the base; CUDA loads in the GPU's dtype already.
+    """
+    if four_bit or device == "cuda" or not train_dtype(cfg, device).is_bf16:
+        return None
+    import torch
+
+    return torch.bfloat16
+
+
 def trainer_kwargs(
     section: TrainerSection, cfg: TrainConfig, device: str, output_dir: Path
 ) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from training.config import TrainConfig, trainer_kwargs
+from training.config import TrainConfig, frozen_base_dtype, trainer_kwargs
 from training.data import ExportData
 from training.stage_result import StageResult
 from training.trl_stage import (
@@ -43,7 +43,9 @@ def build_dpo_trainer(
     pairs = train_pairs(cfg, data, "DPO")
     device, four_bit = device_and_4bit(cfg)
     tokenizer = load_tokenizer(model_dir)
-    model = load_causal_lm(model_dir, load_in_4bit=four_bit, device=device)
+    model = load_causal_lm(
+        model_dir, dtype=frozen_base_dtype(cfg, device, four_bit), load_in_4bit=four_bit, device=device
+    )
     model = prepare_for_kbit(model, cfg.dpo, four_bit)
     args = DPOConfig(
         **trainer_kwargs(cfg.dpo, cfg, device, out_dir / "checkpoints"),

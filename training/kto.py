@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from training.config import TrainConfig, trainer_kwargs
+from training.config import TrainConfig, frozen_base_dtype, trainer_kwargs
 from training.data import ExportData, require
 from training.stage_result import StageResult
 from training.trl_stage import device_and_4bit, heldout_rows, prepare_for_kbit, run_trainer, write_outputs
@@ -68,7 +68,11 @@ def train_kto(
     device, four_bit = device_and_4bit(cfg)
     tokenizer = load_tokenizer(model_dir)
     model = prepare_for_kbit(
-        load_causal_lm(model_dir, load_in_4bit=four_bit, device=device), cfg.kto, four_bit
+        load_causal_lm(
+            model_dir, dtype=frozen_base_dtype(cfg, device, four_bit), load_in_4bit=four_bit, device=device
+        ),
+        cfg.kto,
+        four_bit,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     args = KTOConfig(

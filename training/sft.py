@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from training.config import TrainConfig, resolve_device, trainer_kwargs, want_4bit
+from training.config import TrainConfig, frozen_base_dtype, resolve_device, trainer_kwargs, want_4bit
 from training.data import ExportData
 from training.stage_result import StageResult
 from training.trl_stage import (
@@ -48,7 +48,9 @@ def build_sft_trainer(cfg: TrainConfig, model_dir: Path, data: ExportData, out_d
     device = resolve_device(cfg)
     four_bit = want_4bit(cfg, device)
     tokenizer = load_tokenizer(model_dir)
-    model = load_causal_lm(model_dir, load_in_4bit=four_bit, device=device)
+    model = load_causal_lm(
+        model_dir, dtype=frozen_base_dtype(cfg, device, four_bit), load_in_4bit=four_bit, device=device
+    )
     model = prepare_for_kbit(model, cfg.sft, four_bit)
     args = SFTConfig(
         **trainer_kwargs(cfg.sft, cfg, device, out_dir / "checkpoints"),

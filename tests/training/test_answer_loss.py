@@ -139,6 +139,27 @@ def test_sft_body_runs_in_the_trainers_precision(
     trainer.model.train()
     assert torch.isfinite(trainer.training_step(trainer.model, dict(batch)))
     assert seen and set(seen) == {dtype}
+    # The frozen base is stored in the compute dtype (no fp32 copy cast on every use); what trains stays fp32.
+    assert layer.base_layer.weight.dtype == dtype and not layer.base_layer.weight.requires_grad
+    trained = [p for p in trainer.model.parameters() if p.requires_grad]
+    assert trained and {p.dtype for p in trained} == {torch.float32}
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
+
+
+def test_dpo_keeps_a_bf16_base_with_fp32_adapters(tiny_model_dir: Path, tmp_path: Path, tiny_cfg) -> None:
+    """DPO (and KTO, same loader call) store the frozen base as SFT does; 4-bit and fp32 compute keep the default."""
+    from training.config import frozen_base_dtype
+    from training.dpo import build_dpo_trainer
+
+    cfg = tiny_cfg("model.bf16=true")
+    assert frozen_base_dtype(cfg, "cpu", four_bit=True) is None
+    assert frozen_base_dtype(tiny_cfg("model.bf16=false"), "cpu", four_bit=False) is None
+    trainer, _ = build_dpo_trainer(
+        cfg, tiny_model_dir, load_export(write_export(tmp_path / "e")), tmp_path / "d"
+    )
+    frozen = {p.dtype for p in trainer.model.parameters() if not p.requires_grad}
+    trained = {p.dtype for p in trainer.model.parameters() if p.requires_grad}
+    assert frozen == {torch.bfloat16} and trained == {torch.float32}
 
 
 def test_reward_model_computes_no_lm_head(tmp_path: Path, tiny_cfg) -> None:
