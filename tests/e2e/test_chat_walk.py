@@ -42,10 +42,12 @@ BOX = "Ask a question about your documents…"
 
 
 @pytest.fixture
-def walk_app(ragqa_home: Path, tiny_llama_dir: Path, tmp_path: Path) -> Iterator[tuple[str, Services]]:
-    """The app with logins, the tiny random Llama (40 new tokens: long enough to press Stop), 3 documents."""
+def walk_app(
+    ragqa_home: Path, tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, Services]]:
+    """The app with logins, the tiny random Llama, 3 documents; the answer the walk stops streams slowly."""
     ModelRegistry(ragqa_home / "models").publish_folder(tiny_llama_dir, {"kind": "base"})
-    # 120 tokens: long enough that an answer still streams when the walk presses Stop, even on an idle CPU.
+    _slow_stream_for(Q3, monkeypatch)
     cfg = AppConfig.load(max_new_tokens=120, repetition_penalty=3.0, port=free_port(), host="127.0.0.1")
     docs = tmp_path / "docs"
     for rel, text in DOCS.items():
@@ -61,6 +63,26 @@ def walk_app(ragqa_home: Path, tiny_llama_dir: Path, tmp_path: Path) -> Iterator
     finally:
         demo.close()
         services.close()
+
+
+def _slow_stream_for(question: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer to `question` streams at 20 tokens/s, as a real model on a CPU does: the tiny model writes its
+    120 tokens in well under a second, and on a fast idle CPU the answer had finished before the walk pressed
+    Stop (the app then rightly said "already finished; it is saved", and the walk failed)."""
+    import time
+
+    from app.backends.transformers_lm import TransformersModel
+
+    real = TransformersModel._stream
+
+    def stream(self, messages, decoding, stats):  # noqa: ANN001, ANN202
+        slow = question in messages[-1]["content"]
+        for piece in real(self, messages, decoding, stats):
+            if slow:
+                time.sleep(0.05)
+            yield piece
+
+    monkeypatch.setattr(TransformersModel, "_stream", stream)
 
 
 def _shot(artifacts: Path, name: str) -> Path:
