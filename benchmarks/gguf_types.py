@@ -1,5 +1,6 @@
 """Which GGUF type to serve on this CPU: prefill (time to first token), decode, greedy agreement with transformers
-fp32 and answer quality, per type (f16, bf16, q8_0), with the llama.cpp build the app would use.
+fp32 and answer quality, per type (f16, bf16, q8_0 from the converter; q4_0, q4_k_m, q5_k_m made from the f16 file
+by llama.cpp's own quantizer), with the llama.cpp build the app would use.
 
 The evidence behind `gguf: auto` (model_store/gguf.py): bf16 where the CPU has native bf16 dot products and
 llama.cpp was built with them, f16 elsewhere. Everything on the default model (the registry's v0001 folder, or
@@ -38,6 +39,11 @@ if str(ROOT) not in sys.path:
 SQUAD = ROOT.parent / "shared" / "data" / "squad2-dev-half" / "dev-v2.0.json"  # benchmarks may read ../shared
 OUT = ROOT / "docs" / "results" / "serving" / "gguf_types.json"
 TYPES = ("f16", "bf16", "q8_0")
+# The converter writes f16/bf16/q8_0 only; these come from llama.cpp's quantizer (llama_model_quantize) on the f16
+# file. On AVX2 llama.cpp repacks q4_0 into interleaved blocks with their own matrix kernels ("REPACK" in its
+# build), the prefill path issue #15 asks about. K-quants need rows of 256: this model's 576-wide rows fall back
+# to llama.cpp's choice for those tensors (recorded as the file's size).
+QUANTIZED = ("q4_0", "q4_k_m", "q5_k_m")
 CITATION = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")
 
 
@@ -176,6 +182,35 @@ def measure_type(
     }
 
 
+def quantize_from_f16(folder: Path, outtype: str, threads: int) -> Path:
+    """`folder/model.<outtype>.gguf` made by llama.cpp's quantizer from the folder's f16 GGUF."""
+    import ctypes
+
+    import llama_cpp
+
+    from model_store.gguf import export_gguf, gguf_name
+
+    f16 = folder / gguf_name("f16")
+    if not f16.is_file():
+        export_gguf(folder, "f16")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{outtype.upper()}")
+    params.nthread = threads
+    out = folder / f"model.{outtype}.gguf"
+    if llama_cpp.llama_model_quantize(str(f16).encode(), str(out).encode(), ctypes.byref(params)) != 0:
+        raise SystemExit(f"llama.cpp could not quantize {f16} to {outtype}")
+    return out
+
+
+def make_gguf(folder: Path, outtype: str, threads: int) -> Path:
+    """The type's file: the app's converter for its own types, llama.cpp's quantizer for QUANTIZED."""
+    from model_store.gguf import export_gguf
+
+    if outtype in QUANTIZED:
+        return quantize_from_f16(folder, outtype, threads)
+    return folder / export_gguf(folder, outtype)["file"]
+
+
 def llama_build() -> list[str]:
     import llama_cpp
 
@@ -188,7 +223,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, default=ROOT / "var" / "models" / "v0001", help="an HF model folder")
     p.add_argument("--squad", type=Path, default=SQUAD)
-    p.add_argument("--types", default=",".join(TYPES))
+    p.add_argument("--types", default=",".join(TYPES), help=f"any of {', '.join(TYPES + QUANTIZED)}")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prompts", type=int, default=8, help="speed prompts")
     p.add_argument("--agreement", type=int, default=30, help="agreement prompts")
@@ -205,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from benchmarks.loop import machine_record
     from evaluation.metrics import paired_bootstrap_ci
-    from model_store.gguf import auto_outtype, export_gguf
+    from model_store.gguf import auto_outtype
 
     if not (args.model / "config.json").is_file():
         raise SystemExit(f"no model at {args.model}: run `ragqa setup` or pass --model DIR")
@@ -228,9 +263,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if f.is_file() and not f.name.endswith(".gguf"):
                 shutil.copy2(f, folder / f.name)
         for outtype in [t.strip() for t in args.types.split(",") if t.strip()]:
-            record = export_gguf(folder, outtype)
             row = measure_type(
-                folder / record["file"],
+                make_gguf(folder, outtype, args.threads),
                 args.threads,
                 speed,
                 reference,

@@ -54,3 +54,24 @@ def test_prompts_are_reproducible_and_differ_by_seed(tmp_path: Path) -> None:
     assert four_passage_prompts(squad, TextTokenizer(), 5, seed=1) != four_passage_prompts(
         squad, TextTokenizer(), 5, seed=2
     )
+
+
+def test_quantized_types_are_made_by_llama_cpp_from_the_f16_file(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """q4_0 is not a converter type: the benchmark makes it from the f16 GGUF, and the file really is q4_0."""
+    import shutil
+
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    from benchmarks.gguf_types import make_gguf
+    from tests.conftest import llama_cpp_or_skip
+
+    llama_cpp_or_skip()
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, folder)
+    out = make_gguf(folder, "q4_0", threads=1)
+    assert out.name == "model.q4_0.gguf" and (folder / "model.f16.gguf").is_file()
+    types = {t.tensor_type for t in GGUFReader(str(out)).tensors}
+    assert GGMLQuantizationType.Q4_0 in types and GGMLQuantizationType.F16 not in types
+    assert out.stat().st_size < (folder / "model.f16.gguf").stat().st_size
