@@ -906,8 +906,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             write_json(record, args.fresh_clone_out)
             print(f"clone to page: {record.get('clone_to_page_s')} s ({record.get('error') or 'ok'})")
             return record
-        if args.resummarise:  # the rows of an earlier run (--out), with the newest fresh-clone record
-            return finish_report(json.loads(args.out.read_text()), args.out)
+        if args.resummarise:  # the rows of an earlier run (--out), with --fresh-clone-out's record
+            return finish_report(json.loads(args.out.read_text()), args.out, args.fresh_clone_out)
         return run(args)
     except (AskBenchError, ServingBenchError) as e:
         raise SystemExit(f"serving: {e}") from e
@@ -989,12 +989,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 _close(qa)
     result["load_end"] = load_average()
-    return finish_report(result, args.out)
+    return finish_report(result, args.out, args.fresh_clone_out)
 
 
-def finish_report(result: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Attach the newest fresh-clone record and the summary; print and write the report."""
-    fresh = newest_fresh_clone(FRESH_CLONE)
+def finish_report(
+    result: dict[str, Any], out: Path, fresh_clone_record: Path = FRESH_CLONE
+) -> dict[str, Any]:
+    """Attach the fresh-clone record (`--fresh-clone-out`'s) and the summary; print and write the report."""
+    fresh = newest_fresh_clone(fresh_clone_record)
     result["fresh_clone"] = (
         {k: fresh.get(k) for k in ("clone_to_page_s", "commit", "error", "milestones_s")} if fresh else None
     )

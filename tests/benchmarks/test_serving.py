@@ -13,6 +13,7 @@ import pytest
 from benchmarks.serving import (
     TARGETS,
     call_length,
+    finish_report,
     k_over_single,
     meets,
     process_stat,
@@ -57,6 +58,19 @@ def test_summary_ratios_from_complete_rows() -> None:
         "fresh_clone_to_page_s": True,
     }
     assert set(s["meets_target"]) == set(TARGETS)
+
+
+def test_resummarised_report_takes_the_named_fresh_clone_record(tmp_path: Path, monkeypatch) -> None:
+    """A run on another CPU keeps its own fresh-clone file (--fresh-clone-out); its summary must quote that one."""
+    import json
+
+    mine = tmp_path / "fresh_clone_avx2.json"
+    mine.write_text(json.dumps({"clone_to_page_s": 246.3, "commit": "abc"}))
+    out = tmp_path / "serving_avx2.json"
+    monkeypatch.setattr("benchmarks.serving.print_report", lambda _result: None)  # needs complete rows
+    report = finish_report({"rows": ROWS}, out, mine)
+    assert report["summary"]["fresh_clone_to_page_s"] == 246.3
+    assert json.loads(out.read_text())["fresh_clone"]["commit"] == "abc"
 
 
 def test_summary_is_null_where_rows_are_missing_or_failed() -> None:
