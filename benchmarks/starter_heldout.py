@@ -55,7 +55,9 @@ def write_sets(data: Path, out: Path) -> dict[str, Path]:
     return paths
 
 
-def run_eval(qa: Path, version: str, limit: int, out: Path, batch_size: int, env: dict[str, str]) -> float:
+def run_eval(
+    qa: Path, version: str, limit: int, out: Path, batch_size: int, env: dict[str, str], k: int | None = None
+) -> float:
     t0 = time.time()
     cmd = [
         sys.executable,
@@ -70,6 +72,8 @@ def run_eval(qa: Path, version: str, limit: int, out: Path, batch_size: int, env
         str(limit),
     ]
     cmd += ["--seed", "0", "--batch-size", str(batch_size), "--no-progress", "--out", str(out)]
+    if k is not None:
+        cmd += ["-k", str(k)]
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
     return time.time() - t0
 
