@@ -38,7 +38,9 @@ class NewCandidate:
 
     text: str
     model_version: str
-    sampling: dict[str, Any] = field(default_factory=dict)  # seed, temperature, top_p, top_k, max_new_tokens, ...
+    sampling: dict[str, Any] = field(
+        default_factory=dict
+    )  # seed, temperature, top_p, top_k, max_new_tokens, ...
     latency_ms: float | None = None
     label: str | None = None  # what the rater sees: "answer", "A", "B", ...
 
