@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from benchmarks.machine import cpu, load_average
     from benchmarks.starter_heldout import run_eval, write_sets
     from evaluation.metrics import paired_bootstrap_ci
+    from model_store.gguf import find_gguf
     from model_store.registry import ModelRegistry
 
     home = args.home.resolve()
@@ -132,9 +133,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     version = args.model or registry.current_name()
     if version is None:
         raise SystemExit(f"no model published in {home}: run `ragqa setup`")
-    model_dir = home / "models" / version
-    ggufs = sorted(model_dir.glob("model.*.gguf"))
-    if not ggufs:
+    entry = registry.get(version)
+    model_dir = entry.path
+    gguf = find_gguf(model_dir, entry.manifest)  # the file the app serves (app/generator.py picks it so)
+    if gguf is None:
         raise SystemExit(f"{model_dir} has no GGUF: `ragqa models gguf {version}`")
     env = {**os.environ, "RAGQA_HOME": str(home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     args.work.mkdir(parents=True, exist_ok=True)
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": {"cpu": cpu(), "load_average": load_average()},
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "version": version,
-        "gguf": ggufs[0].name,
+        "gguf": gguf.name,
         "k": {},
     }
     f1s: dict[int, dict[str, float]] = {}
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         wall = run_eval(qa, version, args.limit, folder, args.batch_size, env, k=k)
         row, f1s[k] = summarise_k(folder)
         prompts = journal_prompts(folder, tokenizer, args.ttft_prompts)
-        ttft = prefill_seconds(ggufs[0], prompts, args.threads)
+        ttft = prefill_seconds(gguf, prompts, args.threads)
         row.update(
             load_before=load_before,
             eval_wall_s=round(wall, 1),

@@ -23,6 +23,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import cpu, load_average  # noqa: E402
 from evaluation.metrics import bootstrap_mean_ci, paired_bootstrap_ci  # noqa: E402
 from evaluation.splits import HELDOUT_ARTICLES, SPLIT_SEED, split_articles, subset_squad  # noqa: E402
 
@@ -133,7 +134,7 @@ def main() -> int:
             )
     summary = summarise(args.out)
     summary["wall_s_this_invocation"] = wall
-    summary["machine"] = {"cpu": _cpu(), "load_average": os.getloadavg()}
+    summary["machine"] = {"cpu": cpu(), "load_average": load_average()}
     (args.out / "heldout.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     for name, models in summary["heldout"].items():
         for model, m in models.items():
@@ -144,12 +145,6 @@ def main() -> int:
         d = summary["deltas"][name]["starter_minus_base"]
         print(f"{name:7s} starter - base F1 {d['f1']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]")
     return 0
-
-
-def _cpu() -> dict[str, Any]:
-    from benchmarks.machine import cpu
-
-    return cpu()
 
 
 if __name__ == "__main__":

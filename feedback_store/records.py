@@ -38,9 +38,8 @@ class NewCandidate:
 
     text: str
     model_version: str
-    sampling: dict[str, Any] = field(
-        default_factory=dict
-    )  # seed, temperature, top_p, top_k, max_new_tokens, ...
+    # seed, temperature, top_p, top_k, max_new_tokens, ...
+    sampling: dict[str, Any] = field(default_factory=dict)
     latency_ms: float | None = None
     label: str | None = None  # what the rater sees: "answer", "A", "B", ...
 

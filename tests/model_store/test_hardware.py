@@ -85,7 +85,7 @@ def test_serving_and_every_training_stage_follow_the_cpu(fake_machine, cpuinfo: 
 
     from model_store.loading import pick_dtype
     from retrieval.embedder import _cpu_has_fast_bf16
-    from training.config import load_config, train_dtype, trainer_kwargs
+    from training.config import frozen_base_dtype, load_config, train_dtype, trainer_kwargs
     from training.ppo.config import PPOConfig
 
     fake_machine(cpuinfo)
@@ -95,6 +95,8 @@ def test_serving_and_every_training_stage_follow_the_cpu(fake_machine, cpuinfo: 
     assert cfg.model.bf16 == "auto"
     assert train_dtype(cfg, "cpu").dtype == dtype
     assert trainer_kwargs(cfg.sft, cfg, "cpu", Path("out"))["bf16"] is (dtype == "bfloat16")  # SFT, RM, DPO
+    # the frozen base of SFT/DPO/KTO: bf16 only with native bf16, else the loader's default (fp32 above)
+    assert frozen_base_dtype(cfg, "cpu", four_bit=False) == (torch.bfloat16 if dtype == "bfloat16" else None)
     ppo = cfg.ppo_config()  # the shipped PPO preset
     assert ppo.bf16 == "auto" and ppo.compute_dtype("cpu").dtype == dtype  # PPO rollouts, updates, RM
     assert PPOConfig(bf16=False).compute_dtype("cpu").dtype == "float32"
