@@ -211,6 +211,17 @@ def make_gguf(folder: Path, outtype: str, threads: int) -> Path:
     return folder / export_gguf(folder, outtype)["file"]
 
 
+def model_matmul_rates(model_dir: Path) -> dict[str, float]:
+    """GFLOP/s of the model's linear-layer matmuls on this CPU (fp32, bf16): train_throughput's measurement."""
+    from transformers import AutoConfig
+
+    from benchmarks.train_throughput import matmul_rates
+
+    config = AutoConfig.from_pretrained(str(model_dir))
+    kv = config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
+    return {k: round(v, 1) for k, v in matmul_rates(config.hidden_size, config.intermediate_size, kv).items()}
+
+
 def llama_build() -> list[str]:
     import llama_cpp
 
@@ -255,6 +266,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "llama_cpp_build": llama_build(),
         "gguf_auto_here": auto_outtype(),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "speed_prompt_tokens": [len(p) for p in speed],
+        # this CPU's compute bound for context: prefill is ~2 x non-embedding parameters FLOP per prompt token
+        "matmul_gflops": model_matmul_rates(args.model),
         "types": {},
     }
     with tempfile.TemporaryDirectory(prefix="gguf-types-") as tmp:

@@ -37,8 +37,9 @@ OUTTYPES = ("q8_0", "f16", "bf16", "f32")
 #   - f16 elsewhere: without native bf16 kernels a bf16 file prefills no faster than f16 (Zen 4, llama.cpp built
 #     without its BF16 kernels: 1.09 vs 1.08 s) or slower (built for AVX2 only: see
 #     docs/results/serving/gguf_types_avx2_build.json), so f16's closer agreement wins. q8_0 (15 of 30 answers
-#     identical to fp32, F1 0.141) stays a choice: `gguf: q8_0`. On a real AVX2-only EPYC (no AVX-512) f16 also
-#     prefills fastest: 2.17 s against q4_0 2.32 s, q8_0 2.86 s, q4_K_M 4.09 s (gguf_types_avx2_speed.json).
+#     identical to fp32, F1 0.141) stays a choice: `gguf: q8_0`. On a real AVX2-only EPYC (no AVX-512) no type
+#     prefills clearly faster than f16 (2.15 s; q4_0 2.01-2.32 s, q8_0 2.55-2.86 s, q4_K_M 3.25 s over two runs:
+#     gguf_types_avx2_speed.json): prefill is at that CPU's fp32 compute bound, so f16 stays the choice there too.
 DEFAULT_OUTTYPE = "f16"
 NATIVE_BF16_OUTTYPE = "bf16"
 SETTINGS = ("auto", "off", *OUTTYPES)
