@@ -10,6 +10,10 @@ Rows (each measurement in its own fresh process; peak memory = that process's ru
              use_cpu, report_to none, output dir); the same LoRA (r16, all linear layers)
   rm-ours    training/reward.py build_reward_trainer (LoRA SEQ_CLS, length-grouped pairs)
   rm-trl     trl.RewardTrainer with RewardConfig's defaults (same exceptions), the same LoRA
+  sft-trl-fp32, rm-trl-fp32
+             the same TRL rows with bf16 off. TRL's configs default to bf16=True (and gradient checkpointing on),
+             which on a CPU without native bf16 (AVX2 only) is emulated at ~1/10 the speed: the default rows
+             then measure that trap, these the fair fp32 comparison (our trainers choose fp32 there)
   ppo-ours   training/ppo (one base, LoRA policy + value, adapters-off reference)
   ppo-trl112 TRL 1.12's PPOTrainer (trl.experimental.ppo) in its own venv, driven as benchmarks/ppo_vs_trl.py
              does (its leanest peft setup: LoRA policy, adapters-off reference, separate value and reward models)
@@ -49,6 +53,7 @@ SQUAD = ROOT.parent / "shared" / "data" / "squad2-dev-half" / "dev-v2.0.json"  #
 OUT_DIR = ROOT / "docs" / "results" / "train_throughput"
 TRL112_VENV = Path("/tmp/venv-trl112")
 ROWS = ("sft-ours", "sft-trl", "rm-ours", "rm-trl", "ppo-ours", "ppo-trl112")
+TRL_FP32_ROWS = ("sft-trl-fp32", "rm-trl-fp32")  # on request (--rows): see the docstring
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}  # our default config's LoRA (dropout: PEFT's default)
 PPO_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -185,7 +190,9 @@ def build_trainer(row: str, spec: dict[str, Any], out: Path) -> Any:
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     required = {"output_dir": str(out), "max_steps": spec["steps"], "use_cpu": True, "report_to": "none"}
-    if row == "sft-trl":
+    if row.endswith("-fp32"):
+        required["bf16"] = False
+    if row.startswith("sft-trl"):
         from trl import SFTConfig, SFTTrainer
 
         args = SFTConfig(**required, per_device_train_batch_size=spec["batch"])
@@ -442,6 +449,8 @@ def summarise(rows: dict[str, dict[str, Any]], bound: dict[str, Any]) -> dict[st
     summary = {
         "sft_speedup_vs_trl": ratio("sft-ours", "sft-trl"),
         "rm_speedup_vs_trl": ratio("rm-ours", "rm-trl"),
+        "sft_speedup_vs_trl_fp32": ratio("sft-ours", "sft-trl-fp32"),
+        "rm_speedup_vs_trl_fp32": ratio("rm-ours", "rm-trl-fp32"),
         "ppo_speedup_vs_trl112": ratio("ppo-ours", "ppo-trl112"),
         "ppo_memory_ratio_vs_trl112": ratio("ppo-ours", "ppo-trl112", "peak_rss_gb"),
         "sft_fraction_of_bound": None,
