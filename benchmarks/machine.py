@@ -8,6 +8,7 @@ One reader for all of them: model_store.hardware's, the one that also chooses th
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from model_store.hardware import parse_cpuinfo, read_cpuinfo
@@ -27,3 +28,19 @@ def cpu(cpuinfo_text: str | None = None) -> dict[str, Any]:
 def all_flags() -> list[str]:
     """Every flag the CPU reports (for a record that keeps them all)."""
     return sorted(read_cpuinfo().flags)
+
+
+def wait_for_idle(threshold: float, timeout_s: float, poll_s: float = 5.0) -> dict[str, Any]:
+    """Wait until the 1-minute load average is below `threshold` (at most `timeout_s`); what was seen."""
+    start = time.monotonic()
+    first = load_average()
+    while os.getloadavg()[0] >= threshold and time.monotonic() - start < timeout_s:
+        time.sleep(poll_s)
+    now = load_average()
+    return {
+        "load_at_wait_start": first,
+        "load_before": now,
+        "waited_s": round(time.monotonic() - start, 1),
+        "idle": now[0] < threshold,
+        "threshold": threshold,
+    }

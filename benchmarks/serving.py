@@ -98,6 +98,7 @@ from benchmarks.ask_latency import (  # noqa: E402  (after the sys.path line abo
     ratio,
     raw_once,
 )
+from benchmarks.machine import wait_for_idle  # noqa: E402
 from model_store.gguf import OUTTYPES, auto_outtype  # noqa: E402
 
 RESULTS_DIR = ROOT / "docs" / "results" / "serving"
@@ -246,22 +247,6 @@ def machine_record() -> dict[str, Any]:
         "python": platform.python_version(),
         "llama_cpp_python": _version("llama_cpp_python"),
         "torch": _version("torch"),
-    }
-
-
-def wait_for_idle(threshold: float, timeout_s: float, poll_s: float = 5.0) -> dict[str, Any]:
-    """Wait until the 1-minute load average is below `threshold` (at most `timeout_s`); what was seen."""
-    start = time.monotonic()
-    first = load_average()
-    while os.getloadavg()[0] >= threshold and time.monotonic() - start < timeout_s:
-        time.sleep(poll_s)
-    now = load_average()
-    return {
-        "load_at_wait_start": first,
-        "load_before": now,
-        "waited_s": round(time.monotonic() - start, 1),
-        "idle": now[0] < threshold,
-        "threshold": threshold,
     }
 
 
