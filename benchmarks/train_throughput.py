@@ -531,6 +531,9 @@ def main(argv: list[str] | None = None) -> None:
     from model_store.hardware import choose_dtype
 
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = sorted(set(rows) - set(ROWS) - set(TRL_FP32_ROWS))
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}: choose from {', '.join(ROWS + TRL_FP32_ROWS)}")
     args.work.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(str(args.model))
     examples = rag_examples(args.squad, tokenizer, max(8 * args.batch, 32), args.min_tokens, args.max_tokens)
