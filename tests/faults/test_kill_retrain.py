@@ -13,6 +13,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from model_store.registry import ModelRegistry
 from settings.paths import Paths
 from tests.faults.conftest import fill_store, ragqa, run_until_paused
@@ -47,6 +49,10 @@ def _state(home: Path, run_id: str) -> dict:
     return json.loads((home / "runs" / run_id / "state.json").read_text())
 
 
+# Slow: four kills and resumes of the real CLI (~45 s on a 2-core AVX2-only CPU, where the default run must stay
+# under 15 minutes). The default run keeps the kill while writing the first PPO checkpoint (below) and
+# tests/training/test_pipeline.py's killed run.
+@pytest.mark.slow
 def test_retrain_killed_at_each_stage_resumes_and_publishes_once(
     ragqa_home: Path, tiny_model_dir: Path
 ) -> None:
