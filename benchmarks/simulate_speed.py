@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +58,13 @@ def question_file(squad: Path, n: int, seed: int, out: Path) -> Path:
     data = json.loads(squad.read_text())
     train_titles, _heldout = split_articles(data, 4, seed)  # the loop's split (4 held-out articles)
     train = subset_squad(data, train_titles)
-    ids = [q["id"] for a in train["data"] for p in a["paragraphs"] for q in p["qas"]]
-    keep = set(random.Random(seed).sample(ids, n))
+    keep = set(random.Random(seed).sample(question_ids(train), n))
     return write_subset(train, keep, out)
+
+
+def question_ids(squad: dict[str, Any]) -> list[str]:
+    """Every question id of a SQuAD file, in file order."""
+    return [q["id"] for a in squad["data"] for p in a["paragraphs"] for q in p["qas"]]
 
 
 def write_subset(squad: dict[str, Any], keep: set[str], out: Path) -> Path:
@@ -82,8 +86,7 @@ def write_subset(squad: dict[str, Any], keep: set[str], out: Path) -> Path:
 def first_questions(path: Path, n: int, out: Path) -> Path:
     """The first `n` questions of a SQuAD file (file order), as a file of their own."""
     squad = json.loads(path.read_text())
-    ids = [q["id"] for a in squad["data"] for p in a["paragraphs"] for q in p["qas"]][:n]
-    return write_subset(squad, set(ids), out)
+    return write_subset(squad, set(question_ids(squad)[:n]), out)
 
 
 def prepare_home(home: Path) -> None:
@@ -185,7 +188,7 @@ def run_row(
         progress=True,
         batch_size=8 if row == "batched" else 1,
     )
-    patch = candidates_one_after_another() if row == "sequential" else _nothing()
+    patch = candidates_one_after_another() if row == "sequential" else nullcontext()
     with patch, corrections_of_the_full_run(total):
         summary = simulate(options, config=config)
     if summary.errors:
@@ -201,11 +204,6 @@ def run_row(
         "seconds_per_question": round(summary.seconds / max(summary.questions, 1), 2),
         "records": record_signatures(db),
     }
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def same_records(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
