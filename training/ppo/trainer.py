@@ -2,7 +2,8 @@
 
 Each PPO step, per process:
   1. rollout: sample `batch_size` stored prompts, generate responses with the policy adapter;
-  2. score: reward model (or reward_fn), old log-probs, reference log-probs (adapters off), values;
+  2. score: reward model (or reward_fn), reference log-probs (adapters off), old log-probs and values (the
+     first update micro-batch's own forward gives these for its rows: see _ppo_update);
   3. rewards: per-token KL penalty, score on the last valid token;
   4. advantages: GAE, whitening;
   5. `ppo_epochs` x shuffled mini-batches of clipped policy + value loss, gradient accumulation and clipping;
@@ -142,23 +143,39 @@ def _eos_ids(tokenizer: Any, model: ActorCritic) -> list[int]:
     return sorted(ids)
 
 
+def _chunks(seqs: Sequences, chunk: int) -> list[Sequences]:
+    """Consecutive row blocks of at most `chunk` rows (the micro-batch size: what fits in memory at once)."""
+    rows = seqs.query_ids.shape[0]
+    device = seqs.query_ids.device
+    return [seqs.select(torch.arange(s, min(s + chunk, rows), device=device)) for s in range(0, rows, chunk)]
+
+
 @torch.no_grad()
-def _forward_in_chunks(
-    model: ActorCritic, seqs: Sequences, chunk: int, temperature: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Old log-probs, reference log-probs and values, in micro-batch sized chunks. -> three [B, R]."""
-    logprobs, ref_logprobs, values = [], [], []
+def _reference_logprobs(model: ActorCritic, seqs: Sequences, chunk: int, temperature: float) -> Tensor:
+    """log pi_ref of the sampled tokens (adapters off), chunk by chunk. -> [B, R] fp32."""
     response_len = seqs.response_ids.shape[1]
-    for start in range(0, seqs.query_ids.shape[0], chunk):
-        rows = torch.arange(start, min(start + chunk, seqs.query_ids.shape[0]), device=seqs.query_ids.device)
-        part = seqs.select(rows)
+    out = []
+    for part in _chunks(seqs, chunk):
+        ref = model.ref_logits(part.input_ids, part.attention_mask, response_len).float() / temperature
+        out.append(logprobs_from_logits(ref, part.response_ids))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def _policy_logprobs_and_values(
+    model: ActorCritic, seqs: Sequences, chunk: int, temperature: float, with_values: bool = True
+) -> tuple[Tensor, Tensor | None]:
+    """Old log-probs (policy adapter) and values (value adapter; None without `with_values`), chunk by chunk.
+    -> [B, R] fp32 each."""
+    response_len = seqs.response_ids.shape[1]
+    logprobs, values = [], []
+    for part in _chunks(seqs, chunk):
         ids, mask = part.input_ids, part.attention_mask
         logits = model.policy_logits(ids, mask, response_len).float() / temperature
         logprobs.append(logprobs_from_logits(logits, part.response_ids))
-        ref = model.ref_logits(ids, mask, response_len).float() / temperature
-        ref_logprobs.append(logprobs_from_logits(ref, part.response_ids))
-        values.append(model.values(ids, mask, response_len).float())
-    return torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
+        if with_values:
+            values.append(model.values(ids, mask, response_len).float())
+    return torch.cat(logprobs), torch.cat(values) if with_values else None
 
 
 def _score(
@@ -184,6 +201,16 @@ def _score(
     )
 
 
+@dataclass(frozen=True)
+class _Sampled:
+    """Step 1-2 of a PPO step before the policy's own forward: responses, scores and reference log-probs."""
+
+    seqs: Sequences
+    ends_with_eos: Tensor  # [B] bool
+    scores: Tensor  # [B] float
+    ref_logprobs: Tensor  # [B, R] fp32
+
+
 def _sample_and_score(
     model: ActorCritic,
     cfg: PPOConfig,
@@ -195,9 +222,8 @@ def _sample_and_score(
     eos_ids: list[int],
     pad_id: int,
     device: torch.device,
-) -> tuple[Sequences, Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
-    """Sample one response per prompt with the policy; (sequences, ended with EOS, scores [B], (old log-probs,
-    reference log-probs, values))."""
+) -> _Sampled:
+    """Sample one response per prompt with the policy, score it, and take the reference log-probs."""
     query_ids, query_mask = left_pad(query_tokens, pad_id)
     query_ids, query_mask = query_ids.to(device), query_mask.to(device)
     response_ids, response_mask, ended = sample_responses(
@@ -207,39 +233,57 @@ def _sample_and_score(
         scorer, tokenizer, prompts, query_tokens, response_ids, response_mask, cfg.batch_size, device
     ).to(device)
     seqs = Sequences(query_ids, query_mask, response_ids, response_mask)
-    chunk = cfg.mini_batch_size // cfg.grad_accum
-    return seqs, ended, scores, _forward_in_chunks(model, seqs, chunk, cfg.temperature)
+    ref_logprobs = _reference_logprobs(model, seqs, cfg.mini_batch_size // cfg.grad_accum, cfg.temperature)
+    return _Sampled(seqs, ended, scores, ref_logprobs)
 
 
-def _collect_rollout(
-    model: ActorCritic,
-    cfg: PPOConfig,
-    scorer: _Scorer,
-    tokenizer: Any,
-    prompts: Sequence[list[dict]],
-    query_tokens: Sequence[list[int]],
-    generation_config: Any,
-    eos_ids: list[int],
-    pad_id: int,
-    device: torch.device,
-    kl_coef: float,
+@dataclass(frozen=True)
+class _FirstForward:
+    """The update's first micro-batch forward, taken before the rollout is complete: at that moment the adapters
+    are still the sampling policy's, so its detached log-probs and values ARE the old ones for those rows."""
+
+    rows: Tensor  # [b] long, indices into the step's batch
+    logprobs: Tensor  # [b, R] fp32, detached
+    values: Tensor  # [b, R] fp32, detached
+
+
+def _finish_rollout(
+    model: ActorCritic, cfg: PPOConfig, sampled: _Sampled, kl_coef: float, first: _FirstForward | None
 ) -> tuple[Rollout, dict[str, float]]:
-    """Steps 1-4: sample, score, old/ref log-probs and values, then rewards and advantages: the Rollout, built once."""
-    seqs, ended, scores, (logprobs, ref_logprobs, values) = _sample_and_score(
-        model, cfg, scorer, tokenizer, prompts, query_tokens, generation_config, eos_ids, pad_id, device
-    )
+    """Steps 2-4 for the rows `first` does not cover (old log-probs and values, no gradients), then rewards and
+    advantages over the whole batch: the Rollout, built once and only read afterwards."""
+    seqs = sampled.seqs
+    rows = seqs.query_ids.shape[0]
+    logprobs = torch.empty(seqs.response_ids.shape, dtype=torch.float32, device=seqs.response_ids.device)
+    values = torch.empty_like(logprobs)
+    rest = torch.arange(rows, device=logprobs.device)
+    if first is not None:
+        logprobs[first.rows], values[first.rows] = first.logprobs, first.values
+        rest = rest[~torch.isin(rest, first.rows)]
+    if rest.numel():
+        chunk = cfg.mini_batch_size // cfg.grad_accum
+        logprobs[rest], values[rest] = _policy_logprobs_and_values(
+            model, seqs.select(rest), chunk, cfg.temperature
+        )
     shaped, stats = _shape_rewards(
-        scores, ended, logprobs, ref_logprobs, values, seqs.response_mask, cfg, kl_coef
+        sampled.scores,
+        sampled.ends_with_eos,
+        logprobs,
+        sampled.ref_logprobs,
+        values,
+        seqs.response_mask,
+        cfg,
+        kl_coef,
     )
     rollout = Rollout(
         seqs.query_ids,
         seqs.query_mask,
         seqs.response_ids,
         seqs.response_mask,
-        ends_with_eos=ended,
-        scores=scores,
+        ends_with_eos=sampled.ends_with_eos,
+        scores=sampled.scores,
         logprobs=logprobs,
-        ref_logprobs=ref_logprobs,
+        ref_logprobs=sampled.ref_logprobs,
         values=values,
         **shaped,
     )
@@ -267,18 +311,22 @@ def _heldout_score(
     torch.manual_seed(cfg.seed + HELDOUT_SEED_OFFSET)
     try:
         model.eval()
-        seqs, _, scores, (logprobs, ref_logprobs, _) = _sample_and_score(
+        sampled = _sample_and_score(
             model, cfg, scorer, tokenizer, prompts, query_tokens, generation_config, eos_ids, pad_id, device
+        )
+        chunk = cfg.mini_batch_size // cfg.grad_accum
+        logprobs, _ = _policy_logprobs_and_values(
+            model, sampled.seqs, chunk, cfg.temperature, with_values=False
         )
     finally:
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
-    mask = seqs.response_mask.to(logprobs.dtype)
+    mask = sampled.seqs.response_mask.to(logprobs.dtype)
     return HeldoutScore(
         step=step,
-        reward=float(scores.float().mean()),
-        kl=float(((logprobs - ref_logprobs) * mask).sum(dim=1).mean()),
+        reward=float(sampled.scores.float().mean()),
+        kl=float(((logprobs - sampled.ref_logprobs) * mask).sum(dim=1).mean()),
         length=float(mask.sum(dim=1).mean()),
     )
 
@@ -320,35 +368,57 @@ def _shape_rewards(
 
 
 def _ppo_update(
-    accelerator: Any, model: Any, optimizer: Any, rollout: Rollout, cfg: PPOConfig, generator: torch.Generator
-) -> dict[str, float]:
-    """Step 5: `ppo_epochs` passes over shuffled mini-batches; one optimizer step per mini-batch."""
+    accelerator: Any,
+    model: Any,
+    optimizer: Any,
+    sampled: _Sampled,
+    cfg: PPOConfig,
+    generator: torch.Generator,
+    kl_coef: float,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Steps 2-5: complete the rollout, then `ppo_epochs` passes over shuffled mini-batches, one optimizer step per
+    mini-batch. -> (rollout stats, update stats).
+
+    The first micro-batch's forward (with gradients) runs before the rollout is complete: the adapters have not
+    moved yet, so its detached log-probs and values are exactly the old ones for its rows, and only the other rows
+    get a separate no-gradient forward (with one micro-batch per step, e.g. batch = mini-batch, that is the policy's
+    and the critic's whole rollout forward saved). Gradient checkpointing backpropagates per adapter, so there the
+    rollout is completed first."""
+    inner = accelerator.unwrap_model(model)
     micro = cfg.mini_batch_size // cfg.grad_accum
-    response_len = rollout.response_ids.shape[1]
+    response_len = sampled.seqs.response_ids.shape[1]
     params = [p for p in model.parameters() if p.requires_grad]
+    rollout: Rollout | None = None
+    rollout_stats: dict[str, float] = {}
+    if cfg.gradient_checkpointing:
+        rollout, rollout_stats = _finish_rollout(inner, cfg, sampled, kl_coef, None)
     sums: dict[str, float] = defaultdict(float)
     count = 0
     for _epoch in range(cfg.ppo_epochs):
-        order = torch.randperm(cfg.batch_size, generator=generator).to(rollout.query_ids.device)
+        order = torch.randperm(cfg.batch_size, generator=generator).to(sampled.seqs.query_ids.device)
         for mb_start in range(0, cfg.batch_size, cfg.mini_batch_size):
             for mc_start in range(mb_start, mb_start + cfg.mini_batch_size, micro):
-                part = rollout.select(order[mc_start : mc_start + micro])
+                rows = order[mc_start : mc_start + micro]
+                seqs = sampled.seqs.select(rows)
                 with accelerator.accumulate(model):
                     if cfg.gradient_checkpointing:
                         # Recomputation during backward runs whichever adapter is active then, so each
                         # adapter's loss is backpropagated before switching (single process only).
-                        inner = accelerator.unwrap_model(model)
-                        logits = inner.policy_logits(part.input_ids, part.attention_mask, response_len)
+                        logits = inner.policy_logits(seqs.input_ids, seqs.attention_mask, response_len)
                     else:
-                        logits, values = model(part.input_ids, part.attention_mask, response_len)
+                        logits, values = model(seqs.input_ids, seqs.attention_mask, response_len)
                     logits = logits.float() / cfg.temperature
-                    new_logprobs = logprobs_from_logits(logits, part.response_ids)
+                    new_logprobs = logprobs_from_logits(logits, seqs.response_ids)
+                    if rollout is None:
+                        first = _FirstForward(rows, new_logprobs.detach(), values.detach().float())
+                        rollout, rollout_stats = _finish_rollout(inner, cfg, sampled, kl_coef, first)
+                    part = rollout.select(rows)
                     pg_loss, pg_stats = policy_loss(
                         new_logprobs, part.logprobs, part.advantages, part.response_mask, cfg.cliprange
                     )
                     if cfg.gradient_checkpointing:
                         accelerator.backward(pg_loss)
-                        values = inner.values(part.input_ids, part.attention_mask, response_len)
+                        values = inner.values(seqs.input_ids, seqs.attention_mask, response_len)
                     vf_loss, vf_stats = value_loss(
                         values.float(), part.values, part.returns, part.response_mask, cfg.cliprange_value
                     )
@@ -373,7 +443,7 @@ def _ppo_update(
     stats = {k: v / count for k, v in sums.items() if k != "grad_norm"}
     if "grad_norm" in sums:
         stats["grad_norm"] = sums["grad_norm"] / optimizer_steps
-    return stats
+    return rollout_stats, stats
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------
@@ -672,10 +742,9 @@ def run_ppo(
         torch.manual_seed(seed)
         # 1. rollout: this process's share of the step's prompts (same draw on every rank).
         mine = _draw_prompts(len(query_tokens), cfg, step, rank, world)
-        # 2. score + reference log-probs + values (no gradients).
+        # 2. score + reference log-probs (no gradients).
         model.eval()
-        # 3-4. rewards and advantages: the rollout is built once here and only read afterwards.
-        rollout, stats = _collect_rollout(
+        sampled = _sample_and_score(
             model,
             cfg,
             scorer,
@@ -686,13 +755,17 @@ def run_ppo(
             eos_ids,
             pad_id,
             device,
-            kl_ctl.value,
         )
-        stats["rollout_seconds"] = time.perf_counter() - started  # sampling, scoring, reference and values
-        # 5. PPO epochs x mini-batches.
+        # Sampling, scoring and the reference; the old log-probs and values count in the update (see _ppo_update).
+        rollout_seconds = time.perf_counter() - started
+        # 3-5. old log-probs and values, rewards and advantages, then the PPO epochs x mini-batches.
         model.train(cfg.gradient_checkpointing)
         shuffle = torch.Generator().manual_seed(seed)
-        stats.update(_ppo_update(accelerator, wrapped, optimizer, rollout, cfg, shuffle))
+        stats, update_stats = _ppo_update(
+            accelerator, wrapped, optimizer, sampled, cfg, shuffle, kl_ctl.value
+        )
+        stats.update(update_stats)
+        stats["rollout_seconds"] = rollout_seconds
         # 6. log.
         stats = _reduce_stats(accelerator, stats)
         stats["kl_coef"] = kl_ctl.value

@@ -225,3 +225,26 @@ def test_step_times_average_over_the_steps_that_have_them() -> None:
     ]  # resumed from older steps
     assert mean_of(rows, "seconds_per_step") == 3.0 and mean_of(rows, "rollout_seconds") == 1.5
     assert mean_of(rows, "update_seconds") is None
+
+
+def test_the_first_micro_batch_forward_is_not_run_twice(
+    toy_models: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One micro-batch per step (batch = mini-batch): the policy runs once, with gradients, and that forward gives
+    the old log-probs too; a second, no-gradient policy forward over the same rows would be wasted work."""
+    from training.ppo.actor_critic import ActorCritic
+
+    calls: list[bool] = []
+    original = ActorCritic.policy_logits
+
+    def counting(self: ActorCritic, *args: object) -> torch.Tensor:
+        calls.append(torch.is_grad_enabled())
+        return original(self, *args)
+
+    monkeypatch.setattr(ActorCritic, "policy_logits", counting)
+    cfg = tiny_config(total_steps=1, batch_size=4, mini_batch_size=4, ppo_epochs=1, checkpoint_every=0, lr=0.0)
+    result = run_ppo(
+        cfg, policy_dir=toy_models[0], prompts=toy_prompts(8), out_dir=tmp_path, reward_fn=target_fraction_reward
+    )
+    assert calls == [True]
+    assert result.metrics[0]["ratio"] == pytest.approx(1.0, abs=1e-6)
