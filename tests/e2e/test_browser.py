@@ -23,6 +23,7 @@ from benchmarks.load import DOCS, free_port
 from model_store.registry import ModelRegistry
 from retrieval.embedder import HashEmbedder
 from retrieval.ingest import ingest
+from tests.e2e.waits import wait_for_text
 
 QUESTION = "When did the Zorbium Tower open?"
 CORRECTION = "The Zorbium Tower opened on 14 March 1893 [1]."
@@ -93,9 +94,7 @@ def _ask(page: object, question: str) -> None:
 
 def _status(page: object, pattern: str) -> str:
     """Wait for a status line matching `pattern`; return its text."""
-    found = page.get_by_text(re.compile(pattern)).first
-    found.wait_for()
-    return found.inner_text()
+    return wait_for_text(page, pattern)
 
 
 def test_user_asks_compares_ranks_rates_corrects_and_admin_sees_counts(

@@ -27,6 +27,7 @@ from benchmarks.load import DOCS, free_port
 from model_store.registry import ModelRegistry
 from retrieval.embedder import HashEmbedder
 from retrieval.ingest import ingest
+from tests.e2e.waits import wait_for_text
 
 DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 UPDATE_DOC_SHOTS = os.environ.get("RAGQA_DOC_SCREENSHOTS") == "1"
@@ -94,9 +95,7 @@ def _shot(artifacts: Path, name: str) -> Path:
 
 
 def _status(page: object, pattern: str) -> str:
-    found = page.get_by_text(re.compile(pattern)).last
-    found.wait_for()
-    return found.inner_text()
+    return wait_for_text(page, pattern, last=True)
 
 
 def _ask(page: object, question: str) -> None:
