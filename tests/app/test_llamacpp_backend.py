@@ -373,3 +373,10 @@ def test_auto_does_not_wait_for_llamacpp_when_it_serves_already(gguf_registry: P
     served = generator.current()
     assert served.backend == "llamacpp" and not generator._awaiting_llamacpp
     assert generator.current() is served
+
+
+def test_trained_context_is_read_from_the_gguf(default_gguf_dir: Path) -> None:
+    """The window is capped by the GGUF's own context_length (SmolLM2: 8192), read without loading the weights."""
+    from app.backends.llamacpp_lm import _trained_context
+
+    assert _trained_context(default_gguf_dir / "model.f16.gguf") == 8192
