@@ -24,7 +24,10 @@ The compute bound: the measured matmul rate of this CPU (fp32 and bf16, the mode
 4096 rows, torch's threads) and the FLOPs of one training token: forward + activation gradients of the
 non-embedding weights (4 x params; LoRA's weight gradients are negligible), causal attention (3 x its forward)
 and the LM head at the positions our step computes (4 x hidden x vocab per answer token; none for the RM).
-Recomputation (gradient checkpointing) counts against us, not in the bound.
+Recomputation (gradient checkpointing) counts against us, not in the bound. The rate is measured once at the start
+and again in each of our rows' processes right before and after its steps; `summary.<stage>_fraction_of_bound` uses
+the faster of those two (the row's own conditions: this host's rate drifts by up to 40% between hours),
+`<stage>_fraction_of_bound_at_start` the one from the start.
 
 Prints a table and writes docs/results/train_throughput/<name>.json (CPU model, flags, load average per row,
 and a `summary`). No assertions: timings on shared cores are noisy.
@@ -218,14 +221,33 @@ def build_trainer(row: str, spec: dict[str, Any], out: Path) -> Any:
     )
 
 
+def rate_beside(model_dir: Path, dtype: str) -> float:
+    """This CPU's matmul rate (GFLOP/s, the bound's measurement) in `dtype`, measured now, in this process."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(model_dir))
+    kv = config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
+    return matmul_rates(config.hidden_size, config.intermediate_size, kv, dtypes=(dtype,))[dtype]
+
+
 def trainer_worker(row: str, spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
+    beside = []
     with tempfile.TemporaryDirectory() as out:
         trainer = build_trainer(row, spec, Path(out))
         timer = _step_timer(trainer)
+        # The bound of our rows is measured right before and after their steps (the faster of the two), in the
+        # process and threads that train: this host's matmul rate drifts (114 to 165 GFLOP/s on the same AVX2 CPU
+        # on different days), so a rate taken once at the start would score rows against another machine.
+        dtype = "bfloat16" if trainer.args.bf16 else "float32"
+        if row.endswith("-ours"):
+            beside.append(rate_beside(Path(spec["model_dir"]), dtype))
         trainer.train()
+        if row.endswith("-ours"):
+            beside.append(rate_beside(Path(spec["model_dir"]), dtype))
     return {
+        "matmul_gflops_beside": round(max(beside), 1) if beside else None,
         "step_seconds": timer.seconds,
         "step_tokens": timer.tokens,
         "bf16": bool(trainer.args.bf16),
@@ -329,14 +351,19 @@ def run_row(row: str, spec: dict[str, Any], work: Path) -> dict[str, Any]:
 
 # ---- the compute bound --------------------------------------------------------------------------------
 def matmul_rates(
-    hidden: int, intermediate: int, kv: int, rows: int = 4096, repeats: int = 5
+    hidden: int,
+    intermediate: int,
+    kv: int,
+    rows: int = 4096,
+    repeats: int = 5,
+    dtypes: tuple[str, ...] = ("float32", "bfloat16"),
 ) -> dict[str, float]:
-    """GFLOP/s of the model's linear-layer matmuls ([rows, in] x [in, out]) in fp32 and bf16, best of `repeats`."""
+    """GFLOP/s of the model's linear-layer matmuls ([rows, in] x [in, out]) per dtype, best of `repeats`."""
     import torch
 
     shapes = [(hidden, hidden), (hidden, kv), (hidden, intermediate), (intermediate, hidden)]
     rates = {}
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in (getattr(torch, name) for name in dtypes):
         mats = [(torch.randn(rows, i, dtype=dtype), torch.randn(i, o, dtype=dtype)) for i, o in shapes]
         flops = sum(2 * rows * i * o for i, o in shapes)
         for a, b in mats:  # warm-up
@@ -439,6 +466,8 @@ def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
     chosen["tokens_per_s_runs"] = [round(r["tokens_per_s"], 1) for r in runs]
     chosen["peak_rss_gb_runs"] = [round(r["peak_rss_gb"], 2) for r in runs]
     chosen["peak_rss_gb"] = max(r["peak_rss_gb"] for r in runs)
+    if any(r.get("matmul_gflops_beside") for r in runs):
+        chosen["matmul_gflops_beside_runs"] = [r.get("matmul_gflops_beside") for r in runs]
     return chosen
 
 
@@ -455,13 +484,21 @@ def summarise(rows: dict[str, dict[str, Any]], bound: dict[str, Any]) -> dict[st
         "ppo_memory_ratio_vs_trl112": ratio("ppo-ours", "ppo-trl112", "peak_rss_gb"),
         "sft_fraction_of_bound": None,
         "rm_fraction_of_bound": None,
+        "sft_fraction_of_bound_at_start": None,
+        "rm_fraction_of_bound_at_start": None,
         "sft_peak_mem_gb": round(rows["sft-ours"]["peak_rss_gb"], 2) if "sft-ours" in rows else None,
         "rm_peak_mem_gb": round(rows["rm-ours"]["peak_rss_gb"], 2) if "rm-ours" in rows else None,
     }
     for stage in ("sft", "rm"):
-        if f"{stage}-ours" in rows:
-            fraction = rows[f"{stage}-ours"]["tokens_per_s"] / bound[f"{stage}_bound_tokens_per_s"]
-            summary[f"{stage}_fraction_of_bound"] = round(fraction, 3)
+        row = rows.get(f"{stage}-ours")
+        if row is None:
+            continue
+        at_start = row["tokens_per_s"] / bound[f"{stage}_bound_tokens_per_s"]
+        summary[f"{stage}_fraction_of_bound_at_start"] = round(at_start, 3)
+        # The bound scales with the matmul rate: against the rate measured beside the row when there is one
+        start_rate = bound["matmul_gflops"][bound["dtype"]]
+        beside = row.get("matmul_gflops_beside") or start_rate
+        summary[f"{stage}_fraction_of_bound"] = round(at_start * start_rate / beside, 3)
     return summary
 
 

@@ -32,7 +32,26 @@ def test_summary_reports_the_fp32_comparison_beside_the_default_one() -> None:
         name: {"tokens_per_s": tps, "peak_rss_gb": 1.0}
         for name, tps in {"sft-ours": 180.0, "sft-trl": 20.0, "sft-trl-fp32": 90.0}.items()
     }
-    bound = {"sft_bound_tokens_per_s": 200.0, "rm_bound_tokens_per_s": 200.0}
+    bound = {
+        "sft_bound_tokens_per_s": 200.0,
+        "rm_bound_tokens_per_s": 200.0,
+        "matmul_gflops": {"float32": 100.0},
+        "dtype": "float32",
+    }
     summary = summarise(rows, bound)
     assert summary["sft_speedup_vs_trl"] == 9.0 and summary["sft_speedup_vs_trl_fp32"] == 2.0
     assert summary["rm_speedup_vs_trl_fp32"] is None and summary["sft_fraction_of_bound"] == 0.9
+
+
+def test_the_fraction_of_bound_uses_the_rate_measured_beside_the_row() -> None:
+    bound = {
+        "sft_bound_tokens_per_s": 200.0,
+        "rm_bound_tokens_per_s": 200.0,
+        "matmul_gflops": {"float32": 160.0},
+        "dtype": "float32",
+    }
+    # The host ran matmuls at 120 GFLOP/s beside the row: the row's bound is 150 tokens/s, not 200
+    rows = {"sft-ours": {"tokens_per_s": 120.0, "peak_rss_gb": 1.0, "matmul_gflops_beside": 120.0}}
+    summary = summarise(rows, bound)
+    assert summary["sft_fraction_of_bound_at_start"] == 0.6
+    assert summary["sft_fraction_of_bound"] == 0.8
