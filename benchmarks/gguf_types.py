@@ -7,6 +7,9 @@ llama.cpp was built with them, f16 elsewhere. Everything on the default model (t
 `--model`), 2 threads by default, the app's llama.cpp context settings (`llama_options`):
   - speed: `--prompts` 4-passage prompts of squad2-dev-half paragraphs, each on a fresh context: prefill time
     (TTFT; p50 over all but the first) and greedy decode tok/s over 32 tokens;
+  - batched steps: the cost of one decode step of 1, 2, 4 parallel sequences over one such prompt (the app's
+    unified-KV context, as the k alternatives are sampled), median ms; `k4_step_over_single` bounds what sampling
+    4 alternatives together can cost against one answer of the same length (issue #15 asks <= 1.5x);
   - agreement: the same kind of prompts, greedy, `--new-tokens`, token ids identical to transformers fp32;
   - quality: `--quality` answerable squad2-dev-half questions (training side: never a held-out set), the gold
     paragraph + 3 random others, greedy, token F1 against the gold answers, and the paired difference of each
@@ -113,6 +116,46 @@ def greedy(llm: Any, prompt: list[int], new_tokens: int, eos: set[int]) -> tuple
     return ids, prefill, time.perf_counter() - t1
 
 
+def batched_step_ms(llm: Any, prompt: list[int], sizes: list[int], steps: int = 20) -> dict[str, float]:
+    """Median ms of one decode step of n parallel sequences sharing `prompt`'s KV cells, per n in `sizes`."""
+    import llama_cpp
+    from llama_cpp._internals import LlamaBatch
+
+    from app.backends.llamacpp_lm import _allow_parallel_sequences
+
+    _allow_parallel_sequences(llm, max(sizes))
+    llm.reset()
+    llm.eval(prompt)
+    memory = llama_cpp.llama_get_memory(llm.ctx)
+    for seq in range(1, max(sizes)):
+        llama_cpp.llama_memory_seq_cp(memory, 0, seq, -1, -1)
+    batch = LlamaBatch(n_tokens=max(sizes), embd=0, n_seq_max=1, verbose=False)
+    out = {}
+    try:
+        for n in sizes:
+            times = []
+            for step in range(steps + 2):  # two warm-up steps
+                raw = batch.batch
+                raw.n_tokens = n
+                for j in range(n):
+                    raw.token[j], raw.pos[j], raw.n_seq_id[j], raw.logits[j] = (
+                        500 + step,
+                        len(prompt) + step,
+                        1,
+                        True,
+                    )
+                    raw.seq_id[j][0] = j
+                t0 = time.perf_counter()
+                llm._ctx.decode(batch)
+                times.append(time.perf_counter() - t0)
+            for seq in range(max(sizes)):  # back to the bare prompt for the next size
+                llama_cpp.llama_memory_seq_rm(memory, seq, len(prompt), -1)
+            out[str(n)] = round(statistics.median(times[2:]) * 1000, 2)
+    finally:
+        batch.close()
+    return out
+
+
 def fp32_answers(
     model_dir: Path, prompts: list[list[int]], new_tokens: int, eos: set[int]
 ) -> list[list[int]]:
@@ -143,6 +186,7 @@ def measure_type(
     tokenizer: Any,
     eos: set[int],
     new_tokens: int,
+    batch_sizes: list[int] = (),
 ) -> dict[str, Any]:
     import llama_cpp
 
@@ -166,9 +210,12 @@ def measure_type(
         for prompt, golds in quality:
             ids, _, _ = greedy(llm, prompt, new_tokens, eos)
             f1.append(squad_f1(CITATION.sub("", tokenizer.decode(ids)), golds))
+        steps = batched_step_ms(llm, speed[0], batch_sizes) if batch_sizes else {}
     finally:
         llm.close()
     return {
+        "step_ms_by_parallel_sequences": steps,
+        "k4_step_over_single": round(steps["4"] / steps["1"], 2) if {"1", "4"} <= steps.keys() else None,
         "load_before": load,
         "ttft_p50_s": round(statistics.median(ttft[1:] or ttft), 3),
         "ttft_s": [round(x, 3) for x in ttft],
@@ -240,6 +287,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--agreement", type=int, default=30, help="agreement prompts")
     p.add_argument("--quality", type=int, default=150, help="squad2-dev-half questions scored")
     p.add_argument("--new-tokens", type=int, default=48)
+    p.add_argument(
+        "--batch-steps", default="1,2,4", help="parallel sequences per decode step to time ('' = none)"
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=OUT)
     return p.parse_args(argv)
@@ -286,11 +336,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 tokenizer,
                 eos,
                 args.new_tokens,
+                [int(n) for n in args.batch_steps.split(",") if n.strip()],
             )
             result["types"][outtype] = row
             print(
                 f"{outtype}: TTFT p50 {row['ttft_p50_s']} s, decode {row['decode_tokens_per_s']} tok/s, "
-                f"identical {row['identical_to_fp32']}/{row['agreement_prompts']}, F1 {row['f1']}",
+                f"identical {row['identical_to_fp32']}/{row['agreement_prompts']}, F1 {row['f1']}, "
+                f"decode step ms by parallel sequences {row['step_ms_by_parallel_sequences']}",
                 flush=True,
             )
     base = result["types"].get("f16")

@@ -75,3 +75,29 @@ def test_quantized_types_are_made_by_llama_cpp_from_the_f16_file(
     types = {t.tensor_type for t in GGUFReader(str(out)).tensors}
     assert GGMLQuantizationType.Q4_0 in types and GGMLQuantizationType.F16 not in types
     assert out.stat().st_size < (folder / "model.f16.gguf").stat().st_size
+
+
+def test_batched_steps_time_every_size_over_shared_prompt_cells(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """One decode step per size of parallel sequences, each row at its own position after the shared prompt."""
+    import shutil
+
+    import llama_cpp
+
+    from app.backends.llamacpp_lm import llama_options
+    from benchmarks.gguf_types import batched_step_ms, make_gguf
+    from tests.conftest import llama_cpp_or_skip
+
+    llama_cpp_or_skip()
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, folder)
+    llm = llama_cpp.Llama(model_path=str(make_gguf(folder, "f16", threads=1)), **llama_options(1, 256))
+    try:
+        steps = batched_step_ms(llm, list(range(5, 40)), [1, 2, 4], steps=3)
+        assert list(steps) == ["1", "2", "4"] and all(ms > 0 for ms in steps.values())
+        assert llama_cpp.llama_n_seq_max(llm.ctx) == 4  # the app's multi-sequence context
+        # every size left the cache as the bare prompt: 35 cells in sequence 0, none beyond it
+        memory = llama_cpp.llama_get_memory(llm.ctx)
+        assert llama_cpp.llama_memory_seq_pos_max(memory, 0) == 34
+        assert llama_cpp.llama_memory_seq_pos_max(memory, 3) == 34
+    finally:
+        llm.close()
