@@ -6,7 +6,11 @@ from benchmarks.sft_data_size import pick_rows
 
 
 def _row(qid: str, kind: str, view: int = 0) -> dict:
-    return {"prompt": [], "completion": [], "meta": {"qid": qid, "kind": kind, "view": view, "answers": ["x"]}}
+    return {
+        "prompt": [],
+        "completion": [],
+        "meta": {"qid": qid, "kind": kind, "view": view, "answers": ["x"]},
+    }
 
 
 def test_training_rows_and_scored_rows_never_share_a_question() -> None:

@@ -242,9 +242,15 @@ def test_the_first_micro_batch_forward_is_not_run_twice(
         return original(self, *args)
 
     monkeypatch.setattr(ActorCritic, "policy_logits", counting)
-    cfg = tiny_config(total_steps=1, batch_size=4, mini_batch_size=4, ppo_epochs=1, checkpoint_every=0, lr=0.0)
+    cfg = tiny_config(
+        total_steps=1, batch_size=4, mini_batch_size=4, ppo_epochs=1, checkpoint_every=0, lr=0.0
+    )
     result = run_ppo(
-        cfg, policy_dir=toy_models[0], prompts=toy_prompts(8), out_dir=tmp_path, reward_fn=target_fraction_reward
+        cfg,
+        policy_dir=toy_models[0],
+        prompts=toy_prompts(8),
+        out_dir=tmp_path,
+        reward_fn=target_fraction_reward,
     )
     assert calls == [True]
     assert result.metrics[0]["ratio"] == pytest.approx(1.0, abs=1e-6)
