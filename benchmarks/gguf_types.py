@@ -117,11 +117,12 @@ def greedy(llm: Any, prompt: list[int], new_tokens: int, eos: set[int]) -> tuple
 
 
 def batched_step_ms(llm: Any, prompt: list[int], sizes: list[int], steps: int = 20) -> dict[str, float]:
-    """Median ms of one decode step of n parallel sequences sharing `prompt`'s KV cells, per n in `sizes`."""
+    """Median ms of one decode step of n parallel sequences sharing `prompt`'s KV cells, per n in `sizes`: the app's
+    own context (`_allow_parallel_sequences`) and step (`ParallelSampler._decode_step`), timed alone."""
     import llama_cpp
     from llama_cpp._internals import LlamaBatch
 
-    from app.backends.llamacpp_lm import _allow_parallel_sequences
+    from app.backends.llamacpp_lm import ParallelSampler, _allow_parallel_sequences
 
     _allow_parallel_sequences(llm, max(sizes))
     llm.reset()
@@ -129,24 +130,16 @@ def batched_step_ms(llm: Any, prompt: list[int], sizes: list[int], steps: int = 
     memory = llama_cpp.llama_get_memory(llm.ctx)
     for seq in range(1, max(sizes)):
         llama_cpp.llama_memory_seq_cp(memory, 0, seq, -1, -1)
+    sampler = ParallelSampler(llm, eos=set())
     batch = LlamaBatch(n_tokens=max(sizes), embd=0, n_seq_max=1, verbose=False)
     out = {}
     try:
         for n in sizes:
             times = []
             for step in range(steps + 2):  # two warm-up steps
-                raw = batch.batch
-                raw.n_tokens = n
-                for j in range(n):
-                    raw.token[j], raw.pos[j], raw.n_seq_id[j], raw.logits[j] = (
-                        500 + step,
-                        len(prompt) + step,
-                        1,
-                        True,
-                    )
-                    raw.seq_id[j][0] = j
+                rows = [(seq, 500 + step, len(prompt) + step) for seq in range(n)]
                 t0 = time.perf_counter()
-                llm._ctx.decode(batch)
+                sampler._decode_step(batch, rows)
                 times.append(time.perf_counter() - t0)
             for seq in range(max(sizes)):  # back to the bare prompt for the next size
                 llama_cpp.llama_memory_seq_rm(memory, seq, len(prompt), -1)
@@ -258,17 +251,6 @@ def make_gguf(folder: Path, outtype: str, threads: int) -> Path:
     return folder / export_gguf(folder, outtype)["file"]
 
 
-def model_matmul_rates(model_dir: Path) -> dict[str, float]:
-    """GFLOP/s of the model's linear-layer matmuls on this CPU (fp32, bf16): train_throughput's measurement."""
-    from transformers import AutoConfig
-
-    from benchmarks.train_throughput import matmul_rates
-
-    config = AutoConfig.from_pretrained(str(model_dir))
-    kv = config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
-    return {k: round(v, 1) for k, v in matmul_rates(config.hidden_size, config.intermediate_size, kv).items()}
-
-
 def llama_build() -> list[str]:
     import llama_cpp
 
@@ -300,6 +282,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from benchmarks.loop import machine_record
+    from benchmarks.train_throughput import model_matmul_rates
     from evaluation.metrics import paired_bootstrap_ci
     from model_store.gguf import auto_outtype
 
@@ -318,7 +301,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "speed_prompt_tokens": [len(p) for p in speed],
         # this CPU's compute bound for context: prefill is ~2 x non-embedding parameters FLOP per prompt token
-        "matmul_gflops": model_matmul_rates(args.model),
+        "matmul_gflops": {k: round(v, 1) for k, v in model_matmul_rates(args.model).items()},
         "types": {},
     }
     with tempfile.TemporaryDirectory(prefix="gguf-types-") as tmp:

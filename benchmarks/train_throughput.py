@@ -221,15 +221,6 @@ def build_trainer(row: str, spec: dict[str, Any], out: Path) -> Any:
     )
 
 
-def rate_beside(model_dir: Path, dtype: str) -> float:
-    """This CPU's matmul rate (GFLOP/s, the bound's measurement) in `dtype`, measured now, in this process."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(str(model_dir))
-    kv = config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
-    return matmul_rates(config.hidden_size, config.intermediate_size, kv, dtypes=(dtype,))[dtype]
-
-
 def trainer_worker(row: str, spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
@@ -238,14 +229,15 @@ def trainer_worker(row: str, spec: dict[str, Any]) -> dict[str, Any]:
         trainer = build_trainer(row, spec, Path(out))
         timer = _step_timer(trainer)
         # The bound of our rows is measured right before and after their steps (the faster of the two), in the
-        # process and threads that train: this host's matmul rate drifts (114 to 165 GFLOP/s on the same AVX2 CPU
-        # on different days), so a rate taken once at the start would score rows against another machine.
+        # process and threads that train: this host's matmul rate drifts (105 to 165 GFLOP/s on the same AVX2 CPU,
+        # two hours apart), so a rate taken once at the start would score rows against another machine.
         dtype = "bfloat16" if trainer.args.bf16 else "float32"
-        if row.endswith("-ours"):
-            beside.append(rate_beside(Path(spec["model_dir"]), dtype))
+        ours = row.endswith("-ours")
+        if ours:
+            beside.append(model_matmul_rates(Path(spec["model_dir"]), (dtype,))[dtype])
         trainer.train()
-        if row.endswith("-ours"):
-            beside.append(rate_beside(Path(spec["model_dir"]), dtype))
+        if ours:
+            beside.append(model_matmul_rates(Path(spec["model_dir"]), (dtype,))[dtype])
     return {
         "matmul_gflops_beside": round(max(beside), 1) if beside else None,
         "step_seconds": timer.seconds,
@@ -378,6 +370,17 @@ def matmul_rates(
     return rates
 
 
+def model_matmul_rates(
+    model_dir: Path, dtypes: tuple[str, ...] = ("float32", "bfloat16")
+) -> dict[str, float]:
+    """`matmul_rates` at the shapes of the model in `model_dir` (its config only: no weights are read)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(model_dir))
+    kv = config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
+    return matmul_rates(config.hidden_size, config.intermediate_size, kv, dtypes=dtypes)
+
+
 def flops_per_token(config: Any, lengths: list[int], head_tokens_per_seq: float) -> dict[str, float]:
     """Training FLOPs per token: body forward + activation gradients (4 x non-embedding params), causal attention
     (3 x 2 x L x hidden per token per layer), the LM head at `head_tokens_per_seq` positions per sequence."""
@@ -399,8 +402,7 @@ def compute_bound(
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(str(model_dir))
-    kv = config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
-    rates = matmul_rates(config.hidden_size, config.intermediate_size, kv)
+    rates = model_matmul_rates(model_dir)
     lengths = [ex["tokens"] for ex in examples]
     answer = statistics.mean(
         len(tokenizer.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=True, return_dict=False))
