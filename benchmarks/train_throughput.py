@@ -9,6 +9,11 @@ Rows (each measurement in its own fresh process; peak memory = that process's ru
   sft-trl    trl.SFTTrainer with SFTConfig's defaults, apart from what must be set to run (max_steps, batch size,
              use_cpu, report_to none, output dir); the same LoRA (r16, all linear layers)
   rm-ours    training/reward.py build_reward_trainer (LoRA SEQ_CLS, length-grouped pairs)
+             Both with `model.compile: auto` as a long retrain stage runs it (training/layer_compile.py: the
+             decoder layers compiled on a CPU with a C++ compiler); the untimed warm-up step includes the compile
+             (`first_step_s`)
+  sft-ours-eager, rm-ours-eager
+             on request: the same with model.compile=false (`summary.<stage>_compile_speedup`)
   rm-trl     trl.RewardTrainer with RewardConfig's defaults (same exceptions), the same LoRA
   sft-trl-fp32, rm-trl-fp32
              the same TRL rows with bf16 off. TRL's configs default to bf16=True (and gradient checkpointing on),
@@ -57,6 +62,21 @@ OUT_DIR = ROOT / "docs" / "results" / "train_throughput"
 TRL112_VENV = Path("/tmp/venv-trl112")
 ROWS = ("sft-ours", "sft-trl", "rm-ours", "rm-trl", "ppo-ours", "ppo-trl112")
 TRL_FP32_ROWS = ("sft-trl-fp32", "rm-trl-fp32")  # on request (--rows): see the docstring
+EAGER_ROWS = ("sft-ours-eager", "rm-ours-eager")  # on request: our rows with model.compile=false
+# Our rows run `model.compile: auto` as a retrain's long stage does (the benchmark's 3 steps are below
+# compile_min_steps, so that threshold is lifted): the decoder layers are compiled where auto would compile them.
+COMPILE_SET = {"": ["model.compile_min_steps=0"], "-eager": ["model.compile=false"]}
+
+
+def ours_row(row: str) -> tuple[str, str] | None:
+    """(stage, variant) of one of our SFT/RM rows ("sft-ours-eager" -> ("sft", "-eager")), else None."""
+    for stage in ("sft", "rm"):
+        for variant in COMPILE_SET:
+            if row == f"{stage}-ours{variant}":
+                return stage, variant
+    return None
+
+
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}  # our default config's LoRA (dropout: PEFT's default)
 PPO_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -134,7 +154,7 @@ def _step_timer(trainer: Any) -> Any:
     return timer
 
 
-def _ours_config(stage: str, spec: dict[str, Any]) -> Any:
+def _ours_config(stage: str, spec: dict[str, Any], variant: str = "") -> Any:
     from training.config import load_config
 
     section = "sft" if stage == "sft" else "reward"
@@ -155,6 +175,7 @@ def _ours_config(stage: str, spec: dict[str, Any]) -> Any:
             f"{section}.warmup=0",
             f"{section}.save_steps=1000000",
             f"{section}.max_length=1024",
+            *COMPILE_SET[variant],
             *spec.get("ours_set", []),
         ],
     )
@@ -179,16 +200,25 @@ def build_trainer(row: str, spec: dict[str, Any], out: Path) -> Any:
     model_dir = Path(spec["model_dir"])
     sft_rows = [{"prompt": ex["prompt"], "completion": ex["completion"]} for ex in spec["examples"]]
     pairs = preference_pairs(spec["examples"])
-    if row == "sft-ours":
-        from training.data import ExportData
-        from training.sft import build_sft_trainer
+    ours = ours_row(row)
+    if ours is not None:
+        from training.layer_compile import apply_to_trainer
 
-        data = ExportData(folder=out, snapshot_id="bench", manifest={}, sft={"train": sft_rows})
-        return build_sft_trainer(_ours_config("sft", spec), model_dir, data, out)
-    if row == "rm-ours":
-        from training.reward import build_reward_trainer
+        stage, variant = ours
+        cfg = _ours_config(stage, spec, variant)
+        if stage == "sft":
+            from training.data import ExportData
+            from training.sft import build_sft_trainer
 
-        return build_reward_trainer(_ours_config("rm", spec), model_dir, pairs, out)[0]
+            data = ExportData(folder=out, snapshot_id="bench", manifest={}, sft={"train": sft_rows})
+            trainer = build_sft_trainer(cfg, model_dir, data, out)
+        else:
+            from training.reward import build_reward_trainer
+
+            trainer = build_reward_trainer(cfg, model_dir, pairs, out)[0]
+        # as run_trainer does before training
+        trainer.compile_choice = apply_to_trainer(trainer, cfg.model.compile, cfg.model.compile_min_steps)
+        return trainer
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -232,7 +262,7 @@ def trainer_worker(row: str, spec: dict[str, Any]) -> dict[str, Any]:
         # process and threads that train: this host's matmul rate drifts (105 to 165 GFLOP/s on the same AVX2 CPU,
         # two hours apart), so a rate taken once at the start would score rows against another machine.
         dtype = "bfloat16" if trainer.args.bf16 else "float32"
-        ours = row.endswith("-ours")
+        ours = ours_row(row) is not None
         if ours:
             beside.append(model_matmul_rates(Path(spec["model_dir"]), (dtype,))[dtype])
         trainer.train()
@@ -242,6 +272,9 @@ def trainer_worker(row: str, spec: dict[str, Any]) -> dict[str, Any]:
         "matmul_gflops_beside": round(max(beside), 1) if beside else None,
         "step_seconds": timer.seconds,
         "step_tokens": timer.tokens,
+        # the untimed warm-up step: with a compiled model it includes the compile
+        "first_step_s": round(timer.seconds[0], 1) if timer.seconds else None,
+        "compile": getattr(trainer, "compile_choice", None) and trainer.compile_choice.to_json(),
         "bf16": bool(trainer.args.bf16),
         "gradient_checkpointing": bool(
             getattr(trainer.args, "activation_checkpointing", False)
@@ -484,6 +517,8 @@ def summarise(rows: dict[str, dict[str, Any]], bound: dict[str, Any]) -> dict[st
         "rm_speedup_vs_trl_fp32": ratio("rm-ours", "rm-trl-fp32"),
         "ppo_speedup_vs_trl112": ratio("ppo-ours", "ppo-trl112"),
         "ppo_memory_ratio_vs_trl112": ratio("ppo-ours", "ppo-trl112", "peak_rss_gb"),
+        "sft_compile_speedup": ratio("sft-ours", "sft-ours-eager"),
+        "rm_compile_speedup": ratio("rm-ours", "rm-ours-eager"),
         "sft_fraction_of_bound": None,
         "rm_fraction_of_bound": None,
         "sft_fraction_of_bound_at_start": None,
@@ -570,9 +605,10 @@ def main(argv: list[str] | None = None) -> None:
     from model_store.hardware import choose_dtype
 
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
-    unknown = sorted(set(rows) - set(ROWS) - set(TRL_FP32_ROWS))
+    known = ROWS + TRL_FP32_ROWS + EAGER_ROWS
+    unknown = sorted(set(rows) - set(known))
     if unknown:
-        raise SystemExit(f"unknown rows {unknown}: choose from {', '.join(ROWS + TRL_FP32_ROWS)}")
+        raise SystemExit(f"unknown rows {unknown}: choose from {', '.join(known)}")
     args.work.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(str(args.model))
     examples = rag_examples(args.squad, tokenizer, max(8 * args.batch, 32), args.min_tokens, args.max_tokens)

@@ -138,7 +138,7 @@ def train_reward_model(
     # the budget keeps room for scoring the held-out pairs after the merge
     test = data.pairs.get("test", [])
     run = run_trainer(
-        trainer, out_dir, resume=resume, budget_s=budget_s, started=started, scored_after=len(test)
+        trainer, out_dir, resume=resume, budget_s=budget_s, started=started, scored_after=len(test), cfg=cfg
     )
     del trainer
     if not run.is_main:

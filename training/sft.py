@@ -97,7 +97,7 @@ def train_sft(
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = build_sft_trainer(cfg, model_dir, data, out_dir)
-    run = run_trainer(trainer, out_dir, resume=resume, budget_s=budget_s, started=started)
+    run = run_trainer(trainer, out_dir, resume=resume, budget_s=budget_s, started=started, cfg=cfg)
     del trainer
     if not run.is_main:
         return StageResult.done()

@@ -27,6 +27,7 @@ class TrainRun:
     processes: int
     is_main: bool  # only the main process merges and reports
     time_budget: dict[str, Any] | None = None  # training/time_budget.py's record (None without a budget)
+    compile: dict[str, Any] | None = None  # training/layer_compile.py's choice and why
 
     def summary(self) -> dict[str, Any]:
         """The metrics every stage reports."""
@@ -36,6 +37,7 @@ class TrainRun:
             "train_loss": float(self.train_out.training_loss),
             "runtime_s": float(self.train_out.metrics.get("train_runtime", 0.0)),
             **({"time_budget": self.time_budget} if self.time_budget else {}),
+            **({"compile": self.compile} if self.compile else {}),
         }
 
 
@@ -113,11 +115,17 @@ def run_trainer(
     budget_s: float | None = None,
     started: float | None = None,
     scored_after: int = 0,
+    cfg: TrainConfig | None = None,
 ) -> TrainRun:
     """Train (from the newest checkpoint when resuming) within `budget_s` seconds from `started` (the stage's
     time.monotonic() start; None = when training begins) when given, evaluate on the eval split, save the
     adapter. The budget keeps room for that evaluation and for `scored_after` more held-out examples the stage
-    scores itself afterwards."""
+    scores itself afterwards. With `cfg`, its `model.compile` decides whether the decoder layers are compiled."""
+    compiled = None
+    if cfg is not None:
+        from training.layer_compile import apply_to_trainer
+
+        compiled = apply_to_trainer(trainer, cfg.model.compile, cfg.model.compile_min_steps).to_json()
     budget = None
     if budget_s is not None:
         from training.time_budget import TimeBudget
@@ -142,6 +150,7 @@ def run_trainer(
         processes,
         trainer.is_world_process_zero(),
         budget.record if budget else None,
+        compiled,
     )
 
 

@@ -1,0 +1,133 @@
+"""Compile the model's decoder layers (regional torch.compile) for training on the CPU, when it pays.
+
+Why: on the CPU a LoRA training step spends ~25% of its time outside the matmuls (RMSNorm, SiLU x up, rotary,
+residual adds, LoRA's small matmuls and the autograd bookkeeping around each). Inductor fuses those element-wise
+chains into generated C++ loops. Measured on a 2-core AMD EPYC (AVX2 only), SmolLM2-135M + LoRA r16 on all linear
+layers, micro-batches of 2 x ~415 tokens, compiled and eager steps interleaved in one process: 170 vs 148
+tokens/s (median of 8 each, +14%).
+
+Why per layer ("regional") and not the whole model: the decoder layers are one class, and torch.compile treats
+their parameters as inputs, so ONE compiled graph serves all of them. Compiling the whole model took 11 minutes on
+that CPU (3.9 minutes with a warm cache) before the first step; one layer took 84 s cold and 31 s with inductor's
+on-disk cache warm (the first step, which includes the compile). That cost is why `auto` compiles only stages long
+enough to win it back (`model.compile_min_steps`).
+
+`auto` compiles only where it was measured to help and nothing is known to break: CPU, a C++ compiler for
+inductor, one process, no gradient checkpointing (the checkpoint wrapper around a compiled layer is untested
+here), no 4-bit base (CUDA QLoRA kernels). Dynamo errors fall back to eager (`suppress_errors`): a compile
+problem costs speed, never the run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+MODES = ("auto", "true", "false")
+
+
+@dataclass(frozen=True)
+class CompileChoice:
+    """Whether a stage's decoder layers are compiled, and why (recorded in the stage's metrics)."""
+
+    compiled: bool
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"compiled": self.compiled, "reason": self.reason}
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler inductor will call for CPU kernels (its default: $CXX, else g++), if it is installed."""
+    return shutil.which(os.environ.get("CXX", "g++"))
+
+
+def planned_steps(args: Any, train_rows: int) -> int:
+    """Optimizer steps a transformers Trainer will run: `max_steps`, else epochs x batches per epoch."""
+    if args.max_steps > 0:
+        return int(args.max_steps)
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
+    return math.ceil(math.ceil(train_rows / per_step) * args.num_train_epochs)
+
+
+def choose(
+    mode: str,
+    *,
+    device: str,
+    steps: int,
+    min_steps: int,
+    processes: int = 1,
+    gradient_checkpointing: bool = False,
+    four_bit: bool = False,
+    compiler: str | None = None,
+) -> CompileChoice:
+    """The decision for one stage; `compiler` is inductor's C++ compiler (None = not installed)."""
+    if mode == "false":
+        return CompileChoice(False, "model.compile=false")
+    if mode == "true":
+        return CompileChoice(True, "model.compile=true")
+    blockers = [
+        (device != "cpu", f"device {device}: measured on the CPU only"),
+        (compiler is None, "no C++ compiler for inductor (install g++ or set CXX)"),
+        (processes > 1, f"{processes} processes"),
+        (gradient_checkpointing, "gradient checkpointing is on"),
+        (four_bit, "4-bit base"),
+        (
+            steps < min_steps,
+            f"{steps} steps < model.compile_min_steps={min_steps}: the compile would not pay",
+        ),
+    ]
+    for blocked, why in blockers:
+        if blocked:
+            return CompileChoice(False, f"auto: off ({why})")
+    return CompileChoice(True, f"auto: on (CPU, {steps} steps, {compiler})")
+
+
+def decoder_layers(model: Any) -> list[Any]:
+    """The repeated decoder blocks of a (PEFT-wrapped) transformers model: the first ModuleList of >1 modules of
+    one class, e.g. LlamaModel.layers."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > 1:
+            kinds = {type(layer) for layer in module}
+            if len(kinds) == 1:
+                return list(module)
+    return []
+
+
+def compile_layers(model: Any) -> int:
+    """Compile each decoder layer in place (lazily: the work happens at the first forward). Returns how many."""
+    import torch._dynamo
+
+    # A Dynamo/inductor failure falls back to eager for that frame instead of stopping the training.
+    torch._dynamo.config.suppress_errors = True
+    layers = decoder_layers(model)
+    for layer in layers:
+        # dynamic: every batch has another sequence length; without it each new length recompiles
+        layer.compile(dynamic=True)
+    return len(layers)
+
+
+def apply_to_trainer(trainer: Any, mode: str, min_steps: int) -> CompileChoice:
+    """Decide for a transformers/TRL trainer about to train, and compile its model's layers if chosen."""
+    args = trainer.args
+    model = trainer.model
+    device = "cpu" if args.use_cpu or str(args.device).startswith("cpu") else str(args.device.type)
+    rows = len(trainer.train_dataset) if trainer.train_dataset is not None else 0
+    choice = choose(
+        mode,
+        device=device,
+        steps=planned_steps(args, rows),
+        min_steps=min_steps,
+        processes=trainer.accelerator.num_processes,
+        gradient_checkpointing=bool(args.gradient_checkpointing),
+        four_bit=bool(getattr(model, "is_loaded_in_4bit", False)),
+        compiler=cpp_compiler(),
+    )
+    if choice.compiled and not compile_layers(model):
+        return CompileChoice(False, f"{choice.reason}; but no repeated decoder layers found: not compiled")
+    return choice
