@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from app.errors import AppError
 from settings.errors import run_guarded
@@ -171,8 +172,26 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     train_cfg = load_config()  # what `ragqa retrain` would use with its default config
     report = collect(_config(args), (train_cfg.model.bf16, train_cfg.device))
+    report["train_compile"] = _compile_choice(train_cfg, report)
     print(json.dumps(report, indent=1) if args.json else text(report))
     return 0
+
+
+def _compile_choice(train_cfg: Any, report: dict[str, Any]) -> dict[str, Any]:
+    """Whether a retrain stage long enough to be worth it (model.compile_min_steps) compiles its decoder layers
+    on this machine, and why (training/layer_compile.py)."""
+    from training.layer_compile import choose, cpp_compiler
+
+    steps = train_cfg.model.compile_min_steps
+    return choose(
+        train_cfg.model.compile,
+        device=report["dtypes"]["train"]["device"],
+        steps=steps,
+        min_steps=steps,
+        bf16=report["train_dtype"] == "bfloat16",
+        avx512="avx512f" in report["cpu"]["flags"],
+        compiler=cpp_compiler(),
+    ).to_json()
 
 
 # ---- users -------------------------------------------------------------------------------------------

@@ -223,6 +223,9 @@ def text(report: dict[str, Any]) -> str:
     for name in ("serve", "train"):
         d = report["dtypes"][name]
         lines.append(f"{name + ' dtype:':<14}{d['dtype']} on {d['device']} ({d['reason']})")
+    if "train_compile" in report:  # added by the CLI, which reads the retrain config
+        compiled = report["train_compile"]
+        lines.append(f"train compile: {'on' if compiled['compiled'] else 'off'} ({compiled['reason']})")
     lines.append(
         f"backend:      {backend.get('serving') or '-'} ({backend['reason']}); configured {backend['configured']}"
     )

@@ -44,8 +44,12 @@ LOOP_SFT = (
 TEST_FRACTION = 0.05  # the starter split's held-back share of questions (training/starter.STARTER_SETTINGS)
 
 
-def pick_rows(rows: list[dict[str, Any]], n: int, dev_n: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """(n training rows, dev_n validation rows): first showings, split by question as the starter splits them."""
+def pick_rows(
+    rows: list[dict[str, Any]], n: int, dev_n: int, seed: int, abstain_share: float | None = None
+) -> tuple[list[dict], list[dict]]:
+    """(n training rows, dev_n validation rows): first showings, split by question as the starter splits them.
+    `abstain_share`: that share of the n rows has the abstention sentence as its target (unanswerable, off-topic
+    and retrieval-miss rows), the rest answers; None keeps the mix the build made."""
     from benchmarks.starter_sweep import dev_rows
     from evaluation.starter_data import balance
     from training.starter import is_test_qid
@@ -57,6 +61,17 @@ def pick_rows(rows: list[dict[str, Any]], n: int, dev_n: int, seed: int) -> tupl
     ]
     train = balance(train, seed, 0.25)
     random.Random(seed + 1).shuffle(train)
+    if abstain_share is not None:
+        abstain = [r for r in train if r["meta"]["kind"] != "answer"]
+        answer = [r for r in train if r["meta"]["kind"] == "answer"]
+        k = round(abstain_share * n)
+        if k > len(abstain) or n - k > len(answer):
+            raise SystemExit(
+                f"--abstain-share {abstain_share}: needs {k} abstention and {n - k} answer rows, the build has "
+                f"{len(abstain)} and {len(answer)}"
+            )
+        train = abstain[:k] + answer[: n - k]
+        random.Random(seed + 2).shuffle(train)
     return train[:n], dev[:dev_n]
 
 
@@ -71,19 +86,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--out", type=Path, help="also copy the result JSON here")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--abstain-share",
+        type=float,
+        help="share of training rows whose target is the abstention sentence (default: the build's mix)",
+    )
     args = p.parse_args(argv)
 
     from benchmarks.machine import cpu, load_average
     from benchmarks.starter_sweep import generate_answers, read_jsonl, score_answers
     from evaluation.starter_data import write_rows
 
-    train, dev = pick_rows(read_jsonl(args.rows), args.n, args.dev, args.seed)
+    train, dev = pick_rows(read_jsonl(args.rows), args.n, args.dev, args.seed, args.abstain_share)
     args.work.mkdir(parents=True, exist_ok=True)
     write_rows(args.work / "train.jsonl", train)
     result: dict[str, Any] = {
         "machine": cpu(),
         "load_average_start": load_average(),
-        "settings": {"n": len(train), "dev": len(dev), "sft": list(LOOP_SFT), "k": 2, "seed": args.seed},
+        "settings": {
+            "n": len(train),
+            "dev": len(dev),
+            "sft": list(LOOP_SFT),
+            "k": 2,
+            "seed": args.seed,
+            "abstain_share": args.abstain_share,
+        },
         "train_kinds": dict(Counter(r["meta"]["kind"] for r in train)),
         "dev_kinds": dict(Counter(r["meta"]["kind"] for r in dev)),
     }

@@ -532,10 +532,18 @@ def summarise(rows: dict[str, dict[str, Any]], bound: dict[str, Any]) -> dict[st
             continue
         at_start = row["tokens_per_s"] / bound[f"{stage}_bound_tokens_per_s"]
         summary[f"{stage}_fraction_of_bound_at_start"] = round(at_start, 3)
-        # The bound scales with the matmul rate: against the rate measured beside the row when there is one
+        # The bound scales with the matmul rate: each run against the rate measured beside it when there is one,
+        # and the median of those fractions (the median run's tokens/s over ITS rate would pair one run's speed
+        # with one noisy rate measurement)
         start_rate = bound["matmul_gflops"][bound["dtype"]]
-        beside = row.get("matmul_gflops_beside") or start_rate
-        summary[f"{stage}_fraction_of_bound"] = round(at_start * start_rate / beside, 3)
+        speeds = row.get("tokens_per_s_runs") or [row["tokens_per_s"]]
+        rates = row.get("matmul_gflops_beside_runs") or [row.get("matmul_gflops_beside")] * len(speeds)
+        fractions = [
+            tps / bound[f"{stage}_bound_tokens_per_s"] * start_rate / (rate or start_rate)
+            for tps, rate in zip(speeds, rates, strict=True)
+        ]
+        summary[f"{stage}_fraction_of_bound"] = round(statistics.median(fractions), 3)
+        summary[f"{stage}_fraction_of_bound_runs"] = [round(f, 3) for f in fractions]
     return summary
 
 

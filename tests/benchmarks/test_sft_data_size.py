@@ -24,3 +24,13 @@ def test_training_rows_and_scored_rows_never_share_a_question() -> None:
     assert all(r["meta"]["view"] == 0 for r in train + dev)
     # the same seed picks the same rows (the README's numbers can be rerun)
     assert pick_rows(rows, n=400, dev_n=20, seed=0) == (train, dev)
+
+
+def test_the_abstention_share_sets_the_training_mix_and_keeps_the_split() -> None:
+    kinds = ["answer", "answer", "unanswerable", "off_topic", "retrieval_miss"]
+    rows = [_row(f"q{i}", kinds[i % 5]) for i in range(1000)]
+    train, dev = pick_rows(rows, n=200, dev_n=20, seed=0, abstain_share=0.15)
+    assert len(train) == 200
+    assert sum(r["meta"]["kind"] != "answer" for r in train) == 30
+    assert not {r["meta"]["qid"] for r in train} & {r["meta"]["qid"] for r in dev}
+    assert pick_rows(rows, n=200, dev_n=20, seed=0)[1] == dev  # the scored questions do not depend on the mix

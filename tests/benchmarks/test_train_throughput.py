@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.train_throughput import build_trainer, summarise
+from benchmarks.train_throughput import build_trainer, ours_row, summarise
+from training.layer_compile import cpp_compiler
 
 
 def _spec(model_dir: Path) -> dict:
@@ -55,3 +56,64 @@ def test_the_fraction_of_bound_uses_the_rate_measured_beside_the_row() -> None:
     summary = summarise(rows, bound)
     assert summary["sft_fraction_of_bound_at_start"] == 0.6
     assert summary["sft_fraction_of_bound"] == 0.8
+
+
+@pytest.mark.parametrize(
+    ("row", "compile_mode", "min_steps"),
+    [
+        ("sft-ours", "auto", 0),
+        ("sft-ours-eager", "false", 20),
+        ("rm-ours", "auto", 0),
+        ("rm-ours-eager", "false", 20),
+    ],
+)
+def test_our_rows_compile_as_a_long_retrain_stage_does_and_the_eager_rows_do_not(
+    row: str, compile_mode: str, min_steps: int, tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    trainer = build_trainer(row, _spec(tiny_llama_dir), tmp_path)
+    stage = "sft" if row.startswith("sft") else "rm"
+    assert ours_row(row) == (stage, row.removeprefix(f"{stage}-ours"))
+    choice = trainer.compile_choice
+    if compile_mode == "false":
+        assert not choice.compiled and choice.reason == "model.compile=false"
+    else:
+        # the 1-step benchmark is below compile_min_steps: the rows lift it so auto decides as for a long stage
+        assert choice.reason.startswith("auto") and "compile_min_steps" not in choice.reason
+        assert choice.compiled is choice.reason.startswith("auto: on")
+        if cpp_compiler() is None:
+            assert not choice.compiled
+
+
+def test_summary_reports_what_the_compile_gained() -> None:
+    rows = {
+        name: {"tokens_per_s": tps, "peak_rss_gb": 1.0}
+        for name, tps in {"sft-ours": 170.0, "sft-ours-eager": 136.0}.items()
+    }
+    bound = {
+        "sft_bound_tokens_per_s": 200.0,
+        "rm_bound_tokens_per_s": 200.0,
+        "matmul_gflops": {"float32": 100.0},
+        "dtype": "float32",
+    }
+    summary = summarise(rows, bound)
+    assert summary["sft_compile_speedup"] == 1.25 and summary["rm_compile_speedup"] is None
+
+
+def test_the_fraction_of_bound_is_the_median_of_each_runs_own_fraction() -> None:
+    bound = {
+        "sft_bound_tokens_per_s": 200.0,
+        "rm_bound_tokens_per_s": 200.0,
+        "matmul_gflops": {"float32": 100.0},
+        "dtype": "float32",
+    }
+    # three runs, each beside its own matmul rate: fractions 0.5, 0.6, 0.8
+    row = {
+        "tokens_per_s": 100.0,
+        "peak_rss_gb": 1.0,
+        "matmul_gflops_beside": 200.0,
+        "tokens_per_s_runs": [100.0, 120.0, 80.0],
+        "matmul_gflops_beside_runs": [200.0, 200.0, 100.0],
+    }
+    summary = summarise({"sft-ours": row}, bound)
+    assert summary["sft_fraction_of_bound_runs"] == [0.5, 0.6, 0.8]
+    assert summary["sft_fraction_of_bound"] == 0.6  # not the median run's 100 / (200 x 2) = 0.5

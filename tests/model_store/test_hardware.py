@@ -139,6 +139,13 @@ def test_doctor_json_reports_the_choice_for_the_faked_cpu(
     assert report["cores"]["usable"] >= 1 and report["disk"]["free_gb"] > 0
     assert set(report["cpu_share"]) >= {"server_threads_now", "job_threads_now", "job_nice"}
     assert report["llama_cpp"]["gguf_auto"] == ("bf16" if dtype == "bfloat16" else "f16")
+    # the decoder-layer compile of a long retrain stage: only measured to help on a CPU without AVX-512 in fp32
+    from training.layer_compile import cpp_compiler
+
+    compile_on = dtype == "float32" and cpp_compiler() is not None
+    assert report["train_compile"]["compiled"] is compile_on
+    if dtype == "bfloat16":
+        assert "bf16 autocast" in report["train_compile"]["reason"]
 
 
 def test_doctor_compares_the_llama_cpp_build_with_the_cpu() -> None:
