@@ -110,10 +110,10 @@ def test_the_fraction_of_bound_is_the_median_of_each_runs_own_fraction() -> None
     row = {
         "tokens_per_s": 100.0,
         "peak_rss_gb": 1.0,
-        "matmul_gflops_beside": 200.0,
+        "matmul_gflops_beside": 100.0,
         "tokens_per_s_runs": [100.0, 120.0, 80.0],
-        "matmul_gflops_beside_runs": [200.0, 200.0, 100.0],
+        "matmul_gflops_beside_runs": [100.0, 100.0, 50.0],
     }
     summary = summarise({"sft-ours": row}, bound)
     assert summary["sft_fraction_of_bound_runs"] == [0.5, 0.6, 0.8]
-    assert summary["sft_fraction_of_bound"] == 0.6  # not the median run's 100 / (200 x 2) = 0.5
+    assert summary["sft_fraction_of_bound"] == 0.6  # not the median run's 100 / 200 = 0.5
