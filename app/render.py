@@ -32,6 +32,8 @@ def inert_markdown(text: str) -> str:
     """Markdown that renders as exactly the visible words of `text`: no HTML, links, images or blocks."""
     out: list[str] = []
     line_start = True
+    # CommonMark ends a line at \r and \r\n too: one kind of line end, so the block escapes see every line start
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     # Leading indentation would make an indented code block, where the escapes below would show.
     for token in _TOKENS.split(_INDENT.sub("", text)):
         if not token:

@@ -39,6 +39,8 @@ ATTACKS = [
     "[a](<java script:x>)",
     "|a|b|\n|-|-|\n|c|d|",
     "# heading\n- item\n1. one\n---\n> quote\n    code\n~~~\nx\n~~~",
+    # carriage returns end lines in CommonMark too (found by Hypothesis: "0\r# heading" rendered an <h1>)
+    "0\r# heading\r- item\r\n1. one\r    code\r> quote",
 ]
 FRAGMENTS = st.sampled_from(
     ATTACKS + ["[", "]", "(", ")", "!", "<", ">", "`", "\\", "*", "_", ":", "//", "www.", "@", "\n", " ", "#"]
