@@ -122,9 +122,12 @@ def test_a_compiled_sft_stage_trains_like_the_eager_one(
     tiny_model_dir: Path, export_dir: Path, tmp_path: Path, tiny_cfg
 ) -> None:
     """Same data, seed and steps: the compiled stage's loss matches the eager one and its adapter merges."""
+    from torch._dynamo.utils import counters
+
     from training.data import load_export
     from training.sft import train_sft
 
+    counters.clear()
     results = {
         mode: train_sft(
             tiny_cfg(f"model.compile={mode}"),
@@ -135,5 +138,8 @@ def test_a_compiled_sft_stage_trains_like_the_eager_one(
         for mode in ("false", "true")
     }
     assert results["true"]["compile"]["compiled"] and not results["false"]["compile"]["compiled"]
+    # the layers really ran compiled: Dynamo made graphs, and none of its frames fell back to eager
+    assert counters["stats"]["unique_graphs"] >= 1
+    assert counters["frames"]["total"] >= 1 and counters["frames"]["ok"] == counters["frames"]["total"]
     assert results["true"]["train_loss"] == pytest.approx(results["false"]["train_loss"], rel=1e-3)
     assert results["true"]["merge"]["max_abs_logit_diff"] <= 1e-3
