@@ -10,6 +10,16 @@ from benchmarks.train_throughput import build_trainer, ours_row, summarise
 from training.layer_compile import cpp_compiler
 
 
+def _bound(start_rate: float) -> dict:
+    """A compute bound of 200 tokens/s for SFT and RM at `start_rate` GFLOP/s (fp32)."""
+    return {
+        "sft_bound_tokens_per_s": 200.0,
+        "rm_bound_tokens_per_s": 200.0,
+        "matmul_gflops": {"float32": start_rate},
+        "dtype": "float32",
+    }
+
+
 def _spec(model_dir: Path) -> dict:
     messages = [{"role": "user", "content": "Where is the tower? [1] The tower is in Paris."}]
     answer = [{"role": "assistant", "content": "Paris [1]"}]
@@ -33,24 +43,14 @@ def test_summary_reports_the_fp32_comparison_beside_the_default_one() -> None:
         name: {"tokens_per_s": tps, "peak_rss_gb": 1.0}
         for name, tps in {"sft-ours": 180.0, "sft-trl": 20.0, "sft-trl-fp32": 90.0}.items()
     }
-    bound = {
-        "sft_bound_tokens_per_s": 200.0,
-        "rm_bound_tokens_per_s": 200.0,
-        "matmul_gflops": {"float32": 100.0},
-        "dtype": "float32",
-    }
+    bound = _bound(100.0)
     summary = summarise(rows, bound)
     assert summary["sft_speedup_vs_trl"] == 9.0 and summary["sft_speedup_vs_trl_fp32"] == 2.0
     assert summary["rm_speedup_vs_trl_fp32"] is None and summary["sft_fraction_of_bound"] == 0.9
 
 
 def test_the_fraction_of_bound_uses_the_rate_measured_beside_the_row() -> None:
-    bound = {
-        "sft_bound_tokens_per_s": 200.0,
-        "rm_bound_tokens_per_s": 200.0,
-        "matmul_gflops": {"float32": 160.0},
-        "dtype": "float32",
-    }
+    bound = _bound(160.0)
     # The host ran matmuls at 120 GFLOP/s beside the row: the row's bound is 150 tokens/s, not 200
     rows = {"sft-ours": {"tokens_per_s": 120.0, "peak_rss_gb": 1.0, "matmul_gflops_beside": 120.0}}
     summary = summarise(rows, bound)
@@ -89,23 +89,13 @@ def test_summary_reports_what_the_compile_gained() -> None:
         name: {"tokens_per_s": tps, "peak_rss_gb": 1.0}
         for name, tps in {"sft-ours": 170.0, "sft-ours-eager": 136.0}.items()
     }
-    bound = {
-        "sft_bound_tokens_per_s": 200.0,
-        "rm_bound_tokens_per_s": 200.0,
-        "matmul_gflops": {"float32": 100.0},
-        "dtype": "float32",
-    }
+    bound = _bound(100.0)
     summary = summarise(rows, bound)
     assert summary["sft_compile_speedup"] == 1.25 and summary["rm_compile_speedup"] is None
 
 
 def test_the_fraction_of_bound_is_the_median_of_each_runs_own_fraction() -> None:
-    bound = {
-        "sft_bound_tokens_per_s": 200.0,
-        "rm_bound_tokens_per_s": 200.0,
-        "matmul_gflops": {"float32": 100.0},
-        "dtype": "float32",
-    }
+    bound = _bound(100.0)
     # three runs, each beside its own matmul rate: fractions 0.5, 0.6, 0.8
     row = {
         "tokens_per_s": 100.0,
