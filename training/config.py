@@ -53,7 +53,7 @@ class ModelSection:
     load_in_4bit: str = field(
         default="auto", metadata=bounds(choices=("auto", "true", "false"), parse=_bool_word)
     )
-    # torch.compile of the decoder layers for SFT / RM / DPO / KTO (training/layer_compile.py): "auto" = on a CPU
+    # torch.compile of the decoder layers for SFT and the RM (training/layer_compile.py): "auto" = on a CPU
     # without AVX-512 training in fp32, for stages of >= compile_min_steps steps (+14% tokens/s on a 2-core AVX2
     # CPU; no gain measured with AVX-512; ~30-90 s to compile) | true | false
     compile: str = field(default="auto", metadata=bounds(choices=("auto", "true", "false"), parse=_bool_word))

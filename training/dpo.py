@@ -90,7 +90,7 @@ def train_dpo(
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer, sizing = build_dpo_trainer(cfg, model_dir, data, out_dir)
-    run = run_trainer(trainer, out_dir, resume=resume, budget_s=budget_s, started=started, cfg=cfg)
+    run = run_trainer(trainer, out_dir, resume=resume, budget_s=budget_s, started=started)
     if not run.is_main:
         return StageResult.done()
     metrics = {

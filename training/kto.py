@@ -93,7 +93,7 @@ def train_kto(
         processing_class=tokenizer,
         peft_config=lora_config(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets, "CAUSAL_LM"),
     )
-    run = run_trainer(trainer, out_dir, resume=resume, budget_s=budget_s, started=started, cfg=cfg)
+    run = run_trainer(trainer, out_dir, resume=resume, budget_s=budget_s, started=started)
     if not run.is_main:
         return StageResult.done()
     heldout = run.heldout

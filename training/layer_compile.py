@@ -15,8 +15,11 @@ enough to win it back (`model.compile_min_steps`).
 `auto` compiles only where it was measured to help and nothing is known to break: a CPU without AVX-512 training
 in fp32 (on a 2-core AMD Zen 4 with AVX-512 the same regional compile gave no gain on the fp32 step, 12.0-14.7 vs
 12.4-15.3 s; with bf16 autocast it is unmeasured), a C++ compiler for inductor, one process, no gradient
-checkpointing (the checkpoint wrapper around a compiled layer is untested here), no 4-bit base. Dynamo errors fall back to eager (`suppress_errors`): a compile
-problem costs speed, never the run.
+checkpointing (the checkpoint wrapper around a compiled layer is untested here), no 4-bit base. Only SFT and the
+reward model use it (measured); DPO and KTO stay eager (their reference passes with adapters off would be more
+graphs to compile, unmeasured). An error while Dynamo compiles a layer falls back to eager for it
+(`suppress_errors`, on while the stage trains); the held-out evaluation after training runs eager (a no-grad graph
+would be one more compile for 64 examples).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 MODES = ("auto", "true", "false")
+_suppress_before: bool | None = None  # Dynamo's suppress_errors before compile_layers turned it on
 
 
 @dataclass(frozen=True)
@@ -105,16 +109,31 @@ def decoder_layers(model: Any) -> list[Any]:
 
 
 def compile_layers(model: Any) -> int:
-    """Compile each decoder layer in place (lazily: the work happens at the first forward). Returns how many."""
+    """Compile each decoder layer in place (lazily: the work happens at the first forward). Returns how many.
+    Until `uncompile_layers`, an error while compiling falls back to eager instead of stopping the training."""
     import torch._dynamo
 
-    # A Dynamo/inductor failure falls back to eager for that frame instead of stopping the training.
+    global _suppress_before
+    if _suppress_before is None:
+        _suppress_before = torch._dynamo.config.suppress_errors
     torch._dynamo.config.suppress_errors = True
     layers = decoder_layers(model)
     for layer in layers:
         # dynamic: every batch has another sequence length; without it each new length recompiles
         layer.compile(dynamic=True)
     return len(layers)
+
+
+def uncompile_layers(model: Any) -> None:
+    """Back to eager layers (what nn.Module.compile set is unset) and Dynamo's error setting as it was."""
+    import torch._dynamo
+
+    global _suppress_before
+    for layer in decoder_layers(model):
+        layer._compiled_call_impl = None
+    if _suppress_before is not None:
+        torch._dynamo.config.suppress_errors = _suppress_before
+        _suppress_before = None
 
 
 def apply_to_trainer(trainer: Any, mode: str, min_steps: int) -> CompileChoice:
@@ -131,7 +150,7 @@ def apply_to_trainer(trainer: Any, mode: str, min_steps: int) -> CompileChoice:
         steps=planned_steps(args, rows),
         min_steps=min_steps,
         processes=trainer.accelerator.num_processes,
-        gradient_checkpointing=bool(args.gradient_checkpointing),
+        gradient_checkpointing=bool(args.activation_checkpointing),
         four_bit=bool(getattr(model, "is_loaded_in_4bit", False)),
         bf16=bool(args.bf16),
         avx512="avx512f" in read_cpuinfo().flags,

@@ -59,9 +59,19 @@ class TimeBudget(TrainerCallback):
     (see the module docstring); `record` says what happened."""
 
     def __init__(
-        self, trainer: Any, seconds: float, *, started: float | None = None, after_examples: int = 0
+        self,
+        trainer: Any,
+        seconds: float,
+        *,
+        started: float | None = None,
+        after_examples: int = 0,
+        first_step_compiles: bool = False,
     ) -> None:
         self.trainer = trainer
+        # A compiled model spends its first step compiling (30-90 s): that step is spent time, but the step rate
+        # is measured on the steps after it, or the budget would cut a compiled stage to half its steps.
+        self.first_step_compiles = first_step_compiles
+        self.first_step_s = 0.0
         self.seconds = seconds
         self.stage_started = started
         self.after_examples = after_examples
@@ -79,8 +89,13 @@ class TimeBudget(TrainerCallback):
         now = time.monotonic()
         done, training = state.global_step - self.first_step, self._slowest(now - self.started)
         spent = training + (self.started - self.stage_started)
+        if done == 1:
+            self.first_step_s = training
         if done == CALIBRATION_STEPS:
             per_step = training / done
+            if self.first_step_compiles:
+                per_step = (training - self.first_step_s) / (done - 1)
+                self.record["first_step_s"] = round(self.first_step_s, 1)
             self.reserve = self.after_examples * EVAL_COST * per_step / self._examples_per_step(args)
             fits = state.global_step + int(max(self.seconds - spent - self.reserve, 0.0) / per_step)
             self.record["seconds_per_step"] = round(per_step, 2)

@@ -131,11 +131,22 @@ def run_trainer(
         from training.time_budget import TimeBudget
 
         evaluated = len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0
-        budget = TimeBudget(trainer, budget_s, started=started, after_examples=evaluated + scored_after)
+        budget = TimeBudget(
+            trainer,
+            budget_s,
+            started=started,
+            after_examples=evaluated + scored_after,
+            first_step_compiles=bool(compiled and compiled["compiled"]),
+        )
         trainer.add_callback(budget)
     train_out = trainer.train(
         resume_from_checkpoint=last_checkpoint(out_dir / "checkpoints") if resume else None
     )
+    if compiled and compiled["compiled"]:
+        from training.layer_compile import uncompile_layers
+
+        # the held-out evaluation runs eager: a no-grad forward would be another 30-90 s compile for 64 examples
+        uncompile_layers(trainer.model)
     heldout = trainer.evaluate() if trainer.eval_dataset is not None else {}
     adapter = out_dir / "adapter"
     trainer.save_model(str(adapter))  # main process only; adapter weights + tokenizer

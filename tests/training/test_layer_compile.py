@@ -82,7 +82,7 @@ def _fake_trainer(model, *, rows: int, max_steps: int = -1) -> SimpleNamespace:
         gradient_accumulation_steps=1,
         world_size=1,
         num_train_epochs=1.0,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         bf16=False,
     )
     return SimpleNamespace(

@@ -159,3 +159,31 @@ def test_a_resumed_run_gets_what_is_left_of_its_budget(monkeypatch) -> None:
     assert time_budget.run_deadline(10, stages) == pytest.approx(550.0)
     # 2 of the 10 minutes kept for merge, gate and publish
     assert time_budget.run_deadline(10, stages, reserve_minutes=2) == pytest.approx(430.0)
+
+
+@pytest.mark.parametrize(("compiles", "per_step", "fits"), [(True, 1.0, 100), (False, 62 / 3, 6)])
+def test_a_compiling_first_step_is_spent_but_not_taken_as_the_step_rate(
+    monkeypatch, compiles: bool, per_step: float, fits: int
+) -> None:
+    """Compiled layers spend ~30-90 s compiling in step 1: the rate comes from the steps after it."""
+    now = [0.0]
+    monkeypatch.setattr(time_budget, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    trainer = types.SimpleNamespace(
+        accelerator=types.SimpleNamespace(num_processes=1),
+        is_world_process_zero=lambda: True,
+        callback_handler=types.SimpleNamespace(callbacks=[]),
+        optimizer=None,
+        create_scheduler=lambda **_: types.SimpleNamespace(step=lambda: None),
+    )
+    args = types.SimpleNamespace(per_device_train_batch_size=1, gradient_accumulation_steps=1)
+    state = types.SimpleNamespace(global_step=0, max_steps=100)
+    control = types.SimpleNamespace(should_training_stop=False)
+    budget = time_budget.TimeBudget(trainer, 200.0, started=0.0, first_step_compiles=compiles)
+    budget.on_train_begin(args, state, control)
+    for seconds in (60.0, 1.0, 1.0):  # the compile, then two ordinary steps
+        now[0] += seconds
+        state.global_step += 1
+        budget.on_step_end(args, state, control)
+    assert budget.record["seconds_per_step"] == round(per_step, 2)
+    # 200 s less the 62 spent: 138 more 1-s steps (all 100 fit), or 6 at the compile-inflated rate
+    assert min(state.max_steps, 100) == (100 if compiles else 3 + fits)
