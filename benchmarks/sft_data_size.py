@@ -61,9 +61,9 @@ def pick_rows(
     ]
     train = balance(train, seed, 0.25)
     random.Random(seed + 1).shuffle(train)
-    if abstain_share is not None and not 0 <= abstain_share <= 1:
-        raise SystemExit(f"--abstain-share {abstain_share}: a share between 0 and 1")
     if abstain_share is not None:
+        if not 0 <= abstain_share <= 1:
+            raise SystemExit(f"--abstain-share {abstain_share}: a share between 0 and 1")
         abstain = [r for r in train if r["meta"]["kind"] != "answer"]
         answer = [r for r in train if r["meta"]["kind"] == "answer"]
         k = round(abstain_share * n)

@@ -10,8 +10,8 @@ Rows (each measurement in its own fresh process; peak memory = that process's ru
              use_cpu, report_to none, output dir); the same LoRA (r16, all linear layers)
   rm-ours    training/reward.py build_reward_trainer (LoRA SEQ_CLS, length-grouped pairs)
              Both with `model.compile: auto` as a long retrain stage runs it (training/layer_compile.py: the
-             decoder layers compiled on a CPU with a C++ compiler); the untimed warm-up step includes the compile
-             (`first_step_s`)
+             decoder layers compiled on a CPU without AVX-512 training in fp32, with a C++ compiler); the untimed
+             warm-up step includes the compile (`first_step_s`)
   sft-ours-eager, rm-ours-eager
              on request: the same with model.compile=false (`summary.<stage>_compile_speedup`)
   rm-trl     trl.RewardTrainer with RewardConfig's defaults (same exceptions), the same LoRA
@@ -66,6 +66,8 @@ EAGER_ROWS = ("sft-ours-eager", "rm-ours-eager")  # on request: our rows with mo
 # Our rows run `model.compile: auto` as a retrain's long stage does (the benchmark's 3 steps are below
 # compile_min_steps, so that threshold is lifted): the decoder layers are compiled where auto would compile them.
 COMPILE_SET = {"": ["model.compile_min_steps=0"], "-eager": ["model.compile=false"]}
+LORA = {"r": 16, "alpha": 32, "dropout": 0.0}  # our default config's LoRA (dropout: PEFT's default)
+PPO_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def ours_row(row: str) -> tuple[str, str] | None:
@@ -75,10 +77,6 @@ def ours_row(row: str) -> tuple[str, str] | None:
             if row == f"{stage}-ours{variant}":
                 return stage, variant
     return None
-
-
-LORA = {"r": 16, "alpha": 32, "dropout": 0.0}  # our default config's LoRA (dropout: PEFT's default)
-PPO_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 # ---- data ---------------------------------------------------------------------------------------------
