@@ -105,6 +105,12 @@ class FeedbackHandlers:
         key = str(index[0] if isinstance(index, list | tuple) else index)
         target = (state or {}).get("answers", {}).get(key)
         if not target:
+            if key.isdigit() and int(key) == len((state or {}).get("display", [])) + 1:
+                # Gradio shows the thumbs under an answer while it is still being written; it is recorded (and can
+                # be rated) only when it is done.
+                return err(
+                    "this answer is still being written: rate it when it is done (this click was not saved)"
+                )
             return err("only answers of this conversation can be rated")
         cid = int(target["candidate_id"])
         try:

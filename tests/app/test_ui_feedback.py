@@ -46,6 +46,23 @@ def test_unliking_withdraws_the_rating(tiny_services: Services, tmp_path: Path) 
     assert m.rows("unpaired") == 0 and m.rows("sft") == 0 and m.rows("preferences") == 0
 
 
+def test_a_thumb_on_an_answer_still_being_written_says_so(tiny_services: Services) -> None:  # noqa: F811
+    """The chat shows 👍/👎 under an answer from its first streamed piece; a click then cannot be stored (the answer
+    is not recorded yet) and must say why, not claim the answer is not of this conversation."""
+    h = Handlers(tiny_services)
+    state = new_state()
+    stream = h.ask(QUESTION, state)
+    next(stream)  # the sources are shown, the answer is being written (message 1)
+    status = h.like(1, True, state)
+    assert status.startswith("⚠️") and "still being written" in status
+    for _ in stream:
+        pass
+    assert "👍" in h.like(1, True, state)
+    assert "only answers of this conversation" in h.like(7, True, state)
+    (rec,) = list(tiny_services.store.iter_interactions())
+    assert [r.up for r in rec.ratings] == [True]
+
+
 def test_feedback_for_an_answer_no_longer_on_screen_is_refused(tiny_services: Services) -> None:  # noqa: F811
     h = Handlers(tiny_services)
     state = new_state()
