@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from app.backends.base import BACKENDS
+from app.prompt_limit import parse_prompt_limit
 from model_store.gguf import SETTINGS as GGUF_SETTINGS
 from model_store.gguf import parse_setting as parse_gguf_setting
 from settings.loader import ConfigError, apply, bounds, load, read_yaml
@@ -53,6 +54,10 @@ class AppConfig:
     k: int = field(default=4, metadata=bounds(ge=1, le=20))
     chunk_tokens: int = field(default=200, metadata=bounds(ge=1))
     chunk_overlap: int = field(default=40, metadata=bounds(ge=0))
+    # The most tokens a prompt may take before its passages are trimmed to their question-relevant sentences
+    # (retrieval/passage_trim.py): on a CPU the first token waits for the whole prompt. auto = by the hardware that
+    # serves (app/prompt_limit.py) | off | a number >= MIN_PROMPT_TOKENS
+    max_prompt_tokens: str = field(default="auto", metadata=bounds(parse=parse_prompt_limit))
     max_file_mb: float = field(default=50.0, metadata=bounds(gt=0))
     # Generation
     max_new_tokens: int = field(default=160, metadata=bounds(ge=1))

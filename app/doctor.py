@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from app import prompt_limit
 from model_store import hardware
 
 
@@ -29,6 +30,8 @@ def collect(cfg: Any, training: tuple[str, str]) -> dict[str, Any]:
         train_device = "cuda" if cuda else "cpu"
     train = hardware.choose_dtype(train_setting, device=train_device, cpu=cpu, cuda_bf16=cuda_bf16)
     quota = hardware.cgroup_cpu_limit()
+    backend = _backend(cfg)
+    on_cpu = not cuda and backend.get("serving") != "openai"
     return {
         "cpu": {
             "model": cpu.model,
@@ -50,7 +53,8 @@ def collect(cfg: Any, training: tuple[str, str]) -> dict[str, Any]:
         "serve_dtype": serve.dtype,
         "train_dtype": train.dtype,
         "dtypes": {"serve": serve.to_json(), "train": train.to_json()},
-        "backend": _backend(cfg),
+        "backend": backend,
+        "prompt_limit": prompt_limit.describe(cfg.max_prompt_tokens, on_cpu, cpu),
         "llama_cpp": _llama_cpp(cpu),
         "cpu_share": _cpu_share(cfg),
         "memory": _memory(),
@@ -243,6 +247,11 @@ def text(report: dict[str, Any]) -> str:
             )
     else:
         lines.append("llama.cpp:    not installed (pip install -e '.[llamacpp]')")
+    limit = report["prompt_limit"]
+    lines.append(
+        f"prompt limit: {limit['max_prompt_tokens'] or 'none'} tokens ({limit['reason']}; passages are trimmed "
+        "to their question-relevant sentences above it)"
+    )
     lines.append(f"gguf auto:    {llama['gguf_auto']} (bf16 with native bf16 instructions, else f16)")
     lines.append(
         f"cpu share:    server {share['server_threads_now']} threads now; a retrain/eval would use "

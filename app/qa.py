@@ -16,9 +16,11 @@ from typing import Any, NamedTuple
 from app.config import AppConfig
 from app.errors import AppError
 from app.generator import GenerationError, GenerationStats, Generator, ServedModel
+from app.prompt_limit import prompt_token_limit
 from feedback_store.records import NewCandidate
 from model_store.registry import ModelRegistry
 from retrieval.followup import choose_query, joined_query, previous_question
+from retrieval.passage_trim import trim_passages
 from retrieval.prompt import NO_ANSWER, fit_passages, parse_citations, render_prompt
 from retrieval.types import Passage
 
@@ -29,6 +31,10 @@ _STOPWORDS = frozenset(
     "a an and are as at be by for from has have in is it its of on or that the this to was were what when where "
     "which who why will with you your i do does did not no yes can".split()
 )
+
+
+# The passage tokens a prompt keeps under `max_prompt_tokens` however long the conversation before it is.
+MIN_PASSAGE_TOKENS = 160
 
 
 class QAError(AppError, ValueError):
@@ -240,6 +246,15 @@ class QAService:
         kept = fit_passages(question, passages, history, model.count_tokens, budget)
         if passages and not kept:
             raise QAError("the question and conversation are too long for the model's context window")
+        limit = prompt_token_limit(self.config.max_prompt_tokens, model.on_cpu)
+        if limit is not None and limit < budget:
+            # A long conversation may take the whole limit: the passages keep MIN_PASSAGE_TOKENS however long it is
+            # (a slower first token beats an answer without evidence).
+            floor = model.count_tokens(render_prompt(question, [], history)) + MIN_PASSAGE_TOKENS
+            trimmed = trim_passages(
+                question, kept, history, model.count_tokens, min(budget, max(limit, floor))
+            )
+            kept = trimmed or kept[:1]  # not one sentence fits: the best passage, as fit_passages allows
         return render_prompt(question, kept, history), kept
 
     # ---- answering ---------------------------------------------------------------------------------

@@ -133,7 +133,13 @@ def speed_stats(answers: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
         "first_token_ms": percentiles(ttft),
         "decode_tokens_per_s": decode_rate(answers),
         "mean_tokens": round(sum(a["tokens"] for a in answers) / len(answers), 1),
+        "mean_prompt_tokens": _mean_prompt_tokens(answers),
     }
+
+
+def _mean_prompt_tokens(answers: Sequence[dict[str, Any]]) -> float | None:
+    lengths = [len(a["prompt_ids"]) for a in answers if a.get("prompt_ids")]
+    return round(sum(lengths) / len(lengths), 1) if lengths else None
 
 
 def shared_prefix(answers: Sequence[dict[str, Any]]) -> int | None:
@@ -838,6 +844,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--k-questions", type=int, default=5, help="questions of the k-candidates row")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument(
+        "--max-prompt-tokens", default=None, help="auto | off | N (default: the app's config default, auto)"
+    )
+    parser.add_argument(
         "--agreement", type=int, default=50, help="greedy agreement prompts (0: skip the row)"
     )
     parser.add_argument("--squad", type=Path, default=SQUAD, help="squad2-dev-half JSON (agreement prompts)")
@@ -899,6 +908,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from app.prompt_limit import prompt_token_limit
     from model_store.cpu_share import marker
     from model_store.hardware import usable_cores
 
@@ -934,8 +944,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with marker(
             home, "server", port=None
         ):  # what `ragqa serve` writes: the CPU-share policy sees a server
-            qa = open_service("llamacpp", "auto", args.gguf, args.max_new_tokens, embedder)
+            extra = {} if args.max_prompt_tokens is None else {"max_prompt_tokens": args.max_prompt_tokens}
+            qa = open_service("llamacpp", "auto", args.gguf, args.max_new_tokens, embedder, **extra)
             result["app_config"] = {
+                "max_prompt_tokens": qa.config.max_prompt_tokens,
+                "prompt_token_limit": prompt_token_limit(qa.config.max_prompt_tokens, on_cpu=True),
                 "repetition_penalty": qa.config.repetition_penalty,
                 "temperature": qa.config.temperature,
                 "top_p": qa.config.top_p,

@@ -57,7 +57,14 @@ def write_sets(data: Path, out: Path) -> dict[str, Path]:
 
 
 def run_eval(
-    qa: Path, version: str, limit: int, out: Path, batch_size: int, env: dict[str, str], k: int | None = None
+    qa: Path,
+    version: str,
+    limit: int,
+    out: Path,
+    batch_size: int,
+    env: dict[str, str],
+    k: int | None = None,
+    max_prompt_tokens: str | None = None,
 ) -> float:
     t0 = time.time()
     cmd = [
@@ -75,6 +82,8 @@ def run_eval(
     cmd += ["--seed", "0", "--batch-size", str(batch_size), "--no-progress", "--out", str(out)]
     if k is not None:
         cmd += ["-k", str(k)]
+    if max_prompt_tokens is not None:
+        cmd += ["--max-prompt-tokens", max_prompt_tokens]
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
     return time.time() - t0
 

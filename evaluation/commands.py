@@ -46,6 +46,7 @@ def _qa_options(args: argparse.Namespace) -> EvalOptions:
         out_dir=Path(args.out) if args.out else None,
         index_dir=Path(args.index) if args.index else None,
         max_new_tokens=args.max_new_tokens,
+        max_prompt_tokens=args.max_prompt_tokens,
         progress=not args.no_progress,
         batch_size=args.batch_size,
     )
@@ -112,6 +113,12 @@ def _add_qa_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-new-tokens", type=_positive, default=None, help="answer length cap (default: config)"
+    )
+    p.add_argument(
+        "--max-prompt-tokens",
+        default=None,
+        help="auto | off | N: trim the passages to their question-relevant sentences above N prompt tokens "
+        "(default: config max_prompt_tokens)",
     )
     p.add_argument(
         "--batch-size",

@@ -62,6 +62,7 @@ class EvalOptions:
     out_dir: Path | None = None  # None: RAGQA_HOME/evals/<stamp>-<file>-<version>
     index_dir: Path | None = None  # an existing index instead of indexing the file's contexts
     max_new_tokens: int | None = None  # None: config.max_new_tokens
+    max_prompt_tokens: str | None = None  # auto | off | a number; None: config.max_prompt_tokens
     depth: int = 10  # passages retrieved for recall@k / MRR
     progress: bool = True
     # Greedy answers per generate call; 1: one `QAService.ask` per question (the app's exact path, with its
@@ -467,7 +468,11 @@ def _embedder_for(cfg: AppConfig, embedder: Any) -> Any:
 def prepare(options: EvalOptions, base: AppConfig | None) -> tuple[AppConfig, QADataset, list[QAExample]]:
     """Load the config and the QA file, pick the subset; shared by eval, compare and the loop benchmark."""
     cfg = base or AppConfig.load()
-    overrides = {"k": options.k, "max_new_tokens": options.max_new_tokens}
+    overrides = {
+        "k": options.k,
+        "max_new_tokens": options.max_new_tokens,
+        "max_prompt_tokens": options.max_prompt_tokens,
+    }
     cfg = eval_config(cfg.with_(**{k: v for k, v in overrides.items() if v is not None}), options.batch_size)
     if options.batch_size < 1:
         raise EvalError(f"--batch-size must be at least 1, got {options.batch_size}")
@@ -624,11 +629,23 @@ def dataset_info(dataset: QADataset, examples: Sequence[QAExample], options: Eva
     }
 
 
+def _prompt_token_limit(cfg: AppConfig) -> int | None:
+    """The prompt limit the answers get (app/prompt_limit.py): the eval's transformers model runs on CUDA when
+    there is one, an openai backend elsewhere."""
+    from app.prompt_limit import prompt_token_limit
+    from model_store.hardware import cuda_state
+
+    on_cpu = cfg.backend != "openai" and not cuda_state()[0]
+    return prompt_token_limit(cfg.max_prompt_tokens, on_cpu)
+
+
 def settings_info(cfg: AppConfig, options: EvalOptions, embedder: Any) -> dict[str, Any]:
     return {
         "k": cfg.k,
         "retrieval_depth": max(options.depth, cfg.k),
         "max_new_tokens": cfg.max_new_tokens,
+        "max_prompt_tokens": cfg.max_prompt_tokens,
+        "prompt_token_limit": _prompt_token_limit(cfg),
         "repetition_penalty": cfg.repetition_penalty,
         "backend": cfg.backend,
         "dtype": cfg.dtype,

@@ -164,6 +164,8 @@ class ServedModel(ABC):
     """One published version, ready to answer. Thread-safe for concurrent requests unless a backend says not."""
 
     backend: str = ""
+    # Whether this process's CPU computes the answers (prefill is slow there: app/prompt_limit.py).
+    on_cpu: bool = True
 
     def __init__(self, version: Any, codec: PromptCodec | None, context_window: int) -> None:
         self.version: str = version.name

@@ -33,6 +33,7 @@ CHARS_PER_TOKEN_ESTIMATE = 3.0  # English averages ~4 characters per token; 3 le
 
 class OpenAIModel(ServedModel):
     backend = "openai"
+    on_cpu = False  # a server elsewhere prefills
 
     def __init__(
         self,

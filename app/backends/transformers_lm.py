@@ -62,6 +62,10 @@ class TransformersModel(ServedModel):
         model.eval()
         return cls(version, model, tokenizer)
 
+    @property
+    def on_cpu(self) -> bool:  # type: ignore[override]
+        return self.model.device.type == "cpu"
+
     def describe(self) -> str:
         return f"{self.version} (transformers, {str(self.model.dtype).removeprefix('torch.')})"
 

@@ -84,3 +84,23 @@ def test_follow_up_uses_the_conversation(default_registry: Path, corpus: Path) -
     # A change of topic is searched alone (retrieval/followup.py): the old topic does not come first.
     passages = qa.retrieve("How long does quillbread dough rest before baking?", history)
     assert passages[0].source == "recipes/quillbread.txt"
+
+
+def test_long_passages_are_trimmed_to_the_prompt_limit(default_registry: Path, tmp_path: Path) -> None:
+    """Above `max_prompt_tokens` the model reads (and the Sources panel shows) the passages' relevant sentences:
+    the real tokenizer's prompt stays within the limit, and the sentence with the answer is among them."""
+    filler = " ".join(
+        f"Visitors in year {y} mostly came by train and stayed one night." for y in range(1950, 1975)
+    )
+    root = tmp_path / "long"
+    root.mkdir()
+    (root / "tower.md").write_text(f"{filler} The Zorbium Tower in Kelvale opened on 14 March 1893. {filler}")
+    (root / "bread.md").write_text(f"Quillbread is baked from oat flour. {filler}")
+    assert main(["ingest", str(root)]) == 0
+    question = "When did the Zorbium Tower open?"
+    trimmed = QAService(AppConfig.load(max_new_tokens=8, max_prompt_tokens=320)).ask(question)
+    assert trimmed.generation["prompt_tokens"] <= 320
+    assert any("opened on 14 March 1893" in p.text for p in trimmed.passages)
+    assert any("…" in p.text for p in trimmed.passages)
+    whole = QAService(AppConfig.load(max_new_tokens=8, max_prompt_tokens="off")).ask(question)
+    assert whole.generation["prompt_tokens"] > 600 and not any("…" in p.text for p in whole.passages)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.passages_k import journal_prompts
+from benchmarks.passages_k import eval_folder, journal_prompts, parse_variants, variant_name
 from benchmarks.starter_heldout import run_eval
 
 
@@ -40,5 +40,15 @@ def test_run_eval_passes_k_only_when_given(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr("subprocess.run", lambda cmd, **_k: calls.append(cmd))
     run_eval(tmp_path / "qa.json", "v0002", 10, tmp_path / "out", 4, {}, k=2)
     run_eval(tmp_path / "qa.json", "v0002", 10, tmp_path / "out", 4, {})
+    run_eval(tmp_path / "qa.json", "v0002", 10, tmp_path / "out", 4, {}, k=4, max_prompt_tokens="448")
     assert calls[0][calls[0].index("-k") + 1] == "2"
-    assert "-k" not in calls[1]
+    assert "-k" not in calls[1] and "--max-prompt-tokens" not in calls[1]
+    assert calls[2][calls[2].index("--max-prompt-tokens") + 1] == "448"
+
+
+def test_variants_name_their_own_eval_folders(tmp_path: Path) -> None:
+    assert parse_variants("4:off, 4:448,2") == [(4, "off"), (4, "448"), (2, "off")]
+    assert [variant_name(*v) for v in parse_variants("4:off,4:448")] == ["k4", "k4-p448"]
+    # k4 keeps the folder name of the runs before variants existed; a trimmed run never resumes an untrimmed one
+    assert eval_folder(tmp_path, "v0002", 4) == tmp_path / "squad2-v0002-k4"
+    assert eval_folder(tmp_path, "v0002", 4, "448") != eval_folder(tmp_path, "v0002", 4, "off")

@@ -139,6 +139,8 @@ def test_doctor_json_reports_the_choice_for_the_faked_cpu(
     assert report["cores"]["usable"] >= 1 and report["disk"]["free_gb"] > 0
     assert set(report["cpu_share"]) >= {"server_threads_now", "job_threads_now", "job_nice"}
     assert report["llama_cpp"]["gguf_auto"] == ("bf16" if dtype == "bfloat16" else "f16")
+    # the prompt limit that keeps a CPU's first token near 1 s: 448 tokens without AVX-512, 704 with it
+    assert report["prompt_limit"]["max_prompt_tokens"] == (704 if dtype == "bfloat16" else 448)
     # the decoder-layer compile of a long retrain stage: only measured to help on a CPU without AVX-512 in fp32
     from training.layer_compile import cpp_compiler
 

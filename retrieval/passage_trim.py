@@ -1,0 +1,196 @@
+"""Fit k passages into a prompt-token budget by keeping their sentences that bear on the question.
+
+Why: on a CPU the first token waits for the whole prompt's prefill, and prefill is compute-bound there (llama.cpp
+on a 2-core AVX2-only EPYC prefills ~410-490 tokens/s with SmolLM2-135M), so 4 passages of ~200 tokens (an
+~880-token prompt) take 1.6-2.2 s before the first token. Dropping whole passages (`fit_passages`) loses the
+answers that rank 3rd or 4th; this keeps at least the best sentence of every passage that fits, then the
+best-ranked passages whole where they fit, and fills the rest of the budget with the sentences that share the
+most (rare) question words, in each passage's own order, with "…" where text was left out. The trimmed passage is what the model reads, what the Sources panel shows and what the
+feedback store keeps, so training sees exactly what serving showed.
+
+Scoring is lexical on purpose: an IDF-weighted overlap of question words (IDF over the sentences of the
+passages at hand) costs microseconds, where embedding every sentence with the retrieval model would cost about
+as much CPU time as the prefill it saves. Pure Python: no heavy imports.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from retrieval.prompt import render_prompt
+
+GAP = "…"
+# A "sentence" longer than this many words (a table row run, a code block, a list without full stops) is cut into
+# pieces of PIECE_WORDS words, so one of them can still fit a small budget.
+MAX_SENTENCE_WORDS = 60
+PIECE_WORDS = 40
+# After this many sentences in a row that do not fit, the rest (ever lower-scored) are not tried: each try renders
+# and tokenizes the whole prompt.
+MAX_MISSES = 4
+
+_SENTENCE_END = re.compile(r"(?<=[.!?][\"')\]])\s+|(?<=[.!?])\s+|\n\s*\n|\n(?=\s*(?:[-*+#>|]|\d+[.)])\s)")
+_WORD = re.compile(r"\w+", re.UNICODE)
+# Function words carry no evidence of where the answer is (a sentence sharing "the" and "of" with the question is
+# not more likely to answer it). A short list, because IDF already discounts common words.
+_STOPWORDS = frozenset(
+    """a an and are as at be been but by can could did do does for from had has have how i if in into is it its
+    me my no not of on or our so than that the their them then there these they this to was we were what when
+    where which who whom whose why will with would you your""".split()
+)
+
+
+@dataclass(frozen=True)
+class _Sentence:
+    passage: int  # index in the passages given
+    position: int  # index within its passage
+    text: str
+    score: float
+
+
+def split_sentences(text: str) -> list[str]:
+    """The sentences (or list items, paragraphs, pieces of over-long runs) of a passage, in order."""
+    pieces = []
+    for part in _SENTENCE_END.split(text):
+        words = part.split()
+        if not words:
+            continue
+        if len(words) <= MAX_SENTENCE_WORDS:
+            pieces.append(" ".join(words))
+        else:
+            pieces.extend(" ".join(words[i : i + PIECE_WORDS]) for i in range(0, len(words), PIECE_WORDS))
+    return pieces
+
+
+def _stem(word: str) -> str:
+    # Enough to match "publish" with "published"/"publishes"/"publishing"; not a linguistic stemmer.
+    for suffix in ("ing", "ed", "es", "s"):
+        if len(word) > len(suffix) + 3 and word.endswith(suffix):
+            return word[: -len(suffix)]
+    return word
+
+
+def terms(text: str) -> set[str]:
+    return {_stem(w) for w in _WORD.findall(text.lower()) if w not in _STOPWORDS}
+
+
+def score_sentences(question: str, sentences: Sequence[str]) -> list[float]:
+    """IDF-weighted overlap of each sentence with the question's words (IDF over these sentences)."""
+    asked = terms(question)
+    bags = [terms(s) & asked for s in sentences]
+    n = len(sentences)
+    df = {t: sum(t in bag for bag in bags) for t in asked}
+    idf = {t: math.log(1 + n / df[t]) for t in asked if df[t]}
+    return [sum(idf[t] for t in bag) for bag in bags]
+
+
+def _field(passage: Any, name: str) -> Any:
+    return passage[name] if isinstance(passage, Mapping) else getattr(passage, name)
+
+
+def _with_text(passage: Any, text: str) -> Any:
+    if isinstance(passage, Mapping):
+        return {**passage, "text": text}
+    return replace(passage, text=text)
+
+
+def _joined(sentences: list[_Sentence], total: int) -> str:
+    """The kept sentences of one passage in order, with GAP where sentences were left out."""
+    out: list[str] = []
+    last = -1
+    for s in sentences:
+        if s.position != last + 1:
+            out.append(GAP)
+        out.append(s.text)
+        last = s.position
+    if last != total - 1:
+        out.append(GAP)
+    return " ".join(out)
+
+
+def _render_kept(passages: Sequence[Any], units: list[list[_Sentence]], kept: list[set[int]]) -> list[Any]:
+    """The first len(kept) passages, each with its kept sentences (all of them: the passage as it was)."""
+    out = []
+    for i, positions in enumerate(kept):
+        if len(positions) == len(units[i]):
+            out.append(passages[i])
+        else:
+            chosen = [s for s in units[i] if s.position in positions]
+            out.append(_with_text(passages[i], _joined(chosen, len(units[i]))))
+    return out
+
+
+def _rest_by_priority(units: list[list[_Sentence]], best: list[_Sentence | None]) -> list[_Sentence]:
+    """The sentences other than each passage's best: by score, then rank, then closeness to the best sentence
+    of their passage (the neighbours of the evidence explain its pronouns), then position."""
+    rest = [s for i, sentences in enumerate(units) for s in sentences if s is not best[i]]
+
+    def key(s: _Sentence) -> tuple[float, int, int, int]:
+        anchor = best[s.passage]
+        return (-s.score, s.passage, abs(s.position - anchor.position) if anchor else 0, s.position)
+
+    return sorted(rest, key=key)
+
+
+def _units(question: str, passages: Sequence[Any]) -> list[list[_Sentence]]:
+    texts = [split_sentences(str(_field(p, "text"))) for p in passages]  # line breaks still mark list items
+    scores = iter(score_sentences(question, [s for sentences in texts for s in sentences]))
+    return [
+        [_Sentence(i, j, s, next(scores)) for j, s in enumerate(sentences)]
+        for i, sentences in enumerate(texts)
+    ]
+
+
+def trim_passages(
+    question: str,
+    passages: Sequence[Any],
+    history: Sequence[Mapping[str, str]],
+    count_tokens: Callable[[list[dict[str, str]]], int],
+    budget: int,
+) -> list[Any]:
+    """The passages, trimmed to their question-relevant sentences so the rendered prompt fits `budget` tokens.
+
+    Unchanged when they already fit. Otherwise every passage keeps at least its best sentence, in rank order (one
+    whose best sentence no longer fits is dropped with every lower-ranked one, so the citation numbers [1]..[n]
+    keep their order); then the best-ranked passages are made whole again where they fit (a model reads whole
+    passages best: it was trained on them); the budget left takes the best-scoring other sentences of the
+    passages still trimmed. Trimming trimmed passages again with the same budget
+    changes nothing. `count_tokens` measures rendered messages with the serving model's own chat template.
+    May return [] (not even one sentence fits).
+    """
+    passages = list(passages)
+    if not passages or count_tokens(render_prompt(question, passages, history)) <= budget:
+        return passages
+
+    def fits(kept: list[set[int]]) -> bool:
+        return count_tokens(render_prompt(question, _render_kept(passages, units, kept), history)) <= budget
+
+    units = _units(question, passages)
+    best = [max(u, key=lambda s: (s.score, -s.position)) if u else None for u in units]
+    kept: list[set[int]] = []
+    for anchor in best:  # phase 1: the best sentence of each passage, in rank order, while they fit
+        kept.append({anchor.position} if anchor else set())
+        if not fits(kept):
+            kept.pop()
+            break
+    for i in range(len(kept)):  # phase 2: whole passages, best-ranked first, where they fit
+        trimmed = kept[i]
+        kept[i] = {s.position for s in units[i]}
+        if not fits(kept):
+            kept[i] = trimmed
+    misses = 0
+    for sentence in _rest_by_priority(units[: len(kept)], best):  # phase 3: the rest, best first
+        if misses >= MAX_MISSES:
+            break
+        if sentence.position in kept[sentence.passage]:
+            continue
+        kept[sentence.passage].add(sentence.position)
+        if fits(kept):
+            misses = 0
+        else:
+            kept[sentence.passage].discard(sentence.position)
+            misses += 1
+    return _render_kept(passages, units, kept)

@@ -1,0 +1,126 @@
+"""retrieval/passage_trim.py: passages cut to their question-relevant sentences so the prompt fits a budget."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from retrieval.passage_trim import GAP, score_sentences, split_sentences, trim_passages
+from retrieval.prompt import render_prompt
+from retrieval.types import Passage
+
+FILLER = [
+    "The committee met on a Tuesday to discuss the annual budget.",
+    "Several members arrived late because of the weather.",
+    "Coffee and biscuits were served in the hall.",
+    "The minutes of the previous meeting were read aloud.",
+    "A short break followed the first session.",
+]
+
+
+def words(messages: list[dict[str, str]]) -> int:
+    """A stand-in tokenizer: one token per whitespace-separated word."""
+    return sum(len(m["content"].split()) for m in messages)
+
+
+def passage(rank: int, source: str, *sentences: str) -> Passage:
+    return Passage(rank, f"c{rank}", source, " ".join(sentences), 1.0 / rank)
+
+
+PASSAGES = [
+    passage(1, "tower.md", *FILLER[:3], "The Zorbium Tower opened on 14 March 1893.", *FILLER[3:]),
+    passage(2, "bread.md", *FILLER, "Quillbread dough rests for nine hours."),
+    passage(
+        3,
+        "ship.md",
+        "The Marigold Vance was designed by Alma Pettersen, who also designed the tower.",
+        *FILLER,
+    ),
+    passage(4, "bird.md", *FILLER[::-1]),
+]
+QUESTION = "When did the Zorbium Tower open?"
+
+
+def test_split_sentences_by_stops_list_items_and_long_runs() -> None:
+    assert split_sentences("One. Two? Three! Four") == ["One.", "Two?", "Three!", "Four"]
+    assert split_sentences("Steps:\n- install it\n- run it\n\nNext part") == [
+        "Steps:",
+        "- install it",
+        "- run it",
+        "Next part",
+    ]
+    assert split_sentences('He said "stop." Then left.') == ['He said "stop."', "Then left."]
+    run = " ".join(f"w{i}" for i in range(100))  # a code block or table without full stops
+    assert [len(p.split()) for p in split_sentences(run)] == [40, 40, 20]
+
+
+def test_rare_question_words_score_highest() -> None:
+    scores = score_sentences(QUESTION, [FILLER[0], PASSAGES[0].text.split(". ")[3], "The tower is tall."])
+    assert scores[0] == 0 and scores[1] > scores[2] > 0
+
+
+def test_a_prompt_that_fits_is_left_alone() -> None:
+    full = words(render_prompt(QUESTION, PASSAGES))
+    assert trim_passages(QUESTION, PASSAGES, [], words, full) == PASSAGES
+
+
+def test_trimmed_prompt_fits_keeps_every_passage_and_the_answer() -> None:
+    full = words(render_prompt(QUESTION, PASSAGES))
+    budget = full // 2
+    out = trim_passages(QUESTION, PASSAGES, [], words, budget)
+    assert words(render_prompt(QUESTION, out)) <= budget
+    assert [(p.rank, p.source, p.chunk_id) for p in out] == [(p.rank, p.source, p.chunk_id) for p in PASSAGES]
+    assert "The Zorbium Tower opened on 14 March 1893." in out[0].text
+    assert out[0].text.startswith(GAP) and out[0].text != PASSAGES[0].text
+    # Passage 3's best sentence (it shares "tower") is kept; filler that shares nothing goes first.
+    assert "designed by Alma Pettersen" in out[2].text
+    # Every kept piece is the original's text, in the original's order.
+    for before, after in zip(PASSAGES, out, strict=True):
+        pieces = [s for s in after.text.split(f" {GAP}") if s.strip(f" {GAP}")]
+        positions = [before.text.find(s.strip(f" {GAP}")) for s in pieces]
+        assert all(p >= 0 for p in positions) and positions == sorted(positions)
+
+
+def test_trimming_twice_changes_nothing() -> None:
+    budget = words(render_prompt(QUESTION, PASSAGES)) // 2
+    once = trim_passages(QUESTION, PASSAGES, [], words, budget)
+    assert trim_passages(QUESTION, once, [], words, budget) == once
+
+
+def test_passages_whose_best_sentence_does_not_fit_are_dropped_from_the_lowest_rank() -> None:
+    bare = words(render_prompt(QUESTION, PASSAGES[:2]))  # not even 2 whole passages' worth
+    out = trim_passages(QUESTION, PASSAGES, [], words, bare // 2)
+    assert 1 <= len(out) < len(PASSAGES)
+    assert [p.rank for p in out] == list(range(1, len(out) + 1))  # a prefix: citations keep their numbers
+    assert "1893" in out[0].text
+    assert trim_passages(QUESTION, PASSAGES, [], words, 5) == []  # not one sentence fits
+
+
+def test_dict_passages_from_the_feedback_store_are_trimmed_too() -> None:
+    stored = [p.to_dict() for p in PASSAGES]
+    out = trim_passages(QUESTION, stored, [], words, words(render_prompt(QUESTION, stored)) // 2)
+    assert all(isinstance(p, dict) for p in out) and out[0]["chunk_id"] == "c1" and "1893" in out[0]["text"]
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    question=st.text(min_size=1, max_size=60).filter(str.strip),
+    texts=st.lists(st.text(max_size=400), min_size=1, max_size=5),
+    budget=st.integers(min_value=0, max_value=400),
+)
+def test_any_passages_fit_or_are_empty(question: str, texts: list[str], budget: int) -> None:
+    passages = [Passage(i + 1, f"c{i}", f"s{i}.md", t, 0.0) for i, t in enumerate(texts)]
+    out = trim_passages(question, passages, [], words, budget)
+    assert out == [] or words(render_prompt(question, out)) <= budget or out == passages
+    assert [p.chunk_id for p in out] == [p.chunk_id for p in passages[: len(out)]]
+    if out and out != passages:
+        assert trim_passages(question, out, [], words, budget) == out
+
+
+def test_best_ranked_passages_are_made_whole_where_they_fit() -> None:
+    """Near the budget the top passages stay as written (the model was trained on whole passages) and only the
+    lowest-ranked one loses sentences."""
+    full = words(render_prompt(QUESTION, PASSAGES))
+    out = trim_passages(QUESTION, PASSAGES, [], words, full - 12)
+    assert [p.text for p in out[:3]] == [p.text for p in PASSAGES[:3]]
+    assert GAP in out[3].text and len(out) == 4
