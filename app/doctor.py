@@ -249,7 +249,7 @@ def text(report: dict[str, Any]) -> str:
         lines.append("llama.cpp:    not installed (pip install -e '.[llamacpp]')")
     limit = report["prompt_limit"]
     lines.append(
-        f"prompt limit: {limit['max_prompt_tokens'] or 'none'} tokens ({limit['reason']}; passages are trimmed "
+        f"prompt limit: {limit['max_prompt_tokens'] or 'no limit'}{' tokens' if limit['max_prompt_tokens'] else ''} ({limit['reason']}; passages are trimmed "
         "to their question-relevant sentences above it)"
     )
     lines.append(f"gguf auto:    {llama['gguf_auto']} (bf16 with native bf16 instructions, else f16)")
