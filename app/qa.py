@@ -247,7 +247,11 @@ class QAService:
         if passages and not kept:
             raise QAError("the question and conversation are too long for the model's context window")
         limit = prompt_token_limit(self.config.max_prompt_tokens, model.on_cpu)
-        if limit is not None and limit < budget:
+        if (
+            limit is not None
+            and limit < budget
+            and model.count_tokens(render_prompt(question, kept, history)) > limit
+        ):
             # A long conversation may take the whole limit: the passages keep MIN_PASSAGE_TOKENS however long it is
             # (a slower first token beats an answer without evidence).
             floor = model.count_tokens(render_prompt(question, [], history)) + MIN_PASSAGE_TOKENS

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from retrieval.prompt import render_prompt
+from retrieval.prompt import passage_field, render_prompt
 
 GAP = "…"
 # A "sentence" longer than this many words (a table row run, a code block, a list without full stops) is cut into
@@ -87,10 +87,6 @@ def score_sentences(question: str, sentences: Sequence[str]) -> list[float]:
     return [sum(idf[t] for t in bag) for bag in bags]
 
 
-def _field(passage: Any, name: str) -> Any:
-    return passage[name] if isinstance(passage, Mapping) else getattr(passage, name)
-
-
 def _with_text(passage: Any, text: str) -> Any:
     if isinstance(passage, Mapping):
         return {**passage, "text": text}
@@ -123,10 +119,12 @@ def _render_kept(passages: Sequence[Any], units: list[list[_Sentence]], kept: li
     return out
 
 
-def _rest_by_priority(units: list[list[_Sentence]], best: list[_Sentence | None]) -> list[_Sentence]:
-    """The sentences other than each passage's best: by score, then rank, then closeness to the best sentence
-    of their passage (the neighbours of the evidence explain its pronouns), then position."""
-    rest = [s for i, sentences in enumerate(units) for s in sentences if s is not best[i]]
+def _rest_by_priority(
+    units: list[list[_Sentence]], best: list[_Sentence | None], kept: list[set[int]]
+) -> list[_Sentence]:
+    """The kept passages' sentences not kept yet: by score, then rank, then closeness to the best sentence of
+    their passage (the neighbours of the evidence explain its pronouns), then position."""
+    rest = [s for i, positions in enumerate(kept) for s in units[i] if s.position not in positions]
 
     def key(s: _Sentence) -> tuple[float, int, int, int]:
         anchor = best[s.passage]
@@ -136,7 +134,9 @@ def _rest_by_priority(units: list[list[_Sentence]], best: list[_Sentence | None]
 
 
 def _units(question: str, passages: Sequence[Any]) -> list[list[_Sentence]]:
-    texts = [split_sentences(str(_field(p, "text"))) for p in passages]  # line breaks still mark list items
+    texts = [
+        split_sentences(str(passage_field(p, "text"))) for p in passages
+    ]  # line breaks still mark list items
     scores = iter(score_sentences(question, [s for sentences in texts for s in sentences]))
     return [
         [_Sentence(i, j, s, next(scores)) for j, s in enumerate(sentences)]
@@ -182,11 +182,9 @@ def trim_passages(
         if not fits(kept):
             kept[i] = trimmed
     misses = 0
-    for sentence in _rest_by_priority(units[: len(kept)], best):  # phase 3: the rest, best first
+    for sentence in _rest_by_priority(units, best, kept):  # phase 3: the rest, best first
         if misses >= MAX_MISSES:
             break
-        if sentence.position in kept[sentence.passage]:
-            continue
         kept[sentence.passage].add(sentence.position)
         if fits(kept):
             misses = 0

@@ -30,7 +30,7 @@ MAX_HISTORY_TURNS = 4
 _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 
 
-def _field(passage: Any, name: str) -> Any:
+def passage_field(passage: Any, name: str) -> Any:
     # Passages come as retrieval.types.Passage in the app and as plain dicts from the feedback store.
     return passage[name] if isinstance(passage, Mapping) else getattr(passage, name)
 
@@ -39,9 +39,9 @@ def format_passages(passages: Sequence[Any]) -> str:
     """Number the passages [1]..[k] in the order given, each with its source file."""
     blocks = []
     for i, p in enumerate(passages, start=1):
-        text = " ".join(str(_field(p, "text")).split())
+        text = " ".join(str(passage_field(p, "text")).split())
         # The name is normalised here too: passages stored with feedback before names were cleaned come as dicts.
-        blocks.append(f"[{i}] (source: {source_label(str(_field(p, 'source')))})\n{text}")
+        blocks.append(f"[{i}] (source: {source_label(str(passage_field(p, 'source')))})\n{text}")
     return "\n\n".join(blocks)
 
 
