@@ -27,6 +27,8 @@ win rates); the simulator, `ragqa retrain --resume` and the evaluation's answer 
     python benchmarks/loop.py --quick            # a few minutes: tiny subsets, 2 steps per training stage
     python benchmarks/loop.py --out DIR          # the full run (issue #13's sizes); rerun the same to resume
     python benchmarks/loop.py --base-only        # only the base model's held-out numbers (no simulator/retrain)
+    python benchmarks/loop.py --start starter --no-dpo --out DIR   # the same loop from the starter v0002 (what a
+                                                 # user's retrain starts from); report in docs/results/loop/from_starter/
 
 The data files live in ../shared/data next to the repository (benchmark-only; pass --data to point elsewhere).
 Only squad2-dev-half's training articles are trained or tuned on; xquad-en is held-out evaluation only. Results
@@ -280,7 +282,8 @@ def retrain_command(
     export_dir: Path | None = None,
     resume: str | None = None,
 ) -> list[str]:
-    """`ragqa retrain --from base` (the raw v0001, whatever is current) with the preset's overrides, then the
+    """`ragqa retrain --from base` (the raw v0001, whatever is current; `--from starter` with --start starter) with
+    the preset's overrides, then the
     user's --retrain-args (which win). DPO: `algorithm=dpo` on the PPO run's export, never published. A resumed
     run keeps its own config (`--resume RUN_ID`, no --set)."""
     extra = ["--no-publish"] if algorithm != "ppo" else []
@@ -290,7 +293,7 @@ def retrain_command(
     if algorithm != "ppo":
         sets += [f"algorithm={algorithm}", *([f"data.export_dir={export_dir}"] if export_dir else [])]
     flags = [x for s in sets for x in ("--set", s)]
-    return ragqa("retrain", "--from", "base", *flags, *extra, *args.retrain_args.split())
+    return ragqa("retrain", "--from", args.start, *flags, *extra, *args.retrain_args.split())
 
 
 # ---- what the retrain left -------------------------------------------------------------------------------------
@@ -335,11 +338,13 @@ def publish_unlisted(home: Path, folder: Path, kind: str, note: str) -> str:
     return version.name
 
 
-def models_to_evaluate(home: Path, state: dict[str, Any], not_run: list[str]) -> tuple[dict[str, str], str]:
-    """{"base": v0001, "sft": ..., "final": ...} and how the final model was obtained."""
+def models_to_evaluate(
+    home: Path, state: dict[str, Any], not_run: list[str], base: str = "v0001"
+) -> tuple[dict[str, str], str]:
+    """{"base": the start model, "sft": ..., "final": ...} and how the final model was obtained."""
     from model_store.registry import ModelRegistry
 
-    versions = {"base": "v0001"}
+    versions = {"base": base}
     sft = stage_output(state, "sft", "merged")
     if sft is not None:
         versions["sft"] = publish_unlisted(home, sft, "sft-only", "the retrain's SFT stage, merged")
@@ -773,8 +778,10 @@ def write_report(report: dict[str, Any], out: Path) -> None:
 
     s = report["settings"]
     size = "quick" if report["quick"] else "full" if report.get("full_size", True) else "reduced"
+    start = "the starter (`--start starter`)" if s.get("start") == "starter" else "the raw v0001"
     md = [f"# Feedback loop: before / after ({size} run)", ""]
     md += [
+        f'- Started from {start}: "base" below is that model.',
         f"- Started {report['started_at']}, total wall time {fmt(report['wall_s'].get('total'), 0)} s; "
         f"machine: {describe_machine(report['machine'])}.",
         f"- Load average (1 min) at start {report['load']['start']}, after each step: "
@@ -929,6 +936,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, default=None, help="results folder; rerun with the same one to resume")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--start",
+        choices=["base", "starter"],
+        default="base",
+        help="the model the loop starts from and compares with: the raw v0001 (issue #13's experiment) or the "
+        "starter (what a user's retrain starts from); a starter run's report goes to docs/results/loop/from_starter/",
+    )
     p.add_argument("--heldout-articles", type=int, default=4)
     p.add_argument("--sim-limit", type=int, default=None, help="training questions to simulate")
     p.add_argument("--correct-fraction", type=float, default=None)
@@ -996,6 +1010,29 @@ def prepare_home(args: argparse.Namespace, ledger: Ledger) -> Path:
     )
     ledger.put("home", str(home))
     return home
+
+
+def setup_flags(start: str) -> list[str]:
+    """`ragqa setup` without the demo guide; without the starter too when the loop starts from the raw model (the
+    simulated candidates then come from v0001, and the gain is the loop's own)."""
+    return ["--no-demo", *(["--no-starter"] if start == "base" else [])]
+
+
+def start_version(home: Path, start: str) -> str:
+    """The model the loop starts from and is measured against: v0001, or the starter `ragqa setup` published."""
+    if start == "base":
+        return "v0001"
+    from model_store.registry import ModelRegistry
+    from model_store.starter import STARTER_KIND
+
+    found = [
+        v.name for v in ModelRegistry(home / "models").versions() if v.manifest.get("kind") == STARTER_KIND
+    ]
+    if not found:
+        raise SystemExit(
+            f"--start starter: `ragqa setup` published no starter in {home} (see logs/setup.log)"
+        )
+    return found[0]
 
 
 def retrain(
@@ -1071,7 +1108,7 @@ def kl_stages(
         kls[label] = {
             "vs_base": ledger.stage(
                 f"kl {label} vs base",
-                lambda p=path, a=answers: answer_kl(p, reg.get("v0001").path, a, args.kl_limit),
+                lambda p=path, a=answers: answer_kl(p, reg.get(versions["base"]).path, a, args.kl_limit),
             )
         }
         if label != "sft" and "sft" in versions:
@@ -1108,12 +1145,11 @@ def main(argv: list[str] | None = None) -> int:
     xquad_qa = write_json(data_dir / "xquad_minus_squad2.json", xq)
 
     if not args.eval_only:
-        ledger.stage(
-            "setup", lambda: run_step("setup", ragqa("setup", "--no-demo", "--no-starter"), env, logs)
-        )
+        ledger.stage("setup", lambda: run_step("setup", ragqa("setup", *setup_flags(args.start)), env, logs))
     state: dict[str, Any] = {}
     dpo_state: dict[str, Any] = {}
-    versions = {"base": "v0001"}
+    base = start_version(home, args.start)
+    versions = {"base": base}
     final_how = None
     if args.base_only:
         not_run.append("simulate + retrain (--base-only)")
@@ -1124,7 +1160,7 @@ def main(argv: list[str] | None = None) -> int:
         not_run.append(
             f"setup, simulate, retrain: --eval-only reused {run_dir} (their times are the first pass's)"
         )
-        versions, final_how = models_to_evaluate(home, state, not_run)
+        versions, final_how = models_to_evaluate(home, state, not_run, base)
     else:
         from evaluation.formats import load_qa
         from evaluation.runner import write_corpus
@@ -1140,7 +1176,7 @@ def main(argv: list[str] | None = None) -> int:
         # The simulator skips the questions it recorded before: a rerun of a killed simulation continues it.
         ledger.stage("simulate", lambda: run_step("simulate", simulate_command(train_qa, args), env, logs))
         state = retrain("ppo", args, env, logs, home, ledger, not_run)
-        versions, final_how = models_to_evaluate(home, state, not_run)
+        versions, final_how = models_to_evaluate(home, state, not_run, base)
 
     from retrieval.embedder import SentenceTransformerEmbedder
 
@@ -1212,7 +1248,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_report(report, out)
     if not args.quick and not args.base_only and report["full_size"]:
-        publish_docs(out)
+        publish_docs(out, args.start)
     elif not args.quick:
         print(
             f"a run smaller than the full preset: its report stays in {out} (docs/results/loop/ is for full runs)"
@@ -1247,15 +1283,24 @@ def full_size(args: argparse.Namespace) -> bool:
     """At least issue #13's sizes (the FULL preset) everywhere, DPO included: only such a run replaces the report in
     docs/results/loop/ (a smaller run, e.g. to try a setting, must not overwrite it)."""
     sizes = ("sim_limit", "eval_squad2", "eval_xquad", "kl_limit")
-    return not args.no_dpo and all(getattr(args, name) >= getattr(FULL, name) for name in sizes)
+    # DPO is part of the raw-model experiment (PPO - DPO); a loop from the starter asks only whether it improves
+    # the model a user's retrain starts from
+    dpo_done = not args.no_dpo or args.start == "starter"
+    return dpo_done and all(getattr(args, name) >= getattr(FULL, name) for name in sizes)
 
 
-def publish_docs(out: Path) -> None:
+def docs_folder(start: str) -> Path:
+    """docs/results/loop/ for the raw-model experiment; a loop from the starter is another experiment."""
+    return DOCS if start == "base" else DOCS / "from_starter"
+
+
+def publish_docs(out: Path, start: str = "base") -> None:
     """A full run's report.json, report.md and plots into docs/results/loop/ (the issue's results folder)."""
-    DOCS.mkdir(parents=True, exist_ok=True)
+    docs = docs_folder(start)
+    docs.mkdir(parents=True, exist_ok=True)
     for f in [out / "report.json", out / "report.md", *out.glob("*.png")]:
-        shutil.copy2(f, DOCS / f.name)
-    print(f"copied the report into {DOCS}")
+        shutil.copy2(f, docs / f.name)
+    print(f"copied the report into {docs}")
 
 
 if __name__ == "__main__":

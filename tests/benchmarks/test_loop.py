@@ -92,6 +92,30 @@ def test_retrains_start_from_raw_base_and_dpo_reuses_the_export(tmp_path: Path) 
     assert resumed.resume == "r1" and resumed.overrides == [] and resumed.no_publish
 
 
+def test_a_loop_from_the_starter_keeps_it_and_retrains_from_it(tmp_path: Path) -> None:
+    from benchmarks import loop
+
+    args = parse_args(["--quick", "--start", "starter"])
+    assert _retrain_parser().parse_args(retrain_command(args)[3:]).start_from == "starter"
+    assert loop.setup_flags("starter") == ["--no-demo"]
+    assert loop.setup_flags("base") == ["--no-demo", "--no-starter"]
+    registry = _registry_with_base(tmp_path)
+    with pytest.raises(SystemExit, match="no starter"):
+        loop.start_version(tmp_path, "starter")
+    registry.publish_folder(_model_folder(tmp_path / "src-starter"), {"kind": "starter"})
+    registry.publish_folder(_model_folder(tmp_path / "src-other"), {"kind": "retrain"})
+    assert loop.start_version(tmp_path, "starter") == "v0002"
+    assert loop.start_version(tmp_path, "base") == "v0001"
+    run = tmp_path / "runs" / "r1"
+    _model_folder(run / "sft" / "merged")
+    state = _state(run, {"status": "skipped", "reason": "not published: gate failed", "outputs": {}})
+    versions, _ = models_to_evaluate(tmp_path, state, [], base="v0002")
+    assert versions["base"] == "v0002" and versions["sft"] == "v0004"
+    # its report is another experiment's: never over the raw-model report
+    assert loop.docs_folder("starter") == loop.DOCS / "from_starter" and loop.docs_folder("base") == loop.DOCS
+    assert loop.full_size(parse_args(["--start", "starter", "--no-dpo"]))
+
+
 def test_user_retrain_args_come_last_and_win() -> None:
     from training.config import load_config
 
