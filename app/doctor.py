@@ -31,7 +31,7 @@ def collect(cfg: Any, training: tuple[str, str]) -> dict[str, Any]:
     train = hardware.choose_dtype(train_setting, device=train_device, cpu=cpu, cuda_bf16=cuda_bf16)
     quota = hardware.cgroup_cpu_limit()
     backend = _backend(cfg)
-    on_cpu = not cuda and backend.get("serving") != "openai"
+    on_cpu = prompt_limit.serves_on_cpu(backend.get("serving") or cfg.backend, cuda)
     return {
         "cpu": {
             "model": cpu.model,

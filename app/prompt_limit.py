@@ -26,16 +26,31 @@ AVX512_PROMPT_TOKENS = 704
 
 def parse_prompt_limit(value: Any) -> str:
     """`auto`, `off` or a whole number >= MIN_PROMPT_TOKENS, as the string the config keeps."""
+    if value is None:  # `max_prompt_tokens:` left empty: a slip, as for every other key (not a silent "off")
+        raise ValueError("must be auto, off or a number of tokens, got nothing")
     if value is False or str(value).strip().lower() in ("off", "false", "none", "0"):
         return "off"  # YAML 1.1 reads an unquoted `off` as false
     text = str(value).strip().lower()
     if text == "auto":
         return "auto"
-    if isinstance(value, bool) or not text.isdigit():
+    # ASCII digits only: str.isdigit() also takes "²" or Arabic-Indic digits, which int() then refuses or reads
+    if isinstance(value, bool) or not (text.isascii() and text.isdigit()):
         raise ValueError(f"must be auto, off or a number of tokens, got {value!r}")
     if int(text) < MIN_PROMPT_TOKENS:
         raise ValueError(f"must be at least {MIN_PROMPT_TOKENS} tokens (or off), got {value!r}")
     return text
+
+
+def serves_on_cpu(backend: str, cuda: bool) -> bool:
+    """Whether `backend` (resolved: not `auto`) computes on this machine's CPU, as the loaded model's
+    `ServedModel.on_cpu` will say: an openai server prefills elsewhere, llama.cpp (built here for the CPU) on the
+    CPU even beside a GPU, transformers on CUDA when there is one. For `ragqa doctor` and `ragqa eval`, which
+    report the limit without loading the model."""
+    if backend == "openai":
+        return False
+    if backend == "llamacpp":
+        return True
+    return not cuda
 
 
 def auto_prompt_tokens(on_cpu: bool, cpu: CpuInfo | None = None) -> int | None:

@@ -539,7 +539,7 @@ def run_eval(
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "dataset": dataset_info(dataset, examples, options),
         "model": {"version": version, "manifest": _manifest_summary(registry, version)},
-        "settings": settings_info(cfg, options, embedder),
+        "settings": settings_info(cfg, options, embedder, registry, version),
         "metrics": aggregate(results, depth),
         "resumed": len(done),
         "wall_s": round(time.perf_counter() - t0, 1),
@@ -573,7 +573,7 @@ def journal_options(
         "seed": options.seed,
         "model": version,
         "model_created_at": manifest.get("created_at"),
-        **settings_info(cfg, options, embedder),
+        **settings_info(cfg, options, embedder, registry, version),
     }
 
 
@@ -629,25 +629,38 @@ def dataset_info(dataset: QADataset, examples: Sequence[QAExample], options: Eva
     }
 
 
-def _prompt_token_limit(cfg: AppConfig) -> int | None:
-    """The prompt limit the answers get (app/prompt_limit.py): the eval's transformers model runs on CUDA when
-    there is one, an openai backend elsewhere."""
-    from app.prompt_limit import prompt_token_limit
+def serving_backend(cfg: AppConfig, registry: ModelRegistry, version: str) -> str:
+    """The backend that answers for `version` (its manifest's server, else the config's, `auto` resolved), as the
+    QA service's generator will choose it."""
+    from app.generator import Generator
+
+    generator = Generator(
+        registry, dtype=cfg.dtype, load_in_4bit=cfg.load_in_4bit, backend=cfg.backend, config=cfg
+    )
+    return generator.backend_for(registry.get(version))
+
+
+def _prompt_token_limit(cfg: AppConfig, backend: str) -> int | None:
+    """The prompt limit the answers get (app/prompt_limit.py), for the backend that serves them."""
+    from app.prompt_limit import prompt_token_limit, serves_on_cpu
     from model_store.hardware import cuda_state
 
-    on_cpu = cfg.backend != "openai" and not cuda_state()[0]
-    return prompt_token_limit(cfg.max_prompt_tokens, on_cpu)
+    return prompt_token_limit(cfg.max_prompt_tokens, serves_on_cpu(backend, cuda_state()[0]))
 
 
-def settings_info(cfg: AppConfig, options: EvalOptions, embedder: Any) -> dict[str, Any]:
+def settings_info(
+    cfg: AppConfig, options: EvalOptions, embedder: Any, registry: ModelRegistry, version: str
+) -> dict[str, Any]:
+    backend = serving_backend(cfg, registry, version)
     return {
         "k": cfg.k,
         "retrieval_depth": max(options.depth, cfg.k),
         "max_new_tokens": cfg.max_new_tokens,
         "max_prompt_tokens": cfg.max_prompt_tokens,
-        "prompt_token_limit": _prompt_token_limit(cfg),
+        "prompt_token_limit": _prompt_token_limit(cfg, backend),
         "repetition_penalty": cfg.repetition_penalty,
         "backend": cfg.backend,
+        "serving_backend": backend,
         "dtype": cfg.dtype,
         "batch_size": options.batch_size,
         "embedder": getattr(embedder, "name", type(embedder).__name__),
@@ -745,7 +758,9 @@ def run_compare(
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": [version_a, version_b],
         "dataset": dataset_info(dataset, examples, options),
-        "settings": settings_info(cfg, options, embedder),
+        # both versions are served by the same config: their backend (and prompt limit) differs only when one
+        # has a GGUF and the other not, or a manifest names a server; each journal header records its own
+        "settings": settings_info(cfg, options, embedder, registry, version_a),
         "reward_model": describe(scorer),
         "metrics": {name: aggregate(rs, depth) for name, rs in results.items()},
         "win_rate": win_rate(results[version_a], results[version_b], rewards, (version_a, version_b)),

@@ -45,7 +45,14 @@ def test_parse(value: Any, parsed: str) -> None:
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [(100, "at least 256"), ("fast", "auto, off or a number"), (True, "auto, off or a number")],
+    [
+        (100, "at least 256"),
+        ("fast", "auto, off or a number"),
+        (True, "auto, off or a number"),
+        (None, "got nothing"),  # an empty `max_prompt_tokens:` is a slip, not "off"
+        ("５１２", "auto, off or a number"),  # full-width digits: isdigit() says yes
+        ("2²²", "auto, off or a number"),
+    ],
 )
 def test_parse_refuses(value: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -62,6 +69,15 @@ def test_auto_follows_the_hardware() -> None:
         "max_prompt_tokens": 448,
         "reason": "CPU with no AVX-512: keeps the first token near 1 s",
     }
+
+
+def test_doctor_and_eval_ask_the_backend_where_it_computes() -> None:
+    from app.prompt_limit import serves_on_cpu
+
+    # llama.cpp is built here for the CPU: a CUDA box that serves with it still prefills on the CPU
+    assert serves_on_cpu("llamacpp", cuda=True) and serves_on_cpu("llamacpp", cuda=False)
+    assert serves_on_cpu("transformers", cuda=False) and not serves_on_cpu("transformers", cuda=True)
+    assert not serves_on_cpu("openai", cuda=False)
 
 
 def test_config_key(tmp_path: Path) -> None:

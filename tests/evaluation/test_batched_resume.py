@@ -73,6 +73,13 @@ def test_batched_eval_scores_as_one_ask_per_question(
     assert [_scored(r) for r in batched.results] == [_scored(r) for r in alone.results]
     assert _metrics(batched.report) == _metrics(alone.report)
     assert batched.report["settings"]["batch_size"] == 4
+    # the limit of the backend that answered (no GGUF: transformers, on the CPU unless CUDA is there)
+    from app.prompt_limit import auto_prompt_tokens
+    from model_store.hardware import cuda_state
+
+    for run in (alone, batched):
+        assert run.report["settings"]["serving_backend"] == "transformers"
+        assert run.report["settings"]["prompt_token_limit"] == auto_prompt_tokens(not cuda_state()[0])
     # Batched answers end together: no per-answer latency, the batch's generate time instead.
     assert batched.report["metrics"]["latency_ms"]["total_p50"] is None
     assert alone.report["metrics"]["latency_ms"]["total_p50"] > 0
@@ -164,3 +171,26 @@ def test_ask_many_answers_as_ask_and_reports_refused_questions(registry: Path, t
             alone.citation_mode,
             alone.finished,
         )
+
+
+def test_the_recorded_prompt_limit_is_the_serving_backends(
+    registry: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A version served by an OpenAI-compatible server prefills elsewhere: no limit, whatever this CPU is."""
+    from app.config import AppConfig
+    from evaluation.runner import settings_info
+    from model_store import hardware
+    from model_store.registry import ModelRegistry
+
+    reg = ModelRegistry(registry)
+    cfg = AppConfig.load()
+    monkeypatch.setattr(hardware, "cuda_state", lambda: (True, True))
+    assert settings_info(cfg, EvalOptions("x"), HashEmbedder(), reg, "v0001")["prompt_token_limit"] is None
+    monkeypatch.setattr(hardware, "cuda_state", lambda: (False, False))
+    on_cpu = settings_info(cfg, EvalOptions("x"), HashEmbedder(), reg, "v0001")
+    assert on_cpu["serving_backend"] == "transformers" and on_cpu["prompt_token_limit"] in (448, 704)
+    monkeypatch.setattr(
+        hardware, "cuda_state", lambda: (True, True)
+    )  # llama.cpp prefills on the CPU all the same
+    llama = settings_info(cfg.with_(backend="llamacpp"), EvalOptions("x"), HashEmbedder(), reg, "v0001")
+    assert llama["serving_backend"] == "llamacpp" and llama["prompt_token_limit"] in (448, 704)

@@ -204,3 +204,20 @@ def test_this_machine_has_a_consistent_answer() -> None:
     assert isinstance(cpu, CpuInfo)
     choice = choose_dtype("auto", device="cpu")
     assert choice.is_bf16 == bool(cpu.native_bf16)
+
+
+@pytest.mark.parametrize(("backend", "limit"), [("llamacpp", 448), ("transformers", None), ("openai", None)])
+def test_doctor_prompt_limit_follows_where_the_backend_computes_on_a_cuda_box(
+    fake_machine, capsys: pytest.CaptureFixture[str], backend: str, limit: int | None
+) -> None:
+    """llama.cpp prefills on the CPU even beside a GPU, as the served model will say: the doctor must not report
+    "no limit" where serving trims."""
+    import os
+
+    from app.cli import main
+
+    fake_machine(AVX2_EPYC, cuda=(True, True))
+    extra = "openai_base_url: http://127.0.0.1:9/v1\n" if backend == "openai" else ""
+    (Path(os.environ["RAGQA_HOME"]) / "config.yaml").write_text(f"backend: {backend}\n{extra}")
+    assert main(["doctor", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["prompt_limit"]["max_prompt_tokens"] == limit
