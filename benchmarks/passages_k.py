@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from retrieval.passage_trim import TRIM_ALGORITHM  # noqa: E402  (pure Python: no heavy imports)
+
 DATA = ROOT.parent / "shared" / "data"  # benchmarks may read ../shared; the product never does
 OUT = ROOT / "docs" / "results" / "serving" / "passages_k.json"
 ANSWER_KEYS = (
@@ -168,6 +170,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "version": version,
         "gguf": gguf.name,
+        "trim_algorithm": TRIM_ALGORITHM,  # retrieval/passage_trim.py's version the trimmed variants ran
         "variants": {},
     }
     f1s: dict[str, dict[str, float]] = {}

@@ -23,17 +23,32 @@ from typing import Any
 
 from retrieval.prompt import passage_field, render_prompt
 
+# Recorded beside every measurement of trimmed prompts (benchmarks/passages_k.py): results of one version are not
+# evidence for another. v1: best sentence per passage, top passages whole again, fill by score. v2: the same, and
+# GAP marks of an already trimmed passage are cuts (not sentences), CJK text split at its full stops.
+TRIM_ALGORITHM = "v2"
 GAP = "…"
 # A "sentence" longer than this many words (a table row run, a code block, a list without full stops) is cut into
-# pieces of PIECE_WORDS words, so one of them can still fit a small budget.
+# pieces of PIECE_WORDS words, so one of them can still fit a small budget. Text without spaces counts by pieces
+# of it: a CJK character is a word (Chinese and Japanese write no spaces; a character is about a token), a run of
+# other characters counts a word per LONG_WORD_CHARS (a URL or a hash is many tokens).
 MAX_SENTENCE_WORDS = 60
 PIECE_WORDS = 40
+LONG_WORD_CHARS = 12
 # After this many sentences in a row that do not fit, the rest (ever lower-scored) are not tried: each try renders
 # and tokenizes the whole prompt.
 MAX_MISSES = 4
 
-_SENTENCE_END = re.compile(r"(?<=[.!?][\"')\]])\s+|(?<=[.!?])\s+|\n\s*\n|\n(?=\s*(?:[-*+#>|]|\d+[.)])\s)")
-_WORD = re.compile(r"\w+", re.UNICODE)
+# Han, kana and CJK compatibility ideographs: scripts written without spaces between words.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_SENTENCE_END = re.compile(
+    r"(?<=[.!?][\"')\]])\s+|(?<=[.!?])\s+"  # a stop, maybe a closing quote or bracket, then a space
+    r"|(?<=[。！？][」』）])\s*|(?<=[。！？])(?![」』）])\s*"  # a full-width stop: no space follows in CJK text
+    r"|\n\s*\n|\n(?=\s*(?:[-*+#>|]|\d+[.)])\s)"  # a paragraph, a list item or a table row
+)
+_UNIT = re.compile(rf"[{_CJK}]|[^\s{_CJK}]{{1,{LONG_WORD_CHARS}}}")
+_CJK_RUN = re.compile(rf"[{_CJK}]+")
+_WORD = re.compile(rf"[^\W{_CJK}]+", re.UNICODE)
 # Function words carry no evidence of where the answer is (a sentence sharing "the" and "of" with the question is
 # not more likely to answer it). A short list, because IDF already discounts common words.
 _STOPWORDS = frozenset(
@@ -49,19 +64,22 @@ class _Sentence:
     position: int  # index within its passage
     text: str
     score: float
+    gap_before: bool = False  # the passage was already trimmed here (a GAP stood before this sentence)
 
 
 def split_sentences(text: str) -> list[str]:
     """The sentences (or list items, paragraphs, pieces of over-long runs) of a passage, in order."""
     pieces = []
     for part in _SENTENCE_END.split(text):
-        words = part.split()
-        if not words:
+        normal = " ".join(part.split())
+        if not normal:
             continue
-        if len(words) <= MAX_SENTENCE_WORDS:
-            pieces.append(" ".join(words))
+        starts = [m.start() for m in _UNIT.finditer(normal)]
+        if len(starts) <= MAX_SENTENCE_WORDS:
+            pieces.append(normal)
         else:
-            pieces.extend(" ".join(words[i : i + PIECE_WORDS]) for i in range(0, len(words), PIECE_WORDS))
+            cuts = [*starts[::PIECE_WORDS], len(normal)]
+            pieces.extend(normal[a:b].strip() for a, b in zip(cuts, cuts[1:], strict=False))
     return pieces
 
 
@@ -74,7 +92,13 @@ def _stem(word: str) -> str:
 
 
 def terms(text: str) -> set[str]:
-    return {_stem(w) for w in _WORD.findall(text.lower()) if w not in _STOPWORDS}
+    """The question-matching terms of a text: stemmed words less stop words, and for CJK text (no spaces to
+    find words by) its character pairs, the usual unit of CJK keyword matching."""
+    lower = text.lower()
+    found = {_stem(w) for w in _WORD.findall(lower) if w not in _STOPWORDS}
+    for run in _CJK_RUN.findall(lower):
+        found.update(run[i : i + 2] for i in range(max(1, len(run) - 1)))
+    return found
 
 
 def score_sentences(question: str, sentences: Sequence[str]) -> list[float]:
@@ -93,21 +117,47 @@ def _with_text(passage: Any, text: str) -> Any:
     return replace(passage, text=text)
 
 
-def _joined(sentences: list[_Sentence], total: int) -> str:
-    """The kept sentences of one passage in order, with GAP where sentences were left out."""
+def _marked(text: str) -> tuple[list[tuple[str, bool]], bool]:
+    """A passage's sentences, each with whether text was left out before it, and whether after the last.
+
+    A passage trimmed before (a smaller budget now, or a stored one shown again) carries GAP marks: they are
+    breaks, not sentences, so trimming it again neither keeps a bare GAP nor loses where text was left out."""
+    out: list[tuple[str, bool]] = []
+    gap = False
+    for piece in split_sentences(text):
+        # a mark stands alone between spaces (as _joined writes it); "and so on…" ends a sentence, not a cut
+        words = piece.split(" ")
+        while words and words[0] == GAP:
+            words.pop(0)
+            gap = True
+        trailing = False
+        while words and words[-1] == GAP:
+            words.pop()
+            trailing = True
+        if words:
+            out.append((" ".join(words), gap))
+            gap = False
+        gap = gap or trailing
+    return out, gap
+
+
+def _joined(sentences: list[_Sentence], total: int, gap_after: bool) -> str:
+    """The kept sentences of one passage in order, with one GAP wherever text was left out (now or before)."""
     out: list[str] = []
     last = -1
     for s in sentences:
-        if s.position != last + 1:
+        if s.position != last + 1 or s.gap_before:
             out.append(GAP)
         out.append(s.text)
         last = s.position
-    if last != total - 1:
+    if last != total - 1 or gap_after:
         out.append(GAP)
     return " ".join(out)
 
 
-def _render_kept(passages: Sequence[Any], units: list[list[_Sentence]], kept: list[set[int]]) -> list[Any]:
+def _render_kept(
+    passages: Sequence[Any], units: list[list[_Sentence]], gaps_after: list[bool], kept: list[set[int]]
+) -> list[Any]:
     """The first len(kept) passages, each with its kept sentences (all of them: the passage as it was)."""
     out = []
     for i, positions in enumerate(kept):
@@ -115,7 +165,7 @@ def _render_kept(passages: Sequence[Any], units: list[list[_Sentence]], kept: li
             out.append(passages[i])
         else:
             chosen = [s for s in units[i] if s.position in positions]
-            out.append(_with_text(passages[i], _joined(chosen, len(units[i]))))
+            out.append(_with_text(passages[i], _joined(chosen, len(units[i]), gaps_after[i])))
     return out
 
 
@@ -133,15 +183,15 @@ def _rest_by_priority(
     return sorted(rest, key=key)
 
 
-def _units(question: str, passages: Sequence[Any]) -> list[list[_Sentence]]:
-    texts = [
-        split_sentences(str(passage_field(p, "text"))) for p in passages
-    ]  # line breaks still mark list items
-    scores = iter(score_sentences(question, [s for sentences in texts for s in sentences]))
-    return [
-        [_Sentence(i, j, s, next(scores)) for j, s in enumerate(sentences)]
-        for i, sentences in enumerate(texts)
+def _units(question: str, passages: Sequence[Any]) -> tuple[list[list[_Sentence]], list[bool]]:
+    """Each passage's scored sentences, and whether it ends where text was left out before."""
+    marked = [_marked(str(passage_field(p, "text"))) for p in passages]
+    scores = iter(score_sentences(question, [s for sentences, _ in marked for s, _ in sentences]))
+    units = [
+        [_Sentence(i, j, s, next(scores), gap) for j, (s, gap) in enumerate(sentences)]
+        for i, (sentences, _) in enumerate(marked)
     ]
+    return units, [gap_after for _, gap_after in marked]
 
 
 def trim_passages(
@@ -158,7 +208,7 @@ def trim_passages(
     keep their order); then the best-ranked passages are made whole again where they fit (a model reads whole
     passages best: it was trained on them); the budget left takes the best-scoring other sentences of the
     passages still trimmed. Trimming trimmed passages again with the same budget
-    changes nothing. `count_tokens` measures rendered messages with the serving model's own chat template.
+    changes nothing; with a smaller one it trims them further, keeping one GAP wherever text was left out. `count_tokens` measures rendered messages with the serving model's own chat template.
     May return [] (not even one sentence fits).
     """
     passages = list(passages)
@@ -166,9 +216,10 @@ def trim_passages(
         return passages
 
     def fits(kept: list[set[int]]) -> bool:
-        return count_tokens(render_prompt(question, _render_kept(passages, units, kept), history)) <= budget
+        rendered = _render_kept(passages, units, gaps_after, kept)
+        return count_tokens(render_prompt(question, rendered, history)) <= budget
 
-    units = _units(question, passages)
+    units, gaps_after = _units(question, passages)
     best = [max(u, key=lambda s: (s.score, -s.position)) if u else None for u in units]
     kept: list[set[int]] = []
     for anchor in best:  # phase 1: the best sentence of each passage, in rank order, while they fit
@@ -191,4 +242,4 @@ def trim_passages(
         else:
             kept[sentence.passage].discard(sentence.position)
             misses += 1
-    return _render_kept(passages, units, kept)
+    return _render_kept(passages, units, gaps_after, kept)

@@ -137,3 +137,9 @@ def test_a_long_conversation_still_leaves_the_passages_room() -> None:
     bare = model.count_tokens(render_prompt(question, [], history))
     assert bare > 300 and model.count_tokens(messages) <= bare + MIN_PASSAGE_TOKENS
     assert kept and "opened in 1893" in kept[0].text
+    # the candidates path re-prompts with the passages shown and the same conversation: nothing changes
+    again = _service("300").build_prompt(model, question, kept, history)  # type: ignore[arg-type]
+    assert again == (messages, kept)
+    # a smaller limit later (a config change) trims the trimmed passages further, one GAP per cut
+    smaller = _service("256").build_prompt(model, question, kept, [])[1]  # type: ignore[arg-type]
+    assert smaller and all(f"{GAP} {GAP}" not in p.text for p in smaller)

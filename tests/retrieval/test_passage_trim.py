@@ -124,3 +124,68 @@ def test_best_ranked_passages_are_made_whole_where_they_fit() -> None:
     out = trim_passages(QUESTION, PASSAGES, [], words, full - 12)
     assert [p.text for p in out[:3]] == [p.text for p in PASSAGES[:3]]
     assert GAP in out[3].text and len(out) == 4
+
+
+def chars(messages: list[dict[str, str]]) -> int:
+    """A stand-in tokenizer for text without spaces: one token per character."""
+    return sum(len(m["content"]) for m in messages)
+
+
+def test_cjk_text_is_split_at_its_full_stops_and_scored_by_character_pairs() -> None:
+    assert split_sentences("東京は日本の首都です。人口は約千四百万人です！次。") == [
+        "東京は日本の首都です。",
+        "人口は約千四百万人です！",
+        "次。",
+    ]
+    assert [len(p) for p in split_sentences("あ" * 130)] == [
+        40,
+        40,
+        40,
+        10,
+    ]  # no stop at all: cut by characters
+    # a long "word" (a URL, a hash) counts a word per 12 characters: 1,000 characters are 84 words, cut at 40
+    assert [len(p) for p in split_sentences("x" * 1000)] == [480, 480, 40]
+    scores = score_sentences(
+        "東京の人口は？", ["東京は日本の首都です。", "人口は約千四百万人です。", "天気は晴れ。"]
+    )
+    assert scores[1] > 0 and scores[0] > 0 and scores[2] == 0
+
+
+def test_cjk_passages_are_trimmed_not_dropped() -> None:
+    """Before, a CJK passage was one unsplittable "sentence": over the budget every passage but none was lost."""
+    filler = "会議は火曜日に開かれた。" * 6
+    passages = [
+        passage(1, "a.md", filler + "東京の人口は約千四百万人です。" + filler),
+        passage(2, "b.md", filler + "大阪は商業の町です。"),
+    ]
+    question = "東京の人口は？"
+    full = chars(render_prompt(question, passages))
+    out = trim_passages(question, passages, [], chars, full - 120)
+    assert len(out) == 2 and "千四百万人" in out[0].text and GAP in out[0].text
+    assert chars(render_prompt(question, out)) <= full - 120
+
+
+def test_trimming_again_at_a_smaller_budget_keeps_one_gap_per_cut() -> None:
+    """A trimmed passage shown again (the candidates path, a stored passage) under a smaller budget: its GAP marks
+    are cuts, never sentences of their own (the old code kept a bare one: "… 1893. … …" at 129 then 70 words),
+    and a cut made before is still marked."""
+    full = words(render_prompt(QUESTION, PASSAGES))
+    original = set(" ".join(x.text for x in PASSAGES).split())
+    for first in range(100, full, 7):
+        once = trim_passages(QUESTION, PASSAGES, [], words, first)
+        for second in range(40, first, 3):
+            twice = trim_passages(QUESTION, once, [], words, second)
+            assert trim_passages(QUESTION, twice, [], words, second) == twice  # stable at its budget
+            assert not twice or words(render_prompt(QUESTION, twice)) <= second
+            for before, after in zip(once, twice, strict=False):
+                assert f"{GAP} {GAP}" not in after.text, (first, second, after.text)
+                assert set(after.text.split()) - {GAP} <= original
+                assert GAP in after.text or GAP not in before.text  # an earlier cut stays marked
+
+
+def test_a_sentence_ending_in_an_ellipsis_is_not_a_cut() -> None:
+    text = "Bring tea, cake, and so on… The Zorbium Tower opened in 1893. " + " ".join(FILLER)
+    p = [passage(1, "t.md", text), *PASSAGES[1:]]
+    out = trim_passages(QUESTION, p, [], words, words(render_prompt(QUESTION, p)) // 2)
+    again = trim_passages(QUESTION, out, [], words, words(render_prompt(QUESTION, p)) // 2)
+    assert again == out and "and so on… The Zorbium" in out[0].text  # the writer's ellipsis kept as written
