@@ -41,10 +41,12 @@ MAX_MISSES = 4
 
 # Han, kana and CJK compatibility ideographs: scripts written without spaces between words.
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_SENTENCE_END = re.compile(
-    r"(?<=[.!?][\"')\]])\s+|(?<=[.!?])\s+"  # a stop, maybe a closing quote or bracket, then a space
-    r"|(?<=[。！？][」』）])\s*|(?<=[。！？])(?![」』）])\s*"  # a full-width stop: no space follows in CJK text
-    r"|\n\s*\n|\n(?=\s*(?:[-*+#>|]|\d+[.)])\s)"  # a paragraph, a list item or a table row
+# Where a sentence ends: a stop (kept with its sentence; a Latin one only before a space, "3.14" and "e.g.x" go
+# on), or a break that is dropped: a paragraph, a list item or a table row. CJK stops need no space after them,
+# may repeat ("！？", "。。。") and may be followed by closing quotes or brackets, which stay with the sentence.
+_BREAK = re.compile(
+    r"(?P<stop>[.!?]+[\"')\]]*(?=\s)|[。！？]+[」』）”’》】]*)"
+    r"|\n\s*\n|\n(?=\s*(?:[-*+#>|]|\d+[.)])\s)"
 )
 _UNIT = re.compile(rf"[{_CJK}]|[^\s{_CJK}]{{1,{LONG_WORD_CHARS}}}")
 _CJK_RUN = re.compile(rf"[{_CJK}]+")
@@ -65,22 +67,57 @@ class _Sentence:
     text: str
     score: float
     gap_before: bool = False  # the passage was already trimmed here (a GAP stood before this sentence)
+    glued: bool = False  # no space between it and the sentence before (CJK text, a word cut in two)
 
 
 def split_sentences(text: str) -> list[str]:
     """The sentences (or list items, paragraphs, pieces of over-long runs) of a passage, in order."""
-    pieces = []
-    for part in _SENTENCE_END.split(text):
-        normal = " ".join(part.split())
-        if not normal:
+    return [piece for piece, _ in _pieces(text)]
+
+
+def _pieces(text: str) -> list[tuple[str, bool]]:
+    """The sentences of a text, each with whether it is glued to the one before (no space between them in the
+    text: CJK sentences, or two pieces of one over-long word), so joining them again restores the text."""
+    out: list[tuple[str, bool]] = []
+    start = 0
+    for m in [*_BREAK.finditer(text), None]:
+        end = len(text) if m is None else m.end() if m.group("stop") else m.start()
+        glued = start > 0 and not text[start - 1].isspace() and not text[start : start + 1].isspace()
+        out.extend(_cut_long(" ".join(text[start:end].split()), glued))
+        start = end if m is None else m.end()
+    return [(p, g) for p, g in out if p]
+
+
+def _unit_starts(word: str) -> list[int]:
+    """Where each counted unit of a word starts: a CJK character, or LONG_WORD_CHARS of any other run."""
+    return [m.start() for m in _UNIT.finditer(word)]
+
+
+def _cut_long(sentence: str, glued: bool) -> list[tuple[str, bool]]:
+    """A sentence of at most MAX_SENTENCE_WORDS units as it is; a longer one packed into pieces of PIECE_WORDS
+    units at its spaces; only a single word longer than that (CJK text, a URL) is cut inside, its pieces glued."""
+    words = sentence.split(" ") if sentence else []
+    sizes = [len(_unit_starts(w)) for w in words]
+    if sum(sizes) <= MAX_SENTENCE_WORDS:
+        return [(sentence, glued)]
+    out: list[tuple[str, bool]] = []
+    current: list[str] = []
+    used = 0
+    for word, size in zip(words, sizes, strict=True):
+        if current and used + size > PIECE_WORDS:
+            out.append((" ".join(current), glued if not out else False))
+            current, used = [], 0
+        if size > PIECE_WORDS:
+            starts = _unit_starts(word)[::PIECE_WORDS]
+            for i, (a, b) in enumerate(zip(starts, [*starts[1:], len(word)], strict=True)):
+                first = i == 0
+                out.append((word[a:b], (glued if not out else False) if first else True))
             continue
-        starts = [m.start() for m in _UNIT.finditer(normal)]
-        if len(starts) <= MAX_SENTENCE_WORDS:
-            pieces.append(normal)
-        else:
-            cuts = [*starts[::PIECE_WORDS], len(normal)]
-            pieces.extend(normal[a:b].strip() for a, b in zip(cuts, cuts[1:], strict=False))
-    return pieces
+        current.append(word)
+        used += size
+    if current:
+        out.append((" ".join(current), glued if not out else False))
+    return out
 
 
 def _stem(word: str) -> str:
@@ -117,14 +154,21 @@ def _with_text(passage: Any, text: str) -> Any:
     return replace(passage, text=text)
 
 
-def _marked(text: str) -> tuple[list[tuple[str, bool]], bool]:
-    """A passage's sentences, each with whether text was left out before it, and whether after the last.
+@dataclass(frozen=True)
+class _Marked:
+    text: str
+    gap_before: bool  # a GAP stood before it: text was left out there by an earlier trim
+    glued: bool  # no space between it and the sentence before
+
+
+def _marked(text: str) -> tuple[list[_Marked], bool]:
+    """A passage's sentences, and whether text was left out after the last.
 
     A passage trimmed before (a smaller budget now, or a stored one shown again) carries GAP marks: they are
     breaks, not sentences, so trimming it again neither keeps a bare GAP nor loses where text was left out."""
-    out: list[tuple[str, bool]] = []
+    out: list[_Marked] = []
     gap = False
-    for piece in split_sentences(text):
+    for piece, glued in _pieces(text):
         # a mark stands alone between spaces (as _joined writes it); "and so on…" ends a sentence, not a cut
         words = piece.split(" ")
         while words and words[0] == GAP:
@@ -135,24 +179,27 @@ def _marked(text: str) -> tuple[list[tuple[str, bool]], bool]:
             words.pop()
             trailing = True
         if words:
-            out.append((" ".join(words), gap))
+            out.append(_Marked(" ".join(words), gap, glued and not gap))
             gap = False
         gap = gap or trailing
     return out, gap
 
 
 def _joined(sentences: list[_Sentence], total: int, gap_after: bool) -> str:
-    """The kept sentences of one passage in order, with one GAP wherever text was left out (now or before)."""
-    out: list[str] = []
+    """The kept sentences of one passage in order, with one GAP wherever text was left out (now or before);
+    sentences that were glued in the text (CJK, a word cut in two) are glued again."""
+    text = ""
     last = -1
     for s in sentences:
         if s.position != last + 1 or s.gap_before:
-            out.append(GAP)
-        out.append(s.text)
+            text = f"{text} {GAP} " if text else f"{GAP} "
+        elif text and not s.glued:
+            text += " "
+        text += s.text
         last = s.position
     if last != total - 1 or gap_after:
-        out.append(GAP)
-    return " ".join(out)
+        text += f" {GAP}"
+    return text
 
 
 def _render_kept(
@@ -186,9 +233,9 @@ def _rest_by_priority(
 def _units(question: str, passages: Sequence[Any]) -> tuple[list[list[_Sentence]], list[bool]]:
     """Each passage's scored sentences, and whether it ends where text was left out before."""
     marked = [_marked(str(passage_field(p, "text"))) for p in passages]
-    scores = iter(score_sentences(question, [s for sentences, _ in marked for s, _ in sentences]))
+    scores = iter(score_sentences(question, [m.text for sentences, _ in marked for m in sentences]))
     units = [
-        [_Sentence(i, j, s, next(scores), gap) for j, (s, gap) in enumerate(sentences)]
+        [_Sentence(i, j, m.text, next(scores), m.gap_before, m.glued) for j, m in enumerate(sentences)]
         for i, (sentences, _) in enumerate(marked)
     ]
     return units, [gap_after for _, gap_after in marked]

@@ -184,8 +184,80 @@ def test_trimming_again_at_a_smaller_budget_keeps_one_gap_per_cut() -> None:
 
 
 def test_a_sentence_ending_in_an_ellipsis_is_not_a_cut() -> None:
-    text = "Bring tea, cake, and so on… The Zorbium Tower opened in 1893. " + " ".join(FILLER)
+    """A writer's "…" at the edge of a sentence is text, not a mark of an earlier cut: trimming again at a
+    smaller budget keeps it where it was."""
+    text = "So it went on…\n\nThe Zorbium Tower opened in 1893. " + " ".join(FILLER)
     p = [passage(1, "t.md", text), *PASSAGES[1:]]
-    out = trim_passages(QUESTION, p, [], words, words(render_prompt(QUESTION, p)) // 2)
-    again = trim_passages(QUESTION, out, [], words, words(render_prompt(QUESTION, p)) // 2)
-    assert again == out and "and so on… The Zorbium" in out[0].text  # the writer's ellipsis kept as written
+    full = words(render_prompt(QUESTION, p))
+    out = trim_passages(QUESTION, p, [], words, full // 2)
+    smaller = trim_passages(QUESTION, out, [], words, full // 2 - 8)
+    assert smaller != out
+    for trimmed in (out, smaller):
+        assert trimmed[0].text.startswith("So it went on… The Zorbium Tower opened in 1893."), trimmed[0].text
+        assert trimmed[0].text.endswith(GAP) and trimmed[0].text.count(GAP) == 2  # the writer's and one cut
+
+
+def _segments(text: str) -> list[str]:
+    return [seg.strip() for seg in text.split(GAP) if seg.strip()]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    parts=st.lists(
+        st.sampled_from(
+            [
+                "The Zorbium Tower opened in 1893.",
+                "東京の人口は約千四百万人です。",
+                "首都圏全体では三千万人を超える",
+                "Donaudampfschifffahrtsgesellschaftskapitaen",
+                "https://example.com/a/very/long/path/to/a/page/that/never/ends",
+                "word",
+                "w" * 30,
+                "。",
+                "！？",
+                "\n\n",
+                "\n- item",
+                "…",
+                " ",
+            ]
+        ),
+        min_size=1,
+        max_size=150,
+    ),
+    budget=st.integers(min_value=20, max_value=300),
+    per_char=st.booleans(),
+)
+def test_kept_text_is_the_source_text_between_the_cuts(parts: list[str], budget: int, per_char: bool) -> None:
+    """Every run of the trimmed text between two "…" is text of the passage as written (whitespace aside): no word
+    or CJK phrase is cut and glued back with a space inside it, nothing is reordered, at any budget, trimmed
+    once or twice."""
+    count = chars if per_char else words
+    text = " ".join(parts) if not per_char else "".join(parts)
+    p = [passage(1, "a.md", text), passage(2, "b.md", " ".join(FILLER))]
+    question = "When did the Zorbium Tower open and how many people live in 東京?"
+    source = " ".join(text.split())
+    once = trim_passages(question, p, [], count, budget)
+    for trimmed in (once, trim_passages(question, once, [], count, budget * 2 // 3)):
+        if trimmed and trimmed[0].text != text:
+            for seg in _segments(trimmed[0].text):
+                assert seg in source, (seg, source)
+
+
+def test_an_over_long_sentence_is_cut_between_words_and_a_long_word_glued_back() -> None:
+    """v2's first cut of over-long runs sliced inside words and joined the slices with a space
+    ("Donaudampfsc hifffahrts…", "三 千万人"): what the model and the Sources panel read was not the text."""
+    long_word = "Donaudampfschifffahrtsgesellschaftskapitaen"
+    english = (
+        " ".join(f"w{i}" for i in range(39)) + f" {long_word} " + " ".join(f"x{i}" for i in range(30)) + "."
+    )
+    cjk = "東京の人口は約千四百万人で、首都圏全体では三千万人を超える大都市であり、日本の政治と経済の中心でもある"
+    for text, count, question in (
+        (english, words, f"What is the {long_word}?"),
+        (cjk * 2 + "。", chars, "東京の人口は？"),
+    ):
+        p = [passage(1, "a.md", text), passage(2, "b.md", " ".join(FILLER))]
+        full = count(render_prompt(question, p))
+        for budget in range(full // 4, full, 3):
+            for trimmed in trim_passages(question, p, [], count, budget)[:1]:
+                for seg in _segments(trimmed.text):
+                    assert seg in " ".join(text.split()), (budget, seg)
