@@ -85,8 +85,15 @@ def _backend(cfg: Any) -> dict[str, Any]:
     generator = Generator(
         registry, dtype=cfg.dtype, load_in_4bit=cfg.load_in_4bit, backend=cfg.backend, config=cfg
     )
-    info["serving"] = generator.backend_for(version)
+    chosen = generator.backend_for(version)
+    info["serving"] = generator.expected_backend(version)  # what load() falls back to, where it must
     info["reason"] = _backend_reason(cfg.backend, version.manifest, info)
+    if info["serving"] != chosen:
+        info["reason"] = (
+            f"{chosen} is configured but cannot serve {version.name} "
+            f"({'llama-cpp-python is not installed' if not info['llama_cpp_installed'] else 'no GGUF file'}): "
+            "transformers serves it"
+        )
     return info
 
 

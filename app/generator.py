@@ -114,6 +114,23 @@ class Generator:
         backend = serving.get("backend") or self.backend
         return self._auto_backend(version) if backend == "auto" else backend
 
+    def expected_backend(self, version: ModelVersion) -> str:
+        """The backend `load` ends up with, without loading: `backend_for`, except that a llamacpp it cannot have
+        (llama-cpp-python missing, or no GGUF of the wanted type) falls back to transformers there too. For
+        `ragqa doctor` and `ragqa eval`, which report where the answers are computed."""
+        backend = self.backend_for(version)
+        if backend != "llamacpp":
+            return backend
+        from app.backends.llamacpp_lm import llama_cpp_available
+
+        if not llama_cpp_available():
+            return "transformers"
+        try:
+            self._gguf_for(version)
+        except GenerationError:
+            return "transformers"
+        return "llamacpp"
+
     def load(self, version: ModelVersion) -> ServedModel:
         self._awaiting_llamacpp = False
         backend = self.backend_for(version)

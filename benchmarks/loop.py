@@ -1012,6 +1012,29 @@ def prepare_home(args: argparse.Namespace, ledger: Ledger) -> Path:
     return home
 
 
+def check_start(args: argparse.Namespace, ledger: Ledger, home: Path) -> None:
+    """A rerun (or --eval-only) must start from the model the first pass started from: else its report would
+    call the wrong model "base". A ledger that does not say (older code) is told by the home: a run from the raw
+    model set the home up without the starter."""
+    from model_store.registry import ModelRegistry
+    from model_store.starter import STARTER_KIND
+
+    def home_start() -> str:
+        kinds = {v.manifest.get("kind") for v in ModelRegistry(home / "models").versions()}
+        return "starter" if STARTER_KIND in kinds else "base"
+
+    if args.eval_only:
+        if home_start() != args.start:
+            raise SystemExit(f"{home} was a run from the {home_start()} model: pass --start {home_start()}")
+        return
+    known = ledger.get("start") or (home_start() if ledger.done("setup") else None)
+    if known is not None and known != args.start:
+        raise SystemExit(
+            f"{ledger.path} is a run that started from {known}: rerun it with --start {known}, or give another --out"
+        )
+    ledger.put("start", args.start)
+
+
 def setup_flags(start: str) -> list[str]:
     """`ragqa setup` without the demo guide; without the starter too when the loop starts from the raw model (the
     simulated candidates then come from v0001, and the gain is the loop's own)."""
@@ -1129,6 +1152,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(out / LEDGER)
     home = prepare_home(args, ledger)
+    check_start(args, ledger, home)
     os.environ["RAGQA_HOME"] = str(home)  # in-process evaluation reads the same home as the subprocesses
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     logs = out / "logs"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,9 +27,18 @@ class JournalError(EvaluationError, RuntimeError):
 class AnswerJournal:
     """Append-only JSONL of answered questions: `{"n": position, "record": {...}}` after one options line."""
 
-    def __init__(self, path: Path, options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        options: dict[str, Any],
+        implied: Mapping[str, Callable[[dict[str, Any]], Any]] | None = None,
+    ) -> None:
+        """`implied`: options that older journals did not record, each with the value an old header implies (a
+        function of that header), so a journal written before the option existed still resumes where nothing
+        that decides the answers changed."""
         self.path = Path(path)
         self.options = options
+        self.implied = dict(implied or {})
         self.done: dict[int, dict[str, Any]] = {}
         self._file: IO[str] | None = None
 
@@ -74,6 +84,10 @@ class AnswerJournal:
         return row
 
     def _check_options(self, recorded: dict[str, Any]) -> None:
+        recorded = {
+            **{key: imply(recorded) for key, imply in self.implied.items() if key not in recorded},
+            **recorded,
+        }
         differ = sorted(
             key for key in set(recorded) | set(self.options) if recorded.get(key) != self.options.get(key)
         )

@@ -509,9 +509,12 @@ def run_eval(
         else _default_out_dir(cfg, Path(options.qa_path).name, version)
     )
     t0 = time.perf_counter()
+    settings = settings_info(
+        cfg, options, embedder, registry, version
+    )  # the journal and the report say the same
     with (
         _journal(
-            write, out_dir / JOURNAL, journal_options(cfg, options, embedder, registry, version)
+            write, out_dir / JOURNAL, journal_options(cfg, options, embedder, registry, version, settings)
         ) as journal,
         eval_home(
             cfg, dataset, embedder=embedder, index_dir=options.index_dir, progress=options.progress
@@ -539,7 +542,7 @@ def run_eval(
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "dataset": dataset_info(dataset, examples, options),
         "model": {"version": version, "manifest": _manifest_summary(registry, version)},
-        "settings": settings_info(cfg, options, embedder, registry, version),
+        "settings": settings,
         "metrics": aggregate(results, depth),
         "resumed": len(done),
         "wall_s": round(time.perf_counter() - t0, 1),
@@ -562,10 +565,18 @@ def eval_config(cfg: AppConfig, batch_size: int) -> AppConfig:
 
 
 def journal_options(
-    cfg: AppConfig, options: EvalOptions, embedder: Any, registry: ModelRegistry, version: str
+    cfg: AppConfig,
+    options: EvalOptions,
+    embedder: Any,
+    registry: ModelRegistry,
+    version: str,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What decides the answers of an eval: a resumed run must match all of it (evaluation/journal.py)."""
+    """What decides the answers of an eval: a resumed run must match all of it (evaluation/journal.py).
+    `settings`: settings_info's, when the caller has it (the report then records the same)."""
     manifest = registry.get(version).manifest
+    if settings is None:
+        settings = settings_info(cfg, options, embedder, registry, version)
     return {
         "qa_path": str(Path(options.qa_path).expanduser().resolve()),
         "format": options.fmt,
@@ -573,8 +584,17 @@ def journal_options(
         "seed": options.seed,
         "model": version,
         "model_created_at": manifest.get("created_at"),
-        **settings_info(cfg, options, embedder, registry, version),
+        **settings,
     }
+
+
+# Options journals written before they were recorded, with the value their header implies: the eval config's
+# backend when it named one (a batched eval turns `auto` into transformers); the trimming of prompts over the
+# limit as it was before TRIM_ALGORITHM was recorded (v1), where there was a limit.
+IMPLIED_OPTIONS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "serving_backend": lambda old: old.get("backend") if old.get("backend") != "auto" else None,
+    "trim_algorithm": lambda old: None if old.get("prompt_token_limit") is None else "v1",
+}
 
 
 @contextmanager
@@ -582,7 +602,7 @@ def _journal(write: bool, path: Path, options: dict[str, Any]) -> Iterator[Answe
     if not write:
         yield None
         return
-    with AnswerJournal(path, options) as journal:
+    with AnswerJournal(path, options, implied=IMPLIED_OPTIONS) as journal:
         yield journal
 
 
@@ -637,7 +657,7 @@ def serving_backend(cfg: AppConfig, registry: ModelRegistry, version: str) -> st
     generator = Generator(
         registry, dtype=cfg.dtype, load_in_4bit=cfg.load_in_4bit, backend=cfg.backend, config=cfg
     )
-    return generator.backend_for(registry.get(version))
+    return generator.expected_backend(registry.get(version))
 
 
 def _prompt_token_limit(cfg: AppConfig, backend: str) -> int | None:
@@ -651,13 +671,18 @@ def _prompt_token_limit(cfg: AppConfig, backend: str) -> int | None:
 def settings_info(
     cfg: AppConfig, options: EvalOptions, embedder: Any, registry: ModelRegistry, version: str
 ) -> dict[str, Any]:
+    from retrieval.passage_trim import TRIM_ALGORITHM
+
     backend = serving_backend(cfg, registry, version)
+    limit = _prompt_token_limit(cfg, backend)
     return {
         "k": cfg.k,
         "retrieval_depth": max(options.depth, cfg.k),
         "max_new_tokens": cfg.max_new_tokens,
         "max_prompt_tokens": cfg.max_prompt_tokens,
-        "prompt_token_limit": _prompt_token_limit(cfg, backend),
+        "prompt_token_limit": limit,
+        # how prompts over the limit are trimmed decides the answers; none are trimmed without a limit
+        **({"trim_algorithm": TRIM_ALGORITHM} if limit is not None else {}),
         "repetition_penalty": cfg.repetition_penalty,
         "backend": cfg.backend,
         "serving_backend": backend,

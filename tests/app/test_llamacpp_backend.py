@@ -158,7 +158,10 @@ def test_qa_service_answers_with_sources_on_llamacpp(gguf_registry: Path, tmp_pa
 
 # ---- choosing the backend, and falling back ------------------------------------------------------------
 def test_auto_serves_llamacpp_when_the_version_has_a_gguf(gguf_registry: Path) -> None:
-    assert Generator(ModelRegistry(gguf_registry), backend="auto").current().backend == "llamacpp"
+    registry = ModelRegistry(gguf_registry)
+    for backend in ("auto", "llamacpp"):
+        assert Generator(registry, backend=backend).expected_backend(registry.get("v0001")) == "llamacpp"
+    assert Generator(registry, backend="auto").current().backend == "llamacpp"
 
 
 def test_auto_serves_transformers_without_a_gguf(default_registry: Path) -> None:
@@ -172,6 +175,8 @@ def test_llamacpp_without_a_gguf_serves_transformers_and_converts_nothing(defaul
     manifest = (default_registry / "v0001" / "manifest.json").read_bytes()
     registry = ModelRegistry(default_registry)
     generator = Generator(registry, backend="llamacpp", config=AppConfig.load())
+    # what doctor and eval report without loading: the same fallback (so the same prompt limit)
+    assert generator.expected_backend(registry.get("v0001")) == "transformers"
     assert generator.current().backend == "transformers"
     assert "has no GGUF file" in generator.fallback_reason
     assert "ragqa models gguf v0001" in generator.fallback_reason
@@ -188,6 +193,7 @@ def test_missing_llama_cpp_falls_back_to_transformers_with_the_reason(
         llamacpp_lm, "llama_cpp_available", lambda: False
     )  # as on a machine without the extra
     generator = Generator(ModelRegistry(gguf_registry), backend="llamacpp")
+    assert generator.expected_backend(ModelRegistry(gguf_registry).get("v0001")) == "transformers"
     assert generator.current().backend == "transformers"
     assert "llama-cpp-python is not installed" in generator.fallback_reason
     assert "CMAKE_ARGS" in generator.fallback_reason

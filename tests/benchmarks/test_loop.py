@@ -431,3 +431,26 @@ def test_only_a_run_at_the_full_size_replaces_the_docs_report() -> None:
     assert not loop.full_size(loop.parse_args(["--eval-limit", "100"]))
     assert not loop.full_size(loop.parse_args(["--no-dpo"]))
     assert not loop.full_size(loop.parse_args(["--quick"]))
+
+
+def test_a_rerun_must_start_from_the_model_its_first_pass_started_from(tmp_path: Path) -> None:
+    from benchmarks import loop
+
+    registry = _registry_with_base(tmp_path / "home")
+    ledger = Ledger(tmp_path / "out" / "loop_state.json")
+    (tmp_path / "out").mkdir()
+    loop.check_start(parse_args(["--start", "starter"]), ledger, tmp_path / "home")  # a first pass: recorded
+    with pytest.raises(SystemExit, match="started from starter: rerun it with --start starter"):
+        loop.check_start(parse_args([]), ledger, tmp_path / "home")
+    # a ledger of older code (no "start") after its setup: the home tells (no starter in it: the raw model)
+    old = Ledger(tmp_path / "out" / "old.json")
+    old.stage("setup", lambda: None)
+    with pytest.raises(SystemExit, match="started from base"):
+        loop.check_start(parse_args(["--start", "starter"]), old, tmp_path / "home")
+    registry.publish_folder(_model_folder(tmp_path / "src-starter"), {"kind": "starter"})
+    loop.check_start(
+        parse_args(["--start", "starter"]), Ledger(tmp_path / "out" / "old.json"), tmp_path / "home"
+    )
+    # --eval-only of a starter run's home must say --start starter
+    with pytest.raises(SystemExit, match="pass --start starter"):
+        loop.check_start(parse_args(["--eval-only"]), Ledger(tmp_path / "out" / "x.json"), tmp_path / "home")

@@ -176,7 +176,8 @@ def test_ask_many_answers_as_ask_and_reports_refused_questions(registry: Path, t
 def test_the_recorded_prompt_limit_is_the_serving_backends(
     registry: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A version served by an OpenAI-compatible server prefills elsewhere: no limit, whatever this CPU is."""
+    """The limit recorded is that of the backend that will answer: none on CUDA or for a version served by an
+    OpenAI-compatible server, the CPU's otherwise; the trimming algorithm only where there is a limit."""
     from app.config import AppConfig
     from evaluation.runner import settings_info
     from model_store import hardware
@@ -189,8 +190,45 @@ def test_the_recorded_prompt_limit_is_the_serving_backends(
     monkeypatch.setattr(hardware, "cuda_state", lambda: (False, False))
     on_cpu = settings_info(cfg, EvalOptions("x"), HashEmbedder(), reg, "v0001")
     assert on_cpu["serving_backend"] == "transformers" and on_cpu["prompt_token_limit"] in (448, 704)
-    monkeypatch.setattr(
-        hardware, "cuda_state", lambda: (True, True)
-    )  # llama.cpp prefills on the CPU all the same
+    # llamacpp configured, but this version has no GGUF: transformers serves it (on CUDA here), as load() does
+    monkeypatch.setattr(hardware, "cuda_state", lambda: (True, True))
     llama = settings_info(cfg.with_(backend="llamacpp"), EvalOptions("x"), HashEmbedder(), reg, "v0001")
-    assert llama["serving_backend"] == "llamacpp" and llama["prompt_token_limit"] in (448, 704)
+    assert llama["serving_backend"] == "transformers" and llama["prompt_token_limit"] is None
+    # a version published as served elsewhere (an OpenAI-compatible server) prefills there: no limit on a CPU
+    monkeypatch.setattr(hardware, "cuda_state", lambda: (False, False))
+    served = reg.publish_folder(
+        reg.get("v0001").path, {"kind": "base", "serving": {"backend": "openai"}}, make_current=False
+    )
+    remote = settings_info(cfg, EvalOptions("x"), HashEmbedder(), reg, served.name)
+    assert remote["serving_backend"] == "openai" and remote["prompt_token_limit"] is None
+    assert "trim_algorithm" not in remote and on_cpu["trim_algorithm"] == "v2"
+
+
+def test_a_journal_from_before_the_serving_backend_was_recorded_still_resumes(
+    registry: Path, fixtures_dir: Path, tmp_path: Path
+) -> None:
+    """An eval interrupted before an upgrade resumes after it where nothing that decides the answers changed;
+    one whose prompts were trimmed by the older algorithm (v1) is refused, saying so."""
+    out = tmp_path / "old"
+    with pytest.raises(Interrupted):
+        run_eval(_options(fixtures_dir, out, 2), embedder=HashEmbedder(), on_result=_interrupt_after(2))
+    lines = (out / JOURNAL).read_text().splitlines()
+    header = json.loads(lines[0])
+    current = dict(header["options"])
+    assert current["serving_backend"] == "transformers" and current["backend"] == "transformers"
+
+    def rewrite(**changes: Any) -> None:
+        opts = {k: v for k, v in current.items() if k not in ("serving_backend", "trim_algorithm")}
+        opts.update(changes)
+        (out / JOURNAL).write_text("\n".join([json.dumps({**header, "options": opts}), *lines[1:]]) + "\n")
+
+    # without serving_backend (as before it was recorded): the batched eval's backend says it
+    rewrite(**({"trim_algorithm": current["trim_algorithm"]} if "trim_algorithm" in current else {}))
+    assert run_eval(_options(fixtures_dir, out, 2), embedder=HashEmbedder()).report["resumed"] == 2
+    (out / JOURNAL).write_text("\n".join(lines) + "\n")
+    rewrite()  # as the previous code wrote it: no serving_backend, no trim_algorithm
+    if current.get("trim_algorithm"):  # a CPU: prompts over the limit were trimmed by v1, now by v2
+        with pytest.raises(JournalError, match="trim_algorithm: 'v1' then, 'v2' now"):
+            run_eval(_options(fixtures_dir, out, 2), embedder=HashEmbedder())
+    else:  # no limit: nothing was trimmed, nothing changed
+        assert run_eval(_options(fixtures_dir, out, 2), embedder=HashEmbedder()).report["resumed"] == 2
