@@ -85,14 +85,12 @@ def _backend(cfg: Any) -> dict[str, Any]:
     generator = Generator(
         registry, dtype=cfg.dtype, load_in_4bit=cfg.load_in_4bit, backend=cfg.backend, config=cfg
     )
-    chosen = generator.backend_for(version)
     info["serving"] = generator.expected_backend(version)  # what load() falls back to, where it must
     info["reason"] = _backend_reason(cfg.backend, version.manifest, info)
-    if info["serving"] != chosen:
+    if generator.backend_for(version) == "llamacpp" and info["serving"] != "llamacpp":
+        why = generator.llamacpp_unavailable(version)
         info["reason"] = (
-            f"{chosen} is configured but cannot serve {version.name} "
-            f"({'llama-cpp-python is not installed' if not info['llama_cpp_installed'] else 'no GGUF file'}): "
-            "transformers serves it"
+            f"llamacpp is configured but cannot serve {version.name} ({why}): transformers serves it"
         )
     return info
 
@@ -255,8 +253,9 @@ def text(report: dict[str, Any]) -> str:
     else:
         lines.append("llama.cpp:    not installed (pip install -e '.[llamacpp]')")
     limit = report["prompt_limit"]
+    tokens = limit["max_prompt_tokens"]
     lines.append(
-        f"prompt limit: {limit['max_prompt_tokens'] or 'no limit'}{' tokens' if limit['max_prompt_tokens'] else ''} ({limit['reason']}; passages are trimmed "
+        f"prompt limit: {f'{tokens} tokens' if tokens else 'no limit'} ({limit['reason']}; passages are trimmed "
         "to their question-relevant sentences above it)"
     )
     lines.append(f"gguf auto:    {llama['gguf_auto']} (bf16 with native bf16 instructions, else f16)")

@@ -119,17 +119,21 @@ class Generator:
         (llama-cpp-python missing, or no GGUF of the wanted type) falls back to transformers there too. For
         `ragqa doctor` and `ragqa eval`, which report where the answers are computed."""
         backend = self.backend_for(version)
-        if backend != "llamacpp":
-            return backend
-        from app.backends.llamacpp_lm import llama_cpp_available
+        if backend == "llamacpp" and self.llamacpp_unavailable(version):
+            return "transformers"
+        return backend
+
+    def llamacpp_unavailable(self, version: ModelVersion) -> str | None:
+        """Why llama.cpp cannot serve `version` (the message load() falls back to transformers with), or None."""
+        from app.backends.llamacpp_lm import INSTALL_HINT, llama_cpp_available
 
         if not llama_cpp_available():
-            return "transformers"
+            return f"llama-cpp-python is not installed; {INSTALL_HINT}"
         try:
             self._gguf_for(version)
-        except GenerationError:
-            return "transformers"
-        return "llamacpp"
+        except GenerationError as e:
+            return str(e)
+        return None
 
     def load(self, version: ModelVersion) -> ServedModel:
         self._awaiting_llamacpp = False
@@ -169,10 +173,11 @@ class Generator:
         return getattr(self.config, key, default) if self.config is not None else default
 
     def _load_llamacpp(self, version: ModelVersion) -> ServedModel:
-        from app.backends.llamacpp_lm import INSTALL_HINT, LlamaCppModel, llama_cpp_available
+        from app.backends.llamacpp_lm import LlamaCppModel
 
-        if not llama_cpp_available():
-            raise GenerationError(f"llama-cpp-python is not installed; {INSTALL_HINT}")
+        why = self.llamacpp_unavailable(version)
+        if why:
+            raise GenerationError(why)
         gguf = self._gguf_for(version)
         threads = self._setting("llamacpp_threads")
         return LlamaCppModel.load(version, gguf, threads=threads, threads_now=self._server_threads(threads))

@@ -1016,12 +1016,9 @@ def check_start(args: argparse.Namespace, ledger: Ledger, home: Path) -> None:
     """A rerun (or --eval-only) must start from the model the first pass started from: else its report would
     call the wrong model "base". A ledger that does not say (older code) is told by the home: a run from the raw
     model set the home up without the starter."""
-    from model_store.registry import ModelRegistry
-    from model_store.starter import STARTER_KIND
 
     def home_start() -> str:
-        kinds = {v.manifest.get("kind") for v in ModelRegistry(home / "models").versions()}
-        return "starter" if STARTER_KIND in kinds else "base"
+        return "base" if starter_version(home) is None else "starter"
 
     if args.eval_only:
         if home_start() != args.start:
@@ -1041,21 +1038,25 @@ def setup_flags(start: str) -> list[str]:
     return ["--no-demo", *(["--no-starter"] if start == "base" else [])]
 
 
+def starter_version(home: Path) -> str | None:
+    """The starter `ragqa setup` published in this home, or None (a home set up for the raw model)."""
+    from model_store.registry import ModelRegistry
+    from model_store.starter import STARTER_KIND
+
+    registry = ModelRegistry(home / "models")
+    return next((v.name for v in registry.versions() if v.manifest.get("kind") == STARTER_KIND), None)
+
+
 def start_version(home: Path, start: str) -> str:
     """The model the loop starts from and is measured against: v0001, or the starter `ragqa setup` published."""
     if start == "base":
         return "v0001"
-    from model_store.registry import ModelRegistry
-    from model_store.starter import STARTER_KIND
-
-    found = [
-        v.name for v in ModelRegistry(home / "models").versions() if v.manifest.get("kind") == STARTER_KIND
-    ]
-    if not found:
+    found = starter_version(home)
+    if found is None:
         raise SystemExit(
             f"--start starter: `ragqa setup` published no starter in {home} (see logs/setup.log)"
         )
-    return found[0]
+    return found
 
 
 def retrain(

@@ -509,9 +509,8 @@ def run_eval(
         else _default_out_dir(cfg, Path(options.qa_path).name, version)
     )
     t0 = time.perf_counter()
-    settings = settings_info(
-        cfg, options, embedder, registry, version
-    )  # the journal and the report say the same
+    # once, so the journal's header and the report say the same
+    settings = settings_info(cfg, options, embedder, registry, version)
     with (
         _journal(
             write, out_dir / JOURNAL, journal_options(cfg, options, embedder, registry, version, settings)

@@ -101,22 +101,25 @@ def _cut_long(sentence: str, glued: bool) -> list[tuple[str, bool]]:
     if sum(sizes) <= MAX_SENTENCE_WORDS:
         return [(sentence, glued)]
     out: list[tuple[str, bool]] = []
+
+    def add(piece: str, inside_word: bool) -> None:  # the first piece keeps the sentence's own glue
+        out.append((piece, inside_word if out else glued))
+
     current: list[str] = []
     used = 0
     for word, size in zip(words, sizes, strict=True):
         if current and used + size > PIECE_WORDS:
-            out.append((" ".join(current), glued if not out else False))
+            add(" ".join(current), False)
             current, used = [], 0
         if size > PIECE_WORDS:
             starts = _unit_starts(word)[::PIECE_WORDS]
-            for i, (a, b) in enumerate(zip(starts, [*starts[1:], len(word)], strict=True)):
-                first = i == 0
-                out.append((word[a:b], (glued if not out else False) if first else True))
+            for a, b in zip(starts, [*starts[1:], len(word)], strict=True):
+                add(word[a:b], a > 0)
             continue
         current.append(word)
         used += size
     if current:
-        out.append((" ".join(current), glued if not out else False))
+        add(" ".join(current), False)
     return out
 
 
