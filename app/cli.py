@@ -173,6 +173,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     train_cfg = load_config()  # what `ragqa retrain` would use with its default config
     report = collect(_config(args), (train_cfg.model.bf16, train_cfg.device))
     report["train_compile"] = _compile_choice(train_cfg, report)
+    report["train_attention"] = _attention_choice(train_cfg, report)
     print(json.dumps(report, indent=1) if args.json else text(report))
     return 0
 
@@ -192,6 +193,18 @@ def _compile_choice(train_cfg: Any, report: dict[str, Any]) -> dict[str, Any]:
         avx512="avx512f" in report["cpu"]["flags"],
         gradient_checkpointing=train_cfg.sft.gradient_checkpointing,
         compiler=cpp_compiler(),
+    ).to_json()
+
+
+def _attention_choice(train_cfg: Any, report: dict[str, Any]) -> dict[str, Any]:
+    """The attention SFT and the RM train with on this machine, and why (training/block_attention.py)."""
+    from training.block_attention import choose
+
+    return choose(
+        train_cfg.model.attention,
+        device=report["dtypes"]["train"]["device"],
+        bf16=report["train_dtype"] == "bfloat16",
+        amx="amx_bf16" in report["cpu"]["flags"],
     ).to_json()
 
 

@@ -235,6 +235,9 @@ def text(report: dict[str, Any]) -> str:
     if "train_compile" in report:  # added by the CLI, which reads the retrain config
         compiled = report["train_compile"]
         lines.append(f"train compile: {'on' if compiled['compiled'] else 'off'} ({compiled['reason']})")
+    if "train_attention" in report:
+        attention = report["train_attention"]
+        lines.append(f"train attn:   {attention['attention']} ({attention['reason']})")
     lines.append(
         f"backend:      {backend.get('serving') or '-'} ({backend['reason']}); configured {backend['configured']}"
     )

@@ -14,6 +14,9 @@ Rows (each measurement in its own fresh process; peak memory = that process's ru
              warm-up step includes the compile (`first_step_s`)
   sft-ours-eager, rm-ours-eager
              on request: the same with model.compile=false (`summary.<stage>_compile_speedup`)
+  sft-ours-sdpa, rm-ours-sdpa
+             on request: the same with model.attention=sdpa (`summary.<stage>_block_attention_speedup`: what the
+             query-block attention of training/block_attention.py gains where `auto` chooses it)
   rm-trl     trl.RewardTrainer with RewardConfig's defaults (same exceptions), the same LoRA
   sft-trl-fp32, rm-trl-fp32
              the same TRL rows with bf16 off. TRL's configs default to bf16=True (and gradient checkpointing on),
@@ -63,9 +66,14 @@ TRL112_VENV = Path("/tmp/venv-trl112")
 ROWS = ("sft-ours", "sft-trl", "rm-ours", "rm-trl", "ppo-ours", "ppo-trl112")
 TRL_FP32_ROWS = ("sft-trl-fp32", "rm-trl-fp32")  # on request (--rows): see the docstring
 EAGER_ROWS = ("sft-ours-eager", "rm-ours-eager")  # on request: our rows with model.compile=false
+SDPA_ROWS = ("sft-ours-sdpa", "rm-ours-sdpa")  # on request: our rows with model.attention=sdpa
 # Our rows run `model.compile: auto` as a retrain's long stage does (the benchmark's 3 steps are below
 # compile_min_steps, so that threshold is lifted): the decoder layers are compiled where auto would compile them.
-COMPILE_SET = {"": ["model.compile_min_steps=0"], "-eager": ["model.compile=false"]}
+COMPILE_SET = {
+    "": ["model.compile_min_steps=0"],
+    "-eager": ["model.compile=false"],
+    "-sdpa": ["model.compile_min_steps=0", "model.attention=sdpa"],
+}
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}  # our default config's LoRA (dropout: PEFT's default)
 PPO_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -200,7 +208,7 @@ def build_trainer(row: str, spec: dict[str, Any], out: Path) -> Any:
     pairs = preference_pairs(spec["examples"])
     ours = ours_row(row)
     if ours is not None:
-        from training.layer_compile import apply_to_trainer
+        from training.trl_stage import prepare_trainer
 
         stage, variant = ours
         cfg = _ours_config(stage, spec, variant)
@@ -215,7 +223,7 @@ def build_trainer(row: str, spec: dict[str, Any], out: Path) -> Any:
 
             trainer = build_reward_trainer(cfg, model_dir, pairs, out)[0]
         # as run_trainer does before training
-        trainer.compile_choice = apply_to_trainer(trainer, cfg.model.compile, cfg.model.compile_min_steps)
+        trainer.compile_choice, trainer.attention_choice = prepare_trainer(trainer, cfg)
         return trainer
     from transformers import AutoTokenizer
 
@@ -272,7 +280,8 @@ def trainer_worker(row: str, spec: dict[str, Any]) -> dict[str, Any]:
         "step_tokens": timer.tokens,
         # the untimed warm-up step: with a compiled model it includes the compile
         "first_step_s": round(timer.seconds[0], 1) if timer.seconds else None,
-        "compile": getattr(trainer, "compile_choice", None) and trainer.compile_choice.to_json(),
+        "compile": getattr(trainer, "compile_choice", None),
+        "attention": getattr(trainer, "attention_choice", None),
         "bf16": bool(trainer.args.bf16),
         "gradient_checkpointing": bool(
             getattr(trainer.args, "activation_checkpointing", False)
@@ -517,6 +526,8 @@ def summarise(rows: dict[str, dict[str, Any]], bound: dict[str, Any]) -> dict[st
         "ppo_memory_ratio_vs_trl112": ratio("ppo-ours", "ppo-trl112", "peak_rss_gb"),
         "sft_compile_speedup": ratio("sft-ours", "sft-ours-eager"),
         "rm_compile_speedup": ratio("rm-ours", "rm-ours-eager"),
+        "sft_block_attention_speedup": ratio("sft-ours", "sft-ours-sdpa"),
+        "rm_block_attention_speedup": ratio("rm-ours", "rm-ours-sdpa"),
         "sft_fraction_of_bound": None,
         "rm_fraction_of_bound": None,
         "sft_fraction_of_bound_at_start": None,
@@ -611,7 +622,7 @@ def main(argv: list[str] | None = None) -> None:
     from model_store.hardware import choose_dtype
 
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
-    known = ROWS + TRL_FP32_ROWS + EAGER_ROWS
+    known = ROWS + TRL_FP32_ROWS + EAGER_ROWS + SDPA_ROWS
     unknown = sorted(set(rows) - set(known))
     if unknown:
         raise SystemExit(f"unknown rows {unknown}: choose from {', '.join(known)}")

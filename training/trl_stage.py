@@ -28,6 +28,7 @@ class TrainRun:
     is_main: bool  # only the main process merges and reports
     time_budget: dict[str, Any] | None = None  # training/time_budget.py's record (None without a budget)
     compile: dict[str, Any] | None = None  # training/layer_compile.py's choice and why
+    attention: dict[str, Any] | None = None  # training/block_attention.py's choice and why
 
     def summary(self) -> dict[str, Any]:
         """The metrics every stage reports."""
@@ -38,6 +39,7 @@ class TrainRun:
             "runtime_s": float(self.train_out.metrics.get("train_runtime", 0.0)),
             **({"time_budget": self.time_budget} if self.time_budget else {}),
             **({"compile": self.compile} if self.compile else {}),
+            **({"attention": self.attention} if self.attention else {}),
         }
 
 
@@ -120,12 +122,11 @@ def run_trainer(
     """Train (from the newest checkpoint when resuming) within `budget_s` seconds from `started` (the stage's
     time.monotonic() start; None = when training begins) when given, evaluate on the eval split, save the
     adapter. The budget keeps room for that evaluation and for `scored_after` more held-out examples the stage
-    scores itself afterwards. With `cfg`, its `model.compile` decides whether the decoder layers are compiled."""
-    compiled = None
+    scores itself afterwards. With `cfg`, its `model.attention` and `model.compile` choose the attention and whether the decoder layers
+    are compiled."""
+    compiled = attention = None
     if cfg is not None:
-        from training.layer_compile import apply_to_trainer
-
-        compiled = apply_to_trainer(trainer, cfg.model.compile, cfg.model.compile_min_steps).to_json()
+        compiled, attention = prepare_trainer(trainer, cfg)
     budget = None
     if budget_s is not None:
         from training.time_budget import TimeBudget
@@ -162,7 +163,20 @@ def run_trainer(
         trainer.is_world_process_zero(),
         budget.record if budget else None,
         compiled,
+        attention,
     )
+
+
+def prepare_trainer(trainer: Any, cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The config's `model.attention` and `model.compile` applied to a trainer about to train (attention first:
+    a compiled layer traces the attention it calls). -> (compile choice, attention choice) as JSON."""
+    from training import block_attention, layer_compile
+
+    attention = block_attention.apply_to_trainer(trainer, cfg.model.attention).to_json()
+    compiled = layer_compile.apply_to_trainer(
+        trainer, cfg.model.compile, cfg.model.compile_min_steps
+    ).to_json()
+    return compiled, attention
 
 
 def write_outputs(

@@ -65,6 +65,7 @@ def test_the_fraction_of_bound_uses_the_rate_measured_beside_the_row() -> None:
         ("sft-ours-eager", "false", 20),
         ("rm-ours", "auto", 0),
         ("rm-ours-eager", "false", 20),
+        ("sft-ours-sdpa", "auto", 0),
     ],
 )
 def test_our_rows_compile_as_a_long_retrain_stage_does_and_the_eager_rows_do_not(
@@ -75,14 +76,21 @@ def test_our_rows_compile_as_a_long_retrain_stage_does_and_the_eager_rows_do_not
     assert ours_row(row) == (stage, row.removeprefix(f"{stage}-ours"))
     choice = trainer.compile_choice
     if compile_mode == "false":
-        assert not choice.compiled and choice.reason == "model.compile=false"
+        assert not choice["compiled"] and choice["reason"] == "model.compile=false"
     else:
         # the 1-step benchmark is below compile_min_steps: the rows lift it so auto decides as for a long stage
-        assert choice.reason.startswith("auto") and "compile_min_steps" not in choice.reason
+        assert choice["reason"].startswith("auto") and "compile_min_steps" not in choice["reason"]
         from model_store.hardware import read_cpuinfo
 
         eligible = cpp_compiler() is not None and "avx512f" not in read_cpuinfo().flags
-        assert choice.compiled is (eligible and not trainer.args.bf16)  # e.g. this project's AVX2-only CPU
+        assert choice["compiled"] is (eligible and not trainer.args.bf16)  # e.g. this project's AVX2-only CPU
+    # the attention as a retrain stage chooses it (training/block_attention.py), recorded beside the compile;
+    # the -sdpa rows keep SDPA to measure what the blocks gain
+    attention = trainer.attention_choice
+    if row.endswith("-sdpa"):
+        assert attention == {"attention": "sdpa", "reason": "model.attention=sdpa"}
+    else:
+        assert attention["reason"].startswith("auto")
 
 
 def test_summary_reports_what_the_compile_gained() -> None:

@@ -148,6 +148,8 @@ def test_doctor_json_reports_the_choice_for_the_faked_cpu(
     assert report["train_compile"]["compiled"] is compile_on
     if dtype == "bfloat16":
         assert "bf16 autocast" in report["train_compile"]["reason"]
+    # the attention SFT and the RM train with: query blocks where bf16 runs without AMX (the Zen 4), else SDPA
+    assert report["train_attention"]["attention"] == ("causal_blocks" if dtype == "bfloat16" else "sdpa")
 
 
 def test_doctor_compares_the_llama_cpp_build_with_the_cpu() -> None:

@@ -1,0 +1,170 @@
+"""Causal attention in query blocks, for bf16 training on a CPU without AMX, where it beats SDPA's CPU kernel.
+
+Why: on a 2-core AMD Zen 4 (avx512_bf16, no AMX) with SmolLM2-135M's attention (9 query heads sharing 3 key/value
+heads, head size 64), SDPA's flash-attention kernel took 17-18 ms for a forward + backward of 2 x 450 tokens in bf16,
+no faster than in fp32, while the bf16 matmuls around it run at ~860 GFLOP/s: attention was a third of an SFT step
+(torch.profiler, 8 x 330-512 tokens: 2.1 s of 6.3 s). The same attention written as two batched matmuls per block
+of 128 queries (the 3 query heads of a key/value head stacked into one matmul, no repeat_kv copy; keys after the
+block's last query skipped, so the causal half is never computed; softmax in fp32) took 9.6-10.5 ms: the matmuls
+run on the CPU's bf16 instructions. In fp32 it was slower than SDPA (22.6 vs 18.0 ms), and at 1,024 tokens the
+[queries x keys] blocks no longer stay in cache (48-54 ms either way), hence the limits below.
+
+What it computes is SDPA's causal attention: only where transformers would call SDPA with `is_causal` and no mask
+(a right-padded training batch without its padding mask, training/causal_mask.py), q and k of one length, bf16, no
+dropout, no sliding window or soft-capping, at most MAX_TOKENS tokens. Every other call (a padding mask, a KV cache
+during generation, fp32, longer sequences) goes to transformers' SDPA function unchanged, and masks are built as
+for SDPA (the mask function is registered under this name too: transformers builds NO mask for an attention name
+it does not know, which would silently drop the padding of left-padded batches).
+
+`model.attention` (training config): auto = on a CPU training in bf16 without AMX (where it was measured: Zen 4);
+off on CUDA (fused kernels), in fp32 (slower) and with AMX (unmeasured) | blocks | sdpa.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+NAME = "causal_blocks"
+BLOCK = 128  # queries per block: 128 was faster than 64 or 256 at 200-450 tokens
+MAX_TOKENS = 768  # longer: SDPA (equal speed at 1,024 tokens, and the blocks' memory grows with the square)
+DTYPES = (torch.bfloat16,)  # where the blocks were measured faster; tests widen it to check the maths in fp32
+
+_causal_bias: dict[
+    str, torch.Tensor
+] = {}  # per device: [MAX_TOKENS, MAX_TOKENS], 0 on and below the diagonal
+
+
+@dataclass(frozen=True)
+class AttentionChoice:
+    """Which attention a training stage runs, and why (recorded in the stage's metrics and by `ragqa doctor`)."""
+
+    attention: str  # NAME or "sdpa"
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"attention": self.attention, "reason": self.reason}
+
+
+def choose(mode: str, *, device: str, bf16: bool, amx: bool) -> AttentionChoice:
+    """The decision for one stage from the config's `model.attention` and the hardware."""
+    if mode == "sdpa":
+        return AttentionChoice("sdpa", "model.attention=sdpa")
+    if mode == "blocks":
+        return AttentionChoice(NAME, "model.attention=blocks (used for bf16 causal batches; others run SDPA)")
+    blockers = [
+        (device != "cpu", f"device {device}: SDPA's fused kernels"),
+        (not bf16, "fp32: SDPA's kernel was faster there (18.0 vs 22.6 ms)"),
+        (amx, "an AMX CPU: unmeasured there, SDPA kept"),
+    ]
+    for blocked, why in blockers:
+        if blocked:
+            return AttentionChoice("sdpa", f"auto: SDPA ({why})")
+    return AttentionChoice(NAME, "auto: query blocks (bf16 on a CPU without AMX: ~1.8x SDPA's attention)")
+
+
+def register() -> None:
+    """Make NAME a transformers attention implementation, with SDPA's masks (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(NAME, causal_block_attention)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+
+
+def set_attention(model: Any, choice: AttentionChoice) -> None:
+    """Switch `model` (a transformers model, possibly PEFT-wrapped) to the blocks when chosen; "sdpa" leaves the
+    model as it was loaded."""
+    if choice.attention != NAME:
+        return
+    register()
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.set_attn_implementation(NAME)
+
+
+def _bias(tokens: int, device: torch.device) -> torch.Tensor:
+    """Additive causal mask [tokens, tokens] (a view of one cached tensor per device)."""
+    key = str(device)
+    if key not in _causal_bias:
+        upper = torch.ones(MAX_TOKENS, MAX_TOKENS, dtype=torch.bool, device=device).triu(1)
+        _causal_bias[key] = torch.zeros(MAX_TOKENS, MAX_TOKENS, device=device).masked_fill(
+            upper, float("-inf")
+        )
+    return _causal_bias[key][:tokens, :tokens]
+
+
+def blocks_apply(
+    module: Any, query: torch.Tensor, key: torch.Tensor, mask: Any, dropout: float, kwargs: dict
+) -> bool:
+    """True where the blocks compute exactly what SDPA would (see the module docstring)."""
+    tokens = query.shape[2]
+    return (
+        mask is None
+        and query.device.type == "cpu"
+        and query.dtype in DTYPES
+        and 1 < tokens <= MAX_TOKENS
+        and key.shape[2] == tokens
+        and query.shape[1] % key.shape[1] == 0
+        and (dropout == 0.0 or not module.training)
+        and kwargs.get("is_causal") is not False
+        and getattr(module, "is_causal", True)
+        and kwargs.get("sliding_window") is None
+        and kwargs.get("softcap") is None
+        and kwargs.get("position_bias") is None
+    )
+
+
+def block_causal_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """softmax(q k^T * scaling + causal) v, 128 queries at a time. query [B, H, T, D], key/value [B, KV, T, D]
+    (H a multiple of KV, heads grouped as repeat_kv groups them) -> [B, T, H, D] (transformers' layout)."""
+    batch, heads, tokens, dim = query.shape
+    kv_heads = key.shape[1]
+    group = heads // kv_heads
+    grouped = query.view(batch, kv_heads, group, tokens, dim)
+    bias = _bias(tokens, query.device)
+    out = []
+    for start in range(0, tokens, BLOCK):
+        end = min(start + BLOCK, tokens)
+        rows = end - start
+        q = grouped[:, :, :, start:end].reshape(batch, kv_heads, group * rows, dim)
+        scores = torch.matmul(q, key[:, :, :end].transpose(-1, -2)).view(batch, kv_heads, group, rows, end)
+        scores = scores.float() * scaling + bias[start:end, :end]
+        probs = torch.softmax(scores, dim=-1).to(value.dtype).view(batch, kv_heads, group * rows, end)
+        out.append(torch.matmul(probs, value[:, :, :end]).view(batch, kv_heads, group, rows, dim))
+    return torch.cat(out, dim=3).view(batch, heads, tokens, dim).transpose(1, 2).contiguous()
+
+
+def causal_block_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """A transformers attention function: the blocks where they apply, transformers' SDPA function elsewhere."""
+    if not blocks_apply(module, query, key, attention_mask, dropout, kwargs):
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    return block_causal_attention(query, key, value, scale), None
+
+
+def apply_to_trainer(trainer: Any, mode: str) -> AttentionChoice:
+    """Decide for a transformers/TRL trainer about to train, and switch its model's attention if chosen."""
+    from model_store.hardware import read_cpuinfo
+
+    args = trainer.args
+    device = "cpu" if args.use_cpu or str(args.device).startswith("cpu") else str(args.device.type)
+    choice = choose(mode, device=device, bf16=bool(args.bf16), amx="amx_bf16" in read_cpuinfo().flags)
+    set_attention(trainer.model, choice)
+    return choice
