@@ -153,6 +153,7 @@ def ours_worker(spec: dict) -> dict:
             "lora_alpha": spec["lora_alpha"],
             "lora_targets": spec["lora_targets"],
             "bf16": spec["bf16_weights"],
+            "attention": spec.get("attention", "auto"),
             "seed": spec["seed"],
             "checkpoint_every": 0,
             "plots": False,
@@ -174,6 +175,7 @@ def ours_worker(spec: dict) -> dict:
         "cpu_seconds": _cpu_seconds(),
         "scores": [m["score"] for m in result.metrics],
         "response_length": [m["response_length"] for m in result.metrics],
+        "attention": result.summary.get("attention"),
     }
 
 

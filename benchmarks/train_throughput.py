@@ -14,8 +14,8 @@ Rows (each measurement in its own fresh process; peak memory = that process's ru
              warm-up step includes the compile (`first_step_s`)
   sft-ours-eager, rm-ours-eager
              on request: the same with model.compile=false (`summary.<stage>_compile_speedup`)
-  sft-ours-sdpa, rm-ours-sdpa
-             on request: the same with model.attention=sdpa (`summary.<stage>_block_attention_speedup`: what the
+  sft-ours-sdpa, rm-ours-sdpa, ppo-ours-sdpa
+             on request: the same with model.attention=sdpa (PPO: attention=sdpa) (`summary.<stage>_block_attention_speedup`: what the
              query-block attention of training/block_attention.py gains where `auto` chooses it)
   rm-trl     trl.RewardTrainer with RewardConfig's defaults (same exceptions), the same LoRA
   sft-trl-fp32, rm-trl-fp32
@@ -66,7 +66,7 @@ TRL112_VENV = Path("/tmp/venv-trl112")
 ROWS = ("sft-ours", "sft-trl", "rm-ours", "rm-trl", "ppo-ours", "ppo-trl112")
 TRL_FP32_ROWS = ("sft-trl-fp32", "rm-trl-fp32")  # on request (--rows): see the docstring
 EAGER_ROWS = ("sft-ours-eager", "rm-ours-eager")  # on request: our rows with model.compile=false
-SDPA_ROWS = ("sft-ours-sdpa", "rm-ours-sdpa")  # on request: our rows with model.attention=sdpa
+SDPA_ROWS = ("sft-ours-sdpa", "rm-ours-sdpa", "ppo-ours-sdpa")  # on request: our rows with attention=sdpa
 # Our rows run `model.compile: auto` as a retrain's long stage does (the benchmark's 3 steps are below
 # compile_min_steps, so that threshold is lifted): the decoder layers are compiled where auto would compile them.
 COMPILE_SET = {
@@ -313,17 +313,19 @@ def ppo_spec(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def ppo_ours_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Our PPO in this process; the base's dtype as the PPO config's `bf16: auto` chooses on this CPU."""
+def ppo_ours_worker(spec: dict[str, Any], attention: str = "auto") -> dict[str, Any]:
+    """Our PPO in this process; the base's dtype and the attention as the PPO config's `auto` chooses them on this
+    CPU (`attention` overrides the latter)."""
     import torch
 
     from benchmarks.ppo_vs_trl import ours_worker
     from model_store.hardware import choose_dtype
 
     bf16 = choose_dtype("auto", device="cpu").is_bf16
-    result = ours_worker({**ppo_spec(spec), "bf16_weights": bf16})
+    result = ours_worker({**ppo_spec(spec), "bf16_weights": bf16, "attention": attention})
     return {
         "step_seconds": result["step_seconds"],
+        "attention": result.get("attention"),
         "bf16": bf16,
         "torch_threads": torch.get_num_threads(),
         "peak_rss_gb": result["peak_rss_mb"] / 1024,
@@ -528,6 +530,7 @@ def summarise(rows: dict[str, dict[str, Any]], bound: dict[str, Any]) -> dict[st
         "rm_compile_speedup": ratio("rm-ours", "rm-ours-eager"),
         "sft_block_attention_speedup": ratio("sft-ours", "sft-ours-sdpa"),
         "rm_block_attention_speedup": ratio("rm-ours", "rm-ours-sdpa"),
+        "ppo_block_attention_speedup": ratio("ppo-ours", "ppo-ours-sdpa"),
         "sft_fraction_of_bound": None,
         "rm_fraction_of_bound": None,
         "sft_fraction_of_bound_at_start": None,
@@ -612,7 +615,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.worker:
         spec = json.loads(Path(args.spec).read_text())
-        result = ppo_ours_worker(spec) if args.worker == "ppo-ours" else trainer_worker(args.worker, spec)
+        if args.worker.startswith("ppo-ours"):
+            attention = "sdpa" if args.worker.endswith("-sdpa") else "auto"
+            result = ppo_ours_worker(spec, attention)
+        else:
+            result = trainer_worker(args.worker, spec)
         print("RESULT " + json.dumps(result), flush=True)
         return
     if not (args.model / "config.json").is_file():

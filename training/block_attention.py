@@ -9,12 +9,16 @@ block's last query skipped, so the causal half is never computed; softmax in fp3
 run on the CPU's bf16 instructions. In fp32 it was slower than SDPA (22.6 vs 18.0 ms), and at 1,024 tokens the
 [queries x keys] blocks no longer stay in cache (48-54 ms either way), hence the limits below.
 
-What it computes is SDPA's causal attention: only where transformers would call SDPA with `is_causal` and no mask
-(a right-padded training batch without its padding mask, training/causal_mask.py), q and k of one length, bf16, no
-dropout, no sliding window or soft-capping, at most MAX_TOKENS tokens. Every other call (a padding mask, a KV cache
-during generation, fp32, longer sequences) goes to transformers' SDPA function unchanged, and masks are built as
-for SDPA (the mask function is registered under this name too: transformers builds NO mask for an attention name
-it does not know, which would silently drop the padding of left-padded batches).
+What it computes is SDPA's causal attention, where q and k have one length (no KV cache: training forwards and a
+generation's prefill), in bf16, without dropout, sliding window or soft-capping, for at most MAX_TOKENS tokens:
+with no mask (a right-padded training batch, training/causal_mask.py) or with the boolean [batch, 1, T, T] mask
+transformers builds for SDPA (left-padded PPO batches: padding and causality in one). A query row whose keys are
+all masked (a left pad) gets a finite -1e38 instead of -inf, so it averages instead of turning NaN (SDPA returns
+something else there; nothing reads pad positions, and a NaN would reach the gradients through 0 x NaN). Every
+other call (decoding with a KV cache, fp32, longer sequences, other masks) goes to transformers' SDPA function
+unchanged, and masks are built as for SDPA (the mask function is registered under this name too: transformers
+builds NO mask for an attention name it does not know, which would silently drop the padding of left-padded
+batches).
 
 `model.attention` (training config): auto = on a CPU training in bf16 without AMX (where it was measured: Zen 4);
 off on CUDA (fused kernels), in fp32 (slower) and with AMX (unmeasured) | blocks | sdpa.
@@ -32,9 +36,9 @@ BLOCK = 128  # queries per block: 128 was faster than 64 or 256 at 200-450 token
 MAX_TOKENS = 768  # longer: SDPA (equal speed at 1,024 tokens, and the blocks' memory grows with the square)
 DTYPES = (torch.bfloat16,)  # where the blocks were measured faster; tests widen it to check the maths in fp32
 
-_causal_bias: dict[
-    str, torch.Tensor
-] = {}  # per device: [MAX_TOKENS, MAX_TOKENS], 0 on and below the diagonal
+_MASKED = -1e38  # finite: a fully masked row (a left pad) must not become NaN
+# per device: [MAX_TOKENS, MAX_TOKENS], 0 on and below the diagonal, -inf above
+_causal_bias: dict[str, torch.Tensor] = {}
 
 
 @dataclass(frozen=True)
@@ -101,9 +105,9 @@ def blocks_apply(
     """True where the blocks compute exactly what SDPA would (see the module docstring)."""
     tokens = query.shape[2]
     return (
-        mask is None
+        (mask is None or _boolean_square_mask(mask, tokens))
         and query.device.type == "cpu"
-        and query.dtype in DTYPES
+        and _computes_in(query.dtype) in DTYPES
         and 1 < tokens <= MAX_TOKENS
         and key.shape[2] == tokens
         and query.shape[1] % key.shape[1] == 0
@@ -116,23 +120,54 @@ def blocks_apply(
     )
 
 
+def _computes_in(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the matmuls run in: the autocast dtype where CPU autocast is on (the reward model keeps an fp32
+    base under bf16 autocast, and rotary embeddings promote its queries back to fp32), else the inputs' own."""
+    if torch.is_autocast_enabled("cpu"):
+        return torch.get_autocast_dtype("cpu")
+    return dtype
+
+
+def _boolean_square_mask(mask: Any, tokens: int) -> bool:
+    """SDPA's boolean mask for T queries over T keys, one for all heads: [B, 1, T, T]."""
+    return (
+        isinstance(mask, torch.Tensor)
+        and mask.dtype == torch.bool
+        and mask.dim() == 4
+        and mask.shape[1] == 1
+        and tuple(mask.shape[2:]) == (tokens, tokens)
+    )
+
+
+def _block_bias(mask: torch.Tensor | None, start: int, end: int, device: torch.device) -> torch.Tensor:
+    """The additive mask of queries start..end over keys 0..end: the causal one, or `mask`'s ([B, 1, 1, n, end])."""
+    if mask is None:
+        return _bias(end, device)[start:end]
+    allowed = mask[:, :, start:end, :end].unsqueeze(2)
+    return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, _MASKED)
+
+
 def block_causal_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scaling: float,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """softmax(q k^T * scaling + causal) v, 128 queries at a time. query [B, H, T, D], key/value [B, KV, T, D]
-    (H a multiple of KV, heads grouped as repeat_kv groups them) -> [B, T, H, D] (transformers' layout)."""
+    """softmax(q k^T * scaling + mask) v, 128 queries at a time. query [B, H, T, D], key/value [B, KV, T, D]
+    (H a multiple of KV, heads grouped as repeat_kv groups them), mask None (causal) or SDPA's boolean [B, 1, T, T]
+    (True = attend; causal) -> [B, T, H, D] (transformers' layout)."""
     batch, heads, tokens, dim = query.shape
     kv_heads = key.shape[1]
     group = heads // kv_heads
     grouped = query.view(batch, kv_heads, group, tokens, dim)
-    bias = _bias(tokens, query.device)
     out = []
     for start in range(0, tokens, BLOCK):
         end = min(start + BLOCK, tokens)
         rows = end - start
         q = grouped[:, :, :, start:end].reshape(batch, kv_heads, group * rows, dim)
         scores = torch.matmul(q, key[:, :, :end].transpose(-1, -2)).view(batch, kv_heads, group, rows, end)
-        scores = scores.float() * scaling + bias[start:end, :end]
+        scores = scores.float() * scaling + _block_bias(mask, start, end, query.device)
         probs = torch.softmax(scores, dim=-1).to(value.dtype).view(batch, kv_heads, group * rows, end)
         out.append(torch.matmul(probs, value[:, :, :end]).view(batch, kv_heads, group, rows, dim))
     return torch.cat(out, dim=3).view(batch, heads, tokens, dim).transpose(1, 2).contiguous()
@@ -156,7 +191,7 @@ def causal_block_attention(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    return block_causal_attention(query, key, value, scale), None
+    return block_causal_attention(query, key, value, scale, attention_mask), None
 
 
 def apply_to_trainer(trainer: Any, mode: str) -> AttentionChoice:

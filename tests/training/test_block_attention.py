@@ -30,9 +30,9 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
     calls: list[tuple[int, ...]] = []
     real = ba.block_causal_attention
 
-    def spy(query, key, value, scaling):  # type: ignore[no-untyped-def]
+    def spy(query, key, value, scaling, mask=None):  # type: ignore[no-untyped-def]
         calls.append(tuple(query.shape))
-        return real(query, key, value, scaling)
+        return real(query, key, value, scaling, mask)
 
     monkeypatch.setattr(ba, "block_causal_attention", spy)
     return calls
@@ -79,24 +79,63 @@ def test_in_bf16_the_blocks_stay_close_to_sdpa(counted: list) -> None:
     assert (got - ref).abs().max() < 0.05 * ref.abs().max()
 
 
-def test_a_padding_mask_goes_to_sdpa_and_keeps_its_padding(
+def test_an_fp32_model_under_bf16_autocast_runs_the_blocks(counted: list) -> None:
+    # the reward model's case: fp32 weights, bf16 autocast; rotary embeddings hand attention fp32 queries
+    model = _tiny_llama()
+    ids = torch.randint(0, 101, (2, 200), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = model(input_ids=ids).logits.float()
+        _use_blocks(model)
+        got = model(input_ids=ids).logits.float()
+    assert counted and counted[0][2] == 200
+    assert (got - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_a_left_padded_batch_keeps_its_padding_and_its_gradients(
     monkeypatch: pytest.MonkeyPatch, counted: list
 ) -> None:
-    # left padding (generation, PPO): the mask must reach SDPA. transformers builds no mask at all for an attention
-    # name it does not know, which would let the real tokens attend to the pads: the mask function is registered.
+    # left padding (PPO): transformers builds no mask at all for an attention name it does not know, which would
+    # let the real tokens attend to the pads: SDPA's mask function is registered under the name, and the blocks
+    # apply it. 150 tokens: a padded row's pads fill its whole first block (those rows must not turn NaN).
     monkeypatch.setattr(ba, "DTYPES", (torch.float32,))
     model = _tiny_llama()
-    ids = torch.randint(0, 101, (2, 40), generator=torch.Generator().manual_seed(3))
-    mask = torch.ones(2, 40, dtype=torch.long)
-    mask[0, :15] = 0
+    ids = torch.randint(0, 101, (2, 150), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones(2, 150, dtype=torch.long)
+    mask[0, :130] = 0
+
+    def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        logits[mask.bool()].pow(2).mean().backward()  # a loss on the real tokens only, as PPO's
+        return logits.detach(), [p.grad.clone() for p in model.parameters()]
+
+    ref, ref_grads = run()
+    _use_blocks(model)
+    got, grads = run()
+    assert counted == [(2, 6, 150, 16)] * 2  # both layers through the blocks, with the mask
+    real = mask.bool()
+    assert torch.allclose(got[real], ref[real], atol=2e-5)
+    assert torch.isfinite(got).all()
+    for a, b in zip(grads, ref_grads, strict=True):
+        assert torch.isfinite(a).all() and torch.allclose(a, b, atol=1e-5, rtol=1e-4)
     with torch.no_grad():
-        ref = model(input_ids=ids, attention_mask=mask).logits
-        _use_blocks(model)
-        got = model(input_ids=ids, attention_mask=mask).logits
-        unpadded = model(input_ids=ids[:1, 15:]).logits  # the padded row alone, without its pads
-    assert counted == [(1, 6, 25, 16)] * 2  # only the unpadded call ran the blocks (2 layers)
-    assert torch.equal(got, ref)
-    assert torch.allclose(got[0, 15:], unpadded[0], atol=1e-4)
+        alone = model(input_ids=ids[:1, 130:]).logits  # the padded row without its pads
+    assert torch.allclose(got[0, 130:], alone[0], atol=1e-4)
+
+
+def test_other_masks_go_to_sdpa(monkeypatch: pytest.MonkeyPatch, counted: list) -> None:
+    monkeypatch.setattr(ba, "DTYPES", (torch.float32,))
+    q = torch.randn(1, 6, 8, 16)
+    k = v = torch.randn(1, 2, 8, 16)
+    module = torch.nn.Module()
+    module.num_key_value_groups = 3
+    float_mask = torch.zeros(1, 1, 8, 8)
+    per_head = torch.ones(1, 6, 8, 8, dtype=torch.bool).tril()
+    for mask in (float_mask, per_head):
+        ba.causal_block_attention(module, q, k, v, mask)
+    assert counted == []
+    ba.causal_block_attention(module, q, k, v, per_head[:, :1])
+    assert counted == [(1, 6, 8, 16)]
 
 
 def test_fp32_long_sequences_and_generation_go_to_sdpa(

@@ -58,7 +58,9 @@ def test_short_run_writes_adapter_and_merged_model(
     # 2 steps: model.compile auto leaves the layers eager and says why (training/layer_compile.py)
     assert not m["compile"]["compiled"] and m["compile"]["reason"].startswith("auto: off")
     # and the attention it trained with, and why (training/block_attention.py)
-    assert m["attention"]["attention"] in {"sdpa", "causal_blocks"} and m["attention"]["reason"].startswith("auto")
+    assert m["attention"]["attention"] in {"sdpa", "causal_blocks"} and m["attention"]["reason"].startswith(
+        "auto"
+    )
     assert m["merge"]["max_abs_logit_diff"] <= 1e-3
     assert (out / "adapter" / "adapter_config.json").is_file()
     assert (out / "plots" / "sft_loss.png").stat().st_size > 1000

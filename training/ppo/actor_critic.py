@@ -44,6 +44,9 @@ class ActorCritic(nn.Module):
         self.lm = lm  # peft PeftModel with adapters "policy" and "value"
         self.value_head = value_head
         self._tuner_layers = [m for m in lm.modules() if isinstance(m, BaseTunerLayer)]
+        self.attention: dict[str, Any] | None = (
+            None  # build_actor_critic's choice (training/block_attention.py)
+        )
         self.lm.set_requires_grad(list(ADAPTERS), True)
 
     # --- plumbing ---
@@ -131,13 +134,23 @@ def build_actor_critic(cfg: PPOConfig, policy_dir: Path, device: torch.device) -
     """Base (frozen, bf16/fp32 or nf4) + LoRA "policy" + LoRA "value" + zero-initialised value head."""
     from peft import LoraConfig, get_peft_model
 
+    from model_store.hardware import read_cpuinfo
     from model_store.loading import load_causal_lm
+    from training.block_attention import choose as choose_attention
+    from training.block_attention import set_attention
 
     # 4-bit: the project loader places the nf4 model on CUDA device 0 (one GPU per process is not handled).
     target = "cuda" if cfg.load_in_4bit else str(device)
     dtype = cfg.compute_dtype(torch.device(target).type).torch_dtype()
     base = load_causal_lm(policy_dir, dtype=dtype, load_in_4bit=cfg.load_in_4bit, device=target)
     base.config.use_cache = True
+    attention = choose_attention(
+        cfg.attention,
+        device=torch.device(target).type,
+        bf16=dtype == torch.bfloat16,
+        amx="amx_bf16" in read_cpuinfo().flags,
+    )
+    set_attention(base, attention)
     if cfg.load_in_4bit:
         from peft import prepare_model_for_kbit_training
 
@@ -165,6 +178,7 @@ def build_actor_critic(cfg: PPOConfig, policy_dir: Path, device: torch.device) -
     nn.init.zeros_(value_head.weight)
     nn.init.zeros_(value_head.bias)
     model = ActorCritic(lm, value_head)
+    model.attention = attention.to_json()
     model.use_adapter(POLICY)
     # No dropout anywhere: PPO ratios must be exactly 1 at the start of each update. Dropout modules are
     # zeroed rather than relying on eval(), because HF gradient checkpointing only runs in train mode.

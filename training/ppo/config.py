@@ -96,6 +96,9 @@ class PPOConfig:
     bf16: str = field(default="auto", metadata=bounds(parse=parse_precision))
     load_in_4bit: bool = False  # nf4 base via bitsandbytes; CUDA only
     gradient_checkpointing: bool = False
+    # attention of the policy/critic/reference forwards and the rollout's prefill (training/block_attention.py):
+    # "auto" = causal attention in query blocks on a CPU in bf16 without AMX, else SDPA | blocks | sdpa
+    attention: str = field(default="auto", metadata=bounds(choices=("auto", "blocks", "sdpa")))
 
     # --- which policy the stage hands on (training/ppo/selection.py) ---
     # score the policy on held-out prompts every N steps (and before the first update); the best eligible one

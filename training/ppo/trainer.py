@@ -825,6 +825,7 @@ def run_ppo(
             "prompts_skipped_too_long": len(prompts) - len(kept),
             "processes": world,
             "value_head_from_reward_model": value_head_from_rm,
+            "attention": model.attention,
             "last_checkpoint": str(last_checkpoint) if last_checkpoint else None,
             "heldout_prompts": len(heldout[0]) if heldout else 0,
             **({"time_budget": budget} if budget is not None else {}),

@@ -254,3 +254,40 @@ def test_the_first_micro_batch_forward_is_not_run_twice(
     )
     assert calls == [True]
     assert result.metrics[0]["ratio"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_block_attention_trains_as_sdpa_does(
+    toy_models: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PPO's left-padded batches through training/block_attention.py (its padding mask applied in the blocks, the
+    rollout's prefill too): the same rollout, rewards and update as SDPA. fp32 here so they can be compared closely
+    (`auto` uses the blocks in bf16 on a CPU without AMX)."""
+    from training import block_attention
+
+    monkeypatch.setattr(block_attention, "DTYPES", (torch.float32, torch.bfloat16))
+    calls = []
+    real = block_attention.block_causal_attention
+    monkeypatch.setattr(
+        block_attention,
+        "block_causal_attention",
+        lambda *args: calls.append(args[0].shape) or real(*args),
+    )
+    # prompts of different lengths: left padding in every batch
+    prompts = [
+        [{"role": "user", "content": f"Question {i}: " + "and what else " * (3 * i)}] for i in range(8)
+    ]
+    runs = {}
+    for attention in ("sdpa", "blocks"):
+        runs[attention] = run_ppo(
+            tiny_config(total_steps=2, checkpoint_every=0, attention=attention),
+            policy_dir=toy_models[0],
+            prompts=prompts,
+            out_dir=tmp_path / attention,
+            reward_fn=target_fraction_reward,
+        )
+    assert runs["sdpa"].summary["attention"]["attention"] == "sdpa"
+    assert runs["blocks"].summary["attention"]["attention"] == "causal_blocks"
+    assert calls, "the blocks never ran"
+    for a, b in zip(runs["sdpa"].metrics, runs["blocks"].metrics, strict=True):
+        for key in ("score", "kl", "policy_loss", "value_loss", "response_length"):
+            assert a[key] == pytest.approx(b[key], abs=1e-4, rel=1e-3), key
