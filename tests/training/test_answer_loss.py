@@ -134,11 +134,18 @@ def test_sft_body_runs_in_the_trainers_precision(
     seen: list[torch.dtype] = []
     layer = trainer.model.get_base_model().model.layers[0].mlp.up_proj
     layer.base_layer.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    lora_inputs: list[torch.dtype] = []
+    lora_a = next(iter(layer.lora_A.values()))
+    lora_a.register_forward_pre_hook(lambda m, a: lora_inputs.append(a[0].dtype))
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
     trainer.current_gradient_accumulation_steps = 1
     trainer.model.train()
     assert torch.isfinite(trainer.training_step(trainer.model, dict(batch)))
     assert seen and set(seen) == {dtype}
+    # the adapter gets the layer's input as it is: PEFT's cast to the fp32 adapter weights is off under autocast
+    # (autocast would cast that fp32 copy straight back to bf16), and back on after the step
+    assert lora_inputs and set(lora_inputs) == {dtype}
+    assert getattr(layer, "cast_input_dtype_enabled", True)
     # The frozen base is stored in the compute dtype (no fp32 copy cast on every use); what trains stays fp32.
     assert layer.base_layer.weight.dtype == dtype and not layer.base_layer.weight.requires_grad
     trained = [p for p in trainer.model.parameters() if p.requires_grad]
