@@ -78,6 +78,17 @@ class AnswerOnlySFTTrainer(SFTTrainer):
     """SFTTrainer whose loss computes logits only at the answer (completion) tokens, and logs no full-vocabulary
     metrics (TRL's entropy and mean_token_accuracy); the loss value is the one SFTTrainer computes."""
 
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+        # Under mixed precision PEFT's cast of each LoRA input to the adapter's fp32 weights only makes a copy that
+        # autocast casts straight back to bf16 (two copies of every adapted layer's input; 1.066 vs 1.129 s per
+        # micro-step on the Zen 4); without the cast the values reaching the matmuls are the same bf16 ones. Off for
+        # the whole step, backward included: gradient checkpointing recomputes the forward there, and a LoRA
+        # dropout recomputed with the cast on would save an fp32 mask where the forward saved a bf16 one (torch's
+        # checkpoint refuses that).
+        casts_off = self.accelerator.mixed_precision != "no"
+        with disable_input_dtype_casting(model, active=casts_off):
+            return super().training_step(model, inputs, num_items_in_batch)
+
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
@@ -90,11 +101,7 @@ class AnswerOnlySFTTrainer(SFTTrainer):
         # The decoder body is called directly, not through the model's forward that accelerate wrapped in the
         # mixed-precision autocast, so the autocast is entered here: without it "bf16" SFT ran every matmul in fp32
         # (measured on Zen 4: 9.7 ms for a 1016x576x1536 matmul, the fp32 rate, against 4.5 ms in bf16).
-        # Under that autocast PEFT's cast of each LoRA input to the adapter's fp32 weights only makes a copy that
-        # autocast casts straight back to bf16 (two copies of every adapted layer's input, ~9% of a bf16 step on the
-        # Zen 4); without the cast the values reaching the matmuls are the same bf16 ones.
-        casts_off = self.accelerator.mixed_precision != "no"
-        with self.accelerator.autocast(), disable_input_dtype_casting(model, active=casts_off):
+        with self.accelerator.autocast():
             loss, _ = answer_only_loss(model, inputs, num_items_in_batch)
         # As SFTTrainer: num_items_in_batch counts the tokens of every rank and DDP averages the gradients
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:

@@ -18,7 +18,12 @@ something else there; nothing reads pad positions, and a NaN would reach the gra
 other call (decoding with a KV cache, fp32, longer sequences, other masks) goes to transformers' SDPA function
 unchanged, and masks are built as for SDPA (the mask function is registered under this name too: transformers
 builds NO mask for an attention name it does not know, which would silently drop the padding of left-padded
-batches).
+batches). The masks it takes are causal (the module's `is_causal` is checked; transformers builds a decoder's
+masks with `create_causal_mask`): keys after a block's last query are never read.
+
+Numerics: q k^T comes out of a bf16 matmul (fp32 accumulation, rounded to bf16), the bias and the softmax are in
+fp32, as transformers' eager attention does it; SDPA's flash kernel keeps q k^T in fp32. Equal to SDPA within fp32
+rounding when run in fp32 (the tests), within bf16 rounding otherwise.
 
 `model.attention` (training config): auto = on a CPU training in bf16 without AMX (where it was measured: Zen 4);
 off on CUDA (fused kernels), in fp32 (slower) and with AMX (unmeasured) | blocks | sdpa.
@@ -52,10 +57,14 @@ class AttentionChoice:
         return {"attention": self.attention, "reason": self.reason}
 
 
-def choose(mode: str, *, device: str, bf16: bool, amx: bool) -> AttentionChoice:
-    """The decision for one stage from the config's `model.attention` and the hardware."""
+def choose(mode: str, *, device: str, bf16: bool, amx: bool, compiled: bool = False) -> AttentionChoice:
+    """The decision for one stage from the config's `model.attention`, the hardware and whether the stage compiles
+    its decoder layers (then SDPA: Dynamo would specialise the blocks' loop on every sequence length; on the Zen 4
+    compiled layers with the blocks were no faster than eager ones, with a 2-minute first step)."""
     if mode == "sdpa":
         return AttentionChoice("sdpa", "model.attention=sdpa")
+    if compiled:
+        return AttentionChoice("sdpa", f"model.attention={mode}, but the decoder layers are compiled: SDPA")
     if mode == "blocks":
         return AttentionChoice(NAME, "model.attention=blocks (used for bf16 causal batches; others run SDPA)")
     blockers = [
@@ -78,19 +87,22 @@ def register() -> None:
     AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
-def set_attention(model: Any, choice: AttentionChoice) -> None:
+def set_attention(model: Any, choice: AttentionChoice) -> AttentionChoice:
     """Switch `model` (a transformers model, possibly PEFT-wrapped) to the blocks when chosen; "sdpa" leaves the
-    model as it was loaded."""
+    model as it was loaded. -> the choice in effect (transformers only warns when a model class cannot switch)."""
     if choice.attention != NAME:
-        return
+        return choice
     register()
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base.set_attn_implementation(NAME)
+    if base.config._attn_implementation != NAME:
+        return AttentionChoice("sdpa", f"{choice.reason}; but {type(base).__name__} cannot switch: as loaded")
+    return choice
 
 
 def _bias(tokens: int, device: torch.device) -> torch.Tensor:
     """Additive causal mask [tokens, tokens] (a view of one cached tensor per device)."""
-    key = str(device)
+    key = f"{device}:{MAX_TOKENS}"
     if key not in _causal_bias:
         upper = torch.ones(MAX_TOKENS, MAX_TOKENS, dtype=torch.bool, device=device).triu(1)
         _causal_bias[key] = torch.zeros(MAX_TOKENS, MAX_TOKENS, device=device).masked_fill(
@@ -194,12 +206,13 @@ def causal_block_attention(
     return block_causal_attention(query, key, value, scale, attention_mask), None
 
 
-def apply_to_trainer(trainer: Any, mode: str) -> AttentionChoice:
-    """Decide for a transformers/TRL trainer about to train, and switch its model's attention if chosen."""
+def apply_to_trainer(trainer: Any, mode: str, compiled: bool = False) -> AttentionChoice:
+    """Decide for a transformers/TRL trainer about to train (`compiled`: its decoder layers will be compiled), and
+    switch its model's attention if chosen. -> the choice in effect."""
     from model_store.hardware import read_cpuinfo
 
     args = trainer.args
     device = "cpu" if args.use_cpu or str(args.device).startswith("cpu") else str(args.device.type)
-    choice = choose(mode, device=device, bf16=bool(args.bf16), amx="amx_bf16" in read_cpuinfo().flags)
-    set_attention(trainer.model, choice)
-    return choice
+    amx = "amx_bf16" in read_cpuinfo().flags
+    choice = choose(mode, device=device, bf16=bool(args.bf16), amx=amx, compiled=compiled)
+    return set_attention(trainer.model, choice)

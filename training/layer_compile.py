@@ -138,13 +138,25 @@ def uncompile_layers(model: Any) -> None:
 
 def apply_to_trainer(trainer: Any, mode: str, min_steps: int) -> CompileChoice:
     """Decide for a transformers/TRL trainer about to train, and compile its model's layers if chosen."""
+    return compile_if_chosen(trainer, choice_for_trainer(trainer, mode, min_steps))
+
+
+def compile_if_chosen(trainer: Any, choice: CompileChoice) -> CompileChoice:
+    """Compile the trainer's model's layers when `choice` says so. -> the choice in effect."""
+    if choice.compiled and not compile_layers(trainer.model):
+        return CompileChoice(False, f"{choice.reason}; but no repeated decoder layers found: not compiled")
+    return choice
+
+
+def choice_for_trainer(trainer: Any, mode: str, min_steps: int) -> CompileChoice:
+    """The decision for a transformers/TRL trainer about to train (nothing compiled yet)."""
     from model_store.hardware import read_cpuinfo
 
     args = trainer.args
     model = trainer.model
     device = "cpu" if args.use_cpu or str(args.device).startswith("cpu") else str(args.device.type)
     rows = len(trainer.train_dataset) if trainer.train_dataset is not None else 0
-    choice = choose(
+    return choose(
         mode,
         device=device,
         steps=planned_steps(args, rows),
@@ -156,6 +168,3 @@ def apply_to_trainer(trainer: Any, mode: str, min_steps: int) -> CompileChoice:
         avx512="avx512f" in read_cpuinfo().flags,
         compiler=cpp_compiler(),
     )
-    if choice.compiled and not compile_layers(model):
-        return CompileChoice(False, f"{choice.reason}; but no repeated decoder layers found: not compiled")
-    return choice

@@ -168,15 +168,15 @@ def run_trainer(
 
 
 def prepare_trainer(trainer: Any, cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The config's `model.attention` and `model.compile` applied to a trainer about to train (attention first:
-    a compiled layer traces the attention it calls). -> (compile choice, attention choice) as JSON."""
+    """The config's `model.compile` and `model.attention` applied to a trainer about to train. Compiled layers keep
+    SDPA (the blocks' per-length Python loop would recompile a layer for every sequence length), so the compile is
+    decided first and the attention is set before the layers are compiled. -> (compile, attention) choices as JSON."""
     from training import block_attention, layer_compile
 
-    attention = block_attention.apply_to_trainer(trainer, cfg.model.attention).to_json()
-    compiled = layer_compile.apply_to_trainer(
-        trainer, cfg.model.compile, cfg.model.compile_min_steps
-    ).to_json()
-    return compiled, attention
+    compiling = layer_compile.choice_for_trainer(trainer, cfg.model.compile, cfg.model.compile_min_steps)
+    attention = block_attention.apply_to_trainer(trainer, cfg.model.attention, compiled=compiling.compiled)
+    compiled = layer_compile.compile_if_chosen(trainer, compiling)
+    return compiled.to_json(), attention.to_json()
 
 
 def write_outputs(

@@ -153,6 +153,28 @@ def test_sft_body_runs_in_the_trainers_precision(
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
 
 
+def test_bf16_sft_trains_with_checkpointing_and_lora_dropout(
+    tiny_model_dir: Path, tmp_path: Path, tiny_cfg
+) -> None:
+    """PEFT's LoRA input casts are off for the whole step: gradient checkpointing recomputes the forward in the
+    backward, and a dropout mask recomputed with the casts back on (fp32, saved bf16) made torch's checkpoint fail."""
+    from training.sft import build_sft_trainer
+
+    data = load_export(write_export(tmp_path / "e"))
+    cfg = tiny_cfg(
+        "model.bf16=true", "sft.gradient_checkpointing=true", "lora.dropout=0.1", "sft.max_steps=1"
+    )
+    trainer = build_sft_trainer(cfg, tiny_model_dir, data, tmp_path / "sft")
+    assert trainer.args.bf16 and trainer.args.activation_checkpointing
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    out = trainer.train()  # train() is what turns the checkpointing on
+    assert out.global_step == 1 and trainer.model.get_base_model().is_gradient_checkpointing
+    moved = [
+        n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])
+    ]
+    assert moved
+
+
 def test_dpo_keeps_a_bf16_base_with_fp32_adapters(tiny_model_dir: Path, tmp_path: Path, tiny_cfg) -> None:
     """DPO (and KTO, same loader call) store the frozen base as SFT does; 4-bit and fp32 compute keep the default."""
     from training.config import frozen_base_dtype

@@ -176,6 +176,58 @@ def test_choice_by_hardware(mode: str, device: str, bf16: bool, amx: bool, atten
     assert choice.reason.startswith("auto" if mode == "auto" else f"model.attention={mode}")
 
 
+def test_compiled_layers_keep_sdpa() -> None:
+    # the blocks' Python loop would make Dynamo recompile a layer for every sequence length
+    for mode in ("auto", "blocks"):
+        choice = ba.choose(mode, device="cpu", bf16=True, amx=False, compiled=True)
+        assert choice.attention == "sdpa" and "compiled" in choice.reason
+
+
+def test_a_retrain_stage_that_compiles_keeps_sdpa(tiny_model_dir, tmp_path, tiny_cfg) -> None:  # type: ignore[no-untyped-def]
+    from tests.training.conftest import write_export
+    from training.data import load_export
+    from training.layer_compile import uncompile_layers
+    from training.sft import build_sft_trainer
+    from training.trl_stage import prepare_trainer
+
+    data = load_export(write_export(tmp_path / "e"))
+    runs = {}
+    for compile_mode in ("true", "false"):
+        cfg = tiny_cfg(f"model.compile={compile_mode}", "model.attention=blocks")
+        trainer = build_sft_trainer(cfg, tiny_model_dir, data, tmp_path / compile_mode)
+        runs[compile_mode] = prepare_trainer(trainer, cfg)
+        uncompile_layers(trainer.model)
+    assert runs["true"][0]["compiled"] and runs["true"][1]["attention"] == "sdpa"
+    assert not runs["false"][0]["compiled"] and runs["false"][1]["attention"] == ba.NAME
+
+
+def test_the_reward_models_classifier_switches(tmp_path, tiny_cfg, tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
+    from tests.training.conftest import write_export
+    from training.data import load_export
+    from training.reward import build_reward_trainer
+
+    pairs = load_export(write_export(tmp_path / "e")).pairs["train"]
+    trainer, _ = build_reward_trainer(tiny_cfg(), tiny_model_dir, pairs, tmp_path / "rm")
+    choice = ba.apply_to_trainer(trainer, "blocks")
+    assert choice.attention == ba.NAME
+    classifier = trainer.model.get_base_model()
+    assert type(classifier).__name__.endswith("ForSequenceClassification")
+    assert classifier.config._attn_implementation == ba.NAME
+
+
+def test_a_model_that_cannot_switch_is_reported_as_it_runs() -> None:
+    class Stubborn(torch.nn.Module):  # transformers only warns for such a class
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = type("Config", (), {"_attn_implementation": "sdpa"})()
+
+        def set_attn_implementation(self, name: str) -> None:
+            pass
+
+    choice = ba.set_attention(Stubborn(), ba.AttentionChoice(ba.NAME, "auto: query blocks"))
+    assert choice.attention == "sdpa" and "cannot switch" in choice.reason
+
+
 def test_the_config_refuses_an_unknown_attention() -> None:
     from training.config import ConfigError, load_config
 

@@ -150,7 +150,7 @@ def build_actor_critic(cfg: PPOConfig, policy_dir: Path, device: torch.device) -
         bf16=dtype == torch.bfloat16,
         amx="amx_bf16" in read_cpuinfo().flags,
     )
-    set_attention(base, attention)
+    attention = set_attention(base, attention)
     if cfg.load_in_4bit:
         from peft import prepare_model_for_kbit_training
 
