@@ -15,8 +15,8 @@ enough to win it back (`model.compile_min_steps`).
 
 `auto` compiles only where it was measured to help and nothing is known to break: a CPU without AVX-512 training
 in fp32 (on a 2-core AMD Zen 4 with AVX-512 the same regional compile gave no gain on the fp32 step, 12.0-14.7 vs
-12.4-15.3 s; with bf16 autocast SFT gained 5% in one run on a faster Zen 4, 706 vs 674 tokens/s, for a first step of
-~2 minutes), a C++ compiler for inductor, one process, no gradient
+12.4-15.3 s; with bf16 autocast it is unmeasured: both A/B runs tried on a Zen 4 compiled their "eager" rows too),
+a C++ compiler for inductor, one process, no gradient
 checkpointing (the checkpoint wrapper around a compiled layer is untested here), no 4-bit base. Only SFT and the
 reward model use it (measured); DPO and KTO stay eager (their reference passes with adapters off would be more
 graphs to compile, unmeasured). An error while Dynamo compiles a layer falls back to eager for it
@@ -79,7 +79,7 @@ def choose(
         return CompileChoice(True, "model.compile=true")
     blockers = [
         (device != "cpu", f"device {device}: measured on the CPU only"),
-        (bf16, "bf16 autocast: ~5% measured there, not worth the compile"),
+        (bf16, "bf16 autocast: the gain was measured in fp32"),
         (avx512, "an AVX-512 CPU: no gain measured there"),
         (compiler is None, "no C++ compiler for inductor (install g++ or set CXX)"),
         (processes > 1, f"{processes} processes"),
