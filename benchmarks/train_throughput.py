@@ -181,8 +181,10 @@ def _ours_config(stage: str, spec: dict[str, Any], variant: str = "") -> Any:
             f"{section}.warmup=0",
             f"{section}.save_steps=1000000",
             f"{section}.max_length=1024",
-            *COMPILE_SET[variant],
+            # --ours-set first: a variant row's own setting must win, or `--ours-set model.compile=true` turns the
+            # -eager rows into compiled ones and their A/B into compiled vs compiled (it happened)
             *spec.get("ours_set", []),
+            *COMPILE_SET[variant],
         ],
     )
 
@@ -598,7 +600,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--ours-set",
         action="append",
         default=[],
-        help="extra --set of our training config (e.g. sft.lr=1e-4)",
+        help="extra --set of our training config (e.g. sft.lr=1e-4); the -eager/-sdpa rows' own setting wins",
     )
     parser.add_argument(
         "--report-from", type=Path, help="write the report from an earlier run's WORK/runs.json (no new runs)"

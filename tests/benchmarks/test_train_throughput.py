@@ -93,6 +93,18 @@ def test_our_rows_compile_as_a_long_retrain_stage_does_and_the_eager_rows_do_not
         assert attention["reason"].startswith("auto")
 
 
+def test_a_variant_rows_own_setting_wins_over_ours_set(tiny_llama_dir: Path) -> None:
+    from benchmarks.train_throughput import _ours_config
+
+    spec = {**_spec(tiny_llama_dir), "ours_set": ["model.compile=true", "model.attention=blocks"]}
+    assert _ours_config("sft", spec, "").model.compile == "true"
+    assert (
+        _ours_config("sft", spec, "-eager").model.compile == "false"
+    )  # was "true": an A/B of compiled vs compiled
+    assert _ours_config("rm", spec, "-sdpa").model.attention == "sdpa"
+    assert _ours_config("rm", spec, "").model.attention == "blocks"
+
+
 def test_summary_reports_what_the_compile_gained() -> None:
     rows = {
         name: {"tokens_per_s": tps, "peak_rss_gb": 1.0}
