@@ -207,13 +207,23 @@ def causal_block_attention(
     return block_causal_attention(query, key, value, scale, attention_mask), None
 
 
-def apply_to_trainer(trainer: Any, mode: str, compiled: bool = False) -> AttentionChoice:
-    """Decide for a transformers/TRL trainer about to train (`compiled`: its decoder layers will be compiled), and
-    switch its model's attention if chosen. -> the choice in effect."""
+def apply_to_model(
+    model: Any, mode: str, *, device: str, bf16: bool, compiled: bool = False
+) -> AttentionChoice:
+    """Decide on this CPU for a model about to train on `device` (`compiled`: its decoder layers will be
+    compiled), and switch its attention if chosen. -> the choice in effect."""
     from model_store.hardware import read_cpuinfo
 
-    args = trainer.args
-    device = "cpu" if args.use_cpu or str(args.device).startswith("cpu") else str(args.device.type)
     amx = "amx_bf16" in read_cpuinfo().flags
-    choice = choose(mode, device=device, bf16=bool(args.bf16), amx=amx, compiled=compiled)
-    return set_attention(trainer.model, choice)
+    choice = choose(mode, device=device, bf16=bf16, amx=amx, compiled=compiled)
+    return set_attention(model, choice)
+
+
+def apply_to_trainer(trainer: Any, mode: str, compiled: bool = False) -> AttentionChoice:
+    """`apply_to_model` for a transformers/TRL trainer about to train."""
+    from training.config import trainer_device
+
+    args = trainer.args
+    return apply_to_model(
+        trainer.model, mode, device=trainer_device(args), bf16=bool(args.bf16), compiled=compiled
+    )

@@ -334,6 +334,11 @@ def resolve_device(cfg: TrainConfig) -> str:
     return cfg.device
 
 
+def trainer_device(args: Any) -> str:
+    """The device type a transformers Trainer's arguments train on: "cpu", "cuda", ..."""
+    return "cpu" if args.use_cpu or str(args.device).startswith("cpu") else str(args.device.type)
+
+
 def train_dtype(cfg: TrainConfig, device: str) -> DtypeChoice:
     """The compute dtype of SFT / RM / DPO on `device` (model.bf16: auto | true | false)."""
     return choose_dtype(cfg.model.bf16, device=device)

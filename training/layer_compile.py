@@ -137,11 +137,6 @@ def uncompile_layers(model: Any) -> None:
         _suppress_before = None
 
 
-def apply_to_trainer(trainer: Any, mode: str, min_steps: int) -> CompileChoice:
-    """Decide for a transformers/TRL trainer about to train, and compile its model's layers if chosen."""
-    return compile_if_chosen(trainer, choice_for_trainer(trainer, mode, min_steps))
-
-
 def compile_if_chosen(trainer: Any, choice: CompileChoice) -> CompileChoice:
     """Compile the trainer's model's layers when `choice` says so. -> the choice in effect."""
     if choice.compiled and not compile_layers(trainer.model):
@@ -152,10 +147,11 @@ def compile_if_chosen(trainer: Any, choice: CompileChoice) -> CompileChoice:
 def choice_for_trainer(trainer: Any, mode: str, min_steps: int) -> CompileChoice:
     """The decision for a transformers/TRL trainer about to train (nothing compiled yet)."""
     from model_store.hardware import read_cpuinfo
+    from training.config import trainer_device
 
     args = trainer.args
     model = trainer.model
-    device = "cpu" if args.use_cpu or str(args.device).startswith("cpu") else str(args.device.type)
+    device = trainer_device(args)
     rows = len(trainer.train_dataset) if trainer.train_dataset is not None else 0
     return choose(
         mode,

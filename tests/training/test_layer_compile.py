@@ -7,7 +7,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from training.layer_compile import apply_to_trainer, choose, compile_layers, decoder_layers, planned_steps
+from training.layer_compile import (
+    choice_for_trainer,
+    choose,
+    compile_if_chosen,
+    compile_layers,
+    decoder_layers,
+    planned_steps,
+)
 
 LONG = {"device": "cpu", "steps": 100, "min_steps": 20, "compiler": "/usr/bin/g++"}
 
@@ -88,6 +95,11 @@ def _fake_trainer(model, *, rows: int, max_steps: int = -1) -> SimpleNamespace:
     return SimpleNamespace(
         args=args, model=model, train_dataset=[0] * rows, accelerator=SimpleNamespace(num_processes=1)
     )
+
+
+def apply_to_trainer(trainer, mode: str, min_steps: int):  # type: ignore[no-untyped-def]
+    """What training/trl_stage.py's prepare_trainer does with the compile: decide, then compile if chosen."""
+    return compile_if_chosen(trainer, choice_for_trainer(trainer, mode, min_steps))
 
 
 def test_apply_to_trainer_compiles_only_what_it_chose(tiny_model_dir: Path, monkeypatch) -> None:

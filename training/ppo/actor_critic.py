@@ -44,9 +44,8 @@ class ActorCritic(nn.Module):
         self.lm = lm  # peft PeftModel with adapters "policy" and "value"
         self.value_head = value_head
         self._tuner_layers = [m for m in lm.modules() if isinstance(m, BaseTunerLayer)]
-        self.attention: dict[str, Any] | None = (
-            None  # build_actor_critic's choice (training/block_attention.py)
-        )
+        # build_actor_critic's attention choice (training/block_attention.py)
+        self.attention: dict[str, Any] | None = None
         self.lm.set_requires_grad(list(ADAPTERS), True)
 
     # --- plumbing ---
@@ -134,23 +133,17 @@ def build_actor_critic(cfg: PPOConfig, policy_dir: Path, device: torch.device) -
     """Base (frozen, bf16/fp32 or nf4) + LoRA "policy" + LoRA "value" + zero-initialised value head."""
     from peft import LoraConfig, get_peft_model
 
-    from model_store.hardware import read_cpuinfo
     from model_store.loading import load_causal_lm
-    from training.block_attention import choose as choose_attention
-    from training.block_attention import set_attention
+    from training.block_attention import apply_to_model
 
     # 4-bit: the project loader places the nf4 model on CUDA device 0 (one GPU per process is not handled).
     target = "cuda" if cfg.load_in_4bit else str(device)
     dtype = cfg.compute_dtype(torch.device(target).type).torch_dtype()
     base = load_causal_lm(policy_dir, dtype=dtype, load_in_4bit=cfg.load_in_4bit, device=target)
     base.config.use_cache = True
-    attention = choose_attention(
-        cfg.attention,
-        device=torch.device(target).type,
-        bf16=dtype == torch.bfloat16,
-        amx="amx_bf16" in read_cpuinfo().flags,
+    attention = apply_to_model(
+        base, cfg.attention, device=torch.device(target).type, bf16=dtype == torch.bfloat16
     )
-    attention = set_attention(base, attention)
     if cfg.load_in_4bit:
         from peft import prepare_model_for_kbit_training
 
