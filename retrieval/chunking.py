@@ -4,12 +4,14 @@ Windows are counted in the embedder's tokens (so a chunk never exceeds what the 
 chunk's text is the original span `text[start_of_first_token:end_of_last_token]`, taken through the
 tokenizer's offset mapping: the user sees their document, not detokenised word pieces. When a window
 is near its limit we end it at a paragraph break, else at a sentence end, if one lies in the last
-quarter of the window.
+quarter of the window; the next window starts at a sentence (or paragraph, list item, heading, table row)
+near where its overlap begins, so no passage opens mid-sentence.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +25,17 @@ DEFAULT_OVERLAP = 40
 # file does not become one giant tokenizer call.
 _SEGMENT_CHARS = 20_000
 _SENTENCE_END = ".!?;:\u3002"
+_SENTENCE_STOP = ".!?\u3002"  # a new sentence starts after these (after ";" or ":" the sentence goes on)
+# Where a sentence starts after a line break: a blank line, or a new line that opens a list item, a heading, a
+# quote, a table row or a numbered step. A lone newline inside a paragraph is only the author's line wrap.
+_BLANK_LINE = re.compile(r"\n[ \t\r]*\n")
+_LINE_MARK = re.compile(r"[-*+#>|]|\d+[.)]", re.ASCII)
+# How the next window's start is chosen, stored with the index: a change re-chunks every file on the next ingest.
+# "word" (the first chunker): the first whole word of the overlap. "sentence": a sentence start near it. Why: a
+# passage that opens mid-sentence ("models rollback VERSION` switches back ...", without its "`ragqa") shows the
+# user a fragment in Sources and hands the model a sentence without its subject.
+WORD_STARTS = "word"
+SENTENCE_STARTS = "sentence"
 
 TokenizeOffsets = Callable[[str], list[tuple[int, int]]]
 
@@ -33,6 +46,7 @@ class ChunkingParams:
 
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS
     overlap: int = DEFAULT_OVERLAP
+    starts: str = SENTENCE_STARTS  # an index written before this setting existed reads as WORD_STARTS
 
     def validated(self, max_tokens: int) -> ChunkingParams:
         """Clamp chunk_tokens to the embedder's limit; reject impossible settings with a clear message."""
@@ -45,7 +59,11 @@ class ChunkingParams:
             raise InvalidConfigError(
                 f"overlap ({self.overlap}) must be smaller than the chunk size ({size} tokens)"
             )
-        return ChunkingParams(size, self.overlap)
+        if self.starts not in (WORD_STARTS, SENTENCE_STARTS):
+            raise InvalidConfigError(
+                f"chunk starts must be {WORD_STARTS!r} or {SENTENCE_STARTS!r}, got {self.starts!r}"
+            )
+        return ChunkingParams(size, self.overlap, self.starts)
 
 
 def chunk_id(relpath: str, doc_hash: str, position: int) -> str:
@@ -76,10 +94,14 @@ def _last_space(text: str, start: int, end: int) -> int:
 
 
 def window_bounds(
-    text: str, spans: list[tuple[int, int]], chunk_tokens: int, overlap: int
+    text: str,
+    spans: list[tuple[int, int]],
+    chunk_tokens: int,
+    overlap: int,
+    starts: str = SENTENCE_STARTS,
 ) -> list[tuple[int, int]]:
-    """Token index windows [i, j) covering all tokens, each <= chunk_tokens, consecutive ones sharing
-    `overlap` tokens (before boundary snapping moves the end earlier)."""
+    """Token index windows [i, j) covering all tokens, each <= chunk_tokens, consecutive ones sharing about
+    `overlap` tokens (boundary snapping moves the end earlier and the start to a sentence or word start)."""
     windows: list[tuple[int, int]] = []
     n = len(spans)
     i = 0
@@ -90,8 +112,39 @@ def window_bounds(
         windows.append((i, j))
         if j >= n:
             break
-        i = _snap_start(text, spans, max(j - overlap, i + 1), j)
+        nominal = max(j - overlap, i + 1)
+        if starts == SENTENCE_STARTS:
+            i = _sentence_start(text, spans, nominal, lo=max(i + 1, nominal - overlap // 2), hi=j)
+        else:
+            i = _snap_start(text, spans, nominal, j)
     return windows
+
+
+def _starts_sentence(text: str, spans: list[tuple[int, int]], t: int) -> bool:
+    """Whether token t opens a sentence: the text's first token, one after a sentence end and a space, one after
+    a blank line, or the first of a line that is a list item, heading, quote, table row or numbered step."""
+    if t == 0:
+        return True
+    start = spans[t][0]
+    space = text[spans[t - 1][1] : start]
+    if not space:
+        return False  # inside a word, or punctuation glued to one
+    if "\n" in space and (_BLANK_LINE.search(space) or _LINE_MARK.match(text, start, spans[t][1] + 2)):
+        return True
+    return text[spans[t - 1][1] - 1] in _SENTENCE_STOP
+
+
+def _sentence_start(text: str, spans: list[tuple[int, int]], nominal: int, lo: int, hi: int) -> int:
+    """The next window's start: the latest sentence start in [lo, nominal] (a little more overlap keeps the
+    sentence whole), else the first one in (nominal, hi] (less overlap: at hi none, the previous window ended
+    there), else the first word start after `nominal` as before."""
+    for t in range(nominal, lo - 1, -1):
+        if _starts_sentence(text, spans, t):
+            return t
+    for t in range(nominal + 1, min(hi, len(spans) - 1) + 1):
+        if _starts_sentence(text, spans, t):
+            return t
+    return _snap_start(text, spans, nominal, hi)
 
 
 def _snap_start(text: str, spans: list[tuple[int, int]], i: int, j: int) -> int:
@@ -130,7 +183,8 @@ def chunk_document(
     """Chunks of one document in order; `params` must already be validated against the embedder."""
     spans = token_spans(text, tokenize)
     chunks = []
-    for position, (i, j) in enumerate(window_bounds(text, spans, params.chunk_tokens, params.overlap)):
+    windows = window_bounds(text, spans, params.chunk_tokens, params.overlap, params.starts)
+    for position, (i, j) in enumerate(windows):
         chunk_text = text[spans[i][0] : spans[j - 1][1]]
         chunks.append(Chunk(chunk_id(relpath, doc_hash, position), relpath, chunk_text, position, doc_hash))
     return chunks

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.chunking import ChunkingParams
+from retrieval.chunking import WORD_STARTS, ChunkingParams
 from retrieval.errors import REBUILD_HINT, IndexCorruptError, IndexMismatchError, IndexMissingError
 from retrieval.types import Chunk
 
@@ -116,7 +116,8 @@ class HybridIndex:
     @property
     def chunking(self) -> ChunkingParams:
         c = self.meta["chunking"]
-        return ChunkingParams(int(c["chunk_tokens"]), int(c["overlap"]))
+        # an index written before chunk starts were recorded was cut at word starts
+        return ChunkingParams(int(c["chunk_tokens"]), int(c["overlap"]), str(c.get("starts", WORD_STARTS)))
 
     @property
     def faiss_type(self) -> str:
@@ -147,7 +148,11 @@ class HybridIndex:
         meta = {
             "format_version": FORMAT_VERSION,
             "embedder": {"name": embedder_name, "dim": int(dim)},
-            "chunking": {"chunk_tokens": chunking.chunk_tokens, "overlap": chunking.overlap},
+            "chunking": {
+                "chunk_tokens": chunking.chunk_tokens,
+                "overlap": chunking.overlap,
+                "starts": chunking.starts,
+            },
             "counts": {"chunks": len(chunks), "files": len(files)},
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "faiss_index_type": type(faiss_index).__name__,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -110,9 +110,13 @@ def ingest(
     with writer_lock(index_dir):
         remove_stale_copies(index_dir)
         old = None if rebuild else _open_existing(index_dir, embedder)
+        single_file = root.is_file()
+        if single_file and old is not None:
+            # how chunks start is the program's choice, not a setting: one file added to an index cut the old
+            # way is cut the same way (ingesting the folder re-chunks them all)
+            params = replace(params, starts=old.chunking.starts)
         same_chunking = old is not None and old.chunking == params
         plan = _Plan()
-        single_file = root.is_file()
         if single_file and old is not None:
             if not same_chunking:
                 raise InvalidConfigError(

@@ -6,7 +6,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retrieval.chunking import ChunkingParams, chunk_document, chunk_id, token_spans, window_bounds
+from retrieval.chunking import (
+    SENTENCE_STARTS,
+    WORD_STARTS,
+    ChunkingParams,
+    chunk_document,
+    chunk_id,
+    token_spans,
+    window_bounds,
+)
 from retrieval.errors import InvalidConfigError
 
 
@@ -23,13 +31,17 @@ def test_windows_overlap_and_cover_every_token() -> None:
     spans = token_spans(text, ws_tokenize)
     # No sentence or paragraph ends: plain windows of 10 with 3 tokens shared.
     assert window_bounds(text, spans, 10, 3) == [(0, 10), (7, 17), (14, 24), (21, 25)]
+    assert window_bounds(text, spans, 10, 3, WORD_STARTS) == [(0, 10), (7, 17), (14, 24), (21, 25)]
 
 
 def test_chunk_text_is_the_original_span() -> None:
     text = "  Alpha   beta\tgamma.\n\n Delta  epsilon  "
     chunks = chunk_document("a.txt", text, "h", ws_tokenize, ChunkingParams(3, 1))
-    assert [c.text for c in chunks] == ["Alpha   beta\tgamma.", "gamma.\n\n Delta  epsilon"]
-    for c in chunks:
+    # the second window starts at the paragraph after the cut rather than inside the sentence before it
+    assert [c.text for c in chunks] == ["Alpha   beta\tgamma.", "Delta  epsilon"]
+    words = chunk_document("a.txt", text, "h", ws_tokenize, ChunkingParams(3, 1, WORD_STARTS))
+    assert [c.text for c in words] == ["Alpha   beta\tgamma.", "gamma.\n\n Delta  epsilon"]
+    for c in chunks + words:
         assert c.text in text  # the document's own characters, whitespace included
 
 
@@ -115,17 +127,26 @@ def test_real_tokenizer_offsets_map_to_text() -> None:
 )
 @settings(max_examples=150, deadline=None)
 def test_windows_property(words: list[str], size: int, data: st.DataObject) -> None:
-    """Any text: windows start at 0, end at the last token, never exceed the size, overlap exactly,
-    always advance, and every chunk is a substring of the text."""
+    """Any text: windows start at 0, end at the last token, never exceed the size, always advance, and every
+    chunk is a substring of the text. Word starts overlap exactly; sentence starts move the start at most half
+    the overlap back or forward to the previous window's end, and only onto a sentence start."""
     overlap = data.draw(st.integers(0, size - 1))
+    starts = data.draw(st.sampled_from([WORD_STARTS, SENTENCE_STARTS]))
     text = " ".join(words)
     spans = token_spans(text, ws_tokenize)
-    bounds = window_bounds(text, spans, size, overlap)
+    bounds = window_bounds(text, spans, size, overlap, starts)
     assert bounds[0][0] == 0 and bounds[-1][1] == len(spans)
     for (i0, j0), (i1, _j1) in zip(bounds, bounds[1:], strict=False):
-        assert i1 == max(j0 - overlap, i0 + 1)
+        nominal = max(j0 - overlap, i0 + 1)
+        if starts == WORD_STARTS:
+            assert i1 == nominal
+        else:
+            assert i0 < i1 <= j0 and i1 >= nominal - overlap // 2
+            if i1 != nominal:  # moved: onto a sentence start (after "b." / "d!" or a blank line)
+                before = text[: spans[i1][0]].rstrip(" ")
+                assert before.endswith((".", "!", "\n")), (before[-10:], i1, nominal)
     assert all(0 < j - i <= size for i, j in bounds)
-    for c in chunk_document("p.md", text, "h", ws_tokenize, ChunkingParams(size, overlap)):
+    for c in chunk_document("p.md", text, "h", ws_tokenize, ChunkingParams(size, overlap, starts)):
         assert c.text in text and c.text == c.text.strip()
 
 
@@ -144,3 +165,56 @@ def test_overlapping_chunks_start_at_a_word_not_inside_one() -> None:
     assert len(chunks) > 5
     for c in chunks:
         assert c.text.startswith("wordnumber"), c.text[:20]
+
+
+GUIDE_LIKE = """# Model versions
+
+Every published model is an immutable version folder in the model registry, with its weights, its tokenizer
+and a manifest that records its parent version, the training run and the evaluation metrics of the gate.
+
+- `ragqa models list` shows every version and marks the current one.
+- `ragqa models rollback VERSION` switches back to an earlier version, for example `ragqa models rollback
+v0001`. Without a version it goes back to the current version's parent.
+
+| key | default | meaning |
+|---|---|---|
+| k | 4 | passages given to the model |
+| port | 7860 | where the chat listens |
+"""
+
+
+def opens_sentence(text: str, start: int) -> bool:
+    """Test oracle: the character at `start` opens a sentence, a paragraph or a list item, heading or table row
+    (a soft line wrap inside a sentence does not)."""
+    before = text[:start].rstrip(" \t")
+    if not before or before.endswith("\n\n") or before.endswith((".", "!", "?")):
+        return True
+    return before.endswith("\n") and re.match(r"[-*+#>|]|\d+[.)]", text[start:]) is not None
+
+
+@pytest.mark.parametrize("size,overlap", [(24, 8), (30, 10), (40, 12), (16, 6)])
+def test_overlapping_chunks_open_at_a_sentence_list_item_or_table_row(size: int, overlap: int) -> None:
+    """Where the reach of the next start (half the overlap back, up to the previous window's end) holds a sentence
+    start, the next chunk opens at one. The first chunker cut "`ragqa models rollback VERSION` switches back" in
+    the bundled guide into "models rollback VERSION` switches back", without the command's first word."""
+    spans = token_spans(GUIDE_LIKE, ws_tokenize)
+    bounds = window_bounds(GUIDE_LIKE, spans, size, overlap)
+    assert len(bounds) >= 3
+    for (i0, j0), (i1, _) in zip(bounds, bounds[1:], strict=False):
+        nominal = max(j0 - overlap, i0 + 1)
+        reach = range(max(i0 + 1, nominal - overlap // 2), j0 + 1)
+        if any(opens_sentence(GUIDE_LIKE, spans[t][0]) for t in reach if t < len(spans)):
+            assert opens_sentence(GUIDE_LIKE, spans[i1][0]), (size, overlap, GUIDE_LIKE[spans[i1][0] :][:40])
+        else:  # nowhere to go: the first whole word of the overlap, as before
+            assert i1 == nominal
+    old = window_bounds(GUIDE_LIKE, spans, size, overlap, WORD_STARTS)
+    assert any(not opens_sentence(GUIDE_LIKE, spans[i][0]) for i, _ in old[1:])  # what the first chunker did
+
+
+def test_chunk_starts_are_recorded_and_an_old_index_reads_as_word_starts(tmp_path) -> None:
+    """An index written before `starts` existed was cut at words: reading it so makes the next folder ingest
+    re-chunk it (the params differ), and the setting itself is validated."""
+    assert ChunkingParams() == ChunkingParams(200, 40, SENTENCE_STARTS)
+    assert ChunkingParams(200, 40, WORD_STARTS) != ChunkingParams()
+    with pytest.raises(InvalidConfigError, match="starts"):
+        ChunkingParams(200, 40, "paragraph").validated(512)

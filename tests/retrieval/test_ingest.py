@@ -190,3 +190,46 @@ def test_single_file_cannot_change_chunking(docs_root: Path, index_dir: Path, em
     with pytest.raises(InvalidConfigError, match="whole folder"):
         ingest(docs_root / "volcano.md", index_dir, embedder, chunk_tokens=50, overlap=5, progress=False)
     assert HybridIndex.open(index_dir, embedder).chunking.chunk_tokens == 200
+
+
+def _as_written_before_chunk_starts(index_dir: Path) -> None:
+    """Rewrite meta.json as an index of the first chunker has it: no `starts` recorded."""
+    import json
+
+    meta_path = index_dir / "meta.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    del meta["chunking"]["starts"]
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+
+
+def test_an_index_cut_at_word_starts_is_rechunked_by_the_next_folder_ingest(
+    docs_root: Path, index_dir: Path, embedder
+) -> None:
+    from retrieval.chunking import SENTENCE_STARTS, WORD_STARTS
+
+    ingest(docs_root, index_dir, embedder, progress=False)
+    assert HybridIndex.open(index_dir, embedder).chunking.starts == SENTENCE_STARTS
+    _as_written_before_chunk_starts(index_dir)
+    assert HybridIndex.open(index_dir, embedder).chunking.starts == WORD_STARTS
+    report = ingest(docs_root, index_dir, embedder, progress=False)
+    assert report.updated == 3  # nothing changed in the files: re-chunked because the chunker did
+    assert HybridIndex.open(index_dir, embedder).chunking.starts == SENTENCE_STARTS
+
+
+def test_one_file_added_to_an_index_cut_at_word_starts_keeps_them(
+    docs_root: Path, tmp_path: Path, index_dir: Path, embedder
+) -> None:
+    """Adding one file must not fail (or re-chunk the others) because this program cuts chunks differently."""
+    from retrieval.chunking import WORD_STARTS
+
+    ingest(docs_root, index_dir, embedder, progress=False)
+    _as_written_before_chunk_starts(index_dir)
+    before = {c.chunk_id: c.text for c in HybridIndex.open(index_dir, embedder).chunks}
+    extra = tmp_path / "elsewhere" / "notes.txt"
+    extra.parent.mkdir()
+    extra.write_text("The lighthouse keeper is named Odile Varga.")
+    report = ingest(extra, index_dir, embedder, progress=False)
+    assert (report.indexed, report.updated) == (1, 0)
+    index = HybridIndex.open(index_dir, embedder)
+    assert index.chunking.starts == WORD_STARTS
+    assert {c.chunk_id: c.text for c in index.chunks if c.source != "notes.txt"} == before
