@@ -220,13 +220,27 @@ def pair_metrics(
     rejected: Sequence[float],
     chosen_words: Sequence[int],
     rejected_words: Sequence[int],
+    abstained: Sequence[tuple[bool, bool]] | None = None,
 ) -> dict[str, object]:
     """Reward-model pair accuracy (chosen scored strictly higher), margins, and the length-bias view.
 
     `rm_prefers_longer_rate` vs `chosen_longer_rate` (over pairs of different length): a reward model that picks
     the longer answer much more often than the human labels did has learnt length, not quality.
+    `abstained` (per pair: whether chosen, rejected is an abstention) adds `by_abstention`: accuracy where the
+    abstention won, where it lost, and where neither or both abstain. A reward model that is right where it lost
+    and wrong where it won has learnt "abstaining is worse", not when it is right.
     """
     margins = [c - r for c, r in zip(chosen, rejected, strict=True)]
+    by_abstention = None
+    if abstained is not None:
+        kinds = ["won" if c and not r else "lost" if r and not c else "neither" for c, r in abstained]
+        by_abstention = {
+            kind: {
+                "n": sum(k == kind for k in kinds),
+                "accuracy": mean(float(m > 0) for m, k in zip(margins, kinds, strict=True) if k == kind),
+            }
+            for kind in ("won", "lost", "neither")
+        }
     diffs = [c - r for c, r in zip(chosen_words, rejected_words, strict=True)]
     correct = [m > 0 for m in margins]
     buckets = []
@@ -253,6 +267,7 @@ def pair_metrics(
         "chosen_longer_rate": ratio(sum(1 for i in unequal if diffs[i] > 0), len(unequal)),
         "rm_prefers_longer_rate": ratio(sum(prefers_longer), len(unequal)),
         "by_length_diff": buckets,
+        **({"by_abstention": by_abstention} if by_abstention is not None else {}),
     }
 
 

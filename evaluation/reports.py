@@ -277,6 +277,10 @@ def rm_rows(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
         (f"accuracy, length diff {b['bucket']} (n={b['n']})", b["accuracy"])
         for b in metrics["by_length_diff"]
     ]
+    for kind, label in (("won", "abstention won"), ("lost", "abstention lost"), ("neither", "no abstention")):
+        if "by_abstention" in metrics:
+            row = metrics["by_abstention"][kind]
+            rows.append((f"accuracy, {label} (n={row['n']})", row["accuracy"]))
     return rows
 
 

@@ -910,6 +910,9 @@ RM_DEFINITIONS = {
     "(the human label picked the longer one), over pairs of different length",
     "scoring": "the RM tokenizer's chat template over prompt + answer (HH text form without a template), "
     "left-truncated to max_length tokens",
+    "by_abstention": "accuracy over the pairs where the chosen answer is the abstention sentence (won), where the "
+    "rejected one is (lost), and the rest (neither); right where it lost and wrong where it won = the RM learnt "
+    "'abstaining is worse' rather than when it is right",
 }
 
 
@@ -939,7 +942,11 @@ def run_eval_rm(options: RMOptions, *, base: AppConfig | None = None, write: boo
     chosen = scorer.score(prompts, [p.chosen for p in pairs], progress=options.progress)
     rejected = scorer.score(prompts, [p.rejected for p in pairs], progress=options.progress)
     metrics = M.pair_metrics(
-        chosen, rejected, [len(p.chosen.split()) for p in pairs], [len(p.rejected.split()) for p in pairs]
+        chosen,
+        rejected,
+        [len(p.chosen.split()) for p in pairs],
+        [len(p.rejected.split()) for p in pairs],
+        [(M.is_abstention(p.chosen), M.is_abstention(p.rejected)) for p in pairs],
     )
     report: dict[str, Any] = {
         "kind": "eval-rm",

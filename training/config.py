@@ -82,6 +82,10 @@ class DataSection:
     test_fraction: float = field(default=0.1, metadata=bounds(ge=0, lt=1))
     # preference pairs with a smaller rank distance are left out
     min_margin: int = field(default=0, metadata=bounds(ge=0))
+    # Reward model: among the pairs where exactly one answer abstains, repeat the rarer kind ("the abstention
+    # won", mostly unanswerable questions; "the abstention lost", answerable ones) until both are as common.
+    # Unbalanced, the RM learned "abstaining is worse" and nothing about when it is right (training/reward.py).
+    balance_abstention: bool = True
     # fewer: SFT is skipped (with a report line), the start model is used
     min_demonstrations: int = field(default=16, metadata=bounds(ge=0))
     min_pairs: int = field(default=16, metadata=bounds(ge=1))  # fewer: the reward model / DPO refuse to train

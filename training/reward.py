@@ -8,7 +8,14 @@ Traps handled (measured with TRL 1.16 RewardTrainer on SmolLM2):
 Below `data.min_pairs` preference pairs the stage refuses with a message saying how to get more.
 
 Held-out metrics: the merged model scores the snapshot's test pairs with the same scoring function PPO uses
-(model_store.reward.score_with_reward_model): pair accuracy (chosen > rejected) and mean margin.
+(model_store.reward.score_with_reward_model): pair accuracy (chosen > rejected) and mean margin, and the accuracy
+on the pairs where the abstention sentence won and where it lost.
+
+Abstention balance (`data.balance_abstention`): in a loop from the starter (400 simulated questions, a fifth
+unanswerable) the abstention lost 78 training pairs (answerable questions) and won 43 (unanswerable ones). The
+reward model learned the shortcut: it ranked the abstention below the other answer in all 43 pairs it had been
+trained to prefer it in (accuracy 0.00; 1.00 where it lost), so PPO learned never to abstain (held-out squad2
+abstention recall 0.50 -> 0.18). Repeating the rarer kind until both are equally common takes the shortcut away.
 
 Outputs in `out_dir`: `adapter/`, `merged/` (the folder PPO takes as reward_dir), `checkpoints/`,
 `metrics.json`, `plots/rm_curves.png`.
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +73,53 @@ def heldout_metrics(
         model, tokenizer, prompts, [p["rejected"][-1]["content"] for p in pairs], batch_size, dev
     )
     margins = chosen - rejected
+    kinds = [abstention_kind(p) for p in pairs]
+    by_kind = {}
+    for kind in ("abstention_won", "abstention_lost"):
+        rows = [i for i, k in enumerate(kinds) if k == kind]
+        by_kind[f"heldout_accuracy_{kind}"] = float((margins[rows] > 0).float().mean()) if rows else None
+        by_kind[f"heldout_pairs_{kind}"] = len(rows)
     return {
         "heldout_pairs": len(pairs),
         "heldout_accuracy": float((margins > 0).float().mean()),
         "heldout_mean_margin": float(margins.mean()),
+        **by_kind,
     }
+
+
+def abstention_kind(pair: dict[str, Any]) -> str | None:
+    """ "abstention_won" / "abstention_lost" where exactly one answer of the pair abstains, else None."""
+    from evaluation.metrics import is_abstention
+
+    chosen = is_abstention(pair["chosen"][-1]["content"])
+    rejected = is_abstention(pair["rejected"][-1]["content"])
+    if chosen == rejected:
+        return None
+    return "abstention_won" if chosen else "abstention_lost"
+
+
+def abstention_counts(pairs: list[dict[str, Any]]) -> dict[str, int]:
+    kinds = Counter(abstention_kind(p) for p in pairs)
+    return {"won": kinds["abstention_won"], "lost": kinds["abstention_lost"], "other": kinds[None]}
+
+
+def balance_abstention(pairs: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """The pairs with the rarer of "abstention won" / "abstention lost" repeated (whole copies first, then a
+    seeded sample) until both kinds are as common; unchanged when either kind is absent (nothing to balance
+    against) or they already are. Shuffled with `seed`, so the repeats are not adjacent."""
+    import random
+
+    won = [p for p in pairs if abstention_kind(p) == "abstention_won"]
+    lost = [p for p in pairs if abstention_kind(p) == "abstention_lost"]
+    if not won or not lost or len(won) == len(lost):
+        return pairs
+    rare, common = (won, lost) if len(won) < len(lost) else (lost, won)
+    rng = random.Random(seed)
+    missing = len(common) - len(rare)
+    extra = rare * (missing // len(rare)) + rng.sample(rare, missing % len(rare))
+    out = pairs + extra
+    rng.shuffle(out)
+    return out
 
 
 def build_reward_trainer(
@@ -123,6 +173,9 @@ def train_reward_model(
     started = time.monotonic()  # the time budget counts loading the model
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     pairs = train_pairs(cfg, data, "training a reward model")
+    balance = abstention_counts(pairs)
+    if cfg.data.balance_abstention:
+        pairs = balance_abstention(pairs, cfg.seed)
     device, four_bit = device_and_4bit(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer, sizing = build_reward_trainer(cfg, model_dir, pairs, out_dir)
@@ -153,6 +206,7 @@ def train_reward_model(
     accuracies = [row["accuracy"] for row in run.history if "accuracy" in row]
     metrics = {
         "pairs_train": len(pairs),
+        "abstention_pairs": {**balance, "balanced": cfg.data.balance_abstention},
         "pairs_used": kept,
         "pairs_dropped_too_long": len(pairs) - kept,
         "pairs_longer_than_max_length": too_long,

@@ -214,3 +214,18 @@ def test_paired_by_id_matches_questions_not_positions() -> None:
     assert 0.0 <= d["ci"][0] <= d["diff"] <= d["ci"][1] <= 0.5
     with pytest.raises(ValueError, match="question id 'q1' twice"):
         M.paired_by_id(a + [{"id": "q1", "f1": 0.0}], b)
+
+
+def test_pair_metrics_by_abstention_shows_an_rm_that_learnt_abstaining_is_worse() -> None:
+    """Pairs where the abstention won, lost, or neither abstained: an RM that always scores the abstention lower is
+    right on every "lost" pair and wrong on every "won" one (the loop's RM, which taught PPO to stop abstaining)."""
+    chosen = [0.1, 0.2, 0.9, 0.8, 0.5, 0.1]
+    rejected = [0.7, 0.6, 0.1, 0.2, 0.4, 0.3]
+    abstained = [(True, False), (True, False), (False, True), (False, True), (False, False), (True, True)]
+    m = M.pair_metrics(chosen, rejected, [1] * 6, [1] * 6, abstained)
+    assert m["by_abstention"] == {
+        "won": {"n": 2, "accuracy": 0.0},
+        "lost": {"n": 2, "accuracy": 1.0},
+        "neither": {"n": 2, "accuracy": 0.5},
+    }
+    assert "by_abstention" not in M.pair_metrics(chosen, rejected, [1] * 6, [1] * 6)

@@ -59,3 +59,81 @@ def test_too_few_pairs_are_refused(tiny_model_dir: Path, tmp_path: Path, tiny_cf
     data = load_export(write_export(tmp_path / "e", pairs=1))
     with pytest.raises(TrainingDataError, match=r"1 preference pairs in the train split \(need at least 2\)"):
         train_reward_model(tiny_cfg(), model_dir=tiny_model_dir, data=data, out_dir=tmp_path / "rm")
+
+
+def _pair(answer: str, other: str, tag: int) -> dict:
+    return {
+        "prompt": [{"role": "user", "content": f"question {tag}"}],
+        "chosen": [{"role": "assistant", "content": answer}],
+        "rejected": [{"role": "assistant", "content": other}],
+    }
+
+
+NO = "The documents do not contain the answer."
+
+
+def test_abstention_pairs_are_balanced_by_repeating_the_rarer_kind() -> None:
+    """A loop's pairs: the abstention lost 7 (answerable questions), won 3 (unanswerable), 5 without one. The
+    3 are repeated until both kinds number 7; nothing else changes, and the result is reproducible."""
+    from training.reward import abstention_counts, abstention_kind, balance_abstention
+
+    lost = [_pair("Paris [1].", NO, i) for i in range(7)]
+    won = [_pair(NO, "Lyon [1].", 10 + i) for i in range(3)]
+    other = [_pair("Paris [1].", "Lyon [2].", 20 + i) for i in range(5)]
+    pairs = lost + won + other
+    assert abstention_counts(pairs) == {"won": 3, "lost": 7, "other": 5}
+    out = balance_abstention(pairs, seed=0)
+    assert abstention_counts(out) == {"won": 7, "lost": 7, "other": 5}
+    assert len(out) == 19
+    assert all(p in pairs for p in out)  # repeats only, no new pairs
+    prompts = [p["prompt"][0]["content"] for p in out if abstention_kind(p) == "abstention_won"]
+    assert sorted(set(prompts)) == [f"question {10 + i}" for i in range(3)]
+    assert max(prompts.count(q) for q in prompts) - min(prompts.count(q) for q in prompts) <= 1  # evenly
+    assert out == balance_abstention(pairs, seed=0)
+    # a variant of the sentence counts as an abstention (the metric's patterns), the other side does not
+    assert abstention_kind(_pair("The passages do not contain the answer.", "x", 0)) == "abstention_won"
+
+
+def test_nothing_to_balance_leaves_the_pairs_alone() -> None:
+    from training.reward import balance_abstention
+
+    only_lost = [_pair("Paris [1].", NO, i) for i in range(4)]
+    assert balance_abstention(only_lost, seed=0) == only_lost
+    even = [_pair("Paris [1].", NO, 0), _pair(NO, "Lyon [1].", 1)]
+    assert balance_abstention(even, seed=0) == even
+
+
+def test_the_reward_stage_trains_on_balanced_pairs_and_reports_it(
+    tiny_model_dir: Path, tmp_path: Path, tiny_cfg
+) -> None:
+    """The stage records the abstention counts it saw and trains on the balanced set (more pairs used); with
+    `data.balance_abstention: false` on the pairs as they are. Held-out accuracy is split by kind."""
+    import json
+
+    folder = write_export(tmp_path / "e", pairs=4, pairs_test=2)
+    path = folder / "preferences.train.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[0]["chosen"], rows[0]["rejected"] = [{"role": "assistant", "content": NO}], rows[0]["chosen"]
+    rows[1]["rejected"] = [{"role": "assistant", "content": NO}]
+    rows[2]["rejected"] = [{"role": "assistant", "content": NO}]
+    rows[3]["rejected"] = [{"role": "assistant", "content": "Lyon [2]."}]  # "I do not know." abstains too
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    test_path = folder / "preferences.test.jsonl"
+    test_rows = [json.loads(line) for line in test_path.read_text().splitlines()]
+    test_rows[0]["rejected"] = [{"role": "assistant", "content": NO}]
+    test_rows[1]["rejected"] = [{"role": "assistant", "content": "Lyon [2]."}]
+    test_path.write_text("".join(json.dumps(r) + "\n" for r in test_rows))
+    data = load_export(folder)
+
+    m = train_reward_model(tiny_cfg(), model_dir=tiny_model_dir, data=data, out_dir=tmp_path / "rm")[
+        "metrics"
+    ]
+    assert m["abstention_pairs"] == {"won": 1, "lost": 2, "other": 1, "balanced": True}
+    assert m["pairs_train"] == m["pairs_used"] == 5  # the one "won" pair repeated once
+    assert m["heldout_pairs_abstention_lost"] == 1 and m["heldout_pairs_abstention_won"] == 0
+    assert m["heldout_accuracy_abstention_lost"] in (0.0, 1.0)
+    assert m["heldout_accuracy_abstention_won"] is None
+
+    off = tiny_cfg("data.balance_abstention=false")
+    m = train_reward_model(off, model_dir=tiny_model_dir, data=data, out_dir=tmp_path / "rm2")["metrics"]
+    assert m["abstention_pairs"]["balanced"] is False and m["pairs_used"] == 4
