@@ -12,10 +12,11 @@ Held-out metrics: the merged model scores the snapshot's test pairs with the sam
 on the pairs where the abstention sentence won and where it lost.
 
 Abstention balance (`data.balance_abstention`): in a loop from the starter (400 simulated questions, a fifth
-unanswerable) the abstention lost 78 training pairs (answerable questions) and won 43 (unanswerable ones). The
-reward model learned the shortcut: it ranked the abstention below the other answer in all 43 pairs it had been
-trained to prefer it in (accuracy 0.00; 1.00 where it lost), so PPO learned never to abstain (held-out squad2
-abstention recall 0.50 -> 0.18). Repeating the rarer kind until both are equally common takes the shortcut away.
+unanswerable) the abstention lost 161 of the 496 training pairs (answerable questions) and won 68 (unanswerable
+ones). The reward model learned the shortcut: it ranked the abstention below the other answer in every pair it had
+been trained to prefer it in (accuracy 0.00, also after a full epoch; 1.00 where it lost), so PPO learned not to
+abstain (held-out squad2 abstention recall 0.50 -> 0.18). Repeating the rarer kind until both are equally common
+took that accuracy to 0.50 on the same pairs (docs/results/loop/from_starter/rm_balance.json): halved, not gone.
 
 Outputs in `out_dir`: `adapter/`, `merged/` (the folder PPO takes as reward_dir), `checkpoints/`,
 `metrics.json`, `plots/rm_curves.png`.
