@@ -118,6 +118,29 @@ def is_abstention(answer: str) -> bool:
     return any(p.search(head) for p in ABSTENTION_PATTERNS)
 
 
+ABSTENTION_OUTCOMES = ("won", "lost", "neither")
+
+
+def abstention_outcome(chosen: str, rejected: str) -> str:
+    """For a preference pair: "won" when only the chosen answer abstains, "lost" when only the rejected one does,
+    else "neither" (none or both abstain)."""
+    c, r = is_abstention(chosen), is_abstention(rejected)
+    return "won" if c and not r else "lost" if r and not c else "neither"
+
+
+def accuracy_by_abstention(margins: Sequence[float], outcomes: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Pair accuracy (margin > 0) and count per abstention outcome (NaN accuracy where an outcome has no pairs).
+    A reward model right where the abstention lost and wrong where it won has learnt "abstaining is worse", not
+    when it is right."""
+    return {
+        kind: {
+            "n": sum(o == kind for o in outcomes),
+            "accuracy": mean(float(m > 0) for m, o in zip(margins, outcomes, strict=True) if o == kind),
+        }
+        for kind in ABSTENTION_OUTCOMES
+    }
+
+
 def answer_words(answer: str) -> int:
     """Answer length in whitespace-separated words, citation markers removed."""
     return len(strip_citations(answer).split())
@@ -220,27 +243,15 @@ def pair_metrics(
     rejected: Sequence[float],
     chosen_words: Sequence[int],
     rejected_words: Sequence[int],
-    abstained: Sequence[tuple[bool, bool]] | None = None,
+    outcomes: Sequence[str] | None = None,
 ) -> dict[str, object]:
     """Reward-model pair accuracy (chosen scored strictly higher), margins, and the length-bias view.
 
     `rm_prefers_longer_rate` vs `chosen_longer_rate` (over pairs of different length): a reward model that picks
     the longer answer much more often than the human labels did has learnt length, not quality.
-    `abstained` (per pair: whether chosen, rejected is an abstention) adds `by_abstention`: accuracy where the
-    abstention won, where it lost, and where neither or both abstain. A reward model that is right where it lost
-    and wrong where it won has learnt "abstaining is worse", not when it is right.
+    `outcomes` (per pair, `abstention_outcome`) adds `by_abstention` (`accuracy_by_abstention`).
     """
     margins = [c - r for c, r in zip(chosen, rejected, strict=True)]
-    by_abstention = None
-    if abstained is not None:
-        kinds = ["won" if c and not r else "lost" if r and not c else "neither" for c, r in abstained]
-        by_abstention = {
-            kind: {
-                "n": sum(k == kind for k in kinds),
-                "accuracy": mean(float(m > 0) for m, k in zip(margins, kinds, strict=True) if k == kind),
-            }
-            for kind in ("won", "lost", "neither")
-        }
     diffs = [c - r for c, r in zip(chosen_words, rejected_words, strict=True)]
     correct = [m > 0 for m in margins]
     buckets = []
@@ -267,7 +278,7 @@ def pair_metrics(
         "chosen_longer_rate": ratio(sum(1 for i in unequal if diffs[i] > 0), len(unequal)),
         "rm_prefers_longer_rate": ratio(sum(prefers_longer), len(unequal)),
         "by_length_diff": buckets,
-        **({"by_abstention": by_abstention} if by_abstention is not None else {}),
+        **({"by_abstention": accuracy_by_abstention(margins, outcomes)} if outcomes is not None else {}),
     }
 
 

@@ -946,7 +946,7 @@ def run_eval_rm(options: RMOptions, *, base: AppConfig | None = None, write: boo
         rejected,
         [len(p.chosen.split()) for p in pairs],
         [len(p.rejected.split()) for p in pairs],
-        [(M.is_abstention(p.chosen), M.is_abstention(p.rejected)) for p in pairs],
+        [M.abstention_outcome(p.chosen, p.rejected) for p in pairs],
     )
     report: dict[str, Any] = {
         "kind": "eval-rm",

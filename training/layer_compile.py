@@ -15,9 +15,8 @@ enough to win it back (`model.compile_min_steps`).
 
 `auto` compiles only where it was measured to help and nothing is known to break: a CPU without AVX-512 training
 in fp32 (on a 2-core AMD Zen 4 with AVX-512 the same regional compile gave no gain on the fp32 step, 12.0-14.7 vs
-12.4-15.3 s; with bf16 autocast it is unmeasured: both A/B runs tried on a Zen 4 compiled their "eager" rows too),
-a C++ compiler for inductor, one process, no gradient
-checkpointing (the checkpoint wrapper around a compiled layer is untested here), no 4-bit base. Only SFT and the
+12.4-15.3 s; under bf16 autocast compiled layers ran no faster than eager with query-block attention, see
+`choose`), a C++ compiler for inductor, one process, no gradient checkpointing (the checkpoint wrapper around a compiled layer is untested here), no 4-bit base. Only SFT and the
 reward model use it (measured); DPO and KTO stay eager (their reference passes with adapters off would be more
 graphs to compile, unmeasured). An error while Dynamo compiles a layer falls back to eager for it
 (`suppress_errors`, on while the stage trains); the held-out evaluation after training runs eager (a no-grad graph

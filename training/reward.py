@@ -26,12 +26,14 @@ Outputs in `out_dir`: `adapter/`, `merged/` (the folder PPO takes as reward_dir)
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from evaluation.metrics import abstention_outcome, accuracy_by_abstention
 from training.config import TrainConfig, trainer_kwargs
 from training.data import ExportData, TrainingDataError, conversation_lengths
 from training.stage_result import StageResult
@@ -74,12 +76,12 @@ def heldout_metrics(
         model, tokenizer, prompts, [p["rejected"][-1]["content"] for p in pairs], batch_size, dev
     )
     margins = chosen - rejected
-    kinds = [abstention_kind(p) for p in pairs]
-    by_kind = {}
-    for kind in ("abstention_won", "abstention_lost"):
-        rows = [i for i, k in enumerate(kinds) if k == kind]
-        by_kind[f"heldout_accuracy_{kind}"] = float((margins[rows] > 0).float().mean()) if rows else None
-        by_kind[f"heldout_pairs_{kind}"] = len(rows)
+    by_kind: dict[str, Any] = {}
+    split = accuracy_by_abstention(margins.tolist(), [abstention_outcome_of(p) for p in pairs])
+    for outcome in ("won", "lost"):
+        accuracy = split[outcome]["accuracy"]
+        by_kind[f"heldout_accuracy_abstention_{outcome}"] = None if math.isnan(accuracy) else accuracy
+        by_kind[f"heldout_pairs_abstention_{outcome}"] = split[outcome]["n"]
     return {
         "heldout_pairs": len(pairs),
         "heldout_accuracy": float((margins > 0).float().mean()),
@@ -88,20 +90,14 @@ def heldout_metrics(
     }
 
 
-def abstention_kind(pair: dict[str, Any]) -> str | None:
-    """ "abstention_won" / "abstention_lost" where exactly one answer of the pair abstains, else None."""
-    from evaluation.metrics import is_abstention
-
-    chosen = is_abstention(pair["chosen"][-1]["content"])
-    rejected = is_abstention(pair["rejected"][-1]["content"])
-    if chosen == rejected:
-        return None
-    return "abstention_won" if chosen else "abstention_lost"
+def abstention_outcome_of(pair: dict[str, Any]) -> str:
+    """evaluation.metrics.abstention_outcome of a TRL conversational pair: "won", "lost" or "neither"."""
+    return abstention_outcome(pair["chosen"][-1]["content"], pair["rejected"][-1]["content"])
 
 
 def abstention_counts(pairs: list[dict[str, Any]]) -> dict[str, int]:
-    kinds = Counter(abstention_kind(p) for p in pairs)
-    return {"won": kinds["abstention_won"], "lost": kinds["abstention_lost"], "other": kinds[None]}
+    outcomes = Counter(abstention_outcome_of(p) for p in pairs)
+    return {"won": outcomes["won"], "lost": outcomes["lost"], "other": outcomes["neither"]}
 
 
 def balance_abstention(pairs: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
@@ -110,8 +106,9 @@ def balance_abstention(pairs: list[dict[str, Any]], seed: int) -> list[dict[str,
     against) or they already are. Shuffled with `seed`, so the repeats are not adjacent."""
     import random
 
-    won = [p for p in pairs if abstention_kind(p) == "abstention_won"]
-    lost = [p for p in pairs if abstention_kind(p) == "abstention_lost"]
+    outcomes = [abstention_outcome_of(p) for p in pairs]
+    won = [p for p, o in zip(pairs, outcomes, strict=True) if o == "won"]
+    lost = [p for p, o in zip(pairs, outcomes, strict=True) if o == "lost"]
     if not won or not lost or len(won) == len(lost):
         return pairs
     rare, common = (won, lost) if len(won) < len(lost) else (lost, won)

@@ -221,8 +221,11 @@ def test_pair_metrics_by_abstention_shows_an_rm_that_learnt_abstaining_is_worse(
     right on every "lost" pair and wrong on every "won" one (the loop's RM, which taught PPO to stop abstaining)."""
     chosen = [0.1, 0.2, 0.9, 0.8, 0.5, 0.1]
     rejected = [0.7, 0.6, 0.1, 0.2, 0.4, 0.3]
-    abstained = [(True, False), (True, False), (False, True), (False, True), (False, False), (True, True)]
-    m = M.pair_metrics(chosen, rejected, [1] * 6, [1] * 6, abstained)
+    no, answer = "The documents do not contain the answer.", "Paris [1]."
+    texts = [(no, answer), (no, answer), (answer, no), (answer, no), (answer, "Lyon [2]."), (no, no)]
+    outcomes = [M.abstention_outcome(c, r) for c, r in texts]
+    assert outcomes == ["won", "won", "lost", "lost", "neither", "neither"]
+    m = M.pair_metrics(chosen, rejected, [1] * 6, [1] * 6, outcomes)
     assert m["by_abstention"] == {
         "won": {"n": 2, "accuracy": 0.0},
         "lost": {"n": 2, "accuracy": 1.0},

@@ -75,7 +75,7 @@ NO = "The documents do not contain the answer."
 def test_abstention_pairs_are_balanced_by_repeating_the_rarer_kind() -> None:
     """A loop's pairs: the abstention lost 7 (answerable questions), won 3 (unanswerable), 5 without one. The
     3 are repeated until both kinds number 7; nothing else changes, and the result is reproducible."""
-    from training.reward import abstention_counts, abstention_kind, balance_abstention
+    from training.reward import abstention_counts, abstention_outcome_of, balance_abstention
 
     lost = [_pair("Paris [1].", NO, i) for i in range(7)]
     won = [_pair(NO, "Lyon [1].", 10 + i) for i in range(3)]
@@ -86,12 +86,12 @@ def test_abstention_pairs_are_balanced_by_repeating_the_rarer_kind() -> None:
     assert abstention_counts(out) == {"won": 7, "lost": 7, "other": 5}
     assert len(out) == 19
     assert all(p in pairs for p in out)  # repeats only, no new pairs
-    prompts = [p["prompt"][0]["content"] for p in out if abstention_kind(p) == "abstention_won"]
+    prompts = [p["prompt"][0]["content"] for p in out if abstention_outcome_of(p) == "won"]
     assert sorted(set(prompts)) == [f"question {10 + i}" for i in range(3)]
     assert max(prompts.count(q) for q in prompts) - min(prompts.count(q) for q in prompts) <= 1  # evenly
     assert out == balance_abstention(pairs, seed=0)
     # a variant of the sentence counts as an abstention (the metric's patterns), the other side does not
-    assert abstention_kind(_pair("The passages do not contain the answer.", "x", 0)) == "abstention_won"
+    assert abstention_outcome_of(_pair("The passages do not contain the answer.", "x", 0)) == "won"
 
 
 def test_nothing_to_balance_leaves_the_pairs_alone() -> None:
