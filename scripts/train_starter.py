@@ -4,7 +4,8 @@
     python scripts/train_starter.py train --data starter.jsonl --model var/models/v0001 --out starter-run
 
 `train` runs anywhere the retrain runs (CUDA in minutes, a 2-core CPU in hours); copy `OUT/adapter/*` into
-model_store/starter_adapter/ to ship it. The logic lives in evaluation/starter_data.py and training/starter.py.
+model_store/starter_adapter/ to ship it. `fold` makes one adapter on v0001 of a chain of fine-tunes (the starter, then
+a retrain's SFT and PPO adapters), so a loop run from the starter can be shipped as the starter (training/fold.py). The logic lives in evaluation/starter_data.py and training/starter.py.
 """
 
 from __future__ import annotations
@@ -18,9 +19,15 @@ from settings.errors import run_guarded  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("build", "train"):
-        print("usage: scripts/train_starter.py {build,train} ... (--help after the command for its options)")
+    if not argv or argv[0] not in ("build", "train", "fold"):
+        print(
+            "usage: scripts/train_starter.py {build,train,fold} ... (--help after the command for its options)"
+        )
         return 2
+    if argv[0] == "fold":
+        from training.fold import main as fold
+
+        return fold(argv[1:])
     if argv[0] == "build":
         from evaluation.starter_data import main as build
 

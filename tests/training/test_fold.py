@@ -1,0 +1,128 @@
+"""Folding a chain of fine-tunes (adapter on base, next adapter on the merged model, ...) into one adapter on base."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.training.conftest import prompt_for
+from training.fold import FoldError, fold_adapters, main
+from training.merge import merge_adapter
+
+CONVERSATIONS = [prompt_for(0) + [{"role": "assistant", "content": "Paris [1]"}], prompt_for(1)]
+
+
+def random_adapter(
+    base: Path, out: Path, seed: int, r: int = 4, targets: str | list[str] = "all-linear"
+) -> Path:
+    """A LoRA adapter on `base` with non-zero B (as after training), saved with the tokenizer."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, task_type="CAUSAL_LM"),
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base).save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def chain(tiny_model_dir: Path, tmp_path: Path) -> dict[str, Path]:
+    """base -> adapter 1 -> merged 1 -> adapter 2 (trained on merged 1) -> merged 2 (the chain's final model)."""
+    first = random_adapter(tiny_model_dir, tmp_path / "a1", seed=1)
+    merge_adapter(tiny_model_dir, first, tmp_path / "m1", check_conversations=CONVERSATIONS, atol=1e-4)
+    second = random_adapter(tmp_path / "m1", tmp_path / "a2", seed=2)
+    merge_adapter(tmp_path / "m1", second, tmp_path / "m2", check_conversations=CONVERSATIONS, atol=1e-4)
+    return {
+        "base": tiny_model_dir,
+        "a1": first,
+        "a2": second,
+        "final": tmp_path / "m2",
+        "m1": tmp_path / "m1",
+    }
+
+
+def test_an_exact_fold_reproduces_the_chain_on_the_first_base(chain: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "folded"
+    result = fold_adapters(
+        chain["base"],
+        [chain["a1"], chain["a2"]],
+        out,
+        reference=chain["final"],
+        check_conversations=CONVERSATIONS,
+    )
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert result["method"] == "cat" and result["rank"] == 8 and config["r"] == 8
+    # Saved in float16: the only error left is that rounding (the chain's own gap is ~1e-6 in fp32).
+    close = result["vs_reference"]
+    assert close["max_abs_logit_diff"] < 5e-3 and close["greedy_agreement"] == 1.0
+
+    # Control: the last part alone on the base is NOT the chain (the comparison can tell them apart).
+    alone = fold_adapters(
+        chain["base"],
+        [chain["a2"]],
+        tmp_path / "alone",
+        reference=chain["final"],
+        check_conversations=CONVERSATIONS,
+    )
+    assert alone["vs_reference"]["max_abs_logit_diff"] > 100 * close["max_abs_logit_diff"]
+
+
+def test_a_truncated_fold_has_the_asked_rank_and_says_how_far_it_is(
+    chain: dict[str, Path], tmp_path: Path
+) -> None:
+    exact = fold_adapters(
+        chain["base"],
+        [chain["a1"], chain["a2"]],
+        tmp_path / "exact",
+        reference=chain["final"],
+        check_conversations=CONVERSATIONS,
+    )
+    low = fold_adapters(
+        chain["base"],
+        [chain["a1"], chain["a2"]],
+        tmp_path / "low",
+        rank=2,
+        reference=chain["final"],
+        check_conversations=CONVERSATIONS,
+    )
+    assert (
+        low["method"] == "svd"
+        and json.loads((tmp_path / "low" / "adapter_config.json").read_text())["r"] == 2
+    )
+    assert low["vs_reference"]["mean_abs_logit_diff"] > exact["vs_reference"]["mean_abs_logit_diff"]
+
+
+def test_parts_on_different_modules_are_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    a = random_adapter(tiny_model_dir, tmp_path / "a", seed=1, targets=["q_proj", "v_proj"])
+    b = random_adapter(tiny_model_dir, tmp_path / "b", seed=2)
+    with pytest.raises(FoldError, match="different modules"):
+        fold_adapters(tiny_model_dir, [a, b], tmp_path / "out", check_conversations=CONVERSATIONS)
+    with pytest.raises(FoldError, match="not a LoRA adapter"):
+        fold_adapters(tiny_model_dir, [tmp_path], tmp_path / "out", check_conversations=CONVERSATIONS)
+
+
+def test_the_command_writes_the_first_parts_card_with_the_fold(
+    chain: dict[str, Path], tmp_path: Path
+) -> None:
+    (chain["a1"] / "starter.json").write_text(json.dumps({"kind": "starter", "licence": "CC BY-SA 4.0"}))
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"split": {"heldout": ["Warsaw"]}, "other": 1}))
+    out = tmp_path / "shipped"
+    argv = ["--base", str(chain["base"]), "--adapter", str(chain["a1"]), "--adapter", str(chain["a2"])]
+    argv += ["--out", str(out), "--reference", str(chain["final"]), "--report", str(report)]
+    assert main(argv + ["--trained-with", "starter, then a loop run"]) == 0
+    card = json.loads((out / "starter.json").read_text())
+    assert card["licence"] == "CC BY-SA 4.0" and card["trained_with"] == "starter, then a loop run"
+    assert card["folded"]["loop"] == {"split": {"heldout": ["Warsaw"]}}
+    assert [Path(p["adapter"]).name for p in card["folded"]["parts"]] == ["a1", "a2"]
