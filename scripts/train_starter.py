@@ -5,7 +5,8 @@
 
 `train` runs anywhere the retrain runs (CUDA in minutes, a 2-core CPU in hours); copy `OUT/adapter/*` into
 model_store/starter_adapter/ to ship it. `fold` makes one adapter on v0001 of a chain of fine-tunes (the starter, then
-a retrain's SFT and PPO adapters), so a loop run from the starter can be shipped as the starter (training/fold.py). The logic lives in evaluation/starter_data.py and training/starter.py.
+a retrain's SFT and PPO adapters), so a loop run from the starter can be shipped as the starter. The logic lives in
+evaluation/starter_data.py, training/starter.py and training/fold.py.
 """
 
 from __future__ import annotations

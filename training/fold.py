@@ -87,8 +87,11 @@ def fold_adapters(
         model.save_pretrained(tmp, selected_adapters=[FOLDED])  # a non-default adapter goes to tmp/<name>/
         save_half(Path(tmp) / FOLDED, Path(out_dir))
     del model
-    result: dict[str, Any] = {"method": method, "rank": sum(p["r"] for p in parts) if rank is None else rank}
-    result["parts"] = parts
+    result: dict[str, Any] = {
+        "method": method,
+        "rank": sum(p["r"] for p in parts) if rank is None else rank,
+        "parts": parts,
+    }
     if reference is not None:
         result["vs_reference"] = compare_with_reference(
             base_dir, Path(out_dir), reference, check_conversations
@@ -104,7 +107,7 @@ def compare_with_reference(
     from peft import PeftModel
 
     from model_store.loading import load_causal_lm, load_tokenizer
-    from training.merge import _encode, _logits
+    from training.merge import _encode, _logits, max_logit_diff
 
     inputs = _encode(load_tokenizer(reference), conversations, "cpu")
     expected = _logits(load_causal_lm(reference, dtype=torch.float32), inputs)
@@ -115,7 +118,7 @@ def compare_with_reference(
     tokens = sum(a.shape[1] for a in expected)
     return {
         "reference": str(reference),
-        "max_abs_logit_diff": max(float(g.max()) for g in gaps),
+        "max_abs_logit_diff": max_logit_diff(expected, got),
         "mean_abs_logit_diff": float(sum(float(g.sum()) for g in gaps) / sum(g.numel() for g in gaps)),
         "greedy_agreement": same / tokens,
         "tokens": tokens,
@@ -158,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.rank is not None and args.rank < 1:
         raise FoldError(f"--rank must be at least 1, got {args.rank}")
+    # The card's inputs are read first: a broken card or report fails before the fold's minutes of work.
+    card_path = Path(args.adapter[0]) / "starter.json"
+    card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {"kind": "starter"}
+    if args.trained_with:
+        card["trained_with"] = args.trained_with
+    report = json.loads(Path(args.report).read_text(encoding="utf-8")) if args.report else None
     fold = fold_adapters(
         args.base,
         args.adapter,
@@ -166,12 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         reference=args.reference,
         check_conversations=check_conversations(),
     )
-    card_path = Path(args.adapter[0]) / "starter.json"
-    card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {"kind": "starter"}
-    if args.trained_with:
-        card["trained_with"] = args.trained_with
-    if args.report:
-        report = json.loads(Path(args.report).read_text(encoding="utf-8"))
+    if report is not None:
         fold["loop"] = {k: report[k] for k in REPORT_KEYS if k in report}
     copy_card(card, args.out, fold)
     print(json.dumps({k: v for k, v in fold.items() if k != "loop"}, indent=1, default=str))

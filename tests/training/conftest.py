@@ -102,6 +102,28 @@ def write_export(
     return write_rows_as_export(folder, rows)
 
 
+def random_adapter(
+    base: Path, out: Path, seed: int, r: int = 4, targets: str | list[str] = "all-linear"
+) -> Path:
+    """A LoRA adapter on `base` with non-zero B (as after training), saved with the tokenizer."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, task_type="CAUSAL_LM"),
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base).save_pretrained(out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random Llama (hidden 64, 2 layers, 4 heads) + the char-level ChatML tokenizer of training/ppo/toy.py."""

@@ -6,34 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
-from tests.training.conftest import prompt_for
+from tests.training.conftest import prompt_for, random_adapter
 from training.fold import FoldError, fold_adapters, main
 from training.merge import merge_adapter
 
 CONVERSATIONS = [prompt_for(0) + [{"role": "assistant", "content": "Paris [1]"}], prompt_for(1)]
-
-
-def random_adapter(
-    base: Path, out: Path, seed: int, r: int = 4, targets: str | list[str] = "all-linear"
-) -> Path:
-    """A LoRA adapter on `base` with non-zero B (as after training), saved with the tokenizer."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(seed)
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(base),
-        LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, task_type="CAUSAL_LM"),
-    )
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.2)
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(base).save_pretrained(out)
-    return out
 
 
 @pytest.fixture
@@ -48,7 +26,6 @@ def chain(tiny_model_dir: Path, tmp_path: Path) -> dict[str, Path]:
         "a1": first,
         "a2": second,
         "final": tmp_path / "m2",
-        "m1": tmp_path / "m1",
     }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.training.conftest import prompt_for, subprocess_env
+from tests.training.conftest import prompt_for, random_adapter, subprocess_env
 from training.merge import MergeError, merge_adapter
 
 CONVERSATIONS = [prompt_for(0) + [{"role": "assistant", "content": "Paris [1]"}], prompt_for(1)]
@@ -18,22 +18,7 @@ CONVERSATIONS = [prompt_for(0) + [{"role": "assistant", "content": "Paris [1]"}]
 @pytest.fixture
 def adapter_dir(tiny_model_dir: Path, tmp_path: Path) -> Path:
     """A LoRA adapter with non-zero B matrices (as after training), saved with the tokenizer."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(1)
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-        LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"),
-    )
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.2)
-    out = tmp_path / "adapter"
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
-    return out
+    return random_adapter(tiny_model_dir, tmp_path / "adapter", seed=1)
 
 
 def _adapter_logits(base: Path, adapter: Path) -> torch.Tensor:
