@@ -102,7 +102,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 # ---- ask ---------------------------------------------------------------------------------------------
 def cmd_ask(args: argparse.Namespace) -> int:
-    from app.qa import QAService
+    from app.qa import QAService, gate_note
 
     qa = QAService(_config(args))
     qa.check_question(args.question)
@@ -124,6 +124,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
         star = "*" if p.rank in result.cited else " "
         snippet = " ".join(p.text.split())[:160]
         print(f"{star}[{p.rank}] {p.source}  (score {p.score:.3f})\n     {snippet}")
+    note = gate_note(result)
+    if note:
+        print(f"\n{note.replace('show alternatives', 'ask in the chat for alternatives')}")
     t = result.timings_ms
     rate = result.generation.get("decode_tokens_per_s")
     print(

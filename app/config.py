@@ -59,6 +59,11 @@ class AppConfig:
     # serves (app/prompt_limit.py) | off | a number >= MIN_PROMPT_TOKENS
     max_prompt_tokens: str = field(default="auto", metadata=bounds(parse=parse_prompt_limit))
     max_file_mb: float = field(default=50.0, metadata=bounds(gt=0))
+    # Abstain without asking the model when no indexed chunk's dense cosine to the question reaches this: nothing
+    # in the documents is about it, and a model asked anyway answers from its own knowledge. None = auto (the value
+    # calibrated for the default embedder, app/qa.py's DEFAULT_MIN_RELEVANCE; off with any other embedder, whose
+    # cosines live on another scale) | 0 = off | a cosine in (0, 1]
+    min_relevance: float | None = field(default=None, metadata=bounds(ge=0, le=1))
     # Generation
     max_new_tokens: int = field(default=160, metadata=bounds(ge=1))
     repetition_penalty: float = field(default=1.1, metadata=bounds(gt=0))

@@ -36,6 +36,15 @@ _STOPWORDS = frozenset(
 # The passage tokens a prompt keeps under `max_prompt_tokens` however long the conversation before it is.
 MIN_PASSAGE_TOKENS = 160
 
+# The relevance gate's threshold for the default embedder (all-MiniLM-L6-v2; config `min_relevance`): the highest
+# cosine (0.01 steps) that abstains on at most 1% of answerable questions whose article is indexed, on squad2-dev-
+# half's training articles (benchmarks/relevance_gate.py, docs/results/relevance_gate/): it gates 0.8% of those,
+# 1.7% of their unanswerables, and 38% of the questions whose article is left out of the index (another Wikipedia
+# article is a hard case: shared vocabulary, related topics). Trivia asked of the bundled guide scores 0.05-0.23,
+# the guide's own questions 0.32-0.61. Other embedders put cosines on another scale: with any embedder but the
+# default one the gate is off unless configured.
+DEFAULT_MIN_RELEVANCE = 0.29
+
 
 class QAError(AppError, ValueError):
     """The question cannot be answered as asked (empty, too long, nothing ingested...): the message says why."""
@@ -79,6 +88,13 @@ class Candidate:
     def to_record(self, label: str | None = None) -> NewCandidate:
         """The feedback store's record of this candidate (shown to the rater as `label`)."""
         return NewCandidate(self.text, self.model_version, self.sampling, self.latency_ms, label)
+
+
+class Retrieved(NamedTuple):
+    """The passages for a question, and its search query's best dense cosine to any indexed chunk."""
+
+    passages: list[Passage]
+    best_cosine: float
 
 
 class PreparedQuestion(NamedTuple):
@@ -227,11 +243,48 @@ class QAService:
 
         Only the search query changes; the prompt still carries the whole conversation (build_prompt).
         """
+        return self.retrieve_scored(question, history, k).passages
+
+    def retrieve_scored(
+        self, question: str, history: Sequence[dict[str, str]] = (), k: int | None = None
+    ) -> Retrieved:
+        """`retrieve`, and how close the index comes to the question (the relevance gate reads it)."""
         retriever = self.retriever()
         if not question.strip() or len(retriever.index) == 0:
-            return retriever.search(question, k=k or self.config.k)  # its own empty-input answer
+            # its own empty-input answer
+            return Retrieved(retriever.search(question, k=k or self.config.k), float("-inf"))
         choice = choose_query(retriever, question, previous_question(history))
-        return retriever.search_with_vector(choice.query, choice.vector, k=k or self.config.k)
+        return Retrieved(*retriever.search_scored(choice.query, choice.vector, k=k or self.config.k))
+
+    def min_relevance(self) -> float:
+        """The relevance gate's threshold in force (0: off)."""
+        if self.config.min_relevance is not None:
+            return self.config.min_relevance
+        from retrieval.embedder import DEFAULT_MODEL_NAME
+
+        return DEFAULT_MIN_RELEVANCE if getattr(self.embedder(), "name", None) == DEFAULT_MODEL_NAME else 0.0
+
+    def gated(self, retrieved: Retrieved) -> bool:
+        """True when passages were found but none is close to the question: answer "not in the documents".
+
+        Small models asked anyway answer famous facts from their own knowledge whatever the passages say, with a
+        made-up citation. (An empty index is not gated: nothing is indexed yet, which the prompt says.)
+        """
+        floor = self.min_relevance()
+        return floor > 0 and bool(retrieved.passages) and retrieved.best_cosine < floor
+
+    def _gated_result(self, model: ServedModel, retrieved: Retrieved, timings: dict[str, float]) -> AskResult:
+        """The answer without asking the model: the abstention sentence, the passages found still shown."""
+        generation = {
+            "relevance_gate": {
+                "best_cosine": round(retrieved.best_cosine, 4),
+                "min_relevance": self.min_relevance(),
+            },
+            "finish_reason": "stop",
+        }
+        return AskResult(
+            NO_ANSWER, retrieved.passages, [], "none", model.version, timings, True, model.backend, generation
+        )
 
     # ---- prompting ---------------------------------------------------------------------------------
     def build_prompt(
@@ -269,13 +322,24 @@ class QAService:
         q = self.check_question(question)
         turns = plain_history(history)
         t0 = time.perf_counter()
-        passages = self.retrieve(q, turns, k)
+        retrieved = self.retrieve_scored(q, turns, k)
         t_retrieve = time.perf_counter()
         try:
             model = self.generator.current()
         except GenerationError as e:
             raise QAError(str(e)) from e
-        messages, passages = self.build_prompt(model, q, passages, turns)
+        if self.gated(retrieved):
+            yield "sources", retrieved.passages
+            yield "token", NO_ANSWER
+            end = time.perf_counter()
+            timings = {
+                "retrieve": (t_retrieve - t0) * 1000,
+                "first_token": (end - t0) * 1000,
+                "total": (end - t0) * 1000,
+            }
+            yield "done", self._gated_result(model, retrieved, timings)
+            return
+        messages, passages = self.build_prompt(model, q, retrieved.passages, turns)
         yield "sources", passages
         pieces: list[str] = []
         first_token: float | None = None
@@ -335,7 +399,8 @@ class QAService:
         Each answer is the one `ask` gives (the same retrieval, prompt and post-processing) up to the backend's
         batching: transformers pads the prompts on the left, the other backends answer one by one. The prompts
         are sorted by length first, so a batch pads little. Yields, after each batch, (index in `questions`,
-        result or the QAError that question got); questions refused before generation come first.
+        result or the QAError that question got); questions refused or gated (`gated`) before generation come
+        first.
         Timings: `retrieve` per question and `generate_batch`, the whole batch's generate call (no first-token
         or total latency: the answers of a batch end together).
         """
@@ -355,16 +420,20 @@ class QAService:
     def _prepare_many(
         self, model: ServedModel, questions: Sequence[str], k: int | None
     ) -> tuple[list[PreparedQuestion], list[tuple[int, AskResult | QAError]]]:
-        """Each question retrieved for and prompted as `ask` does; (index, QAError) of those refused."""
+        """Each question retrieved for and prompted as `ask` does; (index, QAError) of those refused and
+        (index, AskResult) of those the relevance gate answers without the model."""
         prepared: list[PreparedQuestion] = []
         refused: list[tuple[int, AskResult | QAError]] = []
         for i, question in enumerate(questions):
             t0 = time.perf_counter()
             try:
                 q = self.check_question(question)
-                passages = self.retrieve(q, (), k)
+                retrieved = self.retrieve_scored(q, (), k)
                 retrieve_ms = (time.perf_counter() - t0) * 1000
-                messages, kept = self.build_prompt(model, q, passages, ())
+                if self.gated(retrieved):
+                    refused.append((i, self._gated_result(model, retrieved, {"retrieve": retrieve_ms})))
+                    continue
+                messages, kept = self.build_prompt(model, q, retrieved.passages, ())
             except QAError as e:
                 refused.append((i, e))
                 continue
@@ -458,6 +527,19 @@ class QAService:
             "timeout_s": self.config.generation_timeout_s,
             "repetition_penalty": self.config.repetition_penalty,
         }
+
+
+def gate_note(result: AskResult) -> str | None:
+    """Why the answer is "not in the documents" without the model, for the user (None when the model answered)."""
+    gate = result.generation.get("relevance_gate")
+    if not gate:
+        return None
+    return (
+        f"Not asked the model: no passage is close to the question (best relevance "
+        f"{max(0.0, gate['best_cosine']) * 100:.0f}%, below the {gate['min_relevance'] * 100:.0f}% set by "
+        "`min_relevance`). Rephrase the question with the documents' words, or show alternatives to let the "
+        "model try anyway."
+    )
 
 
 def _as_candidates(sampled: Sequence[Any], version: str, shown: Sequence[Passage]) -> list[Candidate]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from app.config import AppConfig
 from app.limits import RateLimited, RateLimiter
-from app.qa import AskResult, QAError, plain_history
+from app.qa import AskResult, QAError, gate_note, plain_history
 from app.ranking import TWO_WAY_CHOICES
 from app.render import inert_markdown
 from app.services import Services
@@ -214,10 +214,14 @@ class Handlers(FeedbackHandlers):
     ) -> str:
         # The turns the model saw: plain_history drops empty answers, which the store would refuse as context.
         context = plain_history(state["history"])
+        gate = result.generation.get("relevance_gate")
         candidate = NewCandidate(
             text=result.answer,
             model_version=result.model_version,
-            sampling={"do_sample": False, "max_new_tokens": self.s.config.max_new_tokens},
+            # a gated answer is the gate's, not a greedy decode: the record says so
+            sampling={"relevance_gate": gate}
+            if gate
+            else {"do_sample": False, "max_new_tokens": self.s.config.max_new_tokens},
             latency_ms=result.timings_ms["total"],
             label="answer",
         )
@@ -247,6 +251,9 @@ class Handlers(FeedbackHandlers):
             "alternatives": {},
             "compare": None,
         }
+        note = gate_note(result)
+        if note:
+            return note
         t = result.timings_ms
         rate = result.generation.get("decode_tokens_per_s")
         speed = f", {rate:.0f} tokens/s" if rate else ""

@@ -663,6 +663,7 @@ ROWS = (
     ("citation correctness", "answers", "citation_correctness"),
     ("mean answer words", "answers", "mean_answer_words"),
     ("unfinished (hit token cap)", "answers", "unfinished_rate"),
+    ("gated by the relevance gate", "answers", "relevance_gated_rate"),
     ("recall@5 (retrieval)", "retrieval", "recall@5"),
     ("total latency p50 ms", "latency_ms", "total_p50"),
 )

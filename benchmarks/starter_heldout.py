@@ -37,6 +37,7 @@ KEYS = (
     "abstention_precision",
     "abstention_recall",
     "mean_answer_words",
+    "relevance_gated_rate",
 )
 
 

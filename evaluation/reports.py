@@ -188,6 +188,7 @@ def eval_rows(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
             f"{fmt(a['abstention_precision'])} / {fmt(a['abstention_recall'])} / {fmt(a['abstention_rate'])}",
         ),
         ("mean answer words", fmt(a["mean_answer_words"], 1)),
+        ("gated (no passage relevant enough)", fmt(a.get("relevance_gated_rate"))),
         ("first token p50 / p95 ms", f"{fmt(lat['first_token_p50'], 0)} / {fmt(lat['first_token_p95'], 0)}"),
         ("total p50 / p95 ms", f"{fmt(lat['total_p50'], 0)} / {fmt(lat['total_p95'], 0)}"),
     ]

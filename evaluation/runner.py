@@ -89,6 +89,7 @@ class ExampleResult:
     finished: bool = True
     model_version: str = ""
     error: str | None = None
+    gated: bool = False  # answered "not in the documents" by the relevance gate, without the model
 
     def to_json(self) -> dict[str, Any]:
         e = self.example
@@ -109,6 +110,7 @@ class ExampleResult:
             "citation_correct": self.citation_correct,
             "words": self.words,
             "finished": self.finished,
+            "relevance_gated": self.gated,
             "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
             "error": self.error,
         }
@@ -132,6 +134,7 @@ class ExampleResult:
             "finished": self.finished,
             "model_version": self.model_version,
             "error": self.error,
+            "gated": self.gated,
         }
 
     @classmethod
@@ -376,6 +379,7 @@ def _score_answer(result: ExampleResult, asked: Any) -> None:
     result.timings_ms = dict(asked.timings_ms)
     result.finished = asked.finished
     result.model_version = asked.model_version
+    result.gated = "relevance_gate" in asked.generation
     result.scores = M.score_answer(asked.answer, e.answers, e.unanswerable)
     result.words = M.answer_words(asked.answer)
     if asked.citation_mode == "model" and not e.unanswerable:
@@ -432,6 +436,7 @@ def aggregate(results: Sequence[ExampleResult], depth: int = 10) -> dict[str, An
             "no_answer_accuracy": M.mean(r.scores["em"] for r in unanswerable),
             "mean_answer_words": M.mean(r.words for r in ok),
             "unfinished_rate": M.mean(float(not r.finished) for r in ok),
+            "relevance_gated_rate": M.mean(float(r.gated) for r in ok),
         },
         "latency_ms": {
             f"{name}_p{q}": M.percentile([r.timings_ms[name] for r in ok if name in r.timings_ms], q)

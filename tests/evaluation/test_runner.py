@@ -171,7 +171,13 @@ def test_limit_picks_a_seeded_subset_in_file_order(fixtures_dir: Path) -> None:
 
 
 def _result(
-    qid: str, answer: str, golds: tuple[str, ...], rank: int | None, cited: list[int], texts: list[str]
+    qid: str,
+    answer: str,
+    golds: tuple[str, ...],
+    rank: int | None,
+    cited: list[int],
+    texts: list[str],
+    gated: bool = False,
 ) -> ExampleResult:
     """A scored result built by hand (what answer_examples produces from one ask)."""
     from evaluation import metrics as M
@@ -187,6 +193,8 @@ def _result(
             self.timings_ms = {"retrieve": 1.0, "first_token": 10.0, "total": 100.0}
             self.finished = True
             self.model_version = "v0001"
+            # the relevance gate's abstention carries its record; a model's answer does not
+            self.generation = {"relevance_gate": {"best_cosine": 0.1}} if gated else {}
 
     r = ExampleResult(QAExample(qid, "q?", golds, not golds), gold_known=True, first_gold_rank=rank)
     _score_answer(r, Asked())
@@ -199,7 +207,7 @@ def test_aggregate_hand_computed() -> None:
         _result("a", "Paris [1]", ("Paris",), 1, [1], ["Paris is in France", "x"]),  # EM 1, cite correct
         _result("b", "Lyon [2]", ("Paris",), 3, [2], ["Paris is in France", "Lyon"]),  # EM 0, cite wrong
         _result("c", NO_ANSWER, ("Paris",), None, [], ["x"]),  # abstained on answerable
-        _result("d", NO_ANSWER, (), 2, [], ["x"]),  # correct abstention
+        _result("d", NO_ANSWER, (), 2, [], ["x"], gated=True),  # correct abstention, by the relevance gate
         _result("e", "Rome", (), 1, [], ["x"]),  # should have abstained
     ]
     m = aggregate(results, depth=3)
@@ -211,6 +219,8 @@ def test_aggregate_hand_computed() -> None:
     assert a["citation_correctness"] == 0.5
     assert a["abstention_precision"] == 0.5 and a["abstention_recall"] == 0.5
     assert a["no_answer_accuracy"] == 0.5
+    assert a["relevance_gated_rate"] == pytest.approx(1 / 5)
+    assert [x.gated for x in results] == [False, False, False, True, False]
     assert r["recall@1"] == pytest.approx(2 / 5)
     assert r["recall_curve"] == pytest.approx([2 / 5, 3 / 5, 4 / 5])
     assert r["mrr"] == pytest.approx((1 + 1 / 3 + 0 + 1 / 2 + 1) / 5)

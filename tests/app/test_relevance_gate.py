@@ -1,0 +1,179 @@
+"""The relevance gate: a question no indexed passage is close to gets "not in the documents" without the model.
+
+Fast tests use the tiny random Llama and the hash embedder, with the threshold set explicitly (the auto threshold
+is calibrated for the real embedder only); the real-defaults test asks the real model with the real embedder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from app.config import AppConfig
+from app.qa import DEFAULT_MIN_RELEVANCE, QAService, Retrieved, gate_note
+from app.services import Services
+from app.ui import Handlers, new_state
+from model_store.registry import ModelRegistry
+from retrieval.embedder import DEFAULT_MODEL_NAME, HashEmbedder
+from retrieval.ingest import ingest
+from retrieval.prompt import NO_ANSWER
+from tests.app.test_ui import DOCS, QUESTION
+
+OFF_TOPIC = "What is the capital of France?"
+
+
+def _corpus(tmp_path: Path) -> Path:
+    root = tmp_path / "docs"
+    for rel, text in DOCS.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text, encoding="utf-8")
+    return root
+
+
+def _qa(ragqa_home: Path, tiny_llama_dir: Path, tmp_path: Path, **config: Any) -> QAService:
+    ModelRegistry(ragqa_home / "models").publish_folder(tiny_llama_dir, {"kind": "base"})
+    cfg = AppConfig.load(max_new_tokens=6, dtype="float32", **config)
+    embedder = HashEmbedder()
+    ingest(_corpus(tmp_path), cfg.paths.index_dir, embedder, progress=False)
+    return QAService(cfg, embedder=embedder)
+
+
+def _forbid_generation(qa: QAService, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any generation fail the test: the gate must answer without the model."""
+    model = qa.generator.current()
+
+    def refuse(*_a: Any, **_k: Any) -> Any:
+        raise AssertionError("the model was asked")
+
+    for name in ("stream", "generate_batch", "generate"):
+        if hasattr(model, name):
+            monkeypatch.setattr(model, name, refuse)
+
+
+def test_search_scored_reports_the_best_dense_cosine(ragqa_home: Path, tmp_path: Path) -> None:
+    from retrieval.index import HybridIndex
+    from retrieval.retriever import Retriever
+
+    embedder = HashEmbedder()
+    index_dir = tmp_path / "index"
+    ingest(_corpus(tmp_path), index_dir, embedder, progress=False)
+    retriever = Retriever(HybridIndex.open(index_dir, embedder), embedder)
+    vector = embedder.encode_query(QUESTION)
+    passages, best = retriever.search_scored(QUESTION, vector, k=2)
+    expected = float(np.max(np.asarray(retriever.index.vectors) @ vector))
+    assert best == pytest.approx(expected, abs=1e-5)
+    assert [p.chunk_id for p in passages] == [
+        p.chunk_id for p in retriever.search_with_vector(QUESTION, vector, 2)
+    ]
+
+
+def test_the_auto_threshold_is_the_default_embedders_only(
+    ragqa_home: Path, tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    qa = _qa(ragqa_home, tiny_llama_dir, tmp_path)
+    assert qa.min_relevance() == 0.0  # the hash embedder's cosines are on another scale: off
+    qa._embedder.name = DEFAULT_MODEL_NAME  # what the real all-MiniLM-L6-v2 reports
+    assert qa.min_relevance() == DEFAULT_MIN_RELEVANCE
+    explicit = QAService(AppConfig.load(min_relevance=0.5), embedder=HashEmbedder())
+    assert explicit.min_relevance() == 0.5
+    # nothing found (an empty index) is not gated: there is nothing to be relevant
+    assert not explicit.gated(Retrieved([], float("-inf")))
+
+
+def test_a_gated_question_is_answered_without_the_model(
+    ragqa_home: Path, tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    qa = _qa(ragqa_home, tiny_llama_dir, tmp_path, min_relevance=0.999)
+    _forbid_generation(qa, monkeypatch)
+    events = list(qa.stream(OFF_TOPIC))
+    assert [kind for kind, _ in events] == ["sources", "token", "done"]
+    result = events[-1][1]
+    assert result.answer == NO_ANSWER and events[1][1] == NO_ANSWER
+    assert result.passages, "the passages found are still shown"
+    assert result.cited == [] and result.model_version == "v0001"
+    gate = result.generation["relevance_gate"]
+    assert gate["min_relevance"] == 0.999 and gate["best_cosine"] < 0.999
+    assert set(result.timings_ms) == {"retrieve", "first_token", "total"}
+    assert "Not asked the model" in (gate_note(result) or "")
+    (batch,) = list(qa.ask_many([OFF_TOPIC, QUESTION], batch_size=2))  # both gated: no generate batch at all
+    assert sorted(i for i, _ in batch) == [0, 1]
+    assert all(r.answer == NO_ANSWER and "relevance_gate" in r.generation for _, r in batch)
+
+
+def test_a_relevant_question_reaches_the_model(
+    ragqa_home: Path, tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    probe = _qa(ragqa_home, tiny_llama_dir, tmp_path)
+    on, off = probe.retrieve_scored(QUESTION).best_cosine, probe.retrieve_scored(OFF_TOPIC).best_cosine
+    assert on > off, "the tower question must match the corpus better than an off-topic one"
+    qa = QAService(probe.config.with_(min_relevance=(on + off) / 2), embedder=probe._embedder)
+    answered = qa.ask(QUESTION)
+    assert "relevance_gate" not in answered.generation and gate_note(answered) is None
+    assert answered.generation.get("completion_tokens", 0) > 0  # the model wrote it
+    assert "relevance_gate" in qa.ask(OFF_TOPIC).generation
+    # ask_many: the gated question comes first, the other from the model, each as `ask` gives it
+    results = dict(item for batch in qa.ask_many([QUESTION, OFF_TOPIC], batch_size=2) for item in batch)
+    assert "relevance_gate" in results[1].generation and results[1].answer == NO_ANSWER
+    assert results[0].answer == answered.answer and "relevance_gate" not in results[0].generation
+
+
+@pytest.fixture
+def gated_services(ragqa_home: Path, tiny_llama_dir: Path, tmp_path: Path) -> Iterator[Services]:
+    ModelRegistry(ragqa_home / "models").publish_folder(tiny_llama_dir, {"kind": "base"})
+    cfg = AppConfig.load(max_new_tokens=6, min_relevance=0.999)
+    embedder = HashEmbedder()
+    ingest(_corpus(tmp_path), cfg.paths.index_dir, embedder, progress=False)
+    services = Services(cfg, embedder=embedder)
+    yield services
+    services.close()
+
+
+def test_the_chat_says_why_and_records_the_gate(gated_services: Services) -> None:
+    h = Handlers(gated_services)
+    state = new_state()
+    *_, (chat, sources, _model, status, *_rest) = h.ask(OFF_TOPIC, state)
+    assert "Not asked the model" in status and "min_relevance" in status
+    assert NO_ANSWER in str(chat[-1]["content"])
+    assert "[1]" in sources  # what was found is shown, with its relevance
+    (rec,) = list(gated_services.store.iter_interactions())
+    (answer,) = rec.candidates
+    assert answer.text == NO_ANSWER and answer.sampling["relevance_gate"]["min_relevance"] == 0.999
+    # the user can still let the model try: alternatives are sampled over the same passages
+    texts, note = h.alternatives(2, state)
+    assert note.startswith("2 alternatives"), note
+    assert len(texts) == 2
+
+
+@pytest.mark.slow
+def test_real_defaults_gate_off_topic_questions_only(default_registry: Path, tmp_path: Path) -> None:
+    from app.cli import main
+    from tests.app.test_ask_e2e import DOCS as E2E_DOCS
+    from tests.app.test_ask_e2e import QUESTIONS
+
+    root = tmp_path / "e2e"
+    for rel, text in E2E_DOCS.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    assert main(["ingest", str(root)]) == 0
+    qa = QAService(AppConfig.load(max_new_tokens=24))
+    assert qa.min_relevance() == DEFAULT_MIN_RELEVANCE
+    for question in (OFF_TOPIC, "Who wrote Pride and Prejudice?"):
+        result = qa.ask(question)
+        assert result.answer == NO_ANSWER and "relevance_gate" in result.generation, (
+            question,
+            result.generation,
+        )
+    for question, _source, _fact in QUESTIONS:
+        assert "relevance_gate" not in qa.ask(question).generation, question
+    # a follow-up is judged by the query actually searched (joined with the previous question)
+    history = [
+        {"role": "user", "content": "Who designed the Zorbium Tower?"},
+        {"role": "assistant", "content": "Alma Pettersen."},
+    ]
+    assert "relevance_gate" not in qa.ask("and how tall is it?", history).generation
+    off = QAService(AppConfig.load(max_new_tokens=24, min_relevance=0))
+    assert "relevance_gate" not in off.ask(OFF_TOPIC).generation  # 0 turns the gate off
