@@ -16,8 +16,15 @@ The rule fixed before the numbers were seen: the highest threshold (0.01 steps) 
 answerable on-topic questions. The guide's own questions (evaluation/guide_questions.py, the demo corpus) are
 scored at the end for the record; they do not choose anything.
 
-    python benchmarks/relevance_gate.py --squad ../shared/data/squad2-dev-half/dev-v2.0.json
+    python benchmarks/relevance_gate.py calibrate --squad ../shared/data/squad2-dev-half/dev-v2.0.json
         [--out docs/results/relevance_gate/relevance_gate.json]
+
+`heldout` measures what the chosen gate does to answers: two `ragqa eval` runs of the same model on the same
+questions, one with the gate (the default) and one with `min_relevance: 0`, compared question by question (F1 with
+and without, the paired difference with its bootstrap CI, abstention precision/recall, and each gated question with
+what the model would have answered):
+
+    python benchmarks/relevance_gate.py heldout --set xquad=ON_DIR,OFF_DIR --set squad2=ON_DIR,OFF_DIR --out FILE
 """
 
 from __future__ import annotations
@@ -80,6 +87,10 @@ def squad_scores(squad_path: Path, embedder: Any, work: Path) -> dict[str, Any]:
     }
 
 
+def _share_below(values: np.ndarray, t: float) -> float:
+    return float(np.mean(values < t)) if len(values) else float("nan")
+
+
 def sweep(scores: dict[str, Any]) -> list[dict[str, float]]:
     on, off, answerable = scores["on_topic"], scores["off_topic"], scores["answerable"]
     rows = []
@@ -87,9 +98,9 @@ def sweep(scores: dict[str, Any]) -> list[dict[str, float]]:
         rows.append(
             {
                 "threshold": float(t),
-                "gated_on_topic_answerable": float(np.mean(on[answerable] < t)),
-                "gated_on_topic_unanswerable": float(np.mean(on[~answerable] < t)),
-                "gated_off_topic": float(np.mean(off < t)),
+                "gated_on_topic_answerable": _share_below(on[answerable], t),
+                "gated_on_topic_unanswerable": _share_below(on[~answerable], t),
+                "gated_off_topic": _share_below(off, t),
             }
         )
     return rows
@@ -117,11 +128,88 @@ def quantiles(x: np.ndarray) -> dict[str, float]:
     return {f"p{p}": round(float(np.percentile(x, p)), 4) for p in (1, 5, 25, 50, 75, 95, 99)}
 
 
+def _examples(folder: Path) -> dict[str, dict[str, Any]]:
+    lines = (folder / "examples.jsonl").read_text(encoding="utf-8").splitlines()
+    return {r["id"]: r for r in map(json.loads, lines) if r.get("error") is None}
+
+
+def compare_runs(on_dir: Path, off_dir: Path) -> dict[str, Any]:
+    """One model's eval with the gate (`on_dir`) and without it (`off_dir`), question by question."""
+    from evaluation.metrics import abstention_scores, paired_bootstrap_ci
+
+    on, off = _examples(on_dir), _examples(off_dir)
+    ids = sorted(set(on) & set(off))
+    f1_on, f1_off = [float(on[i]["f1"]) for i in ids], [float(off[i]["f1"]) for i in ids]
+    diff = paired_bootstrap_ci(f1_on, f1_off)
+    unanswerable = [bool(on[i]["unanswerable"]) for i in ids]
+    gated = [i for i in ids if on[i].get("relevance_gated")]
+    changed = [i for i in ids if on[i]["answer"] != off[i]["answer"] and i not in gated]
+    return {
+        "n": len(ids),
+        "model_version": on[ids[0]]["model_version"] if ids else None,
+        "f1_with_gate": float(np.mean(f1_on)) if ids else None,
+        "f1_without_gate": float(np.mean(f1_off)) if ids else None,
+        "with_minus_without": {"f1": diff["diff"], "ci": diff["ci"]},
+        "abstention_with_gate": abstention_scores([bool(on[i]["abstained"]) for i in ids], unanswerable),
+        "abstention_without_gate": abstention_scores([bool(off[i]["abstained"]) for i in ids], unanswerable),
+        "gated": len(gated),
+        "gated_unanswerable": sum(bool(on[i]["unanswerable"]) for i in gated),
+        # answers that differ although the question was not gated: batch composition alone (left padding)
+        "other_answers_changed": len(changed),
+        "gated_questions": [
+            {
+                "question": on[i]["question"],
+                "unanswerable": on[i]["unanswerable"],
+                "gold": on[i]["answers"][:2],
+                "answer_without_gate": off[i]["answer"],
+                "f1_without_gate": off[i]["f1"],
+            }
+            for i in gated
+        ],
+    }
+
+
+def cmd_heldout(args: argparse.Namespace) -> int:
+    sets = {}
+    for spec in args.set:
+        name, _, dirs = spec.partition("=")
+        on_dir, _, off_dir = dirs.partition(",")
+        sets[name] = compare_runs(Path(on_dir), Path(off_dir))
+    result = {"machine": {"cpu": cpu(), "load_average": load_average()}, "sets": sets}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(
+        f"{'set':8s} {'n':>4s} {'F1 gate':>8s} {'F1 none':>8s} {'diff [95% CI]':>26s} {'gated':>6s} {'abst P/R gate':>14s}"
+    )
+    for name, r in sets.items():
+        d, a = r["with_minus_without"], r["abstention_with_gate"]
+        print(
+            f"{name:8s} {r['n']:4d} {r['f1_with_gate']:8.3f} {r['f1_without_gate']:8.3f} "
+            f"{d['f1']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] {r['gated']:6d} "
+            f"{_fmt(a.get('abstention_precision'))}/{_fmt(a.get('abstention_recall'))}"
+        )
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _fmt(x: Any) -> str:
+    return "-" if x is None or x != x else f"{x:.2f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--squad", type=Path, required=True, help="squad2-dev-half's dev-v2.0.json")
-    ap.add_argument("--out", type=Path, default=OUT)
+    sub = ap.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("calibrate", help="choose the threshold on squad2-dev-half's training articles")
+    c.add_argument("--squad", type=Path, required=True, help="squad2-dev-half's dev-v2.0.json")
+    c.add_argument("--out", type=Path, default=OUT)
+    h = sub.add_parser("heldout", help="one model's eval with and without the gate, question by question")
+    h.add_argument("--set", action="append", required=True, help="NAME=EVAL_DIR_WITH_GATE,EVAL_DIR_WITHOUT")
+    h.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
+    return cmd_calibrate(args) if args.command == "calibrate" else cmd_heldout(args)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
     from retrieval.embedder import SentenceTransformerEmbedder
 
     t0 = time.perf_counter()

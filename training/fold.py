@@ -8,6 +8,11 @@ the summed delta to a smaller rank (an approximation). The folded adapter is sav
 way it will be used (v0001 + the saved fp16 adapter) against the chain's own merged model, so the card says how
 close the shipped adapter is to what was measured.
 
+`--weight` scales each part's delta (default 1 each: the chain itself). Weights below 1 on the later parts
+interpolate between the first part and the chain's end in weight space (starter + w x the loop's deltas), the way
+"task arithmetic" scales a fine-tune's difference; such a fold is a new model, not the chain, so it has no
+reference to match and must be measured on its own.
+
     python scripts/train_starter.py fold --base v0001 --adapter STARTER --adapter SFT --adapter PPO \
         --reference RUN/merged --out OUT [--rank 32]
 """
@@ -58,13 +63,15 @@ def fold_adapters(
     out_dir: Path,
     *,
     rank: int | None = None,
+    weights: list[float] | None = None,
     reference: Path | None = None,
     check_conversations: list[list[dict[str, str]]],
 ) -> dict[str, Any]:
     """Write one float16 adapter for `base_dir` equal to the chain `adapters` (in training order) into out_dir.
 
-    rank None: exact ("cat"); else the summed delta truncated to `rank` by SVD. With `reference` (the chain's final
-    merged model) the folded adapter's logits are compared with it. Returns what was done and measured.
+    rank None: exact ("cat"); else the summed delta truncated to `rank` by SVD. `weights` scale the parts' deltas
+    (None: 1 each). With `reference` (the chain's final merged model) the folded adapter's logits are compared with
+    it. Returns what was done and measured.
     """
     import torch
     from peft import PeftModel
@@ -75,6 +82,12 @@ def fold_adapters(
     if not adapters:
         raise FoldError("nothing to fold: give at least one adapter")
     parts = check_parts(adapters)
+    weights = [1.0] * len(adapters) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(adapters):
+        raise FoldError(f"{len(weights)} weights for {len(adapters)} adapters: give one weight per adapter")
+    if any(w <= 0 for w in weights):
+        # PEFT's "cat" scales A and B by sqrt(weight): a negative weight cannot be folded that way
+        raise FoldError(f"weights must be > 0, got {weights}")
     method = "cat" if rank is None else "svd"
     names = [f"part{i}" for i in range(len(adapters))]
     model = PeftModel.from_pretrained(
@@ -82,7 +95,7 @@ def fold_adapters(
     )
     for name, folder in zip(names[1:], adapters[1:], strict=True):
         model.load_adapter(str(folder), adapter_name=name)
-    model.add_weighted_adapter(names, [1.0] * len(names), FOLDED, combination_type=method, svd_rank=rank)
+    model.add_weighted_adapter(names, weights, FOLDED, combination_type=method, svd_rank=rank)
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp, selected_adapters=[FOLDED])  # a non-default adapter goes to tmp/<name>/
         save_half(Path(tmp) / FOLDED, Path(out_dir))
@@ -90,7 +103,7 @@ def fold_adapters(
     result: dict[str, Any] = {
         "method": method,
         "rank": sum(p["r"] for p in parts) if rank is None else rank,
-        "parts": parts,
+        "parts": [{**p, "weight": w} for p, w in zip(parts, weights, strict=True)],
     }
     if reference is not None:
         result["vs_reference"] = compare_with_reference(
@@ -144,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rank", type=int, help="truncate the sum to this rank by SVD (default: exact, summed ranks)"
     )
+    p.add_argument(
+        "--weight",
+        type=float,
+        action="append",
+        help="scale the matching --adapter's delta (repeat, one per adapter; default 1 each)",
+    )
     p.add_argument("--reference", type=Path, help="the chain's final merged model, to compare the fold with")
     p.add_argument("--trained-with", help="replaces the card's trained_with (how the chain was made)")
     p.add_argument(
@@ -172,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         args.adapter,
         args.out,
         rank=args.rank,
+        weights=args.weight,
         reference=args.reference,
         check_conversations=check_conversations(),
     )

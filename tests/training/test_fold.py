@@ -103,3 +103,51 @@ def test_the_command_writes_the_first_parts_card_with_the_fold(
     assert card["licence"] == "CC BY-SA 4.0" and card["trained_with"] == "starter, then a loop run"
     assert card["folded"]["loop"] == {"split": {"heldout": ["Warsaw"]}}
     assert [Path(p["adapter"]).name for p in card["folded"]["parts"]] == ["a1", "a2"]
+
+
+def _linear_weights(folder: Path) -> dict[str, object]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k.endswith("proj.weight")}
+
+
+def test_weights_scale_each_parts_delta(chain: dict[str, Path], tmp_path: Path) -> None:
+    """base + 1 x delta1 + 0.5 x delta2: the weighted fold interpolates between the first part and the chain."""
+    import torch
+    from peft import PeftModel
+
+    from model_store.loading import load_causal_lm
+
+    out = tmp_path / "half"
+    result = fold_adapters(
+        chain["base"],
+        [chain["a1"], chain["a2"]],
+        out,
+        weights=[1.0, 0.5],
+        check_conversations=CONVERSATIONS,
+    )
+    assert [p["weight"] for p in result["parts"]] == [1.0, 0.5]
+    folded = PeftModel.from_pretrained(load_causal_lm(chain["base"], dtype=torch.float32), str(out))
+    got = {k: v for k, v in folded.merge_and_unload().state_dict().items() if k.endswith("proj.weight")}
+    base = _linear_weights(chain["base"])
+    m1, m2 = _linear_weights(chain["a1"].parent / "m1"), _linear_weights(chain["final"])
+    worst, half_delta2 = 0.0, 0.0
+    for name, w in got.items():
+        expected = m1[name] + 0.5 * (m2[name] - m1[name])
+        worst = max(worst, float((w - expected).abs().max()))
+        half_delta2 = max(half_delta2, float((0.5 * (m2[name] - m1[name])).abs().max()))
+        assert not torch.equal(base[name], m1[name])  # the parts did change these weights
+    assert half_delta2 > 0.05  # a visible second delta: the check below can tell 0.5 from 1 or 0
+    assert worst < 0.01 * half_delta2, (worst, half_delta2)  # float16 rounding of the saved adapter only
+
+
+def test_bad_weights_are_refused(chain: dict[str, Path], tmp_path: Path) -> None:
+    parts = [chain["a1"], chain["a2"]]
+    with pytest.raises(FoldError, match="one weight per adapter"):
+        fold_adapters(chain["base"], parts, tmp_path / "o", weights=[1.0], check_conversations=CONVERSATIONS)
+    with pytest.raises(FoldError, match="must be > 0"):
+        fold_adapters(
+            chain["base"], parts, tmp_path / "o", weights=[1.0, 0.0], check_conversations=CONVERSATIONS
+        )
