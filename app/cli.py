@@ -124,9 +124,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
         star = "*" if p.rank in result.cited else " "
         snippet = " ".join(p.text.split())[:160]
         print(f"{star}[{p.rank}] {p.source}  (score {p.score:.3f})\n     {snippet}")
-    note = gate_note(result)
+    note = gate_note(result, "set `min_relevance: 0` in config.yaml to let the model answer anyway")
     if note:
-        print(f"\n{note.replace('show alternatives', 'ask in the chat for alternatives')}")
+        print(f"\n{note}")
     t = result.timings_ms
     rate = result.generation.get("decode_tokens_per_s")
     print(

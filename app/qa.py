@@ -529,16 +529,16 @@ class QAService:
         }
 
 
-def gate_note(result: AskResult) -> str | None:
-    """Why the answer is "not in the documents" without the model, for the user (None when the model answered)."""
+def gate_note(result: AskResult, override: str) -> str | None:
+    """Why the answer is "not in the documents" without the model, for the user (None when the model answered);
+    `override` says how to let the model answer anyway where the user is (the chat's Regenerate, a CLI setting)."""
     gate = result.generation.get("relevance_gate")
     if not gate:
         return None
     return (
         f"Not asked the model: no passage is close to the question (best relevance "
         f"{max(0.0, gate['best_cosine']) * 100:.0f}%, below the {gate['min_relevance'] * 100:.0f}% set by "
-        "`min_relevance`). Rephrase the question with the documents' words, or show alternatives to let the "
-        "model try anyway."
+        f"`min_relevance`). Rephrase the question with the documents' words, or {override}."
     )
 
 

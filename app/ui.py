@@ -251,7 +251,7 @@ class Handlers(FeedbackHandlers):
             "alternatives": {},
             "compare": None,
         }
-        note = gate_note(result)
+        note = gate_note(result, "press Regenerate to let the model answer anyway")
         if note:
             return note
         t = result.timings_ms

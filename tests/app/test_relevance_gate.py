@@ -98,7 +98,9 @@ def test_a_gated_question_is_answered_without_the_model(
     gate = result.generation["relevance_gate"]
     assert gate["min_relevance"] == 0.999 and gate["best_cosine"] < 0.999
     assert set(result.timings_ms) == {"retrieve", "first_token", "total"}
-    assert "Not asked the model" in (gate_note(result) or "")
+    assert "Not asked the model" in (gate_note(result, "do X") or "") and "or do X." in gate_note(
+        result, "do X"
+    )
     (batch,) = list(qa.ask_many([OFF_TOPIC, QUESTION], batch_size=2))  # both gated: no generate batch at all
     assert sorted(i for i, _ in batch) == [0, 1]
     assert all(r.answer == NO_ANSWER and "relevance_gate" in r.generation for _, r in batch)
@@ -112,7 +114,7 @@ def test_a_relevant_question_reaches_the_model(
     assert on > off, "the tower question must match the corpus better than an off-topic one"
     qa = QAService(probe.config.with_(min_relevance=(on + off) / 2), embedder=probe._embedder)
     answered = qa.ask(QUESTION)
-    assert "relevance_gate" not in answered.generation and gate_note(answered) is None
+    assert "relevance_gate" not in answered.generation and gate_note(answered, "x") is None
     assert answered.generation.get("completion_tokens", 0) > 0  # the model wrote it
     assert "relevance_gate" in qa.ask(OFF_TOPIC).generation
     # ask_many: the gated question comes first, the other from the model, each as `ask` gives it
@@ -136,7 +138,7 @@ def test_the_chat_says_why_and_records_the_gate(gated_services: Services) -> Non
     h = Handlers(gated_services)
     state = new_state()
     *_, (chat, sources, _model, status, *_rest) = h.ask(OFF_TOPIC, state)
-    assert "Not asked the model" in status and "min_relevance" in status
+    assert "Not asked the model" in status and "min_relevance" in status and "Regenerate" in status
     assert NO_ANSWER in str(chat[-1]["content"])
     assert "[1]" in sources  # what was found is shown, with its relevance
     (rec,) = list(gated_services.store.iter_interactions())
@@ -146,6 +148,10 @@ def test_the_chat_says_why_and_records_the_gate(gated_services: Services) -> Non
     texts, note = h.alternatives(2, state)
     assert note.startswith("2 alternatives"), note
     assert len(texts) == 2
+    original, new, note = h.regenerate(state)  # what the status line offers
+    assert NO_ANSWER in original and new and not note.startswith("⚠️"), note
+    (rec,) = list(gated_services.store.iter_interactions())
+    assert [c.label for c in rec.candidates][-1] == "regenerated"
 
 
 @pytest.mark.slow
