@@ -55,6 +55,7 @@ def collect(cfg: Any, training: tuple[str, str]) -> dict[str, Any]:
         "dtypes": {"serve": serve.to_json(), "train": train.to_json()},
         "backend": backend,
         "prompt_limit": prompt_limit.describe(cfg.max_prompt_tokens, on_cpu, cpu),
+        "relevance_gate": _relevance_gate(cfg),
         "llama_cpp": _llama_cpp(cpu),
         "cpu_share": _cpu_share(cfg),
         "memory": _memory(),
@@ -62,6 +63,17 @@ def collect(cfg: Any, training: tuple[str, str]) -> dict[str, Any]:
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "ragqa_home": str(cfg.paths.home),
     }
+
+
+def _relevance_gate(cfg: Any) -> dict[str, Any]:
+    """The threshold below which questions get "not in the documents" without the model (the embedder unloaded:
+    named as QAService will name it)."""
+    from app.qa import relevance_floor
+    from retrieval.embedder import DEFAULT_MODEL_NAME, embedder_name
+
+    name = DEFAULT_MODEL_NAME if cfg.embedder is None else embedder_name(cfg.embedder)
+    value, reason = relevance_floor(cfg.min_relevance, name)
+    return {"min_relevance": value, "reason": reason}
 
 
 def _backend(cfg: Any) -> dict[str, Any]:
@@ -260,6 +272,11 @@ def text(report: dict[str, Any]) -> str:
     lines.append(
         f"prompt limit: {f'{tokens} tokens' if tokens else 'no limit'} ({limit['reason']}; passages are trimmed "
         "to their question-relevant sentences above it)"
+    )
+    gate = report["relevance_gate"]
+    lines.append(
+        f"relevance:    {'gate at ' + format(gate['min_relevance'], '.2f') if gate['min_relevance'] else 'gate off'} "
+        f"({gate['reason']}; below it no passage is close enough and the model is not asked)"
     )
     lines.append(f"gguf auto:    {llama['gguf_auto']} (bf16 with native bf16 instructions, else f16)")
     lines.append(

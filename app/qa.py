@@ -46,6 +46,22 @@ MIN_PASSAGE_TOKENS = 160
 DEFAULT_MIN_RELEVANCE = 0.29
 
 
+def relevance_floor(configured: float | None, embedder_name: str | None) -> tuple[float, str]:
+    """The relevance gate's threshold (0: off) for config `min_relevance` and the embedder's name, and why."""
+    from retrieval.embedder import DEFAULT_MODEL_NAME
+
+    if configured is not None:
+        return configured, (
+            "off: min_relevance 0 in config.yaml" if configured == 0 else "min_relevance in config.yaml"
+        )
+    if embedder_name == DEFAULT_MODEL_NAME:
+        return DEFAULT_MIN_RELEVANCE, f"auto: calibrated for {DEFAULT_MODEL_NAME}"
+    return (
+        0.0,
+        f"auto: off with the embedder {embedder_name} (the threshold is calibrated for {DEFAULT_MODEL_NAME})",
+    )
+
+
 class QAError(AppError, ValueError):
     """The question cannot be answered as asked (empty, too long, nothing ingested...): the message says why."""
 
@@ -257,12 +273,8 @@ class QAService:
         return Retrieved(*retriever.search_scored(choice.query, choice.vector, k=k or self.config.k))
 
     def min_relevance(self) -> float:
-        """The relevance gate's threshold in force (0: off)."""
-        if self.config.min_relevance is not None:
-            return self.config.min_relevance
-        from retrieval.embedder import DEFAULT_MODEL_NAME
-
-        return DEFAULT_MIN_RELEVANCE if getattr(self.embedder(), "name", None) == DEFAULT_MODEL_NAME else 0.0
+        """The relevance gate's threshold in force (0: off), for the embedder actually loaded."""
+        return relevance_floor(self.config.min_relevance, getattr(self.embedder(), "name", None))[0]
 
     def gated(self, retrieved: Retrieved) -> bool:
         """True when passages were found but none is close to the question: answer "not in the documents".
