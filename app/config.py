@@ -23,6 +23,20 @@ if TYPE_CHECKING:
     from model_store.cpu_share import CpuSharePolicy
 
 
+def parse_min_relevance(value: Any) -> float | None:
+    """`auto` (or unset) -> None, `off` -> 0 (YAML 1.1 reads an unquoted `off` as false), else the number."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    if value is False or (isinstance(value, str) and value.strip().lower() in ("off", "false")):
+        return 0.0
+    if isinstance(value, bool):
+        raise ValueError(f"must be auto, off or a cosine between 0 and 1, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"must be auto, off or a cosine between 0 and 1, got {value!r}") from None
+
+
 @dataclass(frozen=True)
 class AppConfig:
     # Model: "default" = SmolLM2-135M-Instruct from the offline GGUF; or a local folder / hub id / .gguf file.
@@ -62,8 +76,8 @@ class AppConfig:
     # Abstain without asking the model when no indexed chunk's dense cosine to the question reaches this: nothing
     # in the documents is about it, and a model asked anyway answers from its own knowledge. None = auto (the value
     # calibrated for the default embedder, app/qa.py's DEFAULT_MIN_RELEVANCE; off with any other embedder, whose
-    # cosines live on another scale) | 0 = off | a cosine in (0, 1]
-    min_relevance: float | None = field(default=None, metadata=bounds(ge=0, le=1))
+    # cosines live on another scale) | off (= 0) | a cosine in (0, 1]
+    min_relevance: float | None = field(default=None, metadata=bounds(ge=0, le=1, parse=parse_min_relevance))
     # Generation
     max_new_tokens: int = field(default=160, metadata=bounds(ge=1))
     repetition_penalty: float = field(default=1.1, metadata=bounds(gt=0))

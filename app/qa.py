@@ -6,6 +6,7 @@ what is collected as feedback is exactly what users see.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -41,7 +42,7 @@ MIN_PASSAGE_TOKENS = 160
 # half's training articles (benchmarks/relevance_gate.py, docs/results/relevance_gate/): it gates 0.8% of those,
 # 1.7% of their unanswerables, and 38% of the questions whose article is left out of the index (another Wikipedia
 # article is a hard case: shared vocabulary, related topics). Trivia asked of the bundled guide scores 0.05-0.23,
-# the guide's own questions 0.32-0.61. Other embedders put cosines on another scale: with any embedder but the
+# the guide's own questions 0.31-0.61. Other embedders put cosines on another scale: with any embedder but the
 # default one the gate is off unless configured.
 DEFAULT_MIN_RELEVANCE = 0.29
 
@@ -270,7 +271,11 @@ class QAService:
             # its own empty-input answer
             return Retrieved(retriever.search(question, k=k or self.config.k), float("-inf"))
         choice = choose_query(retriever, question, previous_question(history))
-        return Retrieved(*retriever.search_scored(choice.query, choice.vector, k=k or self.config.k))
+        passages, best = retriever.search_scored(choice.query, choice.vector, k=k or self.config.k)
+        # In a conversation either reading may be what the documents are about: the question alone, or joined
+        # with the previous one (compared by choose_query, NaN when not compared). The gate asks whether any is.
+        readings = [c for c in (best, choice.cosine_alone, choice.cosine_joined) if not math.isnan(c)]
+        return Retrieved(passages, max(readings))
 
     def min_relevance(self) -> float:
         """The relevance gate's threshold in force (0: off), for the embedder actually loaded."""
@@ -283,7 +288,9 @@ class QAService:
         made-up citation. (An empty index is not gated: nothing is indexed yet, which the prompt says.)
         """
         floor = self.min_relevance()
-        return floor > 0 and bool(retrieved.passages) and retrieved.best_cosine < floor
+        # -inf: the dense search found nothing (a broken query vector) while BM25 did: not a measured distance
+        best = retrieved.best_cosine
+        return floor > 0 and bool(retrieved.passages) and math.isfinite(best) and best < floor
 
     def _gated_result(self, model: ServedModel, retrieved: Retrieved, timings: dict[str, float]) -> AskResult:
         """The answer without asking the model: the abstention sentence, the passages found still shown."""
@@ -340,8 +347,11 @@ class QAService:
             model = self.generator.current()
         except GenerationError as e:
             raise QAError(str(e)) from e
+        # The prompt is built even when the gate answers: the passages shown and stored are the ones a Regenerate
+        # prompt (built from them again) will carry, trimmed to the prompt limit as the model would read them.
+        messages, passages = self.build_prompt(model, q, retrieved.passages, turns)
         if self.gated(retrieved):
-            yield "sources", retrieved.passages
+            yield "sources", passages
             yield "token", NO_ANSWER
             end = time.perf_counter()
             timings = {
@@ -349,9 +359,8 @@ class QAService:
                 "first_token": (end - t0) * 1000,
                 "total": (end - t0) * 1000,
             }
-            yield "done", self._gated_result(model, retrieved, timings)
+            yield "done", self._gated_result(model, Retrieved(passages, retrieved.best_cosine), timings)
             return
-        messages, passages = self.build_prompt(model, q, retrieved.passages, turns)
         yield "sources", passages
         pieces: list[str] = []
         first_token: float | None = None
@@ -442,10 +451,11 @@ class QAService:
                 q = self.check_question(question)
                 retrieved = self.retrieve_scored(q, (), k)
                 retrieve_ms = (time.perf_counter() - t0) * 1000
-                if self.gated(retrieved):
-                    refused.append((i, self._gated_result(model, retrieved, {"retrieve": retrieve_ms})))
-                    continue
                 messages, kept = self.build_prompt(model, q, retrieved.passages, ())
+                if self.gated(retrieved):  # the passages as `stream` shows them (see there)
+                    shown = Retrieved(kept, retrieved.best_cosine)
+                    refused.append((i, self._gated_result(model, shown, {"retrieve": retrieve_ms})))
+                    continue
             except QAError as e:
                 refused.append((i, e))
                 continue

@@ -175,7 +175,10 @@ def cmd_heldout(args: argparse.Namespace) -> int:
         name, _, dirs = spec.partition("=")
         on_dir, _, off_dir = dirs.partition(",")
         sets[name] = compare_runs(Path(on_dir), Path(off_dir))
-    result = {"machine": {"cpu": cpu(), "load_average": load_average()}, "sets": sets}
+    from evaluation.runner import nan_to_none
+
+    # JSON has no NaN (abstention recall over a set without unanswerable questions): null instead
+    result = {"machine": {"cpu": cpu(), "load_average": load_average()}, "sets": nan_to_none(sets)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(
@@ -194,19 +197,6 @@ def cmd_heldout(args: argparse.Namespace) -> int:
 
 def _fmt(x: Any) -> str:
     return "-" if x is None or x != x else f"{x:.2f}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("calibrate", help="choose the threshold on squad2-dev-half's training articles")
-    c.add_argument("--squad", type=Path, required=True, help="squad2-dev-half's dev-v2.0.json")
-    c.add_argument("--out", type=Path, default=OUT)
-    h = sub.add_parser("heldout", help="one model's eval with and without the gate, question by question")
-    h.add_argument("--set", action="append", required=True, help="NAME=EVAL_DIR_WITH_GATE,EVAL_DIR_WITHOUT")
-    h.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args(argv)
-    return cmd_calibrate(args) if args.command == "calibrate" else cmd_heldout(args)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -255,6 +245,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"  {c:6.3f}  {question}")
     print(f"wrote {args.out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("calibrate", help="choose the threshold on squad2-dev-half's training articles")
+    c.add_argument("--squad", type=Path, required=True, help="squad2-dev-half's dev-v2.0.json")
+    c.add_argument("--out", type=Path, default=OUT)
+    h = sub.add_parser("heldout", help="one model's eval with and without the gate, question by question")
+    h.add_argument("--set", action="append", required=True, help="NAME=EVAL_DIR_WITH_GATE,EVAL_DIR_WITHOUT")
+    h.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    return cmd_calibrate(args) if args.command == "calibrate" else cmd_heldout(args)
 
 
 if __name__ == "__main__":

@@ -86,8 +86,12 @@ def fold_adapters(
     if len(weights) != len(adapters):
         raise FoldError(f"{len(weights)} weights for {len(adapters)} adapters: give one weight per adapter")
     if any(w <= 0 for w in weights):
-        # PEFT's "cat" scales A and B by sqrt(weight): a negative weight cannot be folded that way
+        # a zero drops a part and a negative one subtracts it: neither is a fold of the chain, so both are refused
         raise FoldError(f"weights must be > 0, got {weights}")
+    if reference is not None and any(w != 1 for w in weights):
+        raise FoldError(
+            "a weighted fold is not the chain: compare it with no --reference (measure it on its own)"
+        )
     method = "cat" if rank is None else "svd"
     names = [f"part{i}" for i in range(len(adapters))]
     model = PeftModel.from_pretrained(

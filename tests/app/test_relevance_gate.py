@@ -75,6 +75,7 @@ def test_the_auto_threshold_is_the_default_embedders_only(
     ragqa_home: Path, tiny_llama_dir: Path, tmp_path: Path
 ) -> None:
     qa = _qa(ragqa_home, tiny_llama_dir, tmp_path)
+    some = qa.retrieve(QUESTION)
     assert qa.min_relevance() == 0.0  # the hash embedder's cosines are on another scale: off
     qa._embedder.name = DEFAULT_MODEL_NAME  # what the real all-MiniLM-L6-v2 reports
     assert qa.min_relevance() == DEFAULT_MIN_RELEVANCE
@@ -82,6 +83,45 @@ def test_the_auto_threshold_is_the_default_embedders_only(
     assert explicit.min_relevance() == 0.5
     # nothing found (an empty index) is not gated: there is nothing to be relevant
     assert not explicit.gated(Retrieved([], float("-inf")))
+    # nor passages without a measured distance (the dense search found nothing, BM25 did)
+    assert explicit.gated(Retrieved(some, 0.1)) and not explicit.gated(Retrieved(some, float("-inf")))
+
+
+def test_config_takes_auto_off_or_a_cosine() -> None:
+    from app.config import ConfigError
+
+    assert AppConfig.load(min_relevance="auto").min_relevance is None
+    assert AppConfig.load(min_relevance=False).min_relevance == 0.0  # YAML 1.1's unquoted `off`
+    assert AppConfig.load(min_relevance="off").min_relevance == 0.0
+    assert AppConfig.load(min_relevance=0.35).min_relevance == 0.35
+    with pytest.raises(ConfigError, match="min_relevance"):
+        AppConfig.load(min_relevance="high")
+    with pytest.raises(ConfigError, match="min_relevance"):
+        AppConfig.load(min_relevance=1.5)
+
+
+def test_a_follow_up_is_gated_only_when_no_reading_is_close(
+    ragqa_home: Path, tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.qa as qa_module
+    from retrieval.followup import QueryChoice
+
+    qa = _qa(ragqa_home, tiny_llama_dir, tmp_path, min_relevance=0.999)
+    history = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": "In 1893."}]
+    vector = qa.embedder().encode_query("and how tall is it?")
+
+    def choice(alone: float, joined: float) -> None:
+        monkeypatch.setattr(
+            qa_module,
+            "choose_query",
+            lambda *_a, **_k: QueryChoice("and how tall is it?", vector, False, alone, joined),
+        )
+
+    choice(0.2, 0.9995)  # the joined reading lost the margin test but is what the documents are about
+    assert qa.retrieve_scored("and how tall is it?", history).best_cosine == pytest.approx(0.9995)
+    assert not qa.gated(qa.retrieve_scored("and how tall is it?", history))
+    choice(0.2, 0.3)  # neither reading is close: gated
+    assert qa.gated(qa.retrieve_scored("and how tall is it?", history))
 
 
 def test_a_gated_question_is_answered_without_the_model(
@@ -104,6 +144,26 @@ def test_a_gated_question_is_answered_without_the_model(
     (batch,) = list(qa.ask_many([OFF_TOPIC, QUESTION], batch_size=2))  # both gated: no generate batch at all
     assert sorted(i for i, _ in batch) == [0, 1]
     assert all(r.answer == NO_ANSWER and "relevance_gate" in r.generation for _, r in batch)
+
+
+def test_a_gated_answer_shows_the_passages_the_prompt_would_carry(
+    ragqa_home: Path, tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What is shown and stored must be what a Regenerate prompt carries: the prompt-fitted passages, not the raw
+    retrieval (which the prompt limit trims on a CPU)."""
+    qa = _qa(ragqa_home, tiny_llama_dir, tmp_path, min_relevance=0.999)
+    real = qa.build_prompt
+
+    def keep_first(model: Any, question: str, passages: list[Any], history: Any) -> Any:
+        messages, _kept = real(model, question, passages[:1], history)
+        return messages, passages[:1]
+
+    monkeypatch.setattr(qa, "build_prompt", keep_first)
+    assert len(qa.retrieve(OFF_TOPIC)) > 1
+    events = dict(qa.stream(OFF_TOPIC))
+    assert len(events["sources"]) == 1 and events["done"].passages == events["sources"]
+    ((_, batched),) = next(iter(qa.ask_many([OFF_TOPIC], batch_size=2)))
+    assert [p.chunk_id for p in batched.passages] == [p.chunk_id for p in events["sources"]]
 
 
 def test_a_relevant_question_reaches_the_model(
@@ -180,6 +240,7 @@ def test_real_defaults_gate_off_topic_questions_only(default_registry: Path, tmp
         {"role": "user", "content": "Who designed the Zorbium Tower?"},
         {"role": "assistant", "content": "Alma Pettersen."},
     ]
-    assert "relevance_gate" not in qa.ask("and how tall is it?", history).generation
+    assert qa.retrieve_scored("what year?").best_cosine < DEFAULT_MIN_RELEVANCE  # alone it would be gated
+    assert "relevance_gate" not in qa.ask("what year?", history).generation
     off = QAService(AppConfig.load(max_new_tokens=24, min_relevance=0))
     assert "relevance_gate" not in off.ask(OFF_TOPIC).generation  # 0 turns the gate off

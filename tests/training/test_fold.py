@@ -151,3 +151,15 @@ def test_bad_weights_are_refused(chain: dict[str, Path], tmp_path: Path) -> None
         fold_adapters(
             chain["base"], parts, tmp_path / "o", weights=[1.0, 0.0], check_conversations=CONVERSATIONS
         )
+
+
+def test_a_weighted_fold_has_no_reference_to_match(chain: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(FoldError, match="not the chain"):
+        fold_adapters(
+            chain["base"],
+            [chain["a1"], chain["a2"]],
+            tmp_path / "o",
+            weights=[1.0, 0.5],
+            reference=chain["final"],
+            check_conversations=CONVERSATIONS,
+        )
