@@ -259,7 +259,9 @@ def run(
 # ---- guide -----------------------------------------------------------------------------------------------------
 def guide(adapters: dict[str, Path], out: Path) -> dict[str, Any]:
     """Each adapter published on v0001 in its own home (the demo guide indexed, as `ragqa setup` leaves it), then
-    the guide questions of evaluation/guide_questions.py asked through the app's ask path."""
+    the guide questions of evaluation/guide_questions.py asked through the app's ask path, as served: the relevance
+    gate included, which answers the off-topic questions before any adapter is asked (set RAGQA_HOME's config
+    `min_relevance: off` to compare the adapters' own abstention there)."""
     import shutil
 
     from app.cli import main as cli

@@ -69,7 +69,9 @@ class Retriever:
 
     def search_scored(self, query: str, query_vector: np.ndarray, k: int = 4) -> tuple[list[Passage], float]:
         """`search_with_vector`, and the query's best dense cosine to any chunk (-inf for an empty index): how
-        close the index comes to the question at all, which the fused ranks cannot say (app/qa.py's gate)."""
+        close the index comes to the question at all, which the fused ranks cannot say (app/qa.py's gate).
+        Exact below the HNSW threshold; above it the approximate search may miss the nearest chunk and report a
+        slightly lower best (efSearch 64 over the top n)."""
         n = max(k * 5, 20)
         t0 = time.perf_counter()
         dense = self.index.dense_search(query_vector, n)
