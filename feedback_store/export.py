@@ -24,7 +24,8 @@ Layout of `out_dir` (flat files, one JSON object per line, UTF-8):
       snapshot_id, counts per file and split, created_at, store path, schema version, simulated items.
 
 Every row's `meta` also carries `model_version` (the model that wrote the answer served to the user; for
-unpaired rows the one that wrote the completion) and `chunk_ids` (the passages shown, in rank order).
+unpaired rows the one that wrote the completion) and `chunk_ids` (the passages shown, in rank order), and
+`relevance_gated: true` where the answer served was the relevance gate's abstention, not the model's.
 The prompt is rendered by retrieval.prompt.render_prompt from the question, the passages shown and
 the earlier turns, so training sees exactly what serving showed. The split is decided by a hash of
 the normalised question, so a question (and all its pairs) is always on the same side and the split
@@ -138,9 +139,14 @@ class _Writer:
 
 
 def _shown(rec: InteractionRecord) -> dict[str, Any]:
-    """What every row's meta says about what the user saw: the serving model and the passages' chunk ids."""
+    """What every row's meta says about what the user saw: the serving model and the passages' chunk ids, and
+    `relevance_gated: true` when the answer served was the app's relevance gate's, not that model's writing (the
+    key is left out otherwise, so earlier exports keep their bytes)."""
     served = rec.candidates[0].model_version if rec.candidates else ""
-    return {"model_version": served, "chunk_ids": [p["chunk_id"] for p in rec.passages]}
+    shown: dict[str, Any] = {"model_version": served, "chunk_ids": [p["chunk_id"] for p in rec.passages]}
+    if rec.candidates and "relevance_gate" in (rec.candidates[0].sampling or {}):
+        shown["relevance_gated"] = True
+    return shown
 
 
 def _pair_row(rec: InteractionRecord, prompt: list[dict[str, str]], pair: Pair) -> dict[str, Any]:

@@ -193,3 +193,30 @@ def test_datasets_loads_every_export_file(store: FeedbackStore, history: History
     prefs = load_dataset("json", data_files=str(tmp_path / "preferences.train.jsonl"), split="train")
     assert prefs[0]["chosen"] == [{"role": "assistant", "content": "It opens at 9 am on weekdays [1]."}]
     assert prefs[0]["meta"]["simulated"] is True
+
+
+def test_rows_of_a_gated_answer_say_so(store: FeedbackStore, tmp_path: Path) -> None:
+    """The app's relevance gate answered (sampling records it): every row of that interaction is marked, others
+    are not (the key is absent, as in the golden files)."""
+    passages = [
+        {"rank": 1, "chunk_id": "guide.md#1", "source": "guide.md", "text": "Opening hours.", "score": 0.1}
+    ]
+    no = "The documents do not contain the answer."
+    gated = store.record_interaction(
+        "What is the capital of France?",
+        passages,
+        [{"text": no, "model_version": "v2", "sampling": {"relevance_gate": {"best_cosine": 0.1}}}],
+        session_id="s",
+    )
+    store.record_correction(gated.interaction_id, "Paris.", replaces=gated.candidate_ids, session_id="s")
+    plain = store.record_interaction(
+        "When does it open?", passages, [{"text": "At 9 [1].", "model_version": "v2"}], session_id="s"
+    )
+    store.record_correction(
+        plain.interaction_id, "At 9 am [1].", replaces=plain.candidate_ids, session_id="s"
+    )
+    export_snapshot(store, tmp_path, test_fraction=0.0)
+    for kind in ("sft", "preferences"):
+        rows = {r["meta"]["interaction_id"]: r["meta"] for r in _rows(tmp_path / file_name(kind, "train"))}
+        assert rows[gated.interaction_id]["relevance_gated"] is True, kind
+        assert "relevance_gated" not in rows[plain.interaction_id], kind
