@@ -69,10 +69,9 @@ def _relevance_gate(cfg: Any) -> dict[str, Any]:
     """The threshold below which questions get "not in the documents" without the model (the embedder unloaded:
     named as QAService will name it)."""
     from app.qa import relevance_floor
-    from retrieval.embedder import DEFAULT_MODEL_NAME, embedder_name
+    from retrieval.embedder import embedder_name
 
-    name = DEFAULT_MODEL_NAME if cfg.embedder is None else embedder_name(cfg.embedder)
-    value, reason = relevance_floor(cfg.min_relevance, name)
+    value, reason = relevance_floor(cfg.min_relevance, embedder_name(cfg.embedder))
     return {"min_relevance": value, "reason": reason}
 
 

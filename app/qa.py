@@ -359,7 +359,7 @@ class QAService:
                 "first_token": (end - t0) * 1000,
                 "total": (end - t0) * 1000,
             }
-            yield "done", self._gated_result(model, Retrieved(passages, retrieved.best_cosine), timings)
+            yield "done", self._gated_result(model, retrieved._replace(passages=passages), timings)
             return
         yield "sources", passages
         pieces: list[str] = []
@@ -453,7 +453,7 @@ class QAService:
                 retrieve_ms = (time.perf_counter() - t0) * 1000
                 messages, kept = self.build_prompt(model, q, retrieved.passages, ())
                 if self.gated(retrieved):  # the passages as `stream` shows them (see there)
-                    shown = Retrieved(kept, retrieved.best_cosine)
+                    shown = retrieved._replace(passages=kept)
                     refused.append((i, self._gated_result(model, shown, {"retrieve": retrieve_ms})))
                     continue
             except QAError as e:

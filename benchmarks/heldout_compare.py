@@ -15,44 +15,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import cpu, load_average  # noqa: E402
-from benchmarks.starter_heldout import KEYS, per_question_f1  # noqa: E402
-from evaluation.metrics import bootstrap_mean_ci, paired_bootstrap_ci  # noqa: E402
-
-
-def summarise(runs: dict[str, str], sets: list[str], reference: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"heldout": {}, "deltas": {}}
-    for name in sets:
-        out["heldout"][name], out["deltas"][name] = {}, {}
-        f1s = {}
-        for model, pattern in runs.items():
-            folder = Path(pattern.format(set=name))
-            answers = json.loads((folder / "report.json").read_text(encoding="utf-8"))["metrics"]["answers"]
-            f1s[model] = per_question_f1(folder)
-            out["heldout"][name][model] = {
-                "n": len(f1s[model]),
-                "f1": answers["f1"],
-                "f1_ci": bootstrap_mean_ci(list(f1s[model].values()))["ci"],
-                "f1_answerable": answers.get("f1_answerable"),
-                **{k: answers.get(k) for k in KEYS},
-                "folder": str(folder),
-            }
-        for model in runs:
-            if model == reference:
-                continue
-            ids = sorted(set(f1s[model]) & set(f1s[reference]))
-            diff = paired_bootstrap_ci([f1s[model][i] for i in ids], [f1s[reference][i] for i in ids])
-            out["deltas"][name][f"{model}_minus_{reference}"] = {
-                "n": len(ids),
-                "f1": diff["diff"],
-                "ci": diff["ci"],
-            }
-    return out
+from benchmarks.starter_heldout import summarise_runs  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = dict(spec.split("=", 1) for spec in args.run)
     if args.reference not in runs:
         raise SystemExit(f"--reference {args.reference} is not one of the runs {sorted(runs)}")
-    summary = summarise(runs, args.sets.split(","), args.reference)
+    summary = {"runs": runs, **summarise_runs(runs, args.sets.split(","), args.reference)}
     summary["note"] = args.note
     summary["machine"] = {"cpu": cpu(), "load_average": load_average()}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -128,16 +128,12 @@ def quantiles(x: np.ndarray) -> dict[str, float]:
     return {f"p{p}": round(float(np.percentile(x, p)), 4) for p in (1, 5, 25, 50, 75, 95, 99)}
 
 
-def _examples(folder: Path) -> dict[str, dict[str, Any]]:
-    lines = (folder / "examples.jsonl").read_text(encoding="utf-8").splitlines()
-    return {r["id"]: r for r in map(json.loads, lines) if r.get("error") is None}
-
-
 def compare_runs(on_dir: Path, off_dir: Path) -> dict[str, Any]:
     """One model's eval with the gate (`on_dir`) and without it (`off_dir`), question by question."""
+    from benchmarks.starter_heldout import read_examples
     from evaluation.metrics import abstention_scores, paired_bootstrap_ci
 
-    on, off = _examples(on_dir), _examples(off_dir)
+    on, off = read_examples(on_dir), read_examples(off_dir)
     ids = sorted(set(on) & set(off))
     f1_on, f1_off = [float(on[i]["f1"]) for i in ids], [float(off[i]["f1"]) for i in ids]
     diff = paired_bootstrap_ci(f1_on, f1_off)

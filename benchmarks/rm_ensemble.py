@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import cpu, load_average  # noqa: E402
-from evaluation import metrics as M  # noqa: E402
 
 
 def standardise(chosen: list[float], rejected: list[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -46,13 +44,9 @@ def ensemble(scores: list[tuple[list[float], list[float]]]) -> tuple[list[float]
 
 
 def summary(pairs: list[Any], chosen: list[float], rejected: list[float]) -> dict[str, Any]:
-    m = M.pair_metrics(
-        chosen,
-        rejected,
-        [len(p.chosen.split()) for p in pairs],
-        [len(p.rejected.split()) for p in pairs],
-        [M.abstention_outcome(p.chosen, p.rejected) for p in pairs],
-    )
+    from evaluation.runner import rm_pair_metrics
+
+    m = rm_pair_metrics(pairs, chosen, rejected)
     keep = ("pairs", "accuracy", "by_abstention", "rm_prefers_longer_rate", "chosen_longer_rate")
     return {k: m[k] for k in keep if k in m}
 
@@ -60,13 +54,12 @@ def summary(pairs: list[Any], chosen: list[float], rejected: list[float]) -> dic
 def load(spec: str) -> tuple[str, list[Any]]:
     """NAME=FILE[:LIMIT] -> (name, pairs); a limit takes a seeded sample (seed 0), as `ragqa eval-rm` does."""
     from evaluation.formats import load_pairs
+    from evaluation.runner import select_examples
 
     name, _, rest = spec.partition("=")
     path, _, limit = rest.partition(":")
     _fmt, pairs = load_pairs(Path(path))
-    if limit and int(limit) < len(pairs):
-        pairs = [pairs[i] for i in sorted(random.Random(0).sample(range(len(pairs)), int(limit)))]
-    return name, pairs
+    return name, select_examples(pairs, int(limit) if limit else None, 0)
 
 
 def main(argv: list[str] | None = None) -> int:

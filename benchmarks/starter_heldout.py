@@ -31,6 +31,7 @@ DATA = ROOT.parent / "shared" / "data"
 SETS = {"xquad": 400, "squad2": 200}
 MODELS = {"base": "v0001", "starter": "v0002"}
 KEYS = (
+    "f1_answerable",
     "em",
     "contains_gold_rate",
     "abstention_rate",
@@ -89,31 +90,49 @@ def run_eval(
     return time.time() - t0
 
 
+def read_examples(folder: Path) -> dict[str, dict[str, Any]]:
+    """The scored rows of a `ragqa eval` folder (examples.jsonl) that did not error, by question id."""
+    lines = (folder / "examples.jsonl").read_text(encoding="utf-8").splitlines()
+    return {r["id"]: r for r in map(json.loads, lines) if r.get("error") is None}
+
+
 def per_question_f1(folder: Path) -> dict[str, float]:
-    rows = [json.loads(line) for line in (folder / "examples.jsonl").read_text(encoding="utf-8").splitlines()]
-    return {r["id"]: float(r["f1"]) for r in rows if r.get("error") is None}
+    return {qid: float(r["f1"]) for qid, r in read_examples(folder).items()}
+
+
+def summarise_runs(runs: dict[str, str], sets: list[str], reference: str) -> dict[str, Any]:
+    """Per set and model (`runs`: name -> eval folder, `{set}` standing for the set's name): n, F1 with its
+    bootstrap CI and the KEYS metrics; and each other model minus `reference`, paired over shared questions."""
+    out: dict[str, Any] = {"heldout": {}, "deltas": {}}
+    for name in sets:
+        out["heldout"][name], out["deltas"][name] = {}, {}
+        f1s = {}
+        for model, pattern in runs.items():
+            folder = Path(pattern.format(set=name))
+            answers = json.loads((folder / "report.json").read_text(encoding="utf-8"))["metrics"]["answers"]
+            f1s[model] = per_question_f1(folder)
+            out["heldout"][name][model] = {
+                "n": len(f1s[model]),
+                "f1": answers["f1"],
+                "f1_ci": bootstrap_mean_ci(list(f1s[model].values()))["ci"],
+                **{k: answers.get(k) for k in KEYS},
+            }
+        for model in runs:
+            if model == reference:
+                continue
+            ids = sorted(set(f1s[model]) & set(f1s[reference]))
+            diff = paired_bootstrap_ci([f1s[model][i] for i in ids], [f1s[reference][i] for i in ids])
+            out["deltas"][name][f"{model}_minus_{reference}"] = {
+                "n": len(ids),
+                "f1": diff["diff"],
+                "ci": diff["ci"],
+            }
+    return out
 
 
 def summarise(out: Path) -> dict[str, Any]:
-    summary: dict[str, Any] = {"heldout": {}, "deltas": {}}
-    for name in SETS:
-        summary["heldout"][name] = {}
-        f1s = {}
-        for model in MODELS:
-            folder = out / f"{name}-{MODELS[model]}"
-            answers = json.loads((folder / "report.json").read_text(encoding="utf-8"))["metrics"]["answers"]
-            f1s[model] = per_question_f1(folder)
-            ci = bootstrap_mean_ci(list(f1s[model].values()))
-            summary["heldout"][name][model] = {
-                "n": len(f1s[model]),
-                "f1": answers["f1"],
-                "f1_ci": ci["ci"],
-                **{k: answers.get(k) for k in KEYS},
-            }
-        ids = sorted(set(f1s["base"]) & set(f1s["starter"]))
-        diff = paired_bootstrap_ci([f1s["starter"][i] for i in ids], [f1s["base"][i] for i in ids])
-        summary["deltas"][name] = {"starter_minus_base": {"f1": diff["diff"], "ci": diff["ci"]}}
-    return summary
+    runs = {model: str(out / f"{{set}}-{version}") for model, version in MODELS.items()}
+    return summarise_runs(runs, list(SETS), "base")
 
 
 def main() -> int:

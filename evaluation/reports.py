@@ -196,12 +196,7 @@ def eval_rows(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def latency_series(results: Sequence[Any]) -> dict[str, list[float]]:
     return {
-        key: [
-            r.timings_ms[key]
-            for r in results
-            if r.error is None and key in r.timings_ms and not getattr(r, "gated", False)
-        ]
-        for key in ("first_token", "total")
+        key: [t for r in results if (t := r.latency(key)) is not None] for key in ("first_token", "total")
     }
 
 

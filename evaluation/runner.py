@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -35,6 +35,8 @@ from evaluation.journal import AnswerJournal
 from model_store.registry import ModelRegistry, RegistryError
 from retrieval.types import Passage
 from settings.paths import Paths
+
+T = TypeVar("T")
 
 
 class EvalError(EvaluationError, RuntimeError):
@@ -91,6 +93,11 @@ class ExampleResult:
     error: str | None = None
     gated: bool = False  # answered "not in the documents" by the relevance gate, without the model
 
+    def latency(self, key: str) -> float | None:
+        """This answer's `key` timing for the latency figures; None when it errored or the gate answered (its ~0 ms
+        would make the model look faster) or the timing was not taken."""
+        return None if self.error is not None or self.gated else self.timings_ms.get(key)
+
     def to_json(self) -> dict[str, Any]:
         e = self.example
         return {
@@ -144,8 +151,9 @@ class ExampleResult:
 
 
 # ---- selection and corpus ----------------------------------------------------------------------------------
-def select_examples(examples: Sequence[QAExample], limit: int | None, seed: int) -> list[QAExample]:
-    """A seeded random subset of `limit` questions, kept in file order (all of them when limit is None)."""
+def select_examples(examples: Sequence[T], limit: int | None, seed: int) -> list[T]:
+    """A seeded random subset of `limit` questions (or preference pairs), kept in file order (all of them when
+    limit is None)."""
     if limit is None or limit >= len(examples):
         return list(examples)
     if limit < 1:
@@ -439,10 +447,7 @@ def aggregate(results: Sequence[ExampleResult], depth: int = 10) -> dict[str, An
             "relevance_gated_rate": M.mean(float(r.gated) for r in ok),
         },
         "latency_ms": {
-            # the gate's answers take no generation: their ~0 ms would make the model's latency look better
-            f"{name}_p{q}": M.percentile(
-                [r.timings_ms[name] for r in ok if name in r.timings_ms and not r.gated], q
-            )
+            f"{name}_p{q}": M.percentile([t for r in ok if (t := r.latency(name)) is not None], q)
             for name in ("retrieve", "first_token", "total")
             for q in (50, 95)
         },
@@ -924,6 +929,19 @@ RM_DEFINITIONS = {
 }
 
 
+def rm_pair_metrics(
+    pairs: Sequence[Any], chosen: Sequence[float], rejected: Sequence[float]
+) -> dict[str, Any]:
+    """`M.pair_metrics` of a reward model's scores of `pairs` (PreferencePair): lengths in words, abstention outcomes."""
+    return M.pair_metrics(
+        chosen,
+        rejected,
+        [len(p.chosen.split()) for p in pairs],
+        [len(p.rejected.split()) for p in pairs],
+        [M.abstention_outcome(p.chosen, p.rejected) for p in pairs],
+    )
+
+
 def run_eval_rm(options: RMOptions, *, base: AppConfig | None = None, write: bool = True) -> dict[str, Any]:
     """`ragqa eval-rm`: pair accuracy, margins and accuracy by length difference of a reward model."""
     from evaluation.formats import load_pairs
@@ -932,12 +950,7 @@ def run_eval_rm(options: RMOptions, *, base: AppConfig | None = None, write: boo
 
     cfg = base or AppConfig.load()
     fmt, pairs = load_pairs(options.pairs_path, options.fmt)
-    if options.limit is not None and options.limit < 1:
-        raise EvalError(f"--limit must be at least 1, got {options.limit}")
-    if options.limit is not None and options.limit < len(pairs):
-        pairs = [
-            pairs[i] for i in sorted(random.Random(options.seed).sample(range(len(pairs)), options.limit))
-        ]
+    pairs = select_examples(pairs, options.limit, options.seed)  # load_pairs never returns none
     path = options.rm or default_reward_model(ModelRegistry(cfg.paths.models_dir))
     if path is None:
         raise EvalError(
@@ -949,13 +962,7 @@ def run_eval_rm(options: RMOptions, *, base: AppConfig | None = None, write: boo
     prompts = [list(p.prompt) for p in pairs]
     chosen = scorer.score(prompts, [p.chosen for p in pairs], progress=options.progress)
     rejected = scorer.score(prompts, [p.rejected for p in pairs], progress=options.progress)
-    metrics = M.pair_metrics(
-        chosen,
-        rejected,
-        [len(p.chosen.split()) for p in pairs],
-        [len(p.rejected.split()) for p in pairs],
-        [M.abstention_outcome(p.chosen, p.rejected) for p in pairs],
-    )
+    metrics = rm_pair_metrics(pairs, chosen, rejected)
     report: dict[str, Any] = {
         "kind": "eval-rm",
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

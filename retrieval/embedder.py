@@ -61,7 +61,7 @@ class SentenceTransformerEmbedder:
     """
 
     def __init__(self, model: str | None = None, device: str = "cpu", bf16: bool = True) -> None:
-        self.name = DEFAULT_MODEL_NAME if model is None else embedder_name(model)
+        self.name = embedder_name(model)
         self.device = device
         self.bf16 = bf16 and device == "cpu" and _cpu_has_fast_bf16()
         self._model = _load_st(_resolve_model(model), device, bf16=self.bf16)
@@ -119,8 +119,11 @@ def _resolve_model(model: str | None) -> str:
     return str(Path(model).expanduser().resolve()) if Path(model).expanduser().is_dir() else model
 
 
-def embedder_name(model: str) -> str:
-    """The name an index records for the embedder `model` (a local folder by its resolved path)."""
+def embedder_name(model: str | None) -> str:
+    """The name an index records for the embedder `model` (None: the default; a local folder by its resolved
+    path)."""
+    if model is None:
+        return DEFAULT_MODEL_NAME
     p = Path(model).expanduser()
     return f"local:{p.resolve()}" if p.is_dir() else model
 
