@@ -19,7 +19,8 @@ Layout of `out_dir` (flat files, one JSON object per line, UTF-8):
       both_bad), the reason tags and comment, the candidate id, rater and feedback id.
   prompts.train.jsonl / prompts.test.jsonl
       {"prompt": [chat messages], "question": ..., "interaction_id": ..., "simulated": bool}: every
-      distinct prompt, for PPO rollouts.
+      distinct prompt, for PPO rollouts; `"relevance_gated": true` when every answer to it was the relevance
+      gate's (the model was never asked: the retrain leaves these out of PPO's prompts).
   manifest.json
       snapshot_id, counts per file and split, created_at, store path, schema version, simulated items.
 
@@ -149,6 +150,19 @@ def _shown(rec: InteractionRecord) -> dict[str, Any]:
     return shown
 
 
+def _prompt_row(rec: InteractionRecord, prompt: list[dict[str, str]]) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "prompt": prompt,
+        "question": rec.question,
+        "interaction_id": rec.id,
+        "simulated": rec.simulated,
+    }
+    # Only when no answer came from a model: a Regenerate after the gate asked the model, so PPO may use it.
+    if rec.candidates and all("relevance_gate" in (c.sampling or {}) for c in rec.candidates):
+        row["relevance_gated"] = True
+    return row
+
+
 def _pair_row(rec: InteractionRecord, prompt: list[dict[str, str]], pair: Pair) -> dict[str, Any]:
     return {
         "prompt": prompt,
@@ -270,18 +284,7 @@ def export_snapshot(
             split = split_of(rec.question, test_fraction)
             prompt = rec.prompt_messages()
             prompt_key = json.dumps(prompt, ensure_ascii=False)
-            emit(
-                "prompts",
-                split,
-                _key(prompt_key),
-                {
-                    "prompt": prompt,
-                    "question": rec.question,
-                    "interaction_id": rec.id,
-                    "simulated": rec.simulated,
-                },
-                rec.simulated,
-            )
+            emit("prompts", split, _key(prompt_key), _prompt_row(rec, prompt), rec.simulated)
             for pair in interaction_pairs(rec):
                 counts["pairs_implied"] += 1
                 if pair.margin < min_margin:

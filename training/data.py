@@ -107,6 +107,7 @@ class ExportData:
     pairs: dict[str, list[dict[str, Messages]]] = field(default_factory=dict)
     prompts: dict[str, list[Messages]] = field(default_factory=dict)
     unpaired: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # rated answers (KTO)
+    gated_prompts_left_out: dict[str, int] = field(default_factory=dict)  # relevance-gated, not PPO prompts
 
     def counts(self) -> dict[str, int]:
         out = {}
@@ -119,6 +120,9 @@ class ExportData:
         for name, table in tables:
             for split in SPLITS:
                 out[f"{name}_{split}"] = len(table.get(split, []))
+        if any(self.gated_prompts_left_out.values()):
+            for split in SPLITS:
+                out[f"gated_prompts_left_out_{split}"] = self.gated_prompts_left_out.get(split, 0)
         return out
 
     def eval_prompts(self) -> tuple[list[Messages], str]:
@@ -163,9 +167,12 @@ def load_export(folder: str | Path) -> ExportData:
         path = folder / file_name("preferences", split)
         data.pairs[split] = [to_preference(r, f"{path}:{i}") for i, r in enumerate(read_jsonl(path), 1)]
         path = folder / file_name("prompts", split)
-        data.prompts[split] = [
-            _messages(r.get("prompt"), f"{path}:{i}") for i, r in enumerate(read_jsonl(path), 1)
-        ]
+        rows = list(enumerate(read_jsonl(path), 1))
+        # The gate's prompts are off-topic for the documents and never reach the served model (the same gate
+        # answers them): rolling them out would spend PPO steps on questions it is not asked.
+        kept = [(i, r) for i, r in rows if r.get("relevance_gated") is not True]
+        data.gated_prompts_left_out[split] = len(rows) - len(kept)
+        data.prompts[split] = [_messages(r.get("prompt"), f"{path}:{i}") for i, r in kept]
         path = folder / file_name("unpaired", split)
         data.unpaired[split] = [to_unpaired(r, f"{path}:{i}") for i, r in enumerate(read_jsonl(path), 1)]
     return data

@@ -220,3 +220,36 @@ def test_rows_of_a_gated_answer_say_so(store: FeedbackStore, tmp_path: Path) -> 
         rows = {r["meta"]["interaction_id"]: r["meta"] for r in _rows(tmp_path / file_name(kind, "train"))}
         assert rows[gated.interaction_id]["relevance_gated"] is True, kind
         assert "relevance_gated" not in rows[plain.interaction_id], kind
+    prompts = {r["interaction_id"]: r for r in _rows(tmp_path / file_name("prompts", "train"))}
+    assert prompts[gated.interaction_id]["relevance_gated"] is True
+    assert "relevance_gated" not in prompts[plain.interaction_id]
+
+
+def test_gated_prompts_are_not_ppo_prompts(store: FeedbackStore, tmp_path: Path) -> None:
+    """The retrain's PPO prompts leave out interactions only the gate answered (the model never saw them), and
+    keep one where a later answer came from the model (Regenerate), and say how many were left out."""
+    from training.data import load_export
+
+    passages = [{"rank": 1, "chunk_id": "g.md#1", "source": "g.md", "text": "Opening hours.", "score": 0.1}]
+    gate = {"text": "The documents do not contain the answer.", "model_version": "v2"}
+    gate["sampling"] = {"relevance_gate": {"best_cosine": 0.1}}
+    store.record_interaction("What is the capital of France?", passages, [gate], session_id="s")
+    store.record_interaction(
+        "Who painted the Mona Lisa?",
+        passages,
+        [gate, {"text": "Leonardo [1].", "model_version": "v2", "sampling": {"temperature": 0.8}}],
+        session_id="s",
+    )
+    store.record_interaction(
+        "When does it open?", passages, [{"text": "At 9.", "model_version": "v2"}], session_id="s"
+    )
+    export_snapshot(store, tmp_path, test_fraction=0.0)
+    data = load_export(tmp_path)
+    users = [p[-1]["content"] for p in data.prompts["train"]]
+    assert len(users) == 2
+    assert [any(q in u for u in users) for q in ("France", "Mona Lisa", "When does it open")] == [
+        False,
+        True,
+        True,
+    ]
+    assert data.counts()["gated_prompts_left_out_train"] == 1
