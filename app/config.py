@@ -82,6 +82,9 @@ class AppConfig:
     max_new_tokens: int = field(default=160, metadata=bounds(ge=1))
     repetition_penalty: float = field(default=1.1, metadata=bounds(gt=0))
     generation_timeout_s: float = field(default=120.0, metadata=bounds(gt=0))
+    # llama.cpp's greedy answers: guess the next tokens from where the last ones occurred in the prompt (an answer
+    # copies from its passages) and keep what greedy decoding confirms: the same answer in fewer decode steps
+    prompt_lookup: bool = True
     # alternatives shown for ranking, 2..4
     num_candidates: int = field(default=2, metadata=bounds(ge=2, le=4))
     temperature: float = field(default=0.8, metadata=bounds(gt=0))

@@ -180,7 +180,13 @@ class Generator:
             raise GenerationError(why)
         gguf = self._gguf_for(version)
         threads = self._setting("llamacpp_threads")
-        return LlamaCppModel.load(version, gguf, threads=threads, threads_now=self._server_threads(threads))
+        return LlamaCppModel.load(
+            version,
+            gguf,
+            threads=threads,
+            threads_now=self._server_threads(threads),
+            prompt_lookup=bool(self._setting("prompt_lookup", True)),
+        )
 
     def _server_threads(self, configured: int | None) -> Any:
         """The CPU-share policy's thread count per request, unless the config fixes llamacpp_threads."""

@@ -12,7 +12,9 @@ the retrain runs at nice +background_nice on the rest.
 Rows (the 1-minute load average is waited on before each row until it is < `--idle-load` or `--idle-timeout`
 passes, and recorded before and after each row; it is never faked and nothing is asserted):
 1. `idle`: the app (QAService.stream, backend llamacpp, k=4 = the app's default, greedy, the config's repetition
-   penalty) on `--questions` demo questions, and right after each question the raw engine (`llama_cpp.Llama` on
+   penalty, prompt-lookup drafts on as served) on `--questions` demo questions, right after each question the app
+   again with the drafts off (`app_without_lookup`: one decode step per token, as the raw engine; its answers
+   must be the same), and the raw engine (`llama_cpp.Llama` on
    the SAME file with the app's context settings, fed the SAME prompt ids, exactly as many tokens, no penalty):
    ask_latency's `ask_once` / `raw_once`, so the definitions are its own: time to first token from the start of
    the generation call (retrieval left out), decode tok/s = (decoded tokens - 1) / time from the first token to
@@ -211,6 +213,11 @@ def summarise_serving(rows: dict[str, Any], fresh: dict[str, Any] | None) -> dic
         "decode_ratio_vs_raw_engine_same_penalty": ratio(
             _decode(app_idle), _decode(idle.get("raw_same_penalty"))
         ),
+        # the app's decode loop alone, without the prompt-lookup drafts (one step per token, as the raw engine)
+        "decode_ratio_vs_raw_engine_without_lookup": ratio(
+            _decode(idle.get("app_without_lookup")), _decode(raw_idle)
+        ),
+        "prompt_lookup_speedup": ratio(_decode(app_idle), _decode(idle.get("app_without_lookup"))),
         "ttft_p50_s_during_retrain": _p50_s(app_busy),
         "decode_tokens_per_s_during_retrain": _decode(app_busy),
         "decode_ratio_during_retrain": ratio(_decode(app_busy), _decode(app_idle)),
@@ -282,7 +289,7 @@ def idle_row(qa: Any, questions: list[str]) -> tuple[dict[str, Any], list[dict[s
         for q in WARM_UP:
             warm = ask_once(qa, q)
             raw_once(raw, warm["prompt_ids"], max(warm["tokens"], 2))
-        app_answers, raw_answers, raw_penalty_answers = [], [], []
+        app_answers, raw_answers, raw_penalty_answers, plain_answers = [], [], [], []
         penalty = qa.config.repetition_penalty
         for q in questions:
             a = ask_once(qa, q)
@@ -290,6 +297,8 @@ def idle_row(qa: Any, questions: list[str]) -> tuple[dict[str, Any], list[dict[s
             raw_answers.append(raw_once(raw, a["prompt_ids"], a["tokens"]))
             # the same engine with the app's repetition penalty: the sampling work the app does per token
             raw_penalty_answers.append(raw_once(raw, a["prompt_ids"], a["tokens"], penalty=penalty))
+            # the app with prompt-lookup drafts off: one decode step per token, as the raw engine
+            plain_answers.append(_without_lookup(qa, q))
         # As served: each question right after another one, the context keeping the shared prefix
         served_answers = [ask_once(qa, q, fresh=False) for q in questions]
     finally:
@@ -298,6 +307,12 @@ def idle_row(qa: Any, questions: list[str]) -> tuple[dict[str, Any], list[dict[s
         "app": speed_stats(app_answers),
         "raw": speed_stats(raw_answers),
         "raw_same_penalty": {**speed_stats(raw_penalty_answers), "repetition_penalty": penalty},
+        "app_without_lookup": {
+            **speed_stats(plain_answers),
+            "same_answers": sum(
+                p["answer"] == a["answer"] for p, a in zip(plain_answers, app_answers, strict=True)
+            ),
+        },
         "app_served": {**speed_stats(served_answers), "reused_prefix_tokens": shared_prefix(served_answers)},
         "app_threads": model._threads_set,
         "raw_threads": options["n_threads"],
@@ -305,6 +320,16 @@ def idle_row(qa: Any, questions: list[str]) -> tuple[dict[str, Any], list[dict[s
         "answers": [_brief(a) for a in app_answers],
     }
     return row, app_answers
+
+
+def _without_lookup(qa: Any, question: str) -> dict[str, Any]:
+    model = qa.generator.current()
+    before = model.prompt_lookup
+    model.prompt_lookup = False
+    try:
+        return ask_once(qa, question)
+    finally:
+        model.prompt_lookup = before
 
 
 def time_candidates(qa: Any, question: str, passages: list[Any], n: int, seed: int) -> dict[str, Any]:
@@ -785,6 +810,17 @@ def _row_lines(name: str, row: dict[str, Any]) -> list[tuple[str, Any, str]]:
         return [
             ("idle app", row["app"], ""),
             ("idle raw engine", row["raw"], f"{row['raw_threads']} threads"),
+            *(
+                [
+                    (
+                        "idle app, no prompt lookup",
+                        row["app_without_lookup"],
+                        f"{row['app_without_lookup']['same_answers']} answers the same",
+                    )
+                ]
+                if row.get("app_without_lookup")
+                else []
+            ),
             *(
                 [
                     (

@@ -7,7 +7,10 @@ passages): llama-cpp-python feeds only SAMPLED tokens to llama.cpp's penalty sam
 as the context (`last_n_tokens_size`) the native penalty is exactly transformers' RepetitionPenaltyLogitsProcessor
 with `prompt_ignore_length`. tests/app/test_llamacpp_backend.py checks that against `AnswerRepetitionPenalty`
 (the rule in numpy) token for token, so an upgrade that changes it is caught. Native: ~2% faster decode than the
-numpy processor.
+numpy processor. Greedy answers decode with prompt-lookup drafts (`LookupGreedy`, app.backends.prompt_lookup):
+the tokens that followed the latest earlier occurrence of the answer's last tokens are decoded with the current
+token in one batch and kept where greedy sampling confirms them, the same answer in fewer decode steps
+(`prompt_lookup: false` in config.yaml turns it off).
 
 One llama.cpp context serves one request at a time (a context is not thread-safe); requests queue on a lock.
 On a 2-core machine a second concurrent decode would only halve the speed of both.
@@ -122,6 +125,7 @@ class LlamaCppModel(ServedModel):
         threads: int,
         *,
         threads_now: Callable[[], int] | None = None,
+        prompt_lookup: bool = True,
     ) -> None:
         super().__init__(version, codec, llama.n_ctx())
         self.llama = llama
@@ -130,6 +134,8 @@ class LlamaCppModel(ServedModel):
         # Called before each generation: the threads to use now (fewer while a retrain runs); None = fixed.
         self.threads_now = threads_now
         self._threads_set = threads
+        # Greedy answers decode with prompt-lookup drafts (LookupGreedy): the same tokens, fewer decode steps.
+        self.prompt_lookup = prompt_lookup
         self._lock = threading.Lock()
         self._eos = {llama.token_eos()} | ({codec.tokenizer.eos_token_id} - {None})
 
@@ -142,6 +148,7 @@ class LlamaCppModel(ServedModel):
         threads: int | None = None,
         n_ctx: int | None = None,
         threads_now: Callable[[], int] | None = None,
+        prompt_lookup: bool = True,
     ) -> Any:
         from llama_cpp import Llama
 
@@ -154,7 +161,9 @@ class LlamaCppModel(ServedModel):
             _allow_parallel_sequences(llama, PARALLEL_SEQUENCES)
         except (ValueError, RuntimeError, OSError) as e:
             raise GenerationError(f"llama.cpp cannot load {gguf_path}: {e}") from e
-        return cls(version, llama, codec, gguf_path, threads, threads_now=threads_now)
+        return cls(
+            version, llama, codec, gguf_path, threads, threads_now=threads_now, prompt_lookup=prompt_lookup
+        )
 
     def describe(self) -> str:
         return f"{self.version} (llamacpp, {self.gguf_path.name}, {self.threads} threads)"
@@ -191,6 +200,9 @@ class LlamaCppModel(ServedModel):
         self._check_fits(prompt, decoding.max_new_tokens)
         deadline = time.perf_counter() + decoding.timeout_s
         stats.prompt_tokens = len(prompt)
+        if self.prompt_lookup and temperature == 0.0:
+            yield from LookupGreedy(self.llama, self._eos).run(prompt, decoding, stats, deadline)
+            return
         # Greedy here (the app streams greedy answers): min_p=0 / typical_p=1 switch llama.cpp's extra samplers
         # off. Sampled candidates go through ParallelSampler's chain (top-k, top-p, temperature).
         tokens = self.llama.generate(
@@ -341,30 +353,10 @@ class ParallelSampler:
         )
 
     def _prefill(self, prompt: list[int]) -> None:
-        """Prompt into sequence 0, keeping the longest cached prefix; the last prompt token is always decoded
-        again so its logits are the context's current ones."""
-        llama = self.llama
-        cached = 0
-        for a, b in zip(llama._input_ids.tolist(), prompt, strict=False):
-            if a != b:
-                break
-            cached += 1
-        cached = min(cached, len(prompt) - 1)
-        llama._ctx.kv_cache_seq_rm(-1, cached, -1)
-        llama.n_tokens = cached
-        llama.eval(prompt[cached:])
+        prefill(self.llama, prompt)
 
     def _decode_step(self, batch: Any, rows: list[tuple[int, int, int]]) -> None:
-        """One token per unfinished sequence: (sequence, token, position), logits for every row."""
-        raw = batch.batch
-        raw.n_tokens = len(rows)
-        for j, (seq, token, pos) in enumerate(rows):
-            raw.token[j] = token
-            raw.pos[j] = pos
-            raw.n_seq_id[j] = 1
-            raw.seq_id[j][0] = seq
-            raw.logits[j] = True
-        self.llama._ctx.decode(batch)
+        decode_rows(self.llama, batch, rows)
 
     def _keep_prompt_only(self, memory: Any, prompt_len: int) -> None:
         """Leave the cache as a plain prompt in sequence 0, so the next call reuses it and the Llama's own
@@ -377,6 +369,122 @@ class ParallelSampler:
         llama = self.llama
         llama.n_tokens = min(llama.n_tokens, prompt_len)
         llama._requires_eval = True
+
+
+class LookupGreedy:
+    """Greedy decoding with prompt-lookup drafts (app.backends.prompt_lookup): each step decodes the current
+    token and the guessed next ones in one batch of sequence 0, then keeps the guesses greedy sampling confirms.
+
+    Every token is still llama.cpp's greedy pick (with the penalty chain `Llama.generate` builds) given all the
+    tokens before it, so the answer is the plain greedy one; tests/app/test_llamacpp_backend.py checks that token
+    for token against `Llama.generate`. Afterwards the cache holds the prompt and the tokens decoded, and the
+    Llama's bookkeeping says so: the next request reuses the prompt prefix as before.
+    """
+
+    def __init__(self, llama: Any, eos: set[int]) -> None:
+        self.llama = llama
+        self.eos = eos
+        self.steps = 0  # decode calls after the prefill
+        self.accepted = 0  # guessed tokens greedy decoding confirmed
+
+    def run(
+        self, prompt: list[int], decoding: Decoding, stats: GenerationStats, deadline: float
+    ) -> Iterator[int]:
+        """Token ids (EOS excluded) as `LlamaCppModel._tokens` yields them; sets the stats' end reason."""
+        from llama_cpp._internals import LlamaBatch
+
+        from app.backends.prompt_lookup import MAX_DRAFT, DraftIndex
+
+        llama = self.llama
+        sampler = llama._init_sampler(
+            top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, temp=0.0, repeat_penalty=decoding.repetition_penalty
+        )
+        batch = LlamaBatch(n_tokens=MAX_DRAFT + 1, embd=0, n_seq_max=1, verbose=False)
+        budget = decoding.max_new_tokens
+        n_past = len(prompt)
+        emitted = 0
+        reason = "length"
+        try:
+            prefill(llama, prompt)
+            index = DraftIndex(prompt)
+            token = sampler.sample(llama._ctx, -1)
+            while True:
+                if token in self.eos:
+                    stats.mark_eos()
+                    reason = "stop"
+                    break
+                stats.mark_token()
+                yield token
+                emitted += 1
+                if emitted >= budget:
+                    break
+                if time.perf_counter() > deadline:
+                    reason = "time"
+                    break
+                index.append(token)
+                # The step yields the confirmed guesses plus one token: never guess past the budget.
+                draft = index.draft(budget - emitted - 1)
+                decode_rows(llama, batch, [(0, t, n_past + j) for j, t in enumerate([token, *draft])])
+                self.steps += 1
+                llama.input_ids[n_past] = token
+                n_past += 1
+                token, stop = None, False
+                for j, guess in enumerate(draft):
+                    picked = sampler.sample(llama._ctx, j)
+                    if picked != guess or picked in self.eos:
+                        token = picked
+                        break
+                    self.accepted += 1
+                    stats.mark_token()
+                    yield picked
+                    emitted += 1
+                    index.append(picked)
+                    llama.input_ids[n_past] = picked
+                    n_past += 1
+                    if time.perf_counter() > deadline:
+                        reason, stop = "time", True
+                        break
+                if stop:
+                    break
+                if token is None:
+                    token = sampler.sample(llama._ctx, len(draft))
+                else:  # the rejected guess and those after it leave the cache
+                    llama._ctx.kv_cache_seq_rm(-1, n_past, -1)
+        finally:
+            # Also on a closed stream (Stop) or a failed decode: unconfirmed guesses leave the cache.
+            llama._ctx.kv_cache_seq_rm(-1, n_past, -1)
+            llama.n_tokens = n_past
+            llama._requires_eval = True  # the context's logits are not those of its last token
+            batch.close()
+            sampler.close()
+        stats.end(reason)
+
+
+def prefill(llama: Any, prompt: list[int]) -> None:
+    """Prompt into sequence 0, keeping the longest cached prefix; the last prompt token is always decoded again
+    so its logits are the context's current ones."""
+    cached = 0
+    for a, b in zip(llama._input_ids.tolist(), prompt, strict=False):
+        if a != b:
+            break
+        cached += 1
+    cached = min(cached, len(prompt) - 1)
+    llama._ctx.kv_cache_seq_rm(-1, cached, -1)
+    llama.n_tokens = cached
+    llama.eval(prompt[cached:])
+
+
+def decode_rows(llama: Any, batch: Any, rows: list[tuple[int, int, int]]) -> None:
+    """One llama.cpp decode of (sequence, token, position) rows, logits for every row."""
+    raw = batch.batch
+    raw.n_tokens = len(rows)
+    for j, (seq, token, pos) in enumerate(rows):
+        raw.token[j] = token
+        raw.pos[j] = pos
+        raw.n_seq_id[j] = 1
+        raw.seq_id[j][0] = seq
+        raw.logits[j] = True
+    llama._ctx.decode(batch)
 
 
 def _allow_parallel_sequences(llama: Any, n_seq: int) -> None:

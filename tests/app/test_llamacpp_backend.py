@@ -386,3 +386,65 @@ def test_trained_context_is_read_from_the_gguf(default_gguf_dir: Path) -> None:
     from app.backends.llamacpp_lm import _trained_context
 
     assert _trained_context(default_gguf_dir / "model.f16.gguf") == 8192
+
+
+# ---- prompt-lookup greedy -------------------------------------------------------------------------------
+COPYING = [
+    PROMPTS[2],  # the answer copies the passage's date
+    "Passage [1]: Run `ragqa ingest PATH` to add a folder of documents; the app indexes every file it can read "
+    "and skips the others with a warning.\n\nQuestion: How do I add a folder of documents? Quote the passage.",
+    "The tower is tall. The tower is old. The tower is red. " * 6 + "\nDescribe the tower at length.",
+]
+
+
+def _greedy_ids(model, text: str, max_new_tokens: int, lookup: bool) -> tuple[list[int], GenerationStats]:
+    model.prompt_lookup = lookup
+    model.llama.reset()
+    stats = GenerationStats()
+    prompt = model.codec.prompt_ids(_messages(text))
+    from app.backends.base import Decoding
+
+    with model._lock:
+        ids = list(model._tokens(prompt, Decoding(max_new_tokens=max_new_tokens), stats))
+    return ids, stats
+
+
+def test_prompt_lookup_gives_the_plain_greedy_tokens_in_fewer_steps(llamacpp_model, monkeypatch) -> None:
+    """Drafts from the prompt change how many decode calls an answer takes, never its tokens: the same ids as
+    llama-cpp-python's own greedy `generate` (the app's penalty included), with guesses confirmed on copying
+    prompts. Accepting a guess greedy decoding did not confirm, or losing the penalty, fails here."""
+    steps = {}
+    for text in [*COPYING, *PROMPTS[:2], PROMPTS[3]]:
+        plain, plain_stats = _greedy_ids(llamacpp_model, text, 48, lookup=False)
+        calls = _count_decodes(llamacpp_model, monkeypatch)
+        fast, fast_stats = _greedy_ids(llamacpp_model, text, 48, lookup=True)
+        monkeypatch.undo()
+        assert fast == plain, text
+        assert (fast_stats.finish_reason, fast_stats.completion_tokens) == (
+            plain_stats.finish_reason,
+            plain_stats.completion_tokens,
+        )
+        steps[text] = (len(calls) - 1, len(fast))  # decode calls after the prefill, tokens
+    # The raw model copies the date sentence (21 tokens) from its passage: 8 steps here.
+    used, made = steps[COPYING[0]]
+    assert made >= 10 and used <= 0.6 * made, steps[COPYING[0]]
+
+
+def test_prompt_lookup_keeps_the_token_budget_and_the_cache(llamacpp_model) -> None:
+    """A budget that ends inside a confirmed guess stops exactly there; a stream closed early (Stop) leaves the
+    cache as prompt + decoded tokens, so the next answer to the same prompt is the full one again."""
+    full, _ = _greedy_ids(llamacpp_model, COPYING[2], 40, lookup=True)
+    assert len(full) == 40
+    for budget in (1, 2, 5, 11):
+        ids, stats = _greedy_ids(llamacpp_model, COPYING[2], budget, lookup=True)
+        assert ids == full[:budget] and stats.finish_reason == "length"
+    llamacpp_model.prompt_lookup = True
+    stream = llamacpp_model.stream(_messages(COPYING[2]), max_new_tokens=40)
+    next(stream), next(stream)
+    stream.close()
+    llama = llamacpp_model.llama
+    assert llama.n_tokens == len(llamacpp_model.codec.prompt_ids(_messages(COPYING[2]))) + 1
+    again = llamacpp_model.codec.tokenizer(
+        "".join(llamacpp_model.stream(_messages(COPYING[2]), max_new_tokens=40)), add_special_tokens=False
+    )["input_ids"]
+    assert again[:30] == full[:30]

@@ -30,7 +30,12 @@ def _stats(ttft_p50_ms: float, decode: float) -> dict:
 
 
 ROWS = {
-    "idle": {"app": _stats(1100.0, 36.0), "raw": _stats(780.0, 40.0), "app_served": _stats(950.0, 36.0)},
+    "idle": {
+        "app": _stats(1100.0, 36.0),
+        "raw": _stats(780.0, 40.0),
+        "app_served": _stats(950.0, 36.0),
+        "app_without_lookup": _stats(1100.0, 30.0),
+    },
     "during_retrain": {"app": _stats(1200.0, 27.0)},
     "k_candidates": {"ratio": {"normalised": 1.8, "raw": 2.1}},
     "agreement": {"exact_text_rate": 0.9, "prompts": 50},
@@ -41,6 +46,8 @@ def test_summary_ratios_from_complete_rows() -> None:
     s = summarise_serving(ROWS, {"clone_to_page_s": 300.0})
     assert s["ttft_p50_s_idle"] == 1.1 and s["ttft_p50_s_idle_served"] == 0.95
     assert s["decode_ratio_vs_raw_engine"] == 0.9  # 36 / 40
+    assert s["decode_ratio_vs_raw_engine_without_lookup"] == 0.75  # 30 / 40
+    assert s["prompt_lookup_speedup"] == 1.2  # 36 / 30
     assert s["decode_ratio_during_retrain"] == 0.75  # 27 / 36
     assert s["ttft_ratio_during_retrain"] == pytest.approx(1.091, abs=1e-3)  # 1.2 s / 1.1 s
     assert s["k4_over_single_ratio"] == 1.8
