@@ -12,7 +12,9 @@ default ./var), the served model answers, greedy, the app's penalty, each prompt
   7), the cost curve of a step by its size on this CPU;
 - `replay`: every draft policy in POLICIES replayed over the plain greedy answers (a guess is kept while it equals
   the answer's next token) against that curve: decode milliseconds of plain / with the policy. The shipped one is
-  DRAFT_BY_MATCH.
+  DRAFT_BY_MATCH. `replay_other_cpu` replays the same answers against the AVX2-only EPYC's f16 step costs of 1, 2
+  and 4 parallel sequences (docs/results/serving/gguf_types_avx2_batch_steps.json; extended linearly beyond 4 rows):
+  an estimate for a CPU whose batched steps cost more, not a measurement there.
 
 The 1-minute load average is waited on (< --idle-load) before the run and recorded before and after; the CPU
 model and flags are recorded. Nothing is asserted. JSON: docs/results/serving/prompt_lookup.json.
@@ -35,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.machine import cpu, load_average, wait_for_idle  # noqa: E402
 
 RESULTS = ROOT / "docs" / "results" / "serving" / "prompt_lookup.json"
+AVX2_STEPS = ROOT / "docs" / "results" / "serving" / "gguf_types_avx2_batch_steps.json"
 SQUAD = ROOT.parent / "shared" / "data" / "squad2-dev-half" / "dev-v2.0.json"
 ROWS = (1, 2, 3, 5, 9, 17)
 # name -> {n-gram length: tokens guessed after a match of that length}
@@ -141,10 +144,11 @@ def greedy(model: Any, ids: list[int], max_new_tokens: int, lookup: bool) -> dic
     finally:
         del model.llama._ctx.decode
     first = stats.first_token
+    prefill_calls = -(-len(ids) // model.llama.n_batch)  # llama.cpp takes the prompt n_batch tokens at a time
     return {
         "tokens": tokens,
         "decode_s": (stats.ended - first) if first is not None and stats.ended else 0.0,
-        "steps": calls[0] - 1,  # the prefill is one call (prompts < n_batch)
+        "steps": calls[0] - prefill_calls,
     }
 
 
@@ -215,6 +219,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "load_after": load_average(),
         "step_ms_by_rows": curve,
         "summary": summarise(timed, curve, eos),
+        "replay_other_cpu": other_cpu_replay(timed, eos),
         "by_source": {
             src: summarise([t for t in timed if t["source"] == src], curve, eos)
             for src in sorted({t["source"] for t in timed})
@@ -242,6 +247,20 @@ def summarise(timed: list[dict[str, Any]], curve: dict[int, float], eos: int) ->
     }
 
 
+def other_cpu_replay(timed: list[dict[str, Any]], eos: int) -> dict[str, Any] | None:
+    try:
+        record = json.loads(AVX2_STEPS.read_text(encoding="utf-8"))
+        curve = {int(n): ms for n, ms in record["types"]["f16"]["step_ms_by_parallel_sequences"].items()}
+    except (OSError, ValueError, KeyError):
+        return None
+    return {
+        "source": f"{AVX2_STEPS.relative_to(ROOT)}: f16, step ms by parallel sequences",
+        "cpu": record.get("machine"),
+        "step_ms_by_rows": curve,
+        "replay": replay_table(timed, curve, eos),
+    }
+
+
 def print_report(result: dict[str, Any]) -> None:
     s = result["summary"]
     print(f"\n{result['model']} on {result['machine']['model']}; load {result['wait']['load_before']}")
@@ -252,9 +271,11 @@ def print_report(result: dict[str, Any]) -> None:
             f"{name:<24}{row['identical_answers']:>6}/{row['prompts']:<3}{row['decode_s_plain']:>10.3f}"
             f"{row['decode_s_lookup']:>10.3f}{row['decode_speedup'] or 0:>9.2f}{row['steps_per_token_lookup']:>13.3f}"
         )
-    print(f"\n{'replayed policy':<36}{'speedup':>9}{'steps/token':>13}")
+    other = (result.get("replay_other_cpu") or {}).get("replay") or {}
+    print(f"\n{'replayed policy':<36}{'speedup':>9}{'steps/token':>13}{'AVX2 f16 est.':>15}")
     for name, row in s["replay"].items():
-        print(f"{name:<36}{row['speedup']:>9.2f}{row['steps_per_token']:>13.3f}")
+        est = other.get(name, {}).get("speedup")
+        print(f"{name:<36}{row['speedup']:>9.2f}{row['steps_per_token']:>13.3f}{est or 0:>15.2f}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

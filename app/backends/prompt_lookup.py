@@ -5,15 +5,20 @@ system prompt spells out. When the last few generated tokens also occur earlier 
 tokens that followed them there are a cheap guess of what comes next. The backend decodes the guess together
 with the current token in one batch and keeps the prefix that greedy decoding confirms (the same tokens as one at
 a time: each position is still the greedy choice given everything before it), so a right guess yields several
-tokens for one step and a wrong one costs only the extra rows of that step.
+tokens for one step and a wrong one costs only the extra rows of that step. One caveat: a batched step's sums are
+not bit-identical to a single step's, so where two tokens are tied to the last bits the pick can differ. With the
+starter's bf16 GGUF none of 100 answers changed; with the raw v0001's bf16 GGUF 6 of 20 long (64-token) guide
+answers took another token at a near-tie (logit gaps 0.004 and 0.06 where checked; bf16 resolves ~0.1 at those
+logits), the same kind of difference the bf16 file already has against fp32 (78% of answers identical either way).
 
-How far to guess: after a 3-token match, 3 tokens; after a 2-token match, 1. Chosen with a replay of greedy answers
-(the starter v0002 on the bundled guide's 20 questions and 80 squad2-dev-half training questions; never xquad-en)
-against the measured cost of a decode step by its number of rows (SmolLM2-135M bf16 on a 2-core Zen 4: 1 row 9.3
-ms, 2 12.4, 5 18.2, 9 24.9, 17 39.6 with a 704-token prompt; an AVX2-only EPYC's f16 steps, from its 1, 2 and 4
-parallel sequences: 26, 39, 58 ms): 1.35x fewer decode milliseconds on the Zen 4's curve and 1.21x on the AVX2
-curve. Longer guesses won on neither (8 tokens after any 2-token match: 1.16x and 0.83x, i.e. slower on AVX2),
-because a step's cost grows with its rows on these CPUs and most 2-token matches do not continue.
+
+How far to guess: after a 3-token match, 3 tokens; after a 2-token match, 1. Chosen by replaying greedy answers
+(`benchmarks/prompt_lookup.py`: the starter v0002 on the bundled guide's 20 questions and 80 questions of
+squad2-dev-half's training articles; never a held-out set) against the measured cost of a decode step by its
+number of rows. On a 2-core Zen 4 (bf16 GGUF) a step of 1 / 2 / 5 / 9 / 17 rows took 8.3 / 12.6 / 19.8 / 28.2 /
+43.4 ms: this policy replays at 1.22x fewer decode milliseconds (measured: 1.22x, 100 of 100 answers identical),
+and at 1.21x against the AVX2-only EPYC's f16 step costs. Longer guesses lose on both (8 tokens after any match:
+0.99x and 0.87x), because a step's cost grows with its rows on these CPUs and most 2-token matches do not go on.
 """
 
 from __future__ import annotations
