@@ -78,6 +78,9 @@ class AskResult:
     finished: bool = True  # False when cut by max_new_tokens or the time limit
     backend: str = ""  # the backend that wrote the answer (transformers, llamacpp, openai)
     generation: dict[str, Any] = field(default_factory=dict)  # GenerationStats: tokens, decode tokens/s
+    # The text the passages were searched with (the question, or joined with the previous one for a follow-up):
+    # what the sources pane's relevance is measured against, as the gate's is. "" = the question itself.
+    search_query: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -112,6 +115,7 @@ class Retrieved(NamedTuple):
 
     passages: list[Passage]
     best_cosine: float
+    query: str = ""  # the text searched: the question, or joined with the previous one (a follow-up)
 
 
 class PreparedQuestion(NamedTuple):
@@ -269,13 +273,13 @@ class QAService:
         retriever = self.retriever()
         if not question.strip() or len(retriever.index) == 0:
             # its own empty-input answer
-            return Retrieved(retriever.search(question, k=k or self.config.k), float("-inf"))
+            return Retrieved(retriever.search(question, k=k or self.config.k), float("-inf"), question)
         choice = choose_query(retriever, question, previous_question(history))
         passages, best = retriever.search_scored(choice.query, choice.vector, k=k or self.config.k)
         # In a conversation either reading may be what the documents are about: the question alone, or joined
         # with the previous one (compared by choose_query, NaN when not compared). The gate asks whether any is.
         readings = [c for c in (best, choice.cosine_alone, choice.cosine_joined) if not math.isnan(c)]
-        return Retrieved(passages, max(readings))
+        return Retrieved(passages, max(readings), choice.query)
 
     def min_relevance(self) -> float:
         """The relevance gate's threshold in force (0: off), for the embedder actually loaded."""
@@ -302,7 +306,16 @@ class QAService:
             "finish_reason": "stop",
         }
         return AskResult(
-            NO_ANSWER, retrieved.passages, [], "none", model.version, timings, True, model.backend, generation
+            NO_ANSWER,
+            retrieved.passages,
+            [],
+            "none",
+            model.version,
+            timings,
+            True,
+            model.backend,
+            generation,
+            retrieved.query,
         )
 
     # ---- prompting ---------------------------------------------------------------------------------
@@ -386,7 +399,9 @@ class QAService:
             "total": (end - t0) * 1000,
         }
         answer = "".join(pieces).strip()
-        yield "done", self._result(model, answer, passages, timings, stats.finish_reason, stats.to_json())
+        result = self._result(model, answer, passages, timings, stats.finish_reason, stats.to_json())
+        result.search_query = retrieved.query
+        yield "done", result
 
     def _result(
         self,

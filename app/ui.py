@@ -176,7 +176,7 @@ class Handlers(FeedbackHandlers):
             return
         if not self._claim_turn(state["session_id"], "saved"):
             return  # Stop came first: the partial answer it showed stays, and nothing is recorded
-        relevance = self._relevance(q, result.passages)
+        relevance = self._relevance(result.search_query or q, result.passages)
         status = self._record_answer(q, result, state, relevance)
         content = answer_markdown(
             result.answer, result.passages, result.cited, result.citation_mode, relevance, result.finished

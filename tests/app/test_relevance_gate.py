@@ -244,3 +244,49 @@ def test_real_defaults_gate_off_topic_questions_only(default_registry: Path, tmp
     assert "relevance_gate" not in qa.ask("what year?", history).generation
     off = QAService(AppConfig.load(max_new_tokens=24, min_relevance=0))
     assert "relevance_gate" not in off.ask(OFF_TOPIC).generation  # 0 turns the gate off
+
+
+@pytest.mark.parametrize("min_relevance", ["off", 0.999])
+def test_the_sources_relevance_is_measured_against_the_text_searched(
+    ragqa_home: Path,
+    tiny_llama_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    min_relevance: Any,
+) -> None:
+    """A follow-up searched together with the previous question: the sources pane's relevance (shown and stored)
+    is the joined reading's, as the gate's is, for a generated and for a gated answer alike."""
+    import app.qa as qa_module
+    import app.relevance as relevance_module
+    from retrieval.followup import QueryChoice, joined_query
+
+    ModelRegistry(ragqa_home / "models").publish_folder(tiny_llama_dir, {"kind": "base"})
+    cfg = AppConfig.load(max_new_tokens=6, min_relevance=min_relevance)
+    embedder = HashEmbedder()
+    ingest(_corpus(tmp_path), cfg.paths.index_dir, embedder, progress=False)
+    services = Services(cfg, embedder=embedder)
+    try:
+        h = Handlers(services)
+        state = new_state()
+        list(h.ask(QUESTION, state))
+        follow_up = "and how tall is it?"
+        joined = joined_query(follow_up, QUESTION)
+        vector = embedder.encode_query(joined)
+        monkeypatch.setattr(
+            qa_module, "choose_query", lambda *_a, **_k: QueryChoice(joined, vector, True, 0.1, 0.2)
+        )
+        measured: list[str] = []
+        real = relevance_module.dense_relevance
+
+        def spy(index: Any, emb: Any, question: str, passages: Any) -> dict[int, float]:
+            measured.append(question)
+            return real(index, emb, question, passages)
+
+        monkeypatch.setattr(relevance_module, "dense_relevance", spy)
+        list(h.ask(follow_up, state))
+        assert measured == [joined]
+        result = services.qa.ask(follow_up, [{"role": "user", "content": QUESTION}])
+        assert result.search_query == joined
+        assert ("relevance_gate" in result.generation) == (min_relevance != "off")
+    finally:
+        services.close()
