@@ -18,6 +18,7 @@ from app.config import AppConfig
 from app.errors import AppError
 from app.generator import GenerationError, GenerationStats, Generator, ServedModel
 from app.prompt_limit import prompt_token_limit
+from app.relevance import sentence_relevance
 from feedback_store.records import NewCandidate
 from model_store.registry import ModelRegistry
 from retrieval.followup import choose_query, joined_query, previous_question
@@ -37,14 +38,17 @@ _STOPWORDS = frozenset(
 # The passage tokens a prompt keeps under `max_prompt_tokens` however long the conversation before it is.
 MIN_PASSAGE_TOKENS = 160
 
-# The relevance gate's threshold for the default embedder (all-MiniLM-L6-v2; config `min_relevance`): the highest
-# cosine (0.01 steps) that abstains on at most 1% of answerable questions whose article is indexed, on squad2-dev-
-# half's training articles (benchmarks/relevance_gate.py, docs/results/relevance_gate/): it gates 0.8% of those,
-# 1.7% of their unanswerables, and 38% of the questions whose article is left out of the index (another Wikipedia
-# article is a hard case: shared vocabulary, related topics). Trivia asked of the bundled guide scores 0.05-0.23,
-# the guide's own questions 0.31-0.61. Other embedders put cosines on another scale: with any embedder but the
-# default one the gate is off unless configured.
-DEFAULT_MIN_RELEVANCE = 0.29
+# The relevance gate's threshold for the default embedder (all-MiniLM-L6-v2; config `min_relevance`), on its score
+# app.relevance.sentence_relevance (the best cosine between the question and a sentence of the passages found):
+# the highest value (0.01 steps) that gates none of the 2,263 answerable questions of squad2-dev-half's training
+# articles with their article indexed (benchmarks/relevance_gate.py, docs/results/relevance_gate/); it gates 3.7%
+# of those questions with their article left out (another Wikipedia article is a hard case). No budget for
+# answerable ones: squad2's questions paraphrase their sentence, and a user's short how-to question scores lower
+# (the chunk-level gate chosen before with a 1% budget refused 4 of 20 questions about the bundled guide, e.g.
+# "How do I install the app?"). On the guide: its questions 0.34-0.84, trivia 0.15-0.21.
+# Other embedders put cosines on another scale: with any embedder but the default one the gate is off unless
+# configured.
+DEFAULT_MIN_RELEVANCE = 0.22
 
 
 def relevance_floor(configured: float | None, embedder_name: str | None) -> tuple[float, str]:
@@ -111,7 +115,8 @@ class Candidate:
 
 
 class Retrieved(NamedTuple):
-    """The passages for a question, and its search query's best dense cosine to any indexed chunk."""
+    """The passages for a question, and the relevance gate's score of them (app.relevance.sentence_relevance: the
+    best cosine between a reading of the question and a sentence of the passages; NaN when the gate is off)."""
 
     passages: list[Passage]
     best_cosine: float
@@ -274,12 +279,15 @@ class QAService:
         if not question.strip() or len(retriever.index) == 0:
             # its own empty-input answer
             return Retrieved(retriever.search(question, k=k or self.config.k), float("-inf"), question)
-        choice = choose_query(retriever, question, previous_question(history))
-        passages, best = retriever.search_scored(choice.query, choice.vector, k=k or self.config.k)
+        previous = previous_question(history)
+        choice = choose_query(retriever, question, previous)
+        passages, _best_chunk = retriever.search_scored(choice.query, choice.vector, k=k or self.config.k)
+        if self.min_relevance() <= 0:  # the gate is off: its score costs the sentences' embeddings, skip it
+            return Retrieved(passages, float("nan"), choice.query)
         # In a conversation either reading may be what the documents are about: the question alone, or joined
-        # with the previous one (compared by choose_query, NaN when not compared). The gate asks whether any is.
-        readings = [c for c in (best, choice.cosine_alone, choice.cosine_joined) if not math.isnan(c)]
-        return Retrieved(passages, max(readings), choice.query)
+        # with the previous one. The gate asks whether any is.
+        readings = [choice.query, question] + ([joined_query(question, previous)] if previous else [])
+        return Retrieved(passages, sentence_relevance(self.embedder(), readings, passages), choice.query)
 
     def min_relevance(self) -> float:
         """The relevance gate's threshold in force (0: off), for the embedder actually loaded."""

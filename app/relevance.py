@@ -24,3 +24,32 @@ def dense_relevance(index: Any, embedder: Any, question: str, passages: Sequence
     norms = np.linalg.norm(vectors, axis=1) * (np.linalg.norm(query) or 1.0)
     cosines = vectors @ query / np.where(norms == 0, 1.0, norms)
     return {rank: float(c) for (rank, _row), c in zip(wanted, cosines, strict=True)}
+
+
+# Sentences shorter than this carry no topic of their own (a heading's "Usage", a table's "| k | 4 |" cell run).
+MIN_SENTENCE_WORDS = 3
+
+
+def sentence_relevance(embedder: Any, readings: Sequence[str], passages: Sequence[Any]) -> float:
+    """The relevance gate's score: the highest cosine between any reading of the question and any sentence of the
+    passages found; -inf when there is no sentence to compare (never gated then).
+
+    Why sentences, not the chunks' stored vectors: a user's short question ("How do I install the app?") matches
+    the one sentence that answers it far better than a 200-token chunk that also covers three other things. On
+    the bundled guide the chunk cosine of on-topic questions (0.22-0.64) overlapped trivia's (0.02-0.25); the
+    sentence cosine kept them apart (on-topic >= 0.34, trivia <= 0.28).
+    """
+    from retrieval.passage_trim import split_sentences
+
+    sentences = [s for p in passages for s in split_sentences(p.text) if len(s.split()) >= MIN_SENTENCE_WORDS]
+    texts = [r for r in dict.fromkeys(readings) if r.strip()]
+    if not sentences or not texts:
+        return float("-inf")
+    sv = _unit(np.asarray(embedder.encode(sentences), dtype=np.float32))
+    qv = _unit(np.stack([np.asarray(embedder.encode_query(t), dtype=np.float32).reshape(-1) for t in texts]))
+    return float((qv @ sv.T).max())
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.where(norms == 0, 1.0, norms)

@@ -1,20 +1,26 @@
-"""Calibrate the relevance gate: below which dense cosine "the documents do not contain the answer" without asking.
+"""Calibrate the relevance gate: below which score "the documents do not contain the answer" without asking.
 
-The gate (app/qa.py, config `min_relevance`) abstains when the search query's best dense cosine to any indexed
-chunk is below a threshold: nothing in the documents is about the question, so a model that answered would answer
-from its own knowledge ("What is the capital of France?" -> "Paris [1]." over a software guide).
+The gate (app/qa.py, config `min_relevance`) abstains when its score (app.relevance.sentence_relevance: the best
+cosine between the question and a sentence of the passages found) is below a threshold: nothing in the documents
+is about the question, so a model that answered would answer from its own knowledge ("What is the capital of
+France?" -> "Paris [1]." over a software guide).
 
 Data: squad2-dev-half's TRAINING articles only (the loop's 4 held-out articles are never read; no held-out set is
 read). Their contexts are ingested as the app ingests (real embedder, the app's chunking). Every question is
-scored twice, from the same embeddings:
-  on-topic   best cosine over all chunks (its own article is indexed): what the app sees for a fair question
-  off-topic  best cosine over the chunks of the OTHER articles (leave its article out): a question the documents
-             cannot answer. Other Wikipedia articles are a hard case (shared vocabulary, related topics: the
-             French and Indian War beside the Huguenots), so the off-topic rates here are a floor for questions
-             about unrelated matters.
-The rule fixed before the numbers were seen: the highest threshold (0.01 steps) that gates at most 1% of the
-answerable on-topic questions. The guide's own questions (evaluation/guide_questions.py, the demo corpus) are
-scored at the end for the record; they do not choose anything.
+scored twice, from the same embeddings, over the sentences of the K_PASSAGES chunks nearest to it (dense cosine:
+an approximation of the app's hybrid top-k, which also takes BM25's):
+  on-topic   over all chunks (its own article is indexed): what the app sees for a fair question
+  off-topic  over the chunks of the OTHER articles (leave its article out): a question the documents cannot
+             answer. Other Wikipedia articles are a hard case (shared vocabulary, related topics: the French and
+             Indian War beside the Huguenots), so the off-topic rates here are a floor for questions about
+             unrelated matters.
+The rule: the highest threshold (0.01 steps) that gates NONE of the answerable on-topic questions. (Until
+2026-11-29 the score was the best chunk cosine and the rule allowed 1%; that gate refused 4 of the 20 guide
+questions of benchmarks/ask_latency.py, e.g. "How do I install the app?": a user's short question scores lower
+than squad2's, which paraphrase their sentence, so the rule keeps no budget for squad2 questions. The guide's
+scores were seen before this rule was written: see the README.) The guide's own questions (evaluation/
+guide_questions.py and ask_latency's 20, over the demo corpus, scored by the app's own retrieval and function)
+are recorded at the end; they do not choose the threshold.
 
     python benchmarks/relevance_gate.py calibrate --squad ../shared/data/squad2-dev-half/dev-v2.0.json
         [--out docs/results/relevance_gate/relevance_gate.json]
@@ -46,7 +52,8 @@ from benchmarks.machine import cpu, load_average  # noqa: E402
 from evaluation.splits import HELDOUT_ARTICLES, SPLIT_SEED, split_articles, subset_squad  # noqa: E402
 
 OUT = REPO / "docs" / "results" / "relevance_gate" / "relevance_gate.json"
-FALSE_GATE_BUDGET = 0.01  # at most this share of answerable on-topic questions may be gated
+FALSE_GATE_BUDGET = 0.0  # the share of answerable on-topic questions that may be gated
+K_PASSAGES = 4  # the app's default k
 THRESHOLDS = np.round(np.arange(0.0, 0.61, 0.01), 2)
 
 
@@ -61,9 +68,12 @@ def index_matrix(corpus_dir: Path, index_dir: Path, embedder: Any) -> tuple[np.n
 
 
 def squad_scores(squad_path: Path, embedder: Any, work: Path) -> dict[str, Any]:
-    """Per question: best cosine on-topic and off-topic, and whether it is answerable."""
+    """Per question: the gate's score on-topic and off-topic, and whether it is answerable."""
+    from app.relevance import MIN_SENTENCE_WORDS
     from evaluation.formats import load_qa
     from evaluation.runner import write_corpus
+    from retrieval.index import HybridIndex
+    from retrieval.passage_trim import split_sentences
 
     squad = json.loads(squad_path.read_text(encoding="utf-8"))
     train, _heldout = split_articles(squad, HELDOUT_ARTICLES, SPLIT_SEED)
@@ -72,19 +82,41 @@ def squad_scores(squad_path: Path, embedder: Any, work: Path) -> dict[str, Any]:
     dataset = load_qa(subset, "squad")
     write_corpus(dataset, work / "corpus")
     vectors, sources = index_matrix(work / "corpus", work / "index", embedder)
+    chunks = HybridIndex.open(work / "index", embedder).chunks
+    sentence_chunk, sentences = [], []
+    for i, chunk in enumerate(chunks):
+        for s in split_sentences(chunk.text):
+            if len(s.split()) >= MIN_SENTENCE_WORDS:
+                sentences.append(s)
+                sentence_chunk.append(i)
+    chunk_of = np.asarray(sentence_chunk)
+    sv = _unit(np.asarray(embedder.encode(sentences, batch_size=64), dtype=np.float32))
     title_of = {doc_id: doc.title for doc_id, doc in dataset.documents.items()}
     chunk_titles = np.array([title_of[Path(s).name] for s in sources])
     questions = [e.question for e in dataset.examples]
-    q = np.asarray(embedder.encode(questions, batch_size=64), dtype=np.float32)
-    cos = q @ vectors.T
+    q = _unit(np.asarray(embedder.encode(questions, batch_size=64), dtype=np.float32))
+    cos = q @ _unit(vectors).T
     own = chunk_titles[None, :] == np.array([title_of[e.doc_id] for e in dataset.examples])[:, None]
+
+    def best_sentence(i: int, allowed: np.ndarray) -> float:
+        c = np.where(allowed, cos[i], -np.inf)
+        top = np.argsort(-c)[:K_PASSAGES]
+        mask = np.isin(chunk_of, top[np.isfinite(c[top])])
+        return float((sv[mask] @ q[i]).max()) if mask.any() else float("-inf")
+
+    everything = np.ones(len(chunks), dtype=bool)
     return {
         "articles": train,
         "chunks": len(sources),
-        "on_topic": cos.max(axis=1),
-        "off_topic": np.where(own, -1.0, cos).max(axis=1),
+        "sentences": len(sentences),
+        "on_topic": np.array([best_sentence(i, everything) for i in range(len(questions))]),
+        "off_topic": np.array([best_sentence(i, ~own[i]) for i in range(len(questions))]),
         "answerable": np.array([not e.unanswerable for e in dataset.examples]),
     }
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
 def _share_below(values: np.ndarray, t: float) -> float:
@@ -112,15 +144,20 @@ def choose(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def guide_scores(embedder: Any, work: Path) -> dict[str, float]:
-    """Best cosine of each guide and off-topic question against the bundled guide (for the record only)."""
+    """The gate's score of each guide, ask_latency and off-topic question over the bundled guide, through the app's
+    own retrieval (hybrid, k 4) and function (for the record only)."""
+    from app.relevance import sentence_relevance
+    from benchmarks.ask_latency import QUESTIONS
     from evaluation.guide_questions import GUIDE_QUESTIONS, OFF_TOPIC
+    from retrieval.index import HybridIndex
+    from retrieval.retriever import Retriever
 
-    vectors, _sources = index_matrix(REPO / "app" / "demo_corpus", work / "guide_index", embedder)
-    questions = [q for q, _ in GUIDE_QUESTIONS] + list(OFF_TOPIC)
-    q = np.asarray(embedder.encode(questions), dtype=np.float32)
+    index_matrix(REPO / "app" / "demo_corpus", work / "guide_index", embedder)
+    retriever = Retriever(HybridIndex.open(work / "guide_index", embedder), embedder)
+    questions = list(dict.fromkeys([q for q, _ in GUIDE_QUESTIONS] + list(QUESTIONS) + list(OFF_TOPIC)))
     return {
-        question: round(float(c), 4)
-        for question, c in zip(questions, (q @ vectors.T).max(axis=1), strict=True)
+        question: round(sentence_relevance(embedder, [question], retriever.search(question, k=K_PASSAGES)), 4)
+        for question in questions
     }
 
 
@@ -163,6 +200,68 @@ def compare_runs(on_dir: Path, off_dir: Path) -> dict[str, Any]:
             for i in gated
         ],
     }
+
+
+def gate_rate(
+    squad_path: Path, examples: Path, embedder: Any, work: Path, threshold: float
+) -> dict[str, Any]:
+    """How many of an eval's questions the gate at `threshold` would answer itself: its set's contexts ingested as
+    `ragqa eval` ingests them, each question (those of the eval's examples.jsonl) searched with the app's retrieval
+    (hybrid, k K_PASSAGES) and scored by the app's function. No model runs: the rate only."""
+    from app.relevance import sentence_relevance
+    from evaluation.formats import load_qa
+    from evaluation.runner import write_corpus
+    from retrieval.index import HybridIndex
+    from retrieval.retriever import Retriever
+
+    dataset = load_qa(squad_path, "squad")
+    write_corpus(dataset, work / "corpus")
+    index_matrix(work / "corpus", work / "index", embedder)
+    retriever = Retriever(HybridIndex.open(work / "index", embedder), embedder)
+    rows = [json.loads(line) for line in examples.read_text(encoding="utf-8").splitlines() if line.strip()]
+    scored = [
+        (sentence_relevance(embedder, [r["question"]], retriever.search(r["question"], k=K_PASSAGES)), r)
+        for r in rows
+    ]
+    gated = [(score, r) for score, r in scored if score < threshold]
+    return {
+        "questions": len(rows),
+        "threshold": threshold,
+        "gated": len(gated),
+        "gated_unanswerable": sum(bool(r.get("unanswerable")) for _, r in gated),
+        "unanswerable": sum(bool(r.get("unanswerable")) for r in rows),
+        "gated_questions": [
+            {"question": r["question"], "score": round(score, 4), "unanswerable": bool(r.get("unanswerable"))}
+            for score, r in sorted(gated, key=lambda x: x[0])
+        ],
+        "score_quantiles": quantiles(np.array([score for score, _ in scored])),
+    }
+
+
+def cmd_rate(args: argparse.Namespace) -> int:
+    from app.qa import DEFAULT_MIN_RELEVANCE
+    from retrieval.embedder import SentenceTransformerEmbedder
+
+    t0 = time.perf_counter()
+    load_start = load_average()
+    embedder = SentenceTransformerEmbedder(None)
+    result: dict[str, Any] = {"sets": {}}
+    for spec in args.set:
+        name, files = spec.split("=", 1)
+        squad, examples = (Path(x) for x in files.split(","))
+        with tempfile.TemporaryDirectory(prefix="gate-rate-") as tmp:
+            result["sets"][name] = gate_rate(squad, examples, embedder, Path(tmp), DEFAULT_MIN_RELEVANCE)
+        r = result["sets"][name]
+        print(f"{name}: gated {r['gated']} of {r['questions']} ({r['gated_unanswerable']} unanswerable)")
+    result.update(
+        machine={"cpu": cpu(), "load_start": load_start, "load_end": load_average()},
+        embedder=embedder.name,
+        wall_s=round(time.perf_counter() - t0, 1),
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
 
 
 def cmd_heldout(args: argparse.Namespace) -> int:
@@ -214,9 +313,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             "set": "squad2-dev-half training articles",
             "articles": scores["articles"],
             "chunks": scores["chunks"],
+            "sentences": scores["sentences"],
             "questions": int(len(answerable)),
             "answerable": int(answerable.sum()),
         },
+        "score": "app.relevance.sentence_relevance over the sentences of the K_PASSAGES nearest chunks (dense)",
         "rule": f"highest threshold gating <= {FALSE_GATE_BUDGET:.0%} of answerable on-topic questions",
         "chosen": chosen,
         "quantiles": {
@@ -225,7 +326,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             "off_topic": quantiles(scores["off_topic"]),
         },
         "sweep": rows,
-        "guide_best_cosine": guide,
+        "guide_scores": guide,
         "wall_s": round(time.perf_counter() - t0, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -249,11 +350,19 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("calibrate", help="choose the threshold on squad2-dev-half's training articles")
     c.add_argument("--squad", type=Path, required=True, help="squad2-dev-half's dev-v2.0.json")
     c.add_argument("--out", type=Path, default=OUT)
+    r = sub.add_parser(
+        "rate", help="how many of an eval's questions the default gate answers itself (no model)"
+    )
+    r.add_argument(
+        "--set", action="append", required=True, help="NAME=SQUAD_JSON,EXAMPLES_JSONL (repeatable)"
+    )
+    r.add_argument("--out", type=Path, default=OUT.with_name("heldout_rate.json"))
     h = sub.add_parser("heldout", help="one model's eval with and without the gate, question by question")
     h.add_argument("--set", action="append", required=True, help="NAME=EVAL_DIR_WITH_GATE,EVAL_DIR_WITHOUT")
     h.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    return cmd_calibrate(args) if args.command == "calibrate" else cmd_heldout(args)
+    commands = {"calibrate": cmd_calibrate, "rate": cmd_rate, "heldout": cmd_heldout}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -396,16 +396,25 @@ class LookupGreedy:
         from app.backends.prompt_lookup import MAX_DRAFT, DraftIndex
 
         llama = self.llama
-        sampler = llama._init_sampler(
-            top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, temp=0.0, repeat_penalty=decoding.repetition_penalty
-        )
-        batch = LlamaBatch(n_tokens=MAX_DRAFT + 1, embd=0, n_seq_max=1, verbose=False)
         budget = decoding.max_new_tokens
-        n_past = len(prompt)
+        n_past: int | None = (
+            None  # cells in the cache that hold confirmed tokens; None until the prompt is in
+        )
         emitted = 0
         reason = "length"
+        sampler = batch = None
         try:
+            sampler = llama._init_sampler(
+                top_k=0,
+                top_p=1.0,
+                min_p=0.0,
+                typical_p=1.0,
+                temp=0.0,
+                repeat_penalty=decoding.repetition_penalty,
+            )
+            batch = LlamaBatch(n_tokens=MAX_DRAFT + 1, embd=0, n_seq_max=1, verbose=False)
             prefill(llama, prompt)
+            n_past = len(prompt)
             index = DraftIndex(prompt)
             token = sampler.sample(llama._ctx, -1)
             while True:
@@ -451,12 +460,16 @@ class LookupGreedy:
                 else:  # the rejected guess and those after it leave the cache
                     llama._ctx.kv_cache_seq_rm(-1, n_past, -1)
         finally:
-            # Also on a closed stream (Stop) or a failed decode: unconfirmed guesses leave the cache.
-            llama._ctx.kv_cache_seq_rm(-1, n_past, -1)
-            llama.n_tokens = n_past
+            # Also on a closed stream (Stop) or a failed decode: unconfirmed guesses leave the cache. A prefill
+            # that failed part-way left llama's own count of the prompt cells it did decode: keep that one.
+            kept = llama.n_tokens if n_past is None else n_past
+            llama._ctx.kv_cache_seq_rm(-1, kept, -1)
+            llama.n_tokens = kept
             llama._requires_eval = True  # the context's logits are not those of its last token
-            batch.close()
-            sampler.close()
+            if batch is not None:
+                batch.close()
+            if sampler is not None:
+                sampler.close()
         stats.end(reason)
 
 

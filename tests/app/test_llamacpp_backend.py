@@ -430,9 +430,20 @@ def test_prompt_lookup_gives_the_plain_greedy_tokens_in_fewer_steps(llamacpp_mod
     assert made >= 10 and used <= 0.6 * made, steps[COPYING[0]]
 
 
+def _cache_is_consistent(model) -> bool:
+    """The Llama's count of decoded tokens is what the KV cache holds (sequence 0 only)."""
+    import llama_cpp
+
+    llama = model.llama
+    memory = llama_cpp.llama_get_memory(llama.ctx)
+    return llama_cpp.llama_memory_seq_pos_max(memory, 0) == llama.n_tokens - 1 and all(
+        llama_cpp.llama_memory_seq_pos_max(memory, seq) == -1 for seq in range(1, 4)
+    )
+
+
 def test_prompt_lookup_keeps_the_token_budget_and_the_cache(llamacpp_model) -> None:
-    """A budget that ends inside a confirmed guess stops exactly there; a stream closed early (Stop) leaves the
-    cache as prompt + decoded tokens, so the next answer to the same prompt is the full one again."""
+    """Budgets that cut the guesses short stop exactly there; a stream closed early (Stop) leaves the cache as
+    prompt + decoded tokens, so the next answer to the same prompt is the full one again."""
     full, _ = _greedy_ids(llamacpp_model, COPYING[2], 40, lookup=True)
     assert len(full) == 40
     for budget in (1, 2, 5, 11):
@@ -444,7 +455,55 @@ def test_prompt_lookup_keeps_the_token_budget_and_the_cache(llamacpp_model) -> N
     stream.close()
     llama = llamacpp_model.llama
     assert llama.n_tokens == len(llamacpp_model.codec.prompt_ids(_messages(COPYING[2]))) + 1
+    assert _cache_is_consistent(llamacpp_model)
     again = llamacpp_model.codec.tokenizer(
         "".join(llamacpp_model.stream(_messages(COPYING[2]), max_new_tokens=40)), add_special_tokens=False
     )["input_ids"]
     assert again[:30] == full[:30]
+
+
+def test_prompt_lookup_stops_in_time_inside_a_guess_and_survives_a_failed_decode(
+    llamacpp_model, monkeypatch
+) -> None:
+    """The time limit, checked after every token, also stops inside a run of confirmed guesses: exactly the
+    tokens up to it, reason "time". A decode that fails mid-answer is a GenerationError and leaves a consistent
+    cache: the next answer is the full one."""
+    from types import SimpleNamespace
+
+    import app.backends.llamacpp_lm as backend
+    from app.generator import GenerationError
+
+    text = COPYING[0]
+    full, _ = _greedy_ids(llamacpp_model, text, 40, lookup=True)
+    prompt_len = len(llamacpp_model.codec.prompt_ids(_messages(text)))
+    for k in range(1, 12):
+        calls = [0]
+
+        def clock(k: int = k, calls: list[int] = calls) -> float:
+            calls[0] += 1  # the first call sets the deadline; then one check per token
+            return 0.0 if calls[0] <= k else 1e9
+
+        monkeypatch.setattr(backend, "time", SimpleNamespace(perf_counter=clock))
+        ids, stats = _greedy_ids(llamacpp_model, text, 40, lookup=True)
+        monkeypatch.undo()
+        assert ids == full[:k] and stats.finish_reason == "time", k
+        assert llamacpp_model.llama.n_tokens in (prompt_len + k - 1, prompt_len + k)
+        assert _cache_is_consistent(llamacpp_model)
+    real = backend.decode_rows
+    seen = [0]
+
+    def failing(*args, **kwargs):  # noqa: ANN002, ANN003
+        seen[0] += 1
+        if seen[0] == 3:
+            raise RuntimeError("llama_decode returned -1")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "decode_rows", failing)
+    with pytest.raises(GenerationError, match="generation failed"):
+        list(llamacpp_model.stream(_messages(text), max_new_tokens=40))
+    monkeypatch.undo()
+    assert _cache_is_consistent(llamacpp_model)
+    again = llamacpp_model.codec.tokenizer(
+        "".join(llamacpp_model.stream(_messages(text), max_new_tokens=40)), add_special_tokens=False
+    )["input_ids"]
+    assert again[:15] == full[:15]

@@ -103,25 +103,47 @@ def test_config_takes_auto_off_or_a_cosine() -> None:
 def test_a_follow_up_is_gated_only_when_no_reading_is_close(
     ragqa_home: Path, tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The gate's score is the best of the question alone and joined with the previous question, whichever
+    reading the search used: a follow-up whose joined reading is about the documents is not gated."""
     import app.qa as qa_module
     from retrieval.followup import QueryChoice
 
-    qa = _qa(ragqa_home, tiny_llama_dir, tmp_path, min_relevance=0.999)
+    follow_up = "What about its opening date?"
     history = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": "In 1893."}]
-    vector = qa.embedder().encode_query("and how tall is it?")
+    probe = _qa(ragqa_home, tiny_llama_dir, tmp_path, min_relevance=0.01)
+    alone = probe.retrieve_scored(follow_up).best_cosine
+    vector = probe.embedder().encode_query(follow_up)
+    # the search took the follow-up alone (the joined reading lost choose_query's margin test)
+    monkeypatch.setattr(
+        qa_module, "choose_query", lambda *_a, **_k: QueryChoice(follow_up, vector, False, 0.1, 0.2)
+    )
+    joined = probe.retrieve_scored(follow_up, history).best_cosine
+    assert joined > alone + 0.05, (joined, alone)
+    qa = QAService(probe.config.with_(min_relevance=(alone + joined) / 2), embedder=probe._embedder)
+    assert not qa.gated(qa.retrieve_scored(follow_up, history))
+    assert qa.gated(qa.retrieve_scored(follow_up))  # no conversation: the question alone is not close
 
-    def choice(alone: float, joined: float) -> None:
-        monkeypatch.setattr(
-            qa_module,
-            "choose_query",
-            lambda *_a, **_k: QueryChoice("and how tall is it?", vector, False, alone, joined),
-        )
 
-    choice(0.2, 0.9995)  # the joined reading lost the margin test but is what the documents are about
-    assert qa.retrieve_scored("and how tall is it?", history).best_cosine == pytest.approx(0.9995)
-    assert not qa.gated(qa.retrieve_scored("and how tall is it?", history))
-    choice(0.2, 0.3)  # neither reading is close: gated
-    assert qa.gated(qa.retrieve_scored("and how tall is it?", history))
+def test_the_score_is_the_best_sentence_not_the_best_chunk() -> None:
+    """sentence_relevance: the best cosine of any reading with any sentence of the passages (short fragments
+    left out); -inf with nothing to compare."""
+    from app.relevance import sentence_relevance
+    from retrieval.types import Passage
+
+    emb = HashEmbedder()
+    text = "Quillbread is baked from oat flour. The Zorbium Tower opened in 1893. Usage only."
+    passages = [Passage(1, "a#1", "a.md", text, 0.1)]
+    best = sentence_relevance(emb, ["When did the Zorbium Tower open?"], passages)
+    sentence = np.asarray(emb.encode(["The Zorbium Tower opened in 1893."]), dtype=np.float32)[0]
+    query = np.asarray(emb.encode_query("When did the Zorbium Tower open?"), dtype=np.float32).reshape(-1)
+    expected = float(sentence @ query / (np.linalg.norm(sentence) * np.linalg.norm(query)))
+    assert best == pytest.approx(expected, abs=1e-5)
+    whole = np.asarray(emb.encode([text]), dtype=np.float32)[0]
+    assert best > float(
+        whole @ query / (np.linalg.norm(whole) * np.linalg.norm(query))
+    )  # the chunk scores less
+    assert sentence_relevance(emb, ["x"], [Passage(1, "b#1", "b.md", "Too short.", 0.1)]) == float("-inf")
+    assert sentence_relevance(emb, [" "], passages) == float("-inf")
 
 
 def test_a_gated_question_is_answered_without_the_model(
@@ -169,7 +191,7 @@ def test_a_gated_answer_shows_the_passages_the_prompt_would_carry(
 def test_a_relevant_question_reaches_the_model(
     ragqa_home: Path, tiny_llama_dir: Path, tmp_path: Path
 ) -> None:
-    probe = _qa(ragqa_home, tiny_llama_dir, tmp_path)
+    probe = _qa(ragqa_home, tiny_llama_dir, tmp_path, min_relevance=0.01)
     on, off = probe.retrieve_scored(QUESTION).best_cosine, probe.retrieve_scored(OFF_TOPIC).best_cosine
     assert on > off, "the tower question must match the corpus better than an off-topic one"
     qa = QAService(probe.config.with_(min_relevance=(on + off) / 2), embedder=probe._embedder)

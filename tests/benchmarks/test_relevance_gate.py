@@ -11,8 +11,8 @@ import pytest
 from benchmarks.relevance_gate import choose, compare_runs, sweep
 
 
-def test_the_rule_picks_the_highest_threshold_within_the_false_gate_budget() -> None:
-    # 200 answerable questions: two below 0.30 (1%), a third below 0.35 (1.5%); off-topic ones lower
+def test_the_rule_picks_the_highest_threshold_that_gates_no_answerable_question() -> None:
+    # 200 answerable questions, the lowest at 0.25; off-topic ones lower
     on = np.array([0.25, 0.28, 0.33] + [0.6] * 197)
     scores = {
         "on_topic": on,
@@ -21,9 +21,51 @@ def test_the_rule_picks_the_highest_threshold_within_the_false_gate_budget() -> 
     }
     rows = sweep(scores)
     chosen = choose(rows)
-    assert chosen["threshold"] == pytest.approx(0.33)  # < 0.33 gates 2 of 200; < 0.34 would gate 3
-    assert chosen["gated_on_topic_answerable"] == pytest.approx(0.01)
-    assert chosen["gated_off_topic"] == pytest.approx(0.75)  # 0.1, 0.2, 0.3 of each four
+    assert chosen["threshold"] == pytest.approx(0.25)  # < 0.25 gates none; < 0.26 would gate one
+    assert chosen["gated_on_topic_answerable"] == 0.0
+    assert chosen["gated_off_topic"] == pytest.approx(0.5)  # 0.1 and 0.2 of each four
+
+
+def test_squad_scores_are_the_best_sentence_of_the_nearest_chunks(tmp_path: Path) -> None:
+    """The calibration's score is the app's: sentence_relevance over the K nearest chunks, on-topic and with the
+    question's own article left out."""
+    from app.relevance import sentence_relevance
+    from benchmarks.relevance_gate import K_PASSAGES, squad_scores
+    from retrieval.embedder import HashEmbedder
+    from retrieval.index import HybridIndex
+    from retrieval.types import Passage
+
+    def article(title: str, text: str, question: str, n: int) -> dict:
+        qa = {"id": f"{title}{n}", "question": question, "answers": [{"text": "x", "answer_start": 0}]}
+        return {"title": title, "paragraphs": [{"context": text, "qas": [{**qa, "is_impossible": False}]}]}
+
+    texts = {
+        f"T{i}": f"The tower number {i} opened in {1890 + i}. It has {i + 3} floors and a red roof."
+        for i in range(8)
+    }
+    squad = {"data": [article(t, x, f"When did tower number {t[1]} open?", 0) for t, x in texts.items()]}
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps(squad), encoding="utf-8")
+    emb = HashEmbedder()
+    (tmp_path / "work").mkdir()
+    scores = squad_scores(path, emb, tmp_path / "work")
+    chunks = HybridIndex.open(tmp_path / "work" / "index", emb).chunks
+    assert (
+        len(scores["on_topic"]) == len(scores["articles"]) == 8 - 4
+    )  # the 4 held-out articles are never read
+    assert np.all(scores["on_topic"] >= scores["off_topic"])
+    # on-topic with one article per chunk and K >= all chunks: the best sentence of the whole corpus
+    assert len(chunks) <= K_PASSAGES
+    passages = [Passage(i + 1, c.chunk_id, c.source, c.text, 0.0) for i, c in enumerate(chunks)]
+    questions = [
+        q["question"]
+        for a in squad["data"]
+        if a["title"] in scores["articles"]
+        for p in a["paragraphs"]
+        for q in p["qas"]
+    ]
+    expected = [sentence_relevance(emb, [q], passages) for q in questions]
+    assert sorted(scores["on_topic"]) == pytest.approx(sorted(expected), abs=1e-5)
 
 
 def _write(folder: Path, rows: list[dict]) -> Path:
