@@ -144,6 +144,14 @@ def test_the_score_is_the_best_sentence_not_the_best_chunk() -> None:
     )  # the chunk scores less
     assert sentence_relevance(emb, ["x"], [Passage(1, "b#1", "b.md", "Too short.", 0.1)]) == float("-inf")
     assert sentence_relevance(emb, [" "], passages) == float("-inf")
+    # a passage's sentences are embedded once: the next question over it embeds only itself
+    calls: list[int] = []
+    real = emb.encode
+    emb.encode = lambda texts, **kw: calls.append(len(texts)) or real(texts, **kw)  # type: ignore[method-assign]
+    fresh = Passage(2, "c#1", "c.md", "Marigold Vance carries a crew of 31. It was launched in 2011.", 0.1)
+    first = sentence_relevance(emb, ["Who sails the Marigold Vance?"], [fresh])
+    again = sentence_relevance(emb, ["Who sails the Marigold Vance?"], [fresh])
+    assert first == again and calls == [2]
 
 
 def test_a_gated_question_is_answered_without_the_model(
