@@ -581,7 +581,7 @@ def gate_note(result: AskResult, override: str) -> str | None:
     if not gate:
         return None
     return (
-        f"Not asked the model: no passage is close to the question (best relevance "
+        f"Not asked the model: no passage is close to the question (its closest sentence "
         f"{max(0.0, gate['best_cosine']) * 100:.0f}%, below the {gate['min_relevance'] * 100:.0f}% set by "
         f"`min_relevance`). Rephrase the question with the documents' words, or {override}."
     )
