@@ -44,8 +44,8 @@ MIN_PASSAGE_TOKENS = 160
 # articles with their article indexed (benchmarks/relevance_gate.py, docs/results/relevance_gate/); it gates 3.7%
 # of those questions with their article left out (another Wikipedia article is a hard case). No budget for
 # answerable ones: squad2's questions paraphrase their sentence, and a user's short how-to question scores lower
-# (the chunk-level gate chosen before with a 1% budget refused 4 of 20 questions about the bundled guide, e.g.
-# "How do I install the app?"). On the guide: its questions 0.34-0.84, trivia 0.15-0.21.
+# (the chunk-level gate chosen before with a 1% budget refused 3-4 of 20 questions about the bundled guide,
+# e.g. "How do I add my documents?"). On the guide: its questions 0.34-0.84, trivia 0.15-0.21.
 # Other embedders put cosines on another scale: with any embedder but the default one the gate is off unless
 # configured.
 DEFAULT_MIN_RELEVANCE = 0.22
