@@ -320,3 +320,28 @@ def test_the_sources_relevance_is_measured_against_the_text_searched(
         assert ("relevance_gate" in result.generation) == (min_relevance != "off")
     finally:
         services.close()
+
+
+def test_the_guides_own_questions_are_never_gated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the bundled guide with the default embedder: none of the user-style questions about it is gated (the
+    first, chunk-level gate refused 3-4 of benchmarks/ask_latency.py's 20), the off-topic ones are."""
+    from benchmarks.ask_latency import QUESTIONS as ASK_LATENCY
+    from evaluation.guide_questions import GUIDE_QUESTIONS
+    from evaluation.guide_questions import OFF_TOPIC as GUIDE_OFF_TOPIC
+    from retrieval.embedder import SentenceTransformerEmbedder
+
+    monkeypatch.setenv("RAGQA_HOME", str(tmp_path / "home"))
+    cfg = AppConfig.load()
+    embedder = SentenceTransformerEmbedder(None)
+    ingest(
+        Path(__file__).resolve().parents[2] / "app" / "demo_corpus",
+        cfg.paths.index_dir,
+        embedder,
+        progress=False,
+    )
+    qa = QAService(cfg, embedder=embedder)
+    assert qa.min_relevance() == DEFAULT_MIN_RELEVANCE
+    on_topic = [q for q, _ in GUIDE_QUESTIONS] + list(ASK_LATENCY)
+    gated = [q for q in on_topic if qa.gated(qa.retrieve_scored(q))]
+    assert gated == [], gated
+    assert all(qa.gated(qa.retrieve_scored(q)) for q in GUIDE_OFF_TOPIC)
