@@ -21,7 +21,7 @@ from app.prompt_limit import prompt_token_limit
 from app.relevance import sentence_relevance
 from feedback_store.records import NewCandidate
 from model_store.registry import ModelRegistry
-from retrieval.followup import choose_query, joined_query, previous_question
+from retrieval.followup import choose_query, joined_query, looks_like_follow_up, previous_question
 from retrieval.passage_trim import trim_passages
 from retrieval.prompt import NO_ANSWER, fit_passages, parse_citations, render_prompt
 from retrieval.types import Passage
@@ -285,8 +285,11 @@ class QAService:
         if self.min_relevance() <= 0:  # the gate is off: its score costs the sentences' embeddings, skip it
             return Retrieved(passages, float("nan"), choice.query)
         # In a conversation either reading may be what the documents are about: the question alone, or joined
-        # with the previous one. The gate asks whether any is.
-        readings = [choice.query, question] + ([joined_query(question, previous)] if previous else [])
+        # with the previous one. The joined reading matches whatever the previous question was about, so it
+        # counts only for a question that refers back ("and how tall is it?"), never for a self-contained one
+        # ("What is the capital of France?" right after a question about the documents).
+        refers_back = bool(previous) and looks_like_follow_up(question)
+        readings = [question] + ([choice.query, joined_query(question, previous)] if refers_back else [])
         return Retrieved(passages, sentence_relevance(self.embedder(), readings, passages), choice.query)
 
     def min_relevance(self) -> float:

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -39,20 +38,9 @@ OUT = REPO / "docs" / "results" / "followups" / "followups.json"
 KINDS = ("follow_up", "topic_change")
 MARGINS = (0.0, 0.05, 0.1, 0.15, 0.2)  # the cosine rule's margin, swept: how sensitive is the choice
 
-_FOLLOW_UP_START = re.compile(r"^(and|but|also|so|then|what about|how about)\b", re.IGNORECASE)
-_REFERRING = re.compile(
-    r"\b(it|its|they|them|their|this|that|these|those|there|he|she|his|her|one)\b", re.IGNORECASE
-)
-
 
 def load_set(path: Path = SET) -> list[dict[str, str]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def looks_like_follow_up(question: str) -> bool:
-    """The cheap detector: a conjunction start, a referring word, or a very short question."""
-    words = re.findall(r"\w+", question)
-    return bool(_FOLLOW_UP_START.search(question.strip()) or _REFERRING.search(question) or len(words) <= 4)
 
 
 def build_retriever(index_dir: Path, embedder: Any) -> Any:
@@ -71,7 +59,7 @@ def _search(retriever: Any, query: str, k: int) -> list[Any]:
 
 def method_functions(retriever: Any, k: int) -> dict[str, Callable[[str, str], list[Any]]]:
     """method name -> search(question, previous) -> passages."""
-    from retrieval.followup import JOIN_MARGIN, choose_query, joined_query
+    from retrieval.followup import JOIN_MARGIN, choose_query, joined_query, looks_like_follow_up
 
     def cosine(margin: float) -> Callable[[str, str], list[Any]]:
         def search(question: str, previous: str) -> list[Any]:

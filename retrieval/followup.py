@@ -15,6 +15,7 @@ when there is a previous question.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -75,3 +76,20 @@ def choose_query(
     if cos_joined > cos_alone + margin:
         return QueryChoice(joined_text, joined, True, cos_alone, cos_joined)
     return QueryChoice(question, alone, False, cos_alone, cos_joined)
+
+
+_FOLLOW_UP_START = re.compile(r"^(and|but|also|so|then|what about|how about)\b", re.IGNORECASE)
+_REFERRING = re.compile(
+    r"\b(it|its|they|them|their|this|that|these|those|there|he|she|his|her|one)\b", re.IGNORECASE
+)
+
+
+def looks_like_follow_up(question: str) -> bool:
+    """A cheap detector: a conjunction start, a referring word, or a very short question.
+
+    Retrieval does not use it (choose_query's cosine rule found follow-ups better: benchmarks/followups.py). The
+    relevance gate does: a question joined with the previous one always matches the documents the previous one
+    was about, so that reading may vouch for the question only when the question refers back to something.
+    """
+    words = re.findall(r"\w+", question)
+    return bool(_FOLLOW_UP_START.search(question.strip()) or _REFERRING.search(question) or len(words) <= 4)

@@ -106,7 +106,8 @@ def test_a_follow_up_is_gated_only_when_no_reading_is_close(
     """The gate's score is the best of the question alone and joined with the previous question, whichever
     reading the search used: a follow-up whose joined reading is about the documents is not gated."""
     import app.qa as qa_module
-    from retrieval.followup import QueryChoice
+    from app.relevance import sentence_relevance
+    from retrieval.followup import QueryChoice, joined_query, looks_like_follow_up
 
     follow_up = "What about its opening date?"
     history = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": "In 1893."}]
@@ -122,6 +123,28 @@ def test_a_follow_up_is_gated_only_when_no_reading_is_close(
     qa = QAService(probe.config.with_(min_relevance=(alone + joined) / 2), embedder=probe._embedder)
     assert not qa.gated(qa.retrieve_scored(follow_up, history))
     assert qa.gated(qa.retrieve_scored(follow_up))  # no conversation: the question alone is not close
+    # A self-contained question (no referring word, no "and ...", more than 4 words) is judged alone: its joined
+    # reading matches the previous question's documents whatever it asks.
+    standalone = "When was the opening date of quillbread?"
+    assert not looks_like_follow_up(standalone) and looks_like_follow_up(follow_up)
+    monkeypatch.setattr(
+        qa_module,
+        "choose_query",
+        lambda *_a, **_k: QueryChoice(
+            joined_query(standalone, QUESTION),
+            probe.embedder().encode_query(joined_query(standalone, QUESTION)),
+            True,
+            0.1,
+            0.2,
+        ),
+    )
+    alone_s = probe.retrieve_scored(standalone).best_cosine
+    joined_s = sentence_relevance(
+        probe.embedder(), [joined_query(standalone, QUESTION)], probe.retrieve(standalone, history)
+    )
+    assert joined_s > alone_s + 0.05, (joined_s, alone_s)
+    strict = QAService(probe.config.with_(min_relevance=(alone_s + joined_s) / 2), embedder=probe._embedder)
+    assert strict.gated(strict.retrieve_scored(standalone, history))
 
 
 def test_the_score_is_the_best_sentence_not_the_best_chunk() -> None:
@@ -345,3 +368,8 @@ def test_the_guides_own_questions_are_never_gated(tmp_path: Path, monkeypatch: p
     gated = [q for q in on_topic if qa.gated(qa.retrieve_scored(q))]
     assert gated == [], gated
     assert all(qa.gated(qa.retrieve_scored(q)) for q in GUIDE_OFF_TOPIC)
+    # asked right after a question about the guide, in the same chat, off-topic questions are still gated
+    for previous in ("How do I install the app?", "How do I export my feedback?", ASK_LATENCY[5]):
+        history = [{"role": "user", "content": previous}, {"role": "assistant", "content": "..."}]
+        leaked = [q for q in GUIDE_OFF_TOPIC if not qa.gated(qa.retrieve_scored(q, history))]
+        assert leaked == [], (previous, leaked)
