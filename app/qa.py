@@ -286,11 +286,17 @@ class QAService:
             return Retrieved(passages, float("nan"), choice.query)
         # In a conversation either reading may be what the documents are about: the question alone, or joined
         # with the previous one. The joined reading matches whatever the previous question was about, so it
-        # counts only for a question that refers back ("and how tall is it?"), never for a self-contained one
-        # ("What is the capital of France?" right after a question about the documents).
-        refers_back = bool(previous) and looks_like_follow_up(question)
-        readings = [question] + ([choice.query, joined_query(question, previous)] if refers_back else [])
-        return Retrieved(passages, sentence_relevance(self.embedder(), readings, passages), choice.query)
+        # counts only for a question that refers back ("and how tall is it?"). A self-contained one ("How many
+        # moons does Mars have?" right after a question about model versions) is judged alone, over what it
+        # finds alone: the joined search's passages are the previous topic's, and a question's form alone ("How
+        # many ... does ... have?") can come close to one of their sentences.
+        if previous and looks_like_follow_up(question):
+            readings = [question, choice.query, joined_query(question, previous)]
+            return Retrieved(passages, sentence_relevance(self.embedder(), readings, passages), choice.query)
+        found_alone = (
+            passages if choice.query == question else retriever.search(question, k=k or self.config.k)
+        )
+        return Retrieved(passages, sentence_relevance(self.embedder(), [question], found_alone), choice.query)
 
     def min_relevance(self) -> float:
         """The relevance gate's threshold in force (0: off), for the embedder actually loaded."""

@@ -15,6 +15,10 @@ Methods (what is searched for the second question):
 Metrics per kind: hit@1 and hit@k (the expected document among the top 1 / k passages), and for topic
 changes the share of the top-k passages that come from the previous question's document (the leak).
 
+`relevance_gate`: the app's relevance gate (QAService, its default threshold) on the second question of every pair,
+and on each off-topic question of evaluation/guide_questions.py asked right after each distinct previous question
+of the set: a follow-up or a topic change must pass, the off-topic ones must be gated.
+
     python benchmarks/followups.py [--k 4] [--out docs/results/followups/followups.json]
 """
 
@@ -32,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 SET = REPO / "tests" / "fixtures" / "followups.jsonl"
 CORPUS = REPO / "app" / "demo_corpus"
 OUT = REPO / "docs" / "results" / "followups" / "followups.json"
@@ -112,6 +117,46 @@ def evaluate(
     return results
 
 
+def gate_in_chats(rows: Sequence[dict[str, str]], index_dir: Path, embedder: Any) -> dict[str, Any]:
+    """The app's relevance gate (QAService, default threshold) on the second question of each pair, and on each
+    off-topic question (evaluation/guide_questions.py) asked right after each distinct previous question of the
+    set: a real follow-up must pass, an off-topic question must be gated however close the previous one was."""
+    from app.config import AppConfig
+    from app.qa import QAService
+    from evaluation.guide_questions import OFF_TOPIC
+
+    cfg = AppConfig.load()
+    cfg.paths.index_dir.parent.mkdir(parents=True, exist_ok=True)
+    if cfg.paths.index_dir.exists():
+        raise SystemExit(f"{cfg.paths.index_dir} exists: run with RAGQA_HOME set to an empty folder")
+    import shutil
+
+    shutil.copytree(index_dir, cfg.paths.index_dir)
+    qa = QAService(cfg, embedder=embedder)
+
+    def judged(question: str, previous: str) -> dict[str, Any]:
+        history = [{"role": "user", "content": previous}, {"role": "assistant", "content": "..."}]
+        r = qa.retrieve_scored(question, history)
+        return {
+            "question": question,
+            "previous": previous,
+            "score": round(r.best_cosine, 4),
+            "gated": qa.gated(r),
+        }
+
+    pairs = {
+        kind: [judged(r["question"], r["previous"]) for r in rows if r["kind"] == kind] for kind in KINDS
+    }
+    previous = sorted({r["previous"] for r in rows})
+    pairs["off_topic_after_on_topic"] = [judged(q, p) for p in previous for q in OFF_TOPIC]
+    return {
+        "threshold": qa.min_relevance(),
+        "gated": {kind: sum(j["gated"] for j in js) for kind, js in pairs.items()},
+        "n": {kind: len(js) for kind, js in pairs.items()},
+        "pairs": pairs,
+    }
+
+
 def machine() -> dict[str, Any]:
     """CPU model, the flags that decide the embedder's speed, load average: context for the timings."""
     from benchmarks.machine import cpu, load_average
@@ -151,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         retriever = build_retriever(Path(tmp) / "index", embedder)
         results = evaluate(retriever, rows, args.k)
         chunks = len(retriever.index)
+        os.environ["RAGQA_HOME"] = str(Path(tmp) / "home")
+        gate = gate_in_chats(rows, Path(tmp) / "index", embedder)
     print(table(results, args.k))
+    print(f"relevance gate in chats (threshold {gate['threshold']}): gated {gate['gated']} of {gate['n']}")
     report = {
         "set": str(SET.relative_to(REPO)),
         "corpus": str(CORPUS.relative_to(REPO)),
@@ -160,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         "k": args.k,
         "pairs": {kind: sum(r["kind"] == kind for r in rows) for kind in KINDS},
         "results": results,
+        "relevance_gate": gate,
         "machine": machine(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

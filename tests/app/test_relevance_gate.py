@@ -369,7 +369,12 @@ def test_the_guides_own_questions_are_never_gated(tmp_path: Path, monkeypatch: p
     assert gated == [], gated
     assert all(qa.gated(qa.retrieve_scored(q)) for q in GUIDE_OFF_TOPIC)
     # asked right after a question about the guide, in the same chat, off-topic questions are still gated
-    for previous in ("How do I install the app?", "How do I export my feedback?", ASK_LATENCY[5]):
+    # ("Mars" after a model-version question: judged over the joined search's passages it scored 0.23)
+    for previous in (
+        "How do I install the app?",
+        "How do I export my feedback?",
+        "How do I roll back a bad version?",
+    ):
         history = [{"role": "user", "content": previous}, {"role": "assistant", "content": "..."}]
         leaked = [q for q in GUIDE_OFF_TOPIC if not qa.gated(qa.retrieve_scored(q, history))]
         assert leaked == [], (previous, leaked)
