@@ -1,11 +1,11 @@
-"""How close each passage shown is to the question: the dense cosine, which users can read as a relevance.
+"""How close the passages found are to the question, per sentence: what users read and what the relevance gate
+checks.
 
-The retriever ranks by reciprocal-rank fusion, whose values (~0.016) say nothing to a reader; the cosine between
-the question's embedding and the passage's stored vector (both normalised) does. It is computed from the index's
-stored vectors, so only the question is embedded again.
-
-`sentence_relevance` is the relevance gate's score (app/qa.py): the best cosine between the question and a
-sentence of the passages found.
+The retriever ranks by reciprocal-rank fusion, whose values (~0.016) say nothing to a reader; a cosine does. Per
+sentence, not per chunk: a user's short question ("How do I install the app?") matches the one sentence that
+answers it far better than a 200-token chunk that also covers three other things. `passage_relevance` gives each
+passage's best sentence (the sources pane's "relevance n%"), `sentence_relevance` the best of them all (the
+relevance gate's score, app/qa.py), so the two read on one scale.
 """
 
 from __future__ import annotations
@@ -19,17 +19,18 @@ from typing import Any
 import numpy as np
 
 
-def dense_relevance(index: Any, embedder: Any, question: str, passages: Sequence[Any]) -> dict[int, float]:
-    """{passage rank: cosine} for the passages found in `index` (a HybridIndex); {} when none are."""
-    rows = {c.chunk_id: i for i, c in enumerate(index.chunks)}
-    wanted = [(p.rank, rows[p.chunk_id]) for p in passages if p.chunk_id in rows]
-    if not wanted:
+def passage_relevance(embedder: Any, question: str, passages: Sequence[Any]) -> dict[int, float]:
+    """{passage rank: the best cosine between `question` and one of its sentences}; a passage without a sentence
+    of MIN_SENTENCE_WORDS words has none."""
+    if not question.strip():
         return {}
-    query = np.asarray(embedder.encode_query(question), dtype=np.float32).reshape(-1)
-    vectors = np.asarray(index.vectors[[row for _rank, row in wanted]], dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1) * (np.linalg.norm(query) or 1.0)
-    cosines = vectors @ query / np.where(norms == 0, 1.0, norms)
-    return {rank: float(c) for (rank, _row), c in zip(wanted, cosines, strict=True)}
+    query = _unit(np.asarray(embedder.encode_query(question), dtype=np.float32).reshape(-1))
+    out = {}
+    for p in passages:
+        vectors = _SENTENCES.vectors(embedder, p.text)
+        if len(vectors):
+            out[p.rank] = float((vectors @ query).max())
+    return out
 
 
 # Sentences shorter than this carry no topic of their own (a heading's "Usage", a table's "| k | 4 |" cell run).
@@ -38,13 +39,9 @@ MIN_SENTENCE_WORDS = 3
 
 def sentence_relevance(embedder: Any, readings: Sequence[str], passages: Sequence[Any]) -> float:
     """The relevance gate's score: the highest cosine between any reading of the question and any sentence of the
-    passages found; -inf when there is no sentence to compare (never gated then).
-
-    Why sentences, not the chunks' stored vectors: a user's short question ("How do I install the app?") matches
-    the one sentence that answers it far better than a 200-token chunk that also covers three other things. On
-    the bundled guide the chunk cosine of on-topic questions (0.22-0.64) overlapped trivia's (0.02-0.25); the
-    sentence cosine kept them apart (on-topic >= 0.34, trivia <= 0.21).
-    """
+    passages found; -inf when there is no sentence to compare (never gated then). On the bundled guide the chunk
+    cosine of on-topic questions (0.22-0.64) overlapped trivia's (0.02-0.25); the sentence cosine keeps them apart
+    (on-topic >= 0.34, trivia <= 0.21)."""
     texts = [r for r in dict.fromkeys(readings) if r.strip()]
     vectors = [v for p in passages for v in [_SENTENCES.vectors(embedder, p.text)] if len(v)]
     if not vectors or not texts:

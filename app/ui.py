@@ -201,10 +201,10 @@ class Handlers(FeedbackHandlers):
         yield chat_value(state), sources, label, status, state, box, shown
 
     def _relevance(self, question: str, passages: list[Any]) -> dict[int, float]:
-        from app.relevance import dense_relevance
+        from app.relevance import passage_relevance
 
         try:
-            return dense_relevance(self.s.qa.retriever().index, self.s.qa.embedder(), question, passages)
+            return passage_relevance(self.s.qa.embedder(), question, passages)
         except Exception:  # a relevance we cannot show is no reason to lose the answer
             log.exception("computing the passages' relevance failed")
             return {}

@@ -167,6 +167,15 @@ def test_the_score_is_the_best_sentence_not_the_best_chunk() -> None:
     )  # the chunk scores less
     assert sentence_relevance(emb, ["x"], [Passage(1, "b#1", "b.md", "Too short.", 0.1)]) == float("-inf")
     assert sentence_relevance(emb, [" "], passages) == float("-inf")
+    # the sources pane's per-passage relevance is each passage's best sentence: the gate's score is their best
+    from app.relevance import passage_relevance
+
+    other = Passage(2, "d#1", "d.md", "The ship Marigold Vance sails from Tessport. Its crew is 31.", 0.1)
+    labels = passage_relevance(emb, "When did the Zorbium Tower open?", [*passages, other])
+    assert set(labels) == {1, 2} and labels[1] == pytest.approx(best, abs=1e-5) and labels[2] < labels[1]
+    assert max(labels.values()) == pytest.approx(
+        sentence_relevance(emb, ["When did the Zorbium Tower open?"], [*passages, other]), abs=1e-6
+    )
     # a passage's sentences are embedded once: the next question over it embeds only itself
     calls: list[int] = []
     real = emb.encode
@@ -329,13 +338,13 @@ def test_the_sources_relevance_is_measured_against_the_text_searched(
             qa_module, "choose_query", lambda *_a, **_k: QueryChoice(joined, vector, True, 0.1, 0.2)
         )
         measured: list[str] = []
-        real = relevance_module.dense_relevance
+        real = relevance_module.passage_relevance
 
-        def spy(index: Any, emb: Any, question: str, passages: Any) -> dict[int, float]:
+        def spy(emb: Any, question: str, passages: Any) -> dict[int, float]:
             measured.append(question)
-            return real(index, emb, question, passages)
+            return real(emb, question, passages)
 
-        monkeypatch.setattr(relevance_module, "dense_relevance", spy)
+        monkeypatch.setattr(relevance_module, "passage_relevance", spy)
         list(h.ask(follow_up, state))
         assert measured == [joined]
         result = services.qa.ask(follow_up, [{"role": "user", "content": QUESTION}])
