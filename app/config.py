@@ -73,8 +73,9 @@ class AppConfig:
     # serves (app/prompt_limit.py) | off | a number >= MIN_PROMPT_TOKENS
     max_prompt_tokens: str = field(default="auto", metadata=bounds(parse=parse_prompt_limit))
     max_file_mb: float = field(default=50.0, metadata=bounds(gt=0))
-    # Abstain without asking the model when no indexed chunk's dense cosine to the question reaches this: nothing
-    # in the documents is about it, and a model asked anyway answers from its own knowledge. None = auto (the value
+    # Abstain without asking the model when no sentence of the passages found has a cosine to the question that
+    # reaches this: nothing in the documents is about it, and a model asked anyway answers from its own knowledge
+    # (app/relevance.py's sentence_relevance). None = auto (the value
     # calibrated for the default embedder, app/qa.py's DEFAULT_MIN_RELEVANCE; off with any other embedder, whose
     # cosines live on another scale) | off (= 0) | a cosine in (0, 1]
     min_relevance: float | None = field(default=None, metadata=bounds(ge=0, le=1, parse=parse_min_relevance))

@@ -18,7 +18,7 @@ from app.config import AppConfig
 from app.errors import AppError
 from app.generator import GenerationError, GenerationStats, Generator, ServedModel
 from app.prompt_limit import prompt_token_limit
-from app.relevance import sentence_relevance
+from app.relevance import best_sentence_cosine
 from feedback_store.records import NewCandidate
 from model_store.registry import ModelRegistry
 from retrieval.followup import choose_query, joined_query, looks_like_follow_up, previous_question
@@ -281,9 +281,12 @@ class QAService:
             return Retrieved(retriever.search(question, k=k or self.config.k), float("-inf"), question)
         previous = previous_question(history)
         choice = choose_query(retriever, question, previous)
-        passages, _best_chunk = retriever.search_scored(choice.query, choice.vector, k=k or self.config.k)
+        k = k or self.config.k
+        passages = retriever.search_with_vector(choice.query, choice.vector, k=k)
         if self.min_relevance() <= 0:  # the gate is off: its score costs the sentences' embeddings, skip it
             return Retrieved(passages, float("nan"), choice.query)
+        embedder = self.embedder()
+        alone = choice.alone_vector if choice.alone_vector is not None else embedder.encode_query(question)
         # In a conversation either reading may be what the documents are about: the question alone, or joined
         # with the previous one. The joined reading matches whatever the previous question was about, so it
         # counts only for a question that refers back ("and how tall is it?"). A self-contained one ("How many
@@ -291,12 +294,15 @@ class QAService:
         # finds alone: the joined search's passages are the previous topic's, and a question's form alone ("How
         # many ... does ... have?") can come close to one of their sentences.
         if previous and looks_like_follow_up(question):
-            readings = [question, choice.query, joined_query(question, previous)]
-            return Retrieved(passages, sentence_relevance(self.embedder(), readings, passages), choice.query)
+            joined = choice.joined_vector
+            if joined is None:
+                joined = embedder.encode_query(joined_query(question, previous))
+            score = best_sentence_cosine(embedder, [alone, joined], passages)
+            return Retrieved(passages, score, choice.query)
         found_alone = (
-            passages if choice.query == question else retriever.search(question, k=k or self.config.k)
+            passages if choice.query == question else retriever.search_with_vector(question, alone, k=k)
         )
-        return Retrieved(passages, sentence_relevance(self.embedder(), [question], found_alone), choice.query)
+        return Retrieved(passages, best_sentence_cosine(embedder, [alone], found_alone), choice.query)
 
     def min_relevance(self) -> float:
         """The relevance gate's threshold in force (0: off), for the embedder actually loaded."""
@@ -309,7 +315,7 @@ class QAService:
         made-up citation. (An empty index is not gated: nothing is indexed yet, which the prompt says.)
         """
         floor = self.min_relevance()
-        # -inf: the dense search found nothing (a broken query vector) while BM25 did: not a measured distance
+        # -inf: no sentence of 3+ words to compare with (not a measured distance); NaN: the gate is off
         best = retrieved.best_cosine
         return floor > 0 and bool(retrieved.passages) and math.isfinite(best) and best < floor
 

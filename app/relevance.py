@@ -27,7 +27,7 @@ def passage_relevance(embedder: Any, question: str, passages: Sequence[Any]) -> 
     query = _unit(np.asarray(embedder.encode_query(question), dtype=np.float32).reshape(-1))
     out = {}
     for p in passages:
-        vectors = _SENTENCES.vectors(embedder, p.text)
+        vectors = sentence_vectors(embedder, p.text)
         if len(vectors):
             out[p.rank] = float((vectors @ query).max())
     return out
@@ -43,11 +43,24 @@ def sentence_relevance(embedder: Any, readings: Sequence[str], passages: Sequenc
     cosine of on-topic questions (0.22-0.64) overlapped trivia's (0.02-0.25); the sentence cosine keeps them apart
     (on-topic >= 0.34, trivia <= 0.21)."""
     texts = [r for r in dict.fromkeys(readings) if r.strip()]
-    vectors = [v for p in passages for v in [_SENTENCES.vectors(embedder, p.text)] if len(v)]
-    if not vectors or not texts:
+    vectors = [np.asarray(embedder.encode_query(t), dtype=np.float32) for t in texts]
+    return best_sentence_cosine(embedder, vectors, passages)
+
+
+def best_sentence_cosine(
+    embedder: Any, query_vectors: Sequence[np.ndarray], passages: Sequence[Any]
+) -> float:
+    """`sentence_relevance` for readings already embedded (the app's search embedded them); -inf without both."""
+    sentences = [v for p in passages for v in [sentence_vectors(embedder, p.text)] if len(v)]
+    if not sentences or not query_vectors:
         return float("-inf")
-    qv = _unit(np.stack([np.asarray(embedder.encode_query(t), dtype=np.float32).reshape(-1) for t in texts]))
-    return float((qv @ np.concatenate(vectors).T).max())
+    queries = _unit(np.stack([np.asarray(v, dtype=np.float32).reshape(-1) for v in query_vectors]))
+    return float((queries @ np.concatenate(sentences).T).max())
+
+
+def sentence_vectors(embedder: Any, text: str) -> np.ndarray:
+    """Unit vectors of `text`'s sentences of MIN_SENTENCE_WORDS words or more, (n, dim); n may be 0."""
+    return _SENTENCES.vectors(embedder, text)
 
 
 class _SentenceVectors:

@@ -43,6 +43,10 @@ class QueryChoice:
     follow_up: bool  # True: searched together with the previous question
     cosine_alone: float  # best dense cosine of the question alone (nan when not compared)
     cosine_joined: float  # best dense cosine of previous question + question (nan when no previous one)
+    # Both readings' vectors as choose_query embedded them (None when not embedded), so the relevance gate need
+    # not embed them again.
+    alone_vector: np.ndarray | None = None
+    joined_vector: np.ndarray | None = None
 
 
 def previous_question(history: Sequence[dict[str, str]]) -> str | None:
@@ -71,13 +75,13 @@ def choose_query(
     embed = retriever.embedder.encode_query
     alone = embed(question)
     if not previous:
-        return QueryChoice(question, alone, False, float("nan"), float("nan"))
+        return QueryChoice(question, alone, False, float("nan"), float("nan"), alone)
     joined_text = joined_query(question, previous)
     joined = embed(joined_text)
     cos_alone, cos_joined = best_cosine(retriever.index, alone), best_cosine(retriever.index, joined)
     if cos_joined > cos_alone + margin:
-        return QueryChoice(joined_text, joined, True, cos_alone, cos_joined)
-    return QueryChoice(question, alone, False, cos_alone, cos_joined)
+        return QueryChoice(joined_text, joined, True, cos_alone, cos_joined, alone, joined)
+    return QueryChoice(question, alone, False, cos_alone, cos_joined, alone, joined)
 
 
 _FOLLOW_UP_START = re.compile(r"^(and|but|also|so|then|what about|how about)\b", re.IGNORECASE)

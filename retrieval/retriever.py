@@ -65,13 +65,6 @@ class Retriever:
     def search_with_vector(self, query: str, query_vector: np.ndarray, k: int = 4) -> list[Passage]:
         """Like `search` with the query already embedded ((dim,) float32 unit vector); for benchmarks
         and callers that batch query embedding. Timings exclude embedding ("embed" = 0)."""
-        return self.search_scored(query, query_vector, k)[0]
-
-    def search_scored(self, query: str, query_vector: np.ndarray, k: int = 4) -> tuple[list[Passage], float]:
-        """`search_with_vector`, and the query's best dense cosine to any chunk (-inf for an empty index): how
-        close the index comes to the question at all, which the fused ranks cannot say (app/qa.py's gate).
-        Exact below the HNSW threshold; above it the approximate search may miss the nearest chunk and report a
-        slightly lower best (efSearch 64 over the top n)."""
         n = max(k * 5, 20)
         t0 = time.perf_counter()
         dense = self.index.dense_search(query_vector, n)
@@ -94,4 +87,4 @@ class Retriever:
             "fusion": (t3 - t2) * 1000,
             "total": (t3 - t0) * 1000,
         }
-        return passages, (dense[0][1] if dense else float("-inf"))
+        return passages

@@ -308,7 +308,7 @@ class ParallelSampler:
         batch = LlamaBatch(n_tokens=count, embd=0, n_seq_max=1, verbose=False)
         try:
             llama_cpp.llama_memory_seq_keep(memory, 0)  # drop sequences an interrupted call may have left
-            self._prefill(prompt)
+            prefill(llama, prompt)
             for seq in range(1, count):
                 llama_cpp.llama_memory_seq_cp(memory, 0, seq, -1, -1)
             out: list[list[int]] = [[] for _ in range(count)]
@@ -329,7 +329,7 @@ class ParallelSampler:
                         reason[seq] = "time"
                     break
                 order = list(pending)
-                self._decode_step(batch, [(seq, pending[seq], len(prompt) + step) for seq in order])
+                decode_rows(llama, batch, [(seq, pending[seq], len(prompt) + step) for seq in order])
                 pending = {seq: samplers[seq].sample(llama._ctx, j) for j, seq in enumerate(order)}
             return list(zip(out, reason, strict=True))
         finally:
@@ -351,12 +351,6 @@ class ParallelSampler:
             temp=request.temperature,
             repeat_penalty=request.repetition_penalty,
         )
-
-    def _prefill(self, prompt: list[int]) -> None:
-        prefill(self.llama, prompt)
-
-    def _decode_step(self, batch: Any, rows: list[tuple[int, int, int]]) -> None:
-        decode_rows(self.llama, batch, rows)
 
     def _keep_prompt_only(self, memory: Any, prompt_len: int) -> None:
         """Leave the cache as a plain prompt in sequence 0, so the next call reuses it and the Llama's own
@@ -384,8 +378,6 @@ class LookupGreedy:
     def __init__(self, llama: Any, eos: set[int]) -> None:
         self.llama = llama
         self.eos = eos
-        self.steps = 0  # decode calls after the prefill
-        self.accepted = 0  # guessed tokens greedy decoding confirmed
 
     def run(
         self, prompt: list[int], decoding: Decoding, stats: GenerationStats, deadline: float
@@ -397,9 +389,8 @@ class LookupGreedy:
 
         llama = self.llama
         budget = decoding.max_new_tokens
-        n_past: int | None = (
-            None  # cells in the cache that hold confirmed tokens; None until the prompt is in
-        )
+        # cells in the cache that hold confirmed tokens; None until the prompt is in
+        n_past: int | None = None
         emitted = 0
         reason = "length"
         sampler = batch = None
@@ -434,7 +425,6 @@ class LookupGreedy:
                 # The step yields the confirmed guesses plus one token: never guess past the budget.
                 draft = index.draft(budget - emitted - 1)
                 decode_rows(llama, batch, [(0, t, n_past + j) for j, t in enumerate([token, *draft])])
-                self.steps += 1
                 llama.input_ids[n_past] = token
                 n_past += 1
                 token, stop = None, False
@@ -443,7 +433,6 @@ class LookupGreedy:
                     if picked != guess or picked in self.eos:
                         token = picked
                         break
-                    self.accepted += 1
                     stats.mark_token()
                     yield picked
                     emitted += 1

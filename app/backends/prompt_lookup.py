@@ -37,9 +37,11 @@ class DraftIndex:
     never matches itself.
     """
 
-    def __init__(self, tokens: Iterable[int] = ()) -> None:
+    def __init__(self, tokens: Iterable[int] = (), by_match: dict[int, int] | None = None) -> None:
+        # n-gram length -> tokens to guess after it; another rule than DRAFT_BY_MATCH only to compare (benchmark)
+        self.by_match = DRAFT_BY_MATCH if by_match is None else by_match
         self.seq: list[int] = []
-        self._follows: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in DRAFT_BY_MATCH}
+        self._follows: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in self.by_match}
         for token in tokens:
             self.append(token)
 
@@ -59,5 +61,5 @@ class DraftIndex:
                 continue
             start = self._follows[n].get(tuple(self.seq[-n:]))
             if start is not None:
-                return self.seq[start : start + min(limit, DRAFT_BY_MATCH[n])]
+                return self.seq[start : start + min(limit, self.by_match[n])]
         return []

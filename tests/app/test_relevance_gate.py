@@ -54,23 +54,6 @@ def _forbid_generation(qa: QAService, monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.setattr(model, name, refuse)
 
 
-def test_search_scored_reports_the_best_dense_cosine(ragqa_home: Path, tmp_path: Path) -> None:
-    from retrieval.index import HybridIndex
-    from retrieval.retriever import Retriever
-
-    embedder = HashEmbedder()
-    index_dir = tmp_path / "index"
-    ingest(_corpus(tmp_path), index_dir, embedder, progress=False)
-    retriever = Retriever(HybridIndex.open(index_dir, embedder), embedder)
-    vector = embedder.encode_query(QUESTION)
-    passages, best = retriever.search_scored(QUESTION, vector, k=2)
-    expected = float(np.max(np.asarray(retriever.index.vectors) @ vector))
-    assert best == pytest.approx(expected, abs=1e-5)
-    assert [p.chunk_id for p in passages] == [
-        p.chunk_id for p in retriever.search_with_vector(QUESTION, vector, 2)
-    ]
-
-
 def test_the_auto_threshold_is_the_default_embedders_only(
     ragqa_home: Path, tiny_llama_dir: Path, tmp_path: Path
 ) -> None:
