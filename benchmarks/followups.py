@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -129,8 +130,6 @@ def gate_in_chats(rows: Sequence[dict[str, str]], index_dir: Path, embedder: Any
     cfg.paths.index_dir.parent.mkdir(parents=True, exist_ok=True)
     if cfg.paths.index_dir.exists():
         raise SystemExit(f"{cfg.paths.index_dir} exists: run with RAGQA_HOME set to an empty folder")
-    import shutil
-
     shutil.copytree(index_dir, cfg.paths.index_dir)
     qa = QAService(cfg, embedder=embedder)
 

@@ -118,11 +118,11 @@ def greedy(llm: Any, prompt: list[int], new_tokens: int, eos: set[int]) -> tuple
 
 def batched_step_ms(llm: Any, prompt: list[int], sizes: list[int], steps: int = 20) -> dict[str, float]:
     """Median ms of one decode step of n parallel sequences sharing `prompt`'s KV cells, per n in `sizes`: the app's
-    own context (`_allow_parallel_sequences`) and step (`ParallelSampler._decode_step`), timed alone."""
+    own context (`_allow_parallel_sequences`) and step (`decode_rows`, as `ParallelSampler` calls it), timed alone."""
     import llama_cpp
     from llama_cpp._internals import LlamaBatch
 
-    from app.backends.llamacpp_lm import ParallelSampler, _allow_parallel_sequences
+    from app.backends.llamacpp_lm import _allow_parallel_sequences, decode_rows
 
     _allow_parallel_sequences(llm, max(sizes))
     llm.reset()
@@ -130,7 +130,6 @@ def batched_step_ms(llm: Any, prompt: list[int], sizes: list[int], steps: int = 
     memory = llama_cpp.llama_get_memory(llm.ctx)
     for seq in range(1, max(sizes)):
         llama_cpp.llama_memory_seq_cp(memory, 0, seq, -1, -1)
-    sampler = ParallelSampler(llm, eos=set())
     batch = LlamaBatch(n_tokens=max(sizes), embd=0, n_seq_max=1, verbose=False)
     out = {}
     try:
@@ -139,7 +138,7 @@ def batched_step_ms(llm: Any, prompt: list[int], sizes: list[int], steps: int = 
             for step in range(steps + 2):  # two warm-up steps
                 rows = [(seq, 500 + step, len(prompt) + step) for seq in range(n)]
                 t0 = time.perf_counter()
-                sampler._decode_step(batch, rows)
+                decode_rows(llm, batch, rows)
                 times.append(time.perf_counter() - t0)
             for seq in range(max(sizes)):  # back to the bare prompt for the next size
                 llama_cpp.llama_memory_seq_rm(memory, seq, len(prompt), -1)

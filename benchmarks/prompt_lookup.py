@@ -52,29 +52,20 @@ POLICIES: dict[str, dict[int, int]] = {
 }
 
 
-def draft_with(policy: dict[int, int], seq: list[int], limit: int) -> list[int]:
-    """The longest n-gram of `policy` that ends `seq` and occurred before: what followed its latest occurrence."""
-    for n in sorted(policy, reverse=True):
-        if len(seq) <= n:
-            continue
-        tail = seq[-n:]
-        for start in range(len(seq) - n - 1, -1, -1):
-            if seq[start : start + n] == tail:
-                return seq[start + n : start + n + min(limit, policy[n])]
-    return []
-
-
 def replay(policy: dict[int, int], prompt: list[int], answer: list[int], eos: int) -> list[int]:
     """Rows of each decode step greedy decoding with `policy`'s drafts takes to produce `answer` then EOS."""
+    from app.backends.prompt_lookup import DraftIndex
+
     truth = [*answer, eos]
-    seq, made, rows = [*prompt, truth[0]], 1, []
+    index, made, rows = DraftIndex([*prompt, truth[0]], by_match=policy), 1, []
     while made < len(truth):
-        guess = draft_with(policy, seq, 1 << 30)
+        guess = index.draft(1 << 30)  # only the policy bounds a guess, as in the backend minus its budget
         kept = 0
         while kept < len(guess) and made + kept < len(truth) and guess[kept] == truth[made + kept]:
             kept += 1
         rows.append(1 + len(guess))
-        seq += truth[made : made + kept + 1]
+        for token in truth[made : made + kept + 1]:
+            index.append(token)
         made += kept + 1
     return rows
 

@@ -69,11 +69,10 @@ def index_matrix(corpus_dir: Path, index_dir: Path, embedder: Any) -> tuple[np.n
 
 def squad_scores(squad_path: Path, embedder: Any, work: Path) -> dict[str, Any]:
     """Per question: the gate's score on-topic and off-topic, and whether it is answerable."""
-    from app.relevance import MIN_SENTENCE_WORDS
+    from app.relevance import sentence_vectors
     from evaluation.formats import load_qa
     from evaluation.runner import write_corpus
     from retrieval.index import HybridIndex
-    from retrieval.passage_trim import split_sentences
 
     squad = json.loads(squad_path.read_text(encoding="utf-8"))
     train, _heldout = split_articles(squad, HELDOUT_ARTICLES, SPLIT_SEED)
@@ -83,14 +82,10 @@ def squad_scores(squad_path: Path, embedder: Any, work: Path) -> dict[str, Any]:
     write_corpus(dataset, work / "corpus")
     vectors, sources = index_matrix(work / "corpus", work / "index", embedder)
     chunks = HybridIndex.open(work / "index", embedder).chunks
-    sentence_chunk, sentences = [], []
-    for i, chunk in enumerate(chunks):
-        for s in split_sentences(chunk.text):
-            if len(s.split()) >= MIN_SENTENCE_WORDS:
-                sentences.append(s)
-                sentence_chunk.append(i)
-    chunk_of = np.asarray(sentence_chunk)
-    sv = _unit(np.asarray(embedder.encode(sentences, batch_size=64), dtype=np.float32))
+    # the app's own sentences and vectors of each chunk (app.relevance), stacked with the chunk each came from
+    per_chunk = [sentence_vectors(embedder, chunk.text) for chunk in chunks]
+    chunk_of = np.concatenate([np.full(len(v), i, dtype=int) for i, v in enumerate(per_chunk)])
+    sv = np.concatenate([v for v in per_chunk if len(v)])
     title_of = {doc_id: doc.title for doc_id, doc in dataset.documents.items()}
     chunk_titles = np.array([title_of[Path(s).name] for s in sources])
     questions = [e.question for e in dataset.examples]
@@ -108,7 +103,7 @@ def squad_scores(squad_path: Path, embedder: Any, work: Path) -> dict[str, Any]:
     return {
         "articles": train,
         "chunks": len(sources),
-        "sentences": len(sentences),
+        "sentences": len(sv),
         "on_topic": np.array([best_sentence(i, everything) for i in range(len(questions))]),
         "off_topic": np.array([best_sentence(i, ~own[i]) for i in range(len(questions))]),
         "answerable": np.array([not e.unanswerable for e in dataset.examples]),

@@ -13,8 +13,8 @@ Rows (the 1-minute load average is waited on before each row until it is < `--id
 passes, and recorded before and after each row; it is never faked and nothing is asserted):
 1. `idle`: the app (QAService.stream, backend llamacpp, k=4 = the app's default, greedy, the config's repetition
    penalty, prompt-lookup drafts on as served) on `--questions` demo questions, right after each question the app
-   again with the drafts off (`app_without_lookup`: one decode step per token, as the raw engine; its answers
-   must be the same), and the raw engine (`llama_cpp.Llama` on
+   again with the drafts off (`app_without_lookup`: one decode step per token, as the raw engine; how many of its
+   answers are the same is recorded as `same_answers`, not required), and the raw engine (`llama_cpp.Llama` on
    the SAME file with the app's context settings, fed the SAME prompt ids, exactly as many tokens, no penalty):
    ask_latency's `ask_once` / `raw_once`, so the definitions are its own: time to first token from the start of
    the generation call (retrieval left out), decode tok/s = (decoded tokens - 1) / time from the first token to

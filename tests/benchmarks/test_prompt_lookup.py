@@ -5,15 +5,35 @@ from __future__ import annotations
 import random
 
 from app.backends.prompt_lookup import DRAFT_BY_MATCH, DraftIndex
-from benchmarks.prompt_lookup import draft_with, replay, replay_table
+from benchmarks.prompt_lookup import POLICIES, replay, replay_table
 
 
-def test_the_replays_drafts_are_the_backends() -> None:
+def _draft_by_search(policy: dict[int, int], seq: list[int], limit: int) -> list[int]:
+    """The rule written as a plain search (the oracle): the longest n-gram of `policy` that ends `seq` and
+    occurred before, and what followed its latest occurrence."""
+    for n in sorted(policy, reverse=True):
+        if len(seq) <= n:
+            continue
+        tail = seq[-n:]
+        for start in range(len(seq) - n - 1, -1, -1):
+            if seq[start : start + n] == tail:
+                return seq[start + n : start + n + min(limit, policy[n])]
+    return []
+
+
+def test_the_index_drafts_what_a_plain_search_finds() -> None:
     rng = random.Random(0)
-    for _ in range(300):
-        seq = [rng.randrange(6) for _ in range(rng.randrange(0, 40))]
-        for limit in (0, 1, 2, 5):
-            assert draft_with(DRAFT_BY_MATCH, seq, limit) == DraftIndex(seq).draft(limit), (seq, limit)
+    for policy in (DRAFT_BY_MATCH, *POLICIES.values()):
+        for _ in range(300):
+            seq = [rng.randrange(6) for _ in range(rng.randrange(0, 40))]
+            for limit in (0, 1, 2, 5):
+                assert _draft_by_search(policy, seq, limit) == DraftIndex(seq, by_match=policy).draft(
+                    limit
+                ), (
+                    policy,
+                    seq,
+                    limit,
+                )
 
 
 def test_replay_counts_steps_and_rows() -> None:
