@@ -284,7 +284,11 @@ def export_snapshot(
             split = split_of(rec.question, test_fraction)
             prompt = rec.prompt_messages()
             prompt_key = json.dumps(prompt, ensure_ascii=False)
-            emit("prompts", split, _key(prompt_key), _prompt_row(rec, prompt), rec.simulated)
+            prompt_row = _prompt_row(rec, prompt)
+            # Gated and model-answered copies of one prompt are de-duplicated apart: were a gated copy seen first
+            # the only one kept, the retrain would leave the prompt out of PPO although the model answered it.
+            gated_key = "gated" if prompt_row.get("relevance_gated") else ""
+            emit("prompts", split, _key(prompt_key, gated_key), prompt_row, rec.simulated)
             for pair in interaction_pairs(rec):
                 counts["pairs_implied"] += 1
                 if pair.margin < min_margin:

@@ -253,3 +253,25 @@ def test_gated_prompts_are_not_ppo_prompts(store: FeedbackStore, tmp_path: Path)
         True,
     ]
     assert data.counts()["gated_prompts_left_out_train"] == 1
+
+
+def test_a_prompt_gated_once_and_answered_later_stays_a_ppo_prompt(
+    store: FeedbackStore, tmp_path: Path
+) -> None:
+    """The same prompt first answered by the gate (say, under a higher min_relevance) and later by the model: the
+    later copy is not dropped as a duplicate of the gated one, so PPO still gets the prompt, once."""
+    from training.data import load_export
+
+    passages = [{"rank": 1, "chunk_id": "g.md#1", "source": "g.md", "text": "Opening hours.", "score": 0.1}]
+    gate = {"text": "The documents do not contain the answer.", "model_version": "v2"}
+    gate["sampling"] = {"relevance_gate": {"best_cosine": 0.1}}
+    store.record_interaction("When does it open?", passages, [gate], session_id="s")
+    store.record_interaction(
+        "When does it open?", passages, [{"text": "At 9.", "model_version": "v2"}], session_id="s"
+    )
+    store.record_interaction("When does it open?", passages, [gate], session_id="s")
+    export_snapshot(store, tmp_path, test_fraction=0.0)
+    rows = _rows(tmp_path / file_name("prompts", "train"))
+    assert [bool(r.get("relevance_gated")) for r in rows] == [True, False]
+    data = load_export(tmp_path)
+    assert len(data.prompts["train"]) == 1
