@@ -56,6 +56,7 @@ def collect(cfg: Any, training: tuple[str, str]) -> dict[str, Any]:
         "backend": backend,
         "prompt_limit": prompt_limit.describe(cfg.max_prompt_tokens, on_cpu, cpu),
         "relevance_gate": _relevance_gate(cfg),
+        "index": _index(cfg),
         "llama_cpp": _llama_cpp(cpu),
         "cpu_share": _cpu_share(cfg),
         "memory": _memory(),
@@ -63,6 +64,25 @@ def collect(cfg: Any, training: tuple[str, str]) -> dict[str, Any]:
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "ragqa_home": str(cfg.paths.home),
     }
+
+
+def _index(cfg: Any) -> dict[str, Any]:
+    from retrieval.index import index_summary
+
+    return index_summary(cfg.paths.index_dir)
+
+
+def _index_line(index: dict[str, Any]) -> str:
+    if index["state"] == "missing":
+        return f"index:        none at {index['path']} ({index['advice']})"
+    if index["state"] == "damaged":
+        return f"index:        {index['error']}"
+    c = index["chunking"]
+    line = (
+        f"index:        {index['files']} files, {index['chunks']} chunks ({index['embedder']}; chunks of "
+        f"{c['chunk_tokens']} tokens, overlap {c['overlap']}, {c['starts']} starts)"
+    )
+    return line + (f"\n              {index['advice']}" if index.get("advice") else "")
 
 
 def _relevance_gate(cfg: Any) -> dict[str, Any]:
@@ -277,6 +297,8 @@ def text(report: dict[str, Any]) -> str:
         f"relevance:    {'gate at ' + format(gate['min_relevance'], '.2f') if gate['min_relevance'] else 'gate off'} "
         f"({gate['reason']}; below it no passage is close enough and the model is not asked)"
     )
+    if "index" in report:
+        lines.append(_index_line(report["index"]))
     lines.append(f"gguf auto:    {llama['gguf_auto']} (bf16 with native bf16 instructions, else f16)")
     lines.append(
         f"cpu share:    server {share['server_threads_now']} threads now; a retrain/eval would use "

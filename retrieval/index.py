@@ -304,6 +304,34 @@ def _bm25_query_ids(bm25: Any, query: str) -> list[int]:
     return [vocab[t] for t in tokens[0] if t and t in vocab]
 
 
+def index_summary(index_dir: Path) -> dict[str, Any]:
+    """What `ragqa doctor` says about the index, from meta.json alone (no vectors loaded): its size, embedder and
+    chunking, or why it cannot be read. An index cut before chunk starts were recorded gets advice: its passages
+    can open mid-sentence until its folder is ingested again."""
+    out: dict[str, Any] = {"path": str(index_dir)}
+    try:
+        meta = _read_meta(index_dir)
+    except IndexMissingError:
+        return {**out, "state": "missing", "advice": "run `ragqa ingest PATH`"}
+    except IndexCorruptError as e:
+        return {**out, "state": "damaged", "error": str(e)}
+    chunking = dict(meta["chunking"])
+    chunking.setdefault("starts", WORD_STARTS)
+    out.update(
+        state="ok",
+        files=int(meta["counts"].get("files", 0)),
+        chunks=int(meta["counts"]["chunks"]),
+        embedder=str(meta["embedder"]["name"]),
+        chunking=chunking,
+        created_at=meta.get("created_at"),
+    )
+    if chunking["starts"] == WORD_STARTS:
+        out["advice"] = (
+            "cut the older way (a passage may open mid-sentence): `ragqa ingest FOLDER` on the folder re-chunks it"
+        )
+    return out
+
+
 # ---- reading, each failure a clear error ---------------------------------------------------------------
 def _read_meta(index_dir: Path) -> dict[str, Any]:
     path = index_dir / META_FILE

@@ -201,3 +201,28 @@ def test_reader_waits_for_a_writer_between_renames(docs_root: Path, index_dir: P
         opened = HybridIndex.open(index_dir, embedder)
         timer.join()
     assert len(opened) == 3 and not aside.exists()
+
+
+def test_index_summary_for_doctor(docs_root: Path, index_dir: Path, embedder) -> None:
+    """What `ragqa doctor` reports: size, embedder and chunking of a good index; advice for one cut at word starts
+    (written before chunk starts were recorded); a clear state for a missing or damaged one."""
+    from app.doctor import _index_line
+    from retrieval.index import index_summary
+
+    assert index_summary(index_dir)["state"] == "missing"
+    ingest(docs_root, index_dir, embedder)
+    good = index_summary(index_dir)
+    assert good["state"] == "ok" and good["chunks"] > 0 and good["files"] > 0
+    assert good["chunking"]["starts"] == "sentence" and "advice" not in good
+    assert "sentence starts" in _index_line(good)
+    meta_path = index_dir / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["chunking"]["starts"]  # as an index from before chunk starts were recorded
+    meta_path.write_text(json.dumps(meta))
+    old = index_summary(index_dir)
+    assert old["chunking"]["starts"] == "word" and "ragqa ingest FOLDER" in old["advice"]
+    assert "re-chunks" in _index_line(old)
+    meta_path.write_text("{not json")
+    damaged = index_summary(index_dir)
+    assert damaged["state"] == "damaged" and "meta.json unreadable" in damaged["error"]
+    assert _index_line(damaged).startswith("index:") and "damaged" in _index_line(damaged)
