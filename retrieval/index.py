@@ -323,6 +323,7 @@ def index_summary(index_dir: Path) -> dict[str, Any]:
         chunks=int(meta["counts"]["chunks"]),
         embedder=str(meta["embedder"]["name"]),
         chunking=chunking,
+        root=meta.get("root"),
         created_at=meta.get("created_at"),
     )
     if chunking["starts"] == WORD_STARTS:
