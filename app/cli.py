@@ -58,17 +58,29 @@ def cmd_setup(args: argparse.Namespace) -> int:
         print(f"gguf: {gguf['file']} ({gguf['bytes'] / 1e6:.0f} MB) for the llamacpp backend")
     elif gguf.get("error"):
         print(f"gguf: not written ({gguf['error']}); the transformers backend serves this version")
-    if demo_index_cut_the_old_way(cfg.paths.index_dir):
-        print(
-            "Re-chunking the bundled demo corpus (its index was cut before passages started at sentences)..."
-        )
-        _run_ingest(cfg, DEMO_CORPUS, rebuild=False)
+    if cfg.demo_corpus and not args.no_demo and demo_index_cut_the_old_way(cfg.paths.index_dir):
+        _rechunk_demo(cfg)
     elif (cfg.paths.index_dir / "meta.json").exists():
         print(f"index: {cfg.paths.index_dir} (already built; `ragqa ingest PATH` adds documents)")
     elif cfg.demo_corpus and not args.no_demo:
         print("Indexing the bundled demo corpus (the rlhf-rag-qa user guide)...", flush=True)
         _run_ingest(cfg, DEMO_CORPUS, rebuild=False)
     return 0
+
+
+def _rechunk_demo(cfg) -> None:
+    """Rebuild the guide's index the current way; should that fail (another embedder configured, a damaged file),
+    the old index stays in place and setup goes on, as it did before this step existed."""
+    print(
+        "Re-chunking the bundled demo corpus (its index was cut before passages started at sentences)...",
+        flush=True,
+    )
+    from settings.errors import RagqaError
+
+    try:
+        _run_ingest(cfg, DEMO_CORPUS, rebuild=True)
+    except RagqaError as e:  # retrieval's errors (mismatch, damage) are not AppErrors
+        print(f"index: kept as it was ({e}); `ragqa doctor` shows it")
 
 
 def demo_index_cut_the_old_way(index_dir: Path) -> bool:

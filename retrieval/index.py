@@ -305,30 +305,40 @@ def _bm25_query_ids(bm25: Any, query: str) -> list[int]:
 
 
 def index_summary(index_dir: Path) -> dict[str, Any]:
-    """What `ragqa doctor` says about the index, from meta.json alone (no vectors loaded): its size, embedder and
-    chunking, or why it cannot be read. An index cut before chunk starts were recorded gets advice: its passages
-    can open mid-sentence until its folder is ingested again."""
+    """What `ragqa doctor` says about the index, from meta.json and the files' presence (no vectors loaded): its
+    size, embedder and chunking, or why it cannot be read. An index cut before chunk starts were recorded gets
+    advice: its passages can open mid-sentence until its folder is ingested again."""
     out: dict[str, Any] = {"path": str(index_dir)}
     try:
         meta = _read_meta(index_dir)
+        absent = [f for f in (CHUNKS_FILE, VECTORS_FILE, FAISS_FILE) if not (index_dir / f).is_file()]
+        if absent:
+            raise IndexCorruptError(index_dir, f"{', '.join(absent)} missing")
+        chunking = {**meta["chunking"], "starts": str(meta["chunking"].get("starts", WORD_STARTS))}
+        out.update(
+            state="ok",
+            files=int(meta["counts"].get("files") or 0),
+            chunks=int(meta["counts"]["chunks"]),
+            embedder=str(meta["embedder"]["name"]),
+            chunking=chunking,
+            root=meta.get("root"),
+            created_at=meta.get("created_at"),
+        )
     except IndexMissingError:
         return {**out, "state": "missing", "advice": "run `ragqa ingest PATH`"}
     except IndexCorruptError as e:
         return {**out, "state": "damaged", "error": str(e)}
-    chunking = dict(meta["chunking"])
-    chunking.setdefault("starts", WORD_STARTS)
-    out.update(
-        state="ok",
-        files=int(meta["counts"].get("files", 0)),
-        chunks=int(meta["counts"]["chunks"]),
-        embedder=str(meta["embedder"]["name"]),
-        chunking=chunking,
-        root=meta.get("root"),
-        created_at=meta.get("created_at"),
-    )
+    except (
+        OSError,
+        ValueError,
+        TypeError,
+        AttributeError,
+    ) as e:  # unreadable folder, odd values in meta.json
+        return {**out, "state": "damaged", "error": f"{index_dir}: {type(e).__name__}: {e}"}
     if chunking["starts"] == WORD_STARTS:
+        folder = out["root"] or "FOLDER"
         out["advice"] = (
-            "cut the older way (a passage may open mid-sentence): `ragqa ingest FOLDER` on the folder re-chunks it"
+            f"cut the older way (a passage may open mid-sentence): `ragqa ingest {folder}` re-chunks it"
         )
     return out
 

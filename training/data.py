@@ -171,7 +171,13 @@ def load_export(folder: str | Path) -> ExportData:
         # The gate's prompts are off-topic for the documents and never reach the served model (the same gate
         # answers them): rolling them out would spend PPO steps on questions it is not asked.
         kept = [(i, r) for i, r in rows if r.get("relevance_gated") is not True]
-        data.gated_prompts_left_out[split] = len(rows) - len(kept)
+        # A prompt the gate answered once and the model another time is kept (the export keeps both copies):
+        # only prompts with no answered copy count as left out.
+        answered = {json.dumps(r.get("prompt"), sort_keys=True) for _, r in kept}
+        data.gated_prompts_left_out[split] = sum(
+            r.get("relevance_gated") is True and json.dumps(r.get("prompt"), sort_keys=True) not in answered
+            for _, r in rows
+        )
         data.prompts[split] = [_messages(r.get("prompt"), f"{path}:{i}") for i, r in kept]
         path = folder / file_name("unpaired", split)
         data.unpaired[split] = [to_unpaired(r, f"{path}:{i}") for i, r in enumerate(read_jsonl(path), 1)]

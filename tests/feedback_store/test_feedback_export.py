@@ -275,3 +275,6 @@ def test_a_prompt_gated_once_and_answered_later_stays_a_ppo_prompt(
     assert [bool(r.get("relevance_gated")) for r in rows] == [True, False]
     data = load_export(tmp_path)
     assert len(data.prompts["train"]) == 1
+    assert (
+        "gated_prompts_left_out_train" not in data.counts()
+    )  # it was not left out: its answered copy is kept

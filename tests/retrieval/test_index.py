@@ -220,8 +220,16 @@ def test_index_summary_for_doctor(docs_root: Path, index_dir: Path, embedder) ->
     del meta["chunking"]["starts"]  # as an index from before chunk starts were recorded
     meta_path.write_text(json.dumps(meta))
     old = index_summary(index_dir)
-    assert old["chunking"]["starts"] == "word" and "ragqa ingest FOLDER" in old["advice"]
+    assert old["chunking"]["starts"] == "word" and "re-chunks it" in old["advice"]
     assert "re-chunks" in _index_line(old)
+    assert "`ragqa ingest " + str(docs_root.resolve()) + "`" in old["advice"]  # the folder it was cut from
+    meta["counts"]["files"] = None  # odd values are reported, not a crash of `ragqa doctor`
+    meta["chunking"] = "sentence"
+    meta_path.write_text(json.dumps(meta))
+    assert index_summary(index_dir)["state"] == "damaged"
+    (index_dir / "vectors.npy").unlink()
+    meta_path.write_text(json.dumps({**meta, "chunking": {"chunk_tokens": 200, "overlap": 40}}))
+    assert "vectors.npy missing" in index_summary(index_dir)["error"]
     meta_path.write_text("{not json")
     damaged = index_summary(index_dir)
     assert damaged["state"] == "damaged" and "meta.json unreadable" in damaged["error"]
