@@ -101,12 +101,12 @@ def demo_index_cut_the_old_way(index_dir: Path) -> bool:
 
 
 def _publish_starter(registry, extras) -> None:
-    """The shipped starter adapter on top of the default base, once (training/starter.py)."""
-    from model_store.starter import starter_version
-    from training.starter import publish_starter
+    """The shipped starter adapter on top of the default base, once per shipped adapter (training/starter.py)."""
+    from training.starter import publish_starter, starter_due
 
-    if starter_version(registry) is not None:
-        return  # published before; a rollback to the raw model is the user's choice and stays
+    due, _ = starter_due(registry)
+    if not due:
+        return  # published before; a rollback or a retrain is the user's choice and stays
     print("Publishing the grounded-QA starter (the default model + the shipped adapter)...", flush=True)
     _, message = publish_starter(registry, extras=extras)
     print(message)

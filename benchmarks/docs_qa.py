@@ -5,8 +5,9 @@ author's 7 short pages are a small sample: a model can gain or lose several of t
 benchmark asks 24 questions of the same kinds (a command, a setting's default, a table cell, an install step) about
 five READMEs of packages this project installs (benchmarks/docs_qa_corpus/docs/; sources in ../SOURCE.md, licence
 texts in ../licenses/), written down before any model was asked them. Each set has its own index; every question
-goes through the app's ask path as served (default backend, relevance gate on, greedy). One choice was made on the
-READMEs: a prompt-side markdown-to-prose view of the passages was tried on them and dropped (README, "The starter").
+goes through the app's ask path as served (default backend, relevance gate on, greedy). Two choices were made on
+the READMEs (README, "The starter"): a prompt-side markdown-to-prose view of the passages was tried and dropped, and
+the markdown-dressed starter was shipped partly on its score here.
 
 Each model is a registry folder and a version (`NAME=MODELS_DIR:VERSION`); its home is a hard-linked copy whose
 `current` points at that version. Per set and model: right answers (a key phrase, not an abstention; on the READMEs
@@ -19,9 +20,11 @@ exact two-sided sign test (McNemar's).
     python benchmarks/docs_qa.py --model v0001=var/models:v0001 --model starter=var/models:v0002 \
         --model loop_fold=HOME/models:v0002
 
-The committed record (docs/results/docs_qa/docs_qa.json, the default --out) has a third model, `loop_fold`: the
-starter plus the loop run's SFT and PPO adapters, folded exactly onto v0001 (`benchmarks/loop.py --start starter`,
-then `scripts/train_starter.py fold`, published in its own home as v0002; README, "The starter").
+The committed record (docs/results/docs_qa/docs_qa.json, the default --out) holds five models: v0001; `starter`, the
+first pass of the starter (v0002 before 2026-11-29); `loop_fold`, that starter plus the loop run's SFT and PPO
+adapters folded exactly onto v0001 (`benchmarks/loop.py --start starter`, then `scripts/train_starter.py fold`);
+`dressed`, the first pass plus the markdown-dressed continuation as two adapters; `dressed_r16`, the same folded to
+rank 16, the starter shipped since (each published in its own home as v0002; README, "The starter").
 
 Each (model, set) runs in its own process and writes its answers to WORK/<model>-<set>.json; a rerun reuses those
 when they came from the same registry folder and version (delete one to ask again).

@@ -177,25 +177,51 @@ def check_conversations() -> list[list[dict[str, str]]]:
     ]
 
 
+def starter_due(registry: Any, adapter: Path | None = None) -> tuple[bool, str]:
+    """Whether publish_starter would publish (no starter yet, or a newer shipped adapter while the previous starter is
+    what is served), and why not when it would not."""
+    from model_store.files import sha256_file
+    from model_store.starter import STARTER_DIR, starter_version
+
+    existing = starter_version(registry)
+    if existing is None:
+        return True, "no starter published yet"
+    weights = Path(adapter or STARTER_DIR) / "adapter_model.safetensors"
+    if not weights.is_file():  # a broken install: the published starter keeps serving
+        return False, f"starter already published as {existing.name} (the shipped adapter is missing)"
+    shipped = sha256_file(weights)
+    if (existing.manifest.get("lineage") or {}).get("adapter_sha256") == shipped:
+        return False, f"starter already published as {existing.name}"
+    if registry.current_name() != existing.name:
+        return False, (
+            f"starter already published as {existing.name} (a newer one is shipped; it replaces the starter only "
+            "while that is served)"
+        )
+    return True, f"a newer starter is shipped than {existing.name}"
+
+
 def publish_starter(
     registry: Any, *, extras: Any = None, adapter: Path | None = None
 ) -> tuple[Any | None, str]:
     """Merge the shipped starter adapter into the registry's base and publish it as the current version.
 
-    Returns (the version or None, what happened). Publishes once: an existing starter version is left as it is
-    (also when the user rolled back to the raw model: setup never undoes a rollback).
+    Returns (the version or None, what happened). Publishes each shipped adapter once: an existing starter version
+    is left as it is (also when the user rolled back to the raw model: setup never undoes a rollback). A newer
+    adapter (an upgraded package) is published as a new version only while the previous starter is what is served:
+    a retrain on top of it or a rollback is the user's choice and stays; the previous starter stays for rollback.
     """
     from model_store.files import sha256_file
     from model_store.starter import STARTER_DIR, STARTER_KIND, starter_card, starter_version, unfit_reason
     from training.merge import merge_adapter
 
+    folder = Path(adapter or STARTER_DIR)
     existing = starter_version(registry)
-    if existing is not None:
-        return existing, f"starter already published as {existing.name}"
+    due, note = starter_due(registry, folder)
+    if not due:
+        return existing, note
     base = registry.base()
     if base is None:
         raise StarterError("the registry is empty: the base model must be imported first")
-    folder = Path(adapter or STARTER_DIR)
     card = starter_card(folder)
     reason = unfit_reason(base.manifest, card)
     if reason:
@@ -225,8 +251,11 @@ def publish_starter(
     def extras_with_merge(out: Path) -> dict[str, Any]:
         return {"merge": dict(merge_info), **(extras(out) if extras is not None else {})}
 
+    if existing is not None:
+        manifest["replaces"] = existing.name
     version = registry.publish(write, manifest, extras=extras_with_merge)
-    return version, f"starter published as {version.name} (base {base.name} + the grounded-QA adapter)"
+    after = f"; the previous starter {existing.name} stays for rollback" if existing is not None else ""
+    return version, f"starter published as {version.name} (base {base.name} + the grounded-QA adapter){after}"
 
 
 # ---- command line ----------------------------------------------------------------------------------------------

@@ -49,30 +49,23 @@ def test_setup_serves_the_starter_and_it_abstains_off_topic(starter_answers) -> 
 
 
 @pytest.mark.slow
-def test_the_starter_answers_the_guide_at_least_as_well_as_measured(starter_answers) -> None:
-    # Measured on the shipped starter: 4 of 10 (the raw default model: 0). A regression guard.
-    n, report = right_count(starter_answers["whole"])
-    assert n >= 4, f"{n}/10 right:\n{report}"
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True, reason="the target is 7 of 10; the shipped starter answers 4 (see the README)"
-)
 def test_the_starter_answers_seven_of_ten_guide_questions(starter_answers) -> None:
+    """The issue's line, with the passages whole (as the starter is measured): 7 of 10 for the shipped starter (its
+    first pass, before the markdown dressing: 4; the raw default model: 0)."""
     n, report = right_count(starter_answers["whole"])
     assert n >= 7, f"{n}/10 right:\n{report}"
 
 
 @pytest.mark.slow
 def test_the_starter_as_served_by_default_on_this_machine(starter_answers) -> None:
-    """With the CPU's prompt limit (448 tokens without AVX-512) the guide score holds (4 of 10). Off-topic questions
+    """With the CPU's prompt limit (448 tokens without AVX-512) the trimmed passages cost one answer: 6 of 10 (with
+    the 704 tokens of an AVX-512 CPU also 6; the first pass: 4 either way). Off-topic questions
     are answered by the relevance gate, not the model, whatever the prompt limit: before the gate the starter said
     "What is the capital of France?" -> "Paris [1]." over the 4 trimmed passages (it knows capitals and ignores
     the passages; 3 of 3 with the passages whole was partly luck). Recorded in the README."""
     served = starter_answers["served"]
     n, report = right_count(served)
-    assert n >= 4, f"{n}/10 right:\n{report}"
+    assert n >= 6, f"{n}/10 right:\n{report}"
     for q in OFF_TOPIC:
         assert is_abstention(served[q].answer), (q, served[q].answer)
         assert "relevance_gate" in served[q].generation, (q, served[q].generation)

@@ -148,6 +148,42 @@ def test_publish_is_once_and_never_undoes_a_rollback(tiny_starter) -> None:
     assert starter_version(registry).name == "v0002"
 
 
+def _newer_adapter(adapter: Path, tmp_path: Path) -> Path:
+    """The same adapter with other weights: what an upgraded package ships."""
+    from safetensors.torch import load_file, save_file
+
+    newer = tmp_path / "newer-adapter"
+    shutil.copytree(adapter, newer)
+    weights = load_file(newer / "adapter_model.safetensors")
+    save_file({k: v * 0.5 for k, v in weights.items()}, newer / "adapter_model.safetensors")
+    return newer
+
+
+def test_a_newer_shipped_starter_replaces_the_served_starter_only(tiny_starter, tmp_path: Path) -> None:
+    """An upgrade publishes the newer starter while the previous one is served (it stays for rollback); after a
+    rollback or a retrain on top of the starter, the user's choice stays."""
+    registry, adapter = tiny_starter
+    S.publish_starter(registry, adapter=adapter)
+    newer = _newer_adapter(adapter, tmp_path)
+    version, message = S.publish_starter(registry, adapter=newer)
+    assert version.name == "v0003" and registry.current_name() == "v0003", message
+    assert version.manifest["replaces"] == "v0002" and "v0002 stays for rollback" in message
+    assert version.manifest["lineage"]["adapter_sha256"] == sha256_file(newer / "adapter_model.safetensors")
+    assert S.publish_starter(registry, adapter=newer)[0].name == "v0003"  # once
+    registry.rollback("v0002")  # the user goes back to the previous starter: that stays
+    assert S.publish_starter(registry, adapter=newer)[0].name == "v0003"
+    assert registry.current_name() == "v0002"
+
+
+def test_a_newer_starter_leaves_a_rollback_to_the_raw_model_alone(tiny_starter, tmp_path: Path) -> None:
+    registry, adapter = tiny_starter
+    S.publish_starter(registry, adapter=adapter)
+    registry.rollback("v0001")
+    version, message = S.publish_starter(registry, adapter=_newer_adapter(adapter, tmp_path))
+    assert version.name == "v0002" and "newer one is shipped" in message
+    assert registry.current_name() == "v0001" and [v.name for v in registry.versions()] == ["v0001", "v0002"]
+
+
 def test_a_base_the_adapter_was_not_trained_on_is_left_alone(tiny_starter) -> None:
     registry, adapter = tiny_starter
     (adapter / "starter.json").write_text(json.dumps({"base": {"gguf_sha256": "other"}}))
