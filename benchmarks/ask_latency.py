@@ -95,6 +95,7 @@ if (
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import cpu, load_average  # noqa: E402  (after the sys.path line above)
+from model_store.files import link_or_copy  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "ask_latency.json"
 DEMO_CORPUS = ROOT / "app" / "demo_corpus"
@@ -252,7 +253,7 @@ def prepare_home(home: Path, model_dir: Path | None, gguf_type: str | None) -> d
         models = paths.models_dir
         models.mkdir(parents=True)
         shutil.copytree(
-            model_dir, models / "v0001", copy_function=_link_or_copy, ignore=shutil.ignore_patterns("*.gguf")
+            model_dir, models / "v0001", copy_function=link_or_copy, ignore=shutil.ignore_patterns("*.gguf")
         )
         _drop_gguf_record(models / "v0001" / "manifest.json")
         os.symlink("v0001", models / "current")
@@ -283,13 +284,6 @@ def _drop_gguf_record(manifest: Path) -> None:
     data.pop("gguf", None)
     manifest.unlink()  # a hard link to the source's manifest: write a fresh file instead
     manifest.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 # ---- pure helpers: rates, ratios, percentiles, agreement ----------------------------------------------

@@ -221,6 +221,8 @@ def index_home(work: Path, set_name: str) -> Path:
 
 def model_home(work: Path, model: str, registry: Path, version: str, set_name: str) -> Path:
     """A hard-linked copy of the registry whose `current` is `version`, beside the set's index."""
+    from model_store.files import link_or_copy
+
     if not (registry / version).is_dir():
         raise SystemExit(f"{registry} has no version {version} (run `ragqa setup`, or name another registry)")
     home = work / f"{model}-{set_name}"
@@ -234,13 +236,6 @@ def model_home(work: Path, model: str, registry: Path, version: str, set_name: s
     current.symlink_to(version)
     shutil.copytree(index_home(work, set_name) / "index", home / "index", copy_function=link_or_copy)
     return home
-
-
-def link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:  # another file system
-        shutil.copy2(src, dst)
 
 
 def cached_answers(path: Path, registry: Path, version: str) -> dict[str, Any] | None:

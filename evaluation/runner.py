@@ -32,6 +32,7 @@ from evaluation import metrics as M
 from evaluation.errors import EvaluationError
 from evaluation.formats import QADataset, QAExample, load_qa
 from evaluation.journal import AnswerJournal
+from model_store.files import link_or_copy
 from model_store.registry import ModelRegistry, RegistryError
 from retrieval.types import Passage
 from settings.paths import Paths
@@ -205,13 +206,6 @@ def resolve_version(registry: ModelRegistry, requested: str | None) -> str:
     return name
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:  # another file system
-        shutil.copy2(src, dst)
-
-
 def pin_version(models_dir: Path, registry: ModelRegistry, name: str) -> str:
     """Make `models_dir` (a private folder) serve version `name` of `registry`; returns the name.
 
@@ -223,7 +217,7 @@ def pin_version(models_dir: Path, registry: ModelRegistry, name: str) -> str:
     models_dir.mkdir(parents=True, exist_ok=True)
     link = models_dir / name
     if not link.exists():
-        shutil.copytree(version.path.resolve(), link, copy_function=_link_or_copy)
+        shutil.copytree(version.path.resolve(), link, copy_function=link_or_copy)
     tmp = models_dir / ".current.tmp"
     if tmp.is_symlink():
         tmp.unlink()

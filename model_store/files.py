@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 
@@ -43,3 +44,12 @@ def write_atomically(path: Path, text: str) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def link_or_copy(src: str, dst: str) -> None:
+    """A hard link where src and dst share a file system, else a copy: for shutil.copytree's copy_function over
+    immutable files (published versions, an index), which links make free."""
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system
+        shutil.copy2(src, dst)
