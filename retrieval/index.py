@@ -328,12 +328,8 @@ def index_summary(index_dir: Path) -> dict[str, Any]:
         return {**out, "state": "missing", "advice": "run `ragqa ingest PATH`"}
     except IndexCorruptError as e:
         return {**out, "state": "damaged", "error": str(e)}
-    except (
-        OSError,
-        ValueError,
-        TypeError,
-        AttributeError,
-    ) as e:  # unreadable folder, odd values in meta.json
+    # An unreadable folder or odd values in meta.json (a count that is not a number, chunking that is not a map).
+    except (OSError, ValueError, TypeError, AttributeError) as e:
         return {**out, "state": "damaged", "error": f"{index_dir}: {type(e).__name__}: {e}"}
     if chunking["starts"] == WORD_STARTS:
         folder = out["root"] or "FOLDER"
