@@ -637,7 +637,12 @@ def build_ui(services: Services, users: Any = None) -> Any:  # noqa: PLR0915 (on
             shown, msg, s = h.stop(value, s)
             return shown, _toast(ok(msg)) if msg.startswith("Stopped") else msg, s
 
-        stop_btn.click(on_stop, [chat, state], [chat, status, state], cancels=ask_events, api_name="stop")
+        # Cancel first, then mark the partial answer: with both in one event, an update the cancelled stream had
+        # already sent could land after Stop's and leave "Answering…" and the unmarked partial answer on screen
+        # (seen in Chromium with the real model, Stop clicked a second or more into the answer).
+        stop_btn.click(None, None, None, cancels=ask_events, queue=False).then(
+            on_stop, [chat, state], [chat, status, state], api_name="stop"
+        )
 
         def on_new_chat(s: dict, user: str | None = None) -> tuple:
             h.new_chat(s)

@@ -210,7 +210,11 @@ def _walk(page: object, artifacts: Path) -> None:  # noqa: PLR0915 (one user's w
     page.wait_for_timeout(300)
     assert box.input_value() == NEXT
     page.get_by_role("button", name="■ Stop").click()
-    _status(page, r"Stopped\. The partial answer is not saved")
+    # the status line itself ("✅ ..."; the toast beside it has no ✅): an update of the cancelled stream that
+    # lands after Stop's once left "Answering…" there under the toast
+    _status(page, r"^✅ Stopped\. The partial answer is not saved")
+    page.wait_for_timeout(1_000)
+    assert page.get_by_text(re.compile(r"^Answering…")).count() == 0
     # the chat and the status come in one update, but the chatbot renders its markdown after the status line: on
     # busy cores an immediate count found nothing (CI at 3c3c9d0), so wait for the mark as a user would see it
     page.get_by_text("this partial answer is not saved").first.wait_for(timeout=15_000)
