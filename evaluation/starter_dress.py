@@ -126,9 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from evaluation.starter_data import write_rows
-    from training.starter import read_rows
 
-    mix = dress_mix(read_rows(args.rows), args.dressed, args.plain, args.seed)
+    # Read here, not with training.starter.read_rows: evaluation/ does not import training/ (tests/test_architecture)
+    rows = [json.loads(line) for line in args.rows.read_text(encoding="utf-8").splitlines() if line.strip()]
+    mix = dress_mix(rows, args.dressed, args.plain, args.seed)
     write_rows(args.out, mix)
     built = args.rows.with_suffix(".summary.json")
     summary = json.loads(built.read_text(encoding="utf-8")) if built.is_file() else {}
