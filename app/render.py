@@ -62,6 +62,20 @@ def _code_span(word: str) -> str:
     return f"{fence} {word} {fence}"
 
 
+def inert_html(text: str) -> str:
+    """HTML text (for inside our own HTML blocks, where no Markdown is read): `& < >` escaped, and every word a
+    renderer could autolink shown as inline code, as inert_markdown does."""
+    return "".join(
+        token
+        if token.isspace()
+        else f"<code>{html.escape(token)}</code>"
+        if _LINKABLE.search(token)
+        else html.escape(token)
+        for token in _TOKENS.split(text)
+        if token
+    )
+
+
 def snippet(text: str, limit: int = 300) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"

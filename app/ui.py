@@ -742,6 +742,14 @@ def build_ui(services: Services, users: Any = None) -> Any:  # noqa: PLR0915 (on
     return demo
 
 
+# A table in an opened passage (app.ui_render.passage_body): the chat's narrow bubble otherwise breaks the first
+# column's setting names mid-word ("max_new_tok / ens"); the last column wraps instead.
+PAGE_CSS = """
+.source-table { font-size: 0.9em; }
+.source-table td:first-child, .source-table th:first-child { white-space: nowrap; }
+"""
+
+
 def launch(
     services: Services, *, prevent_thread_lock: bool = False, users: Any = None, throttle: Any = None
 ) -> tuple[Any, str]:
@@ -761,6 +769,7 @@ def launch(
         server_port=cfg.port,
         prevent_thread_lock=prevent_thread_lock,
         share=False,
+        css=PAGE_CSS,
         **launch_options(cfg, users, throttle),
     )
     return demo, url

@@ -1,19 +1,26 @@
 """What the chat shows, as Markdown: answers with their sources, the sources panel, the start page.
 
 Everything from documents or the model goes through app.render.inert_markdown first; the only markup added here
-is our own (<details> for a passage that opens on click, <sub> for notes).
+is our own (<details> for a passage that opens on click, <sub> for notes, <table> for a Markdown table in a passage,
+its cells HTML-escaped).
 """
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
-from app.render import inert_markdown, snippet
+from app.render import inert_html, inert_markdown, snippet
 
 _HEADING = re.compile(r"^\s*#{1,6}\s+(.+?)\s*$", re.MULTILINE)
+# A GFM table: a row of cells between pipes, then a rule row of dashes (optionally with alignment colons).
+_TABLE_ROW = re.compile(r"^\s*\|.*\|\s*$")
+_TABLE_RULE = re.compile(r"^\s*\|?\s*:?-+:?\s*(?:\|\s*:?-+:?\s*)*\|?\s*$")
+_CELL_SPLIT = re.compile(r"(?<!\\)\|")
+_CODE_SPAN = re.compile(r"`([^`]+)`")
 
 
 def relevance_label(cosine: float | None) -> str:
@@ -25,8 +32,69 @@ def passage_details(p: Any, relevance: dict[int, float], cited: Sequence[int]) -
     """[n] source · relevance, which opens on click to show the full passage."""
     mark = " · cited" if p.rank in cited else ""
     summary = f"[{p.rank}] {inert_markdown(p.source)}{relevance_label(relevance.get(p.rank))}{mark}"
-    body = inert_markdown(p.text).replace("\n", "<br>")
-    return f"<details><summary>{summary}</summary>\n\n{body}\n\n</details>"
+    return f"<details><summary>{summary}</summary>\n\n{passage_body(p.text)}\n\n</details>"
+
+
+def passage_body(text: str) -> str:
+    """A passage as its reader wrote it: Markdown tables (the settings tables of READMEs and of the user guide)
+    as HTML tables, everything else inert text with its line breaks. Blocks are separated by blank lines, so each
+    table is an HTML block and each stretch of text a paragraph."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    blocks: list[str] = []
+    prose: list[str] = []
+
+    def flush() -> None:
+        body = inert_markdown("\n".join(prose)).strip()
+        if body:
+            blocks.append(body.replace("\n", "<br>"))
+        prose.clear()
+
+    i = 0
+    while i < len(lines):
+        end = i
+        while end < len(lines) and _TABLE_ROW.match(lines[end]):
+            end += 1
+        if end > i + 1 and _TABLE_RULE.match(lines[i + 1]):  # a header row and its rule
+            flush()
+            blocks.append(_table_html([_cells(line) for line in lines[i + 2 : end]], _cells(lines[i])))
+            i = end
+        elif end > i + 1 and i == 0:
+            # The passage begins inside a table (chunks are cut between rows): its rows, without the header.
+            flush()
+            blocks.append(_table_html([_cells(line) for line in lines[i:end] if not _TABLE_RULE.match(line)]))
+            i = end
+        else:
+            prose.append(lines[i])
+            i += 1
+    flush()
+    return "\n\n".join(blocks)
+
+
+def _cells(line: str) -> list[str]:
+    inner = line.strip().removeprefix("|").removesuffix("|")
+    return [cell.strip().replace("\\|", "|") for cell in _CELL_SPLIT.split(inner)]
+
+
+def _cell_html(cell: str) -> str:
+    """Escaped text (app.render.inert_html); `code` spans as <code>, their text escaped too. Inside an HTML block
+    no Markdown is read, so nothing in a cell can become a link, an image or a tag."""
+    parts = _CODE_SPAN.split(cell)  # the captured code spans are the odd parts
+    return "".join(
+        f"<code>{html.escape(part)}</code>" if i % 2 else inert_html(part)
+        for i, part in enumerate(parts)
+        if part
+    )
+
+
+def _table_html(rows: list[list[str]], header: list[str] | None = None) -> str:
+    """One line of HTML (a blank line would end the HTML block); the class is styled by app.ui.PAGE_CSS."""
+
+    def row(cells: list[str], tag: str) -> str:
+        return "<tr>" + "".join(f"<{tag}>{_cell_html(c)}</{tag}>" for c in cells) + "</tr>"
+
+    head = f"<thead>{row(header, 'th')}</thead>" if header is not None else ""
+    body = "".join(row(r, "td") for r in rows)
+    return f'<table class="source-table">{head}<tbody>{body}</tbody></table>'
 
 
 def sources_markdown(

@@ -32,6 +32,13 @@ XSS_DOC = (
     '<img src=x onerror="window.__xss=2"> [click](javascript:window.__xss=3) '
     "![t](http://127.0.0.1:9/exfil?d=secret) The Velmora lighthouse lamp is lit at dusk."
 )
+TABLE_DOC = (
+    "# Lumora beacon settings\n\nThe Lumora beacon reads these settings at start.\n\n"
+    "| key | default | meaning |\n|---|---|---|\n"
+    "| lumora_port | 7861 | the port of the Lumora beacon |\n"
+    '| lumora_hint | <img src=z onerror="window.__xss=5"> | a hostile cell |\n'
+)
+TABLE_QUESTION = "Which port does the Lumora beacon use?"
 TIMEOUT_MS = 60_000
 # Records every text the last assistant message shows, so the test can see the answer grow (streaming).
 WATCH_STREAM = """
@@ -53,7 +60,7 @@ def app_url(ragqa_home: Path, tiny_llama_dir: Path, tmp_path: Path) -> Iterator[
     # A strong repetition penalty makes the random model's greedy answer visible words (without it: newlines).
     cfg = AppConfig.load(max_new_tokens=12, repetition_penalty=3.0, port=free_port(), host="127.0.0.1")
     docs = tmp_path / "docs"
-    for rel, text in {**DOCS, "notes/velmora.md": XSS_DOC}.items():
+    for rel, text in {**DOCS, "notes/velmora.md": XSS_DOC, "notes/lumora.md": TABLE_DOC}.items():
         (docs / rel).parent.mkdir(parents=True, exist_ok=True)
         (docs / rel).write_text(text, encoding="utf-8")
     ingest(docs, cfg.paths.index_dir, HashEmbedder(), progress=False)
@@ -215,6 +222,27 @@ def test_document_headings_do_not_render_as_headings_in_sources(
     page.screenshot(path=artifacts / "01-sources.png", full_page=True)
     # kelvale/tower.md starts with "# The Zorbium Tower": text, not a heading, in the sources panel.
     assert page.locator("blockquote h1, blockquote h2").count() == 0
+    page.context.close()
+
+
+def test_a_table_in_a_document_opens_as_a_table_with_inert_cells(
+    chromium: object, app_url: tuple[str, Services], artifacts: Path
+) -> None:
+    url, _services = app_url
+    page = _login(chromium, url, "bob", "bob-password-1")
+    _ask(page, TABLE_QUESTION)
+    summary = page.locator("details summary", has_text="notes/lumora.md").first
+    summary.click()  # the passage under the answer opens on click
+    table = page.locator("table.source-table").first
+    table.wait_for()
+    page.screenshot(path=artifacts / "01-table-opened.png", full_page=True)
+    assert [th.inner_text() for th in table.locator("thead th").all()] == ["key", "default", "meaning"]
+    rows = [[td.inner_text() for td in tr.locator("td").all()] for tr in table.locator("tbody tr").all()]
+    assert rows[0] == ["lumora_port", "7861", "the port of the Lumora beacon"], rows
+    assert rows[1][1] == '<img src=z onerror="window.__xss=5">', rows  # shown as text, not an element
+    assert page.evaluate("typeof window.__xss") == "undefined"
+    first_cell = table.locator("td").first
+    assert first_cell.evaluate("e => getComputedStyle(e).whiteSpace") == "nowrap"  # the page's CSS is on
     page.context.close()
 
 

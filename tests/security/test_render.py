@@ -17,6 +17,7 @@ from markdown_it import MarkdownIt
 
 from app.render import inert_markdown
 from app.ui import sources_markdown
+from app.ui_render import passage_body
 from retrieval.prompt import render_user_message
 from retrieval.types import Passage, source_label
 
@@ -105,3 +106,65 @@ def test_a_file_name_cannot_forge_a_passage_block() -> None:
     headers = [line for line in panel.splitlines() if line.startswith("**[")]
     assert len(headers) == 2 and "\u202e" not in panel
     assert not re.search(r"^\*\*\[2\] payroll", panel, re.M)
+
+
+TABLE_TAGS = {"table", "thead", "tbody", "tr", "th", "td"}
+
+
+def _check_passage_body(text: str) -> str:
+    """A passage opened in the chat: safe tags only, no link outside code, every word of the text still shown
+    (a table's pipes and its rule row aside)."""
+    body = passage_body(text)
+    rendered = MD.render(body)
+    tags = {t.lower() for t in re.findall(r"</?\s*([a-zA-Z][\w-]*)", rendered)}
+    assert tags <= SAFE_TAGS | TABLE_TAGS, (text, rendered)
+    outside_code = re.sub(r"<code>.*?</code>", "", rendered, flags=re.S)
+    assert not re.search(r"www\.|://|[\w.+-]@[\w-]+\.\w", html.unescape(outside_code), re.I), (text, rendered)
+    visible = html.unescape(re.sub(r"<[^>]+>", " ", rendered)).split()
+    if "<table" not in body:
+        assert visible == text.replace("\x00", "\ufffd").split(), (text, rendered)
+    else:
+
+        def words_of(s: str) -> list[str]:  # cell borders and code fences are markup, not words
+            return s.replace("\\|", " ").replace("|", " ").replace("`", " ").split()
+
+        words = [w for w in words_of(text) if not re.fullmatch(r"[:\-]+", w)]
+        shown = words_of(" ".join(visible))
+        assert [w for w in words if w not in shown] == [], (text, rendered)
+    return rendered
+
+
+@pytest.mark.parametrize("text", ATTACKS)
+def test_an_opened_passage_is_inert(text: str) -> None:
+    _check_passage_body(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(TEXT)
+def test_any_opened_passage_renders_safe_and_complete(text: str) -> None:
+    _check_passage_body(text)
+
+
+def test_a_markdown_table_in_a_passage_shows_as_a_table_with_inert_cells() -> None:
+    text = (
+        "Settings live in `config.yaml`.\n\n"
+        "| key | default | meaning |\n|---|:---:|---|\n"
+        "| k | 4 | passages given to the model |\n"
+        '| evil | <img src=x onerror="alert(1)"> | see https://evil.example/a and ![t](http://127.0.0.1:9/x) |\n'
+        "| code | `ragqa ingest` | a \\| pipe |\n"
+        "After the table."
+    )
+    rendered = _check_passage_body(text)
+    assert rendered.count("<tr>") == 4 and "<thead><tr><th>key</th>" in rendered and "<td>4</td>" in rendered
+    assert "<img" not in rendered and "<a " not in rendered
+    assert "<code>https://evil.example/a</code>" in rendered
+    assert "<td>a | pipe</td>" in rendered  # an escaped pipe stays in its cell
+    assert "<td><code>ragqa ingest</code></td>" in rendered
+    assert rendered.index("Settings live in") < rendered.index("<table") < rendered.index("After the table.")
+    # A passage cut inside a table (chunks end between rows) begins with rows and no header: still a table.
+    cut = passage_body("| k | 4 | passages |\n| dtype | auto | precision |\nThe rest.")
+    assert cut.startswith('<table class="source-table"><tbody><tr><td>k</td>') and "<thead>" not in cut
+    assert "The rest." in cut
+    # Elsewhere, rows without a rule under the first one are not a table: the text stays inert, as before.
+    assert "<table" not in passage_body("Before.\n| a | b |\n| c | d |")
+    assert "<table" not in passage_body("| a lone row |\nand text")
