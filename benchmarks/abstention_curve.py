@@ -84,12 +84,13 @@ def completion_logp(model: Any, tok: Any, prompt_ids: list[int], text: str) -> f
     """log P(text + the chat template's end of turn | prompt), summed over its tokens."""
     import torch
 
+    from training.ppo.losses import logprobs_from_logits
+
     completion = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     ids = torch.tensor([prompt_ids + completion])
     with torch.inference_mode():
-        logits = model(ids).logits[0, len(prompt_ids) - 1 : -1].float()
-    logp = torch.log_softmax(logits, -1)
-    return float(logp.gather(1, torch.tensor(completion)[:, None]).sum())
+        logits = model(ids).logits[:, len(prompt_ids) - 1 : -1]
+    return float(logprobs_from_logits(logits, torch.tensor([completion])).sum())
 
 
 def score_rows(rows: list[dict[str, Any]], spec: str) -> None:
@@ -138,17 +139,19 @@ def best_recall_at(points: list[dict[str, float]], precision: float) -> dict[str
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    from evaluation.metrics import abstention_scores
+    from evaluation.runner import nan_to_none
+
     positive = [r["unanswerable"] for r in rows]
     answerable = [r for r in rows if not r["unanswerable"]]
     unanswerable = [r for r in rows if r["unanswerable"]]
-    abstained = [r for r in rows if r["abstained"]]
-    hits = sum(r["unanswerable"] for r in abstained)
+    greedy = abstention_scores([r["abstained"] for r in rows], positive)
     out: dict[str, Any] = {
         "n": len(rows),
         "unanswerable": len(unanswerable),
         "greedy": {
-            "precision": hits / len(abstained) if abstained else None,
-            "recall": hits / len(unanswerable) if unanswerable else None,
+            "precision": nan_to_none(greedy["abstention_precision"]),
+            "recall": nan_to_none(greedy["abstention_recall"]),
             "abstained_of_unanswerable": sum(r["abstained"] for r in unanswerable) / len(unanswerable),
             "abstained_of_answerable": sum(r["abstained"] for r in answerable) / len(answerable),
         },
