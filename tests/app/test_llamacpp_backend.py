@@ -111,6 +111,10 @@ def test_time_limit_stops_the_answer(llamacpp_model) -> None:
 
 
 def test_sampled_candidates_are_reproducible_by_seed(llamacpp_model) -> None:
+    """Same seed, same cache state, same candidates. The first call puts the prompt in the cache: llama.cpp's
+    logits for the prompt's last token differ slightly (~0.1 here) between the prompt's one-batch prefill and a
+    one-row decode of that token when the rest is cached, which may change a sampled token."""
+    llamacpp_model.sample(_messages(PROMPTS[3]), 1, seed=0, max_new_tokens=1)
     first = llamacpp_model.sample(_messages(PROMPTS[3]), 3, seed=7, max_new_tokens=16)
     again = llamacpp_model.sample(_messages(PROMPTS[3]), 3, seed=7, max_new_tokens=16)
     assert [s.text for s in first] == [s.text for s in again]
@@ -268,15 +272,15 @@ def test_both_backends_count_answer_tokens_alike(llamacpp_model, default_gguf_di
         assert stats.completion_tokens == model.count_text_tokens(answer), model.backend
 
 
-def _count_decodes(model, monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
-    """Record the sequence ids of every llama_decode batch of `model`'s context."""
-    calls: list[list[int]] = []
+def _count_decodes(model, monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[int, ...]]]:
+    """Record every llama_decode batch of `model`'s context: per row, the sequence ids its KV cell goes to."""
+    calls: list[list[tuple[int, ...]]] = []
     ctx = model.llama._ctx
     decode = ctx.decode
 
     def counting(batch) -> None:  # noqa: ANN001
         raw = batch.batch
-        calls.append([raw.seq_id[j][0] for j in range(raw.n_tokens)])
+        calls.append([tuple(raw.seq_id[j][m] for m in range(raw.n_seq_id[j])) for j in range(raw.n_tokens)])
         decode(batch)
 
     monkeypatch.setattr(ctx, "decode", counting)
@@ -291,12 +295,38 @@ def test_candidates_are_decoded_together_over_one_prefill(llamacpp_model, monkey
     calls = _count_decodes(llamacpp_model, monkeypatch)
     out = llamacpp_model.sample(_messages(PROMPTS[3]), 4, seed=3, max_new_tokens=16)
     assert len(out) == 4
-    steps = [c for c in calls if len(set(c)) > 1]
-    prefill = [c for c in calls if set(c) == {0} and len(c) > 1]
+    prefill = [c for c in calls if set(c) == {(0,)} and len(c) > 1]
     assert len(prefill) == 1  # the prompt once (it fits one 512-token batch)
-    assert steps and sorted(steps[0]) == [0, 1, 2, 3]  # the first step decodes all four candidates at once
+    steps = [c for c in calls if c not in prefill]
+    # the first step decodes the next token of all four candidates at once (rows shared by equal answers)
+    assert steps and sorted(s for row in steps[0] for s in row) == [0, 1, 2, 3]
     assert len(calls) <= 1 + 15  # prefill + at most max_new_tokens - 1 steps, not 4x that
     assert max(s.num_tokens for s in out) <= 16
+
+
+def test_candidates_with_the_same_answer_so_far_share_one_row(llamacpp_model, monkeypatch) -> None:
+    """top_k=1: every candidate draws the greedy token, so the four answers stay equal and each step decodes ONE
+    row whose KV cell belongs to all four sequences (one row per candidate, as before, fails here). The
+    answers are still the greedy one, and the cache is left as the plain prompt."""
+    messages = _messages(PROMPTS[2])
+    greedy = "".join(llamacpp_model.stream(messages, max_new_tokens=12)).strip()
+    calls = _count_decodes(llamacpp_model, monkeypatch)
+    rows = llamacpp_model.sample(messages, 4, seed=2, top_k=1, temperature=5.0, top_p=1.0, max_new_tokens=12)
+    assert [r.text for r in rows] == [greedy] * 4
+    steps = calls[1:]  # after the prompt's last token is decoded again
+    assert len(steps) >= 3
+    assert all(step == [(0, 1, 2, 3)] for step in steps), steps
+    assert _cache_is_consistent(llamacpp_model)
+
+
+def test_shared_histories_split_where_the_draws_differ() -> None:
+    from app.backends.llamacpp_lm import shared_histories
+
+    # 0 and 1 drew the same token, 2 another; 3 finished (its EOS is not in pending)
+    assert shared_histories([[0, 1, 2, 3]], {0: 7, 1: 7, 2: 9}) == [[0, 1], [2]]
+    # groups never merge again, even on the same token: their earlier answers differ
+    assert shared_histories([[0, 1], [2]], {0: 5, 1: 6, 2: 5}) == [[0], [1], [2]]
+    assert shared_histories([[0], [1]], {}) == []
 
 
 def test_alternatives_after_the_answer_reuse_its_prompt_and_leave_greedy_unchanged(
@@ -308,7 +338,7 @@ def test_alternatives_after_the_answer_reuse_its_prompt_and_leave_greedy_unchang
     before = "".join(llamacpp_model.stream(messages, max_new_tokens=12))
     calls = _count_decodes(llamacpp_model, monkeypatch)
     llamacpp_model.sample(messages, 3, seed=1, max_new_tokens=8)
-    assert calls[0] == [0]  # only the prompt's last token is decoded again (for its logits)
+    assert calls[0] == [(0,)]  # only the prompt's last token is decoded again (for its logits)
     after = "".join(llamacpp_model.stream(messages, max_new_tokens=12))
     assert after == before
     other = "".join(llamacpp_model.stream(_messages(PROMPTS[0]), max_new_tokens=12))
