@@ -232,8 +232,11 @@ def gguf_tensor_sizes(path: Path) -> list[tuple[str, int, int]]:
 
 
 # ---- the temporary home ----------------------------------------------------------------------------
-def prepare_home(home: Path, model_dir: Path | None, gguf_type: str | None) -> dict[str, Any]:
-    """Registry with the default model as v0001 (+ its GGUF) and the demo corpus ingested, under `home`.
+def prepare_home(
+    home: Path, model_dir: Path | None, gguf_type: str | None, *, starter: bool = False
+) -> dict[str, Any]:
+    """Registry with the default model as v0001 (+ its GGUF) and the demo corpus ingested, under `home`; with
+    `starter`, the shipped starter published on top of it as the current version, as `ragqa setup` does.
 
     `model_dir`'s files are hard-linked (its GGUF files are not: the GGUF is exported here, by the function the
     app publishes with, and recorded in the manifest). Returns the GGUF record and the export time.
@@ -259,6 +262,12 @@ def prepare_home(home: Path, model_dir: Path | None, gguf_type: str | None) -> d
         os.symlink("v0001", models / "current")
     else:
         ensure_base_model(registry)
+        if starter:
+            from training.starter import publish_starter
+
+            version, note = publish_starter(registry)
+            if version is None:
+                raise AskBenchError(f"the starter was not published: {note}")
     record: dict[str, Any] = {}
     if gguf_type is not None:
         from model_store.gguf import GgufExportError, export_gguf

@@ -29,6 +29,8 @@ win rates); the simulator, `ragqa retrain --resume` and the evaluation's answer 
     python benchmarks/loop.py --base-only        # only the base model's held-out numbers (no simulator/retrain)
     python benchmarks/loop.py --start starter --no-dpo --out DIR   # the same loop from the starter v0002 (what a
                                                  # user's retrain starts from); report in docs/results/loop/from_starter/
+    python benchmarks/loop.py ... --docs docs/results/loop/NAME   # a full run's report copied there instead; another
+                                                 # run's report already in the folder is kept unless --replace-docs
 
 The data files live in ../shared/data next to the repository (benchmark-only; pass --data to point elsewhere).
 Only squad2-dev-half's training articles are trained or tuned on; xquad-en is held-out evaluation only. Results
@@ -966,6 +968,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(into a new --out: the same one would skip the evaluations it finished)",
     )
     p.add_argument("--retrain-args", default="", help="extra arguments for `ragqa retrain` (quoted)")
+    p.add_argument(
+        "--docs",
+        type=Path,
+        default=None,
+        help="where a full-size run copies its report (default: docs/results/loop/, from_starter/ for --start starter)",
+    )
+    p.add_argument(
+        "--replace-docs", action="store_true", help="replace another run's report already in the docs folder"
+    )
     args = p.parse_args(argv)
     args.preset = QUICK if args.quick else FULL
     if args.eval_limit is not None:
@@ -1274,7 +1285,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_report(report, out)
     if not args.quick and not args.base_only and report["full_size"]:
-        publish_docs(out, args.start)
+        publish_docs(out, args.docs or docs_folder(args.start), replace=args.replace_docs)
     elif not args.quick:
         print(
             f"a run smaller than the full preset: its report stays in {out} (docs/results/loop/ is for full runs)"
@@ -1320,13 +1331,32 @@ def docs_folder(start: str) -> Path:
     return DOCS if start == "base" else DOCS / "from_starter"
 
 
-def publish_docs(out: Path, start: str = "base") -> None:
-    """A full run's report.json, report.md and plots into docs/results/loop/ (the issue's results folder)."""
-    docs = docs_folder(start)
+def same_run(a: Path, b: Path) -> bool:
+    """Whether two report.json files come from one run (its RAGQA_HOME and start time): a resumed run's report
+    replaces its own earlier copy, never another run's."""
+    try:
+        ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+    except (OSError, ValueError):
+        return False
+    return (ra.get("home"), ra.get("started_at")) == (rb.get("home"), rb.get("started_at"))
+
+
+def publish_docs(out: Path, docs: Path, replace: bool = False) -> bool:
+    """A full run's report.json, report.md and plots into `docs` (docs/results/loop/... by default: the issue's
+    results folder). A report of ANOTHER run already there is kept (the README quotes it) unless `replace`: the
+    new one stays in `out`, and the message says how to publish it. True when copied."""
+    existing = docs / "report.json"
+    if existing.is_file() and not replace and not same_run(existing, out / "report.json"):
+        print(
+            f"{docs} holds another run's report, kept: this run's report stays in {out} "
+            "(rerun with the same --out and --docs DIR to copy it elsewhere, or --replace-docs to replace it)"
+        )
+        return False
     docs.mkdir(parents=True, exist_ok=True)
     for f in [out / "report.json", out / "report.md", *out.glob("*.png")]:
         shutil.copy2(f, docs / f.name)
     print(f"copied the report into {docs}")
+    return True
 
 
 if __name__ == "__main__":

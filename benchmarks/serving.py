@@ -1,8 +1,10 @@
 """Issue #15's serving acceptance in one run: the app's llama.cpp backend idle, with 4 candidates, beside a real
 retrain, and its greedy agreement with transformers fp32; a fresh clone's `make run` is timed by `--fresh-clone`.
 
-Everything runs in a temporary RAGQA_HOME made by benchmarks/ask_latency.py's `prepare_home`: the default model
-as v0001, its GGUF of the type `gguf: auto` gives on this CPU (bf16 with native bf16, else f16) written by the
+Everything runs in a temporary RAGQA_HOME made by benchmarks/ask_latency.py's `prepare_home`: the model a fresh
+`ragqa setup` serves (`--model starter`, the default: the default model as v0001 and the shipped starter published
+on it as current; `--model base` serves the raw v0001; `--model-dir` an already converted folder), its GGUF of
+the type `gguf: auto` gives on this CPU (bf16 with native bf16, else f16) written by the
 app's own exporter (`--gguf` names another), the demo corpus ingested. The benchmark process registers
 as a server on that home exactly as `ragqa serve` does (`model_store.cpu_share.marker(home, "server")`, after
 setting OMP_NUM_THREADS to the usable cores), so the CPU-share policy sees it: while a `ragqa retrain` runs there,
@@ -48,7 +50,7 @@ began is recorded (`milestones_s`), with pip's configuration (a local wheel mirr
 machine without one). Writes docs/results/serving/fresh_clone.json, which the
 main run reads for `fresh_clone_to_page_s` (null with a note when there is none).
 
-    python benchmarks/serving.py [--questions 20] [--agreement 50] [--k-questions 5] [--out PATH]
+    python benchmarks/serving.py [--questions 20] [--agreement 50] [--k-questions 20] [--model starter|base] [--out PATH]
     python benchmarks/serving.py --fresh-clone [--repo PATH_OR_URL]
     python benchmarks/serving.py --resummarise    # the last run's rows + the newest fresh clone
 """
@@ -877,7 +879,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--questions", type=int, default=len(QUESTIONS), help="demo questions per speed row")
     parser.add_argument("--k", type=int, default=4, help="candidates sampled together (the UI offers 2-4)")
-    parser.add_argument("--k-questions", type=int, default=5, help="questions of the k-candidates row")
+    parser.add_argument("--k-questions", type=int, default=20, help="questions of the k-candidates row")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument(
         "--max-prompt-tokens", default=None, help="auto | off | N (default: the app's config default, auto)"
@@ -892,7 +894,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--retrain-steps", type=int, default=1000, help="sft.max_steps: outlasts the row")
     parser.add_argument("--retrain-start-timeout", type=float, default=600.0)
     parser.add_argument("--no-retrain", action="store_true", help="skip the during-retrain row")
-    parser.add_argument("--model-dir", type=Path, default=None, help="an already converted default model")
+    parser.add_argument(
+        "--model",
+        choices=["starter", "base"],
+        default="starter",
+        help="what is served: the shipped starter on the default model, as `ragqa setup` publishes it (default), "
+        "or the raw default model v0001",
+    )
+    parser.add_argument(
+        "--model-dir", type=Path, default=None, help="an already converted model folder (overrides --model)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--gguf",
@@ -964,6 +975,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "questions": questions,
             "k_questions": QUESTIONS[: args.k_questions],
             "k": args.k,
+            "model": str(args.model_dir) if args.model_dir else args.model,
             "max_new_tokens": args.max_new_tokens,
             "passages": 4,
             "agreement_prompts": args.agreement,
@@ -975,7 +987,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = result["rows"]
     with tempfile.TemporaryDirectory(prefix="ragqa-serving-bench-") as tmp:
         home = Path(tmp)
-        result["gguf"] = prepare_home(home, args.model_dir, args.gguf)
+        result["gguf"] = prepare_home(home, args.model_dir, args.gguf, starter=args.model == "starter")
         embedder = SentenceTransformerEmbedder()
         with marker(
             home, "server", port=None

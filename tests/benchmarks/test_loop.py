@@ -454,3 +454,34 @@ def test_a_rerun_must_start_from_the_model_its_first_pass_started_from(tmp_path:
     # --eval-only of a starter run's home must say --start starter
     with pytest.raises(SystemExit, match="pass --start starter"):
         loop.check_start(parse_args(["--eval-only"]), Ledger(tmp_path / "out" / "x.json"), tmp_path / "home")
+
+
+def _report(folder: Path, home: str, started: str, note: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps({"home": home, "started_at": started}))
+    (folder / "report.md").write_text(note)
+    (folder / "f1_by_model.png").write_bytes(note.encode())
+    return folder
+
+
+def test_a_full_run_never_replaces_another_runs_docs_report_unless_told(tmp_path: Path, capsys) -> None:
+    """The README quotes the reports in docs/results/loop/: a new run's report goes there only when the folder is
+    empty, holds this same run's earlier copy (a resumed run), or --replace-docs says so; --docs picks another
+    folder. (A starter run once overwrote the committed record this way.)"""
+    from benchmarks import loop
+
+    docs = _report(tmp_path / "docs", "/h/old", "t0", "old run")
+    new = _report(tmp_path / "out", "/h/new", "t1", "new run")
+    assert not loop.publish_docs(new, docs)
+    assert (docs / "report.md").read_text() == "old run"
+    assert (docs / "f1_by_model.png").read_bytes() == b"old run"
+    assert "--replace-docs" in capsys.readouterr().out
+    assert loop.publish_docs(new, tmp_path / "elsewhere")
+    assert (tmp_path / "elsewhere" / "report.md").read_text() == "new run"
+    resumed = _report(tmp_path / "out2", "/h/new", "t1", "new run, resumed")
+    assert loop.publish_docs(resumed, tmp_path / "elsewhere")
+    assert (tmp_path / "elsewhere" / "report.md").read_text() == "new run, resumed"
+    assert loop.publish_docs(new, docs, replace=True)
+    assert (docs / "report.md").read_text() == "new run"
+    args = loop.parse_args(["--start", "starter", "--no-dpo", "--docs", "d", "--replace-docs"])
+    assert args.docs == Path("d") and args.replace_docs

@@ -180,6 +180,7 @@ def test_export_and_retrain_command(tmp_path: Path) -> None:
         ["--questions", "0"],
         ["--agreement", "51"],
         ["--agreement", "21", "--squad", "/nonexistent.json"],
+        ["--model", "v0001"],
     ],
 )
 def test_bad_arguments_are_refused(argv: list[str]) -> None:
@@ -187,3 +188,12 @@ def test_bad_arguments_are_refused(argv: list[str]) -> None:
 
     with pytest.raises(SystemExit):
         parse_args(argv)
+
+
+def test_by_default_the_benchmark_serves_what_setup_serves() -> None:
+    """`ragqa setup` publishes the shipped starter as current: the rows measure that model unless told otherwise."""
+    from benchmarks.serving import parse_args
+
+    args = parse_args([])
+    assert args.model == "starter" and args.model_dir is None and args.k_questions == 20
+    assert parse_args(["--model", "base"]).model == "base"
