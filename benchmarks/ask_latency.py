@@ -263,9 +263,12 @@ def prepare_home(
     else:
         ensure_base_model(registry)
         if starter:
-            from training.starter import publish_starter
+            from training.starter import StarterError, publish_starter
 
-            version, note = publish_starter(registry)
+            try:
+                version, note = publish_starter(registry)
+            except StarterError as e:
+                raise AskBenchError(f"the starter was not published: {e}") from e
             if version is None:
                 raise AskBenchError(f"the starter was not published: {note}")
     record: dict[str, Any] = {}

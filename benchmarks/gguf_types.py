@@ -118,7 +118,8 @@ def greedy(llm: Any, prompt: list[int], new_tokens: int, eos: set[int]) -> tuple
 
 def batched_step_ms(llm: Any, prompt: list[int], sizes: list[int], steps: int = 20) -> dict[str, float]:
     """Median ms of one decode step of n parallel sequences sharing `prompt`'s KV cells, per n in `sizes`: the app's
-    own context (`_allow_parallel_sequences`) and step (`decode_rows`, as `ParallelSampler` calls it), timed alone."""
+    own context (`_allow_parallel_sequences`) and step (`decode_rows`), timed alone: n rows of n sequences whose
+    answers differ, the worst case of `ParallelSampler` (candidates that agree so far share a row there)."""
     import llama_cpp
     from llama_cpp._internals import LlamaBatch
 

@@ -1164,6 +1164,7 @@ def main(argv: list[str] | None = None) -> int:
     out = (args.out or ROOT / "benchmarks" / "results" / "loop" / time.strftime("%Y%m%d-%H%M%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(out / LEDGER)
+    run_started = run_started_at(ledger, started)
     home = prepare_home(args, ledger)
     check_start(args, ledger, home)
     os.environ["RAGQA_HOME"] = str(home)  # in-process evaluation reads the same home as the subprocesses
@@ -1254,6 +1255,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "quick": args.quick,
         "started_at": started,
+        "run_started_at": run_started,
         "machine": machine_record(),
         "home": str(home),
         "seed": args.seed,
@@ -1331,20 +1333,32 @@ def docs_folder(start: str) -> Path:
     return DOCS if start == "base" else DOCS / "from_starter"
 
 
+def run_started_at(ledger: Ledger, now: str) -> str:
+    """When this run's first pass started: recorded by that pass, returned unchanged to the passes that resume it
+    (the name `same_run` matches reports by)."""
+    if ledger.get("run_started_at") is None:
+        ledger.put("run_started_at", now)
+    return ledger.get("run_started_at")
+
+
 def same_run(a: Path, b: Path) -> bool:
-    """Whether two report.json files come from one run (its RAGQA_HOME and start time): a resumed run's report
-    replaces its own earlier copy, never another run's."""
+    """Whether two report.json files come from one run (its RAGQA_HOME and the start of its FIRST pass, which the
+    ledger keeps for the passes that resume it): a resumed run's report replaces its own earlier copy, never another
+    run's. Reports written before `run_started_at` existed never match."""
     try:
         ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
     except (OSError, ValueError):
         return False
-    return (ra.get("home"), ra.get("started_at")) == (rb.get("home"), rb.get("started_at"))
+    first = ra.get("run_started_at")
+    return first is not None and (ra.get("home"), first) == (rb.get("home"), rb.get("run_started_at"))
 
 
 def publish_docs(out: Path, docs: Path, replace: bool = False) -> bool:
     """A full run's report.json, report.md and plots into `docs` (docs/results/loop/... by default: the issue's
     results folder). A report of ANOTHER run already there is kept (the README quotes it) unless `replace`: the
     new one stays in `out`, and the message says how to publish it. True when copied."""
+    if docs.resolve() == out.resolve():  # --docs names the run's own folder: the report is there already
+        return True
     existing = docs / "report.json"
     if existing.is_file() and not replace and not same_run(existing, out / "report.json"):
         print(

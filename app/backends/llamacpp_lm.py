@@ -20,7 +20,8 @@ shared prompt: the prompt is prefilled once into sequence 0 (reusing whatever pr
 its KV cells are shared with sequences 1..k-1 (`llama_memory_seq_cp` on a unified KV cache: no copy), and every
 step decodes the next token of each unfinished candidate in one batch, each with its own sampler chain seeded
 seed+i. Candidates whose answers are so far the same tokens share one row (`shared_histories`): one KV cell for
-all of them, one set of logits each draws from. A seed reproduces its candidate from the same cache state:
+all of them, one set of logits each draws from. A seed reproduces its candidate from the same cache state and with
+the same number of candidates (the others' draws decide which rows are shared):
 llama.cpp's logits move slightly (up to ~0.1 here) with how many rows a decode holds, so a prompt prefilled in one
 batch, or a different split of rows, may change a draw near a tie. Measured on the 2-core Zen 4 box (avx512_bf16, 1 llama.cpp thread, SmolLM2-135M, 920-token prompt, 64
 tokens each, EOS banned, process CPU time because the box was shared at load 6-9): one answer 1.15-1.2 s, 4
@@ -493,7 +494,8 @@ def shared_histories(groups: list[list[int]], pending: dict[int, int]) -> list[l
     id), and each member then draws from that row's logits with its own seeded sampler chain. Members that drew
     different tokens split into groups of their own; the cells decoded before stay shared. Sampled candidates of
     a fine-tuned reader often begin alike: on the 20 demo questions, 4 candidates of the shipped starter needed
-    38% fewer rows than one row per candidate.
+    38% fewer rows than one row per candidate. It needs the unified KV cache `_allow_parallel_sequences` makes: a
+    split cache (one stream per sequence) refuses a row that belongs to several sequences.
     """
     out: list[list[int]] = []
     for group in groups:
@@ -511,7 +513,7 @@ def decode_rows(llama: Any, batch: Any, rows: list[tuple[int | list[int], int, i
     raw = batch.batch
     raw.n_tokens = len(rows)
     for j, (seq, token, pos) in enumerate(rows):
-        seqs = [seq] if isinstance(seq, int) else seq
+        seqs = list(seq) if isinstance(seq, (list, tuple)) else [int(seq)]
         raw.token[j] = token
         raw.pos[j] = pos
         raw.n_seq_id[j] = len(seqs)

@@ -537,3 +537,76 @@ def test_prompt_lookup_stops_in_time_inside_a_guess_and_survives_a_failed_decode
         "".join(llamacpp_model.stream(_messages(text), max_new_tokens=40)), add_special_tokens=False
     )["input_ids"]
     assert again[:15] == full[:15]
+
+
+def test_each_candidate_draws_from_the_row_that_holds_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ParallelSampler on a scripted fake engine: candidates split into groups step by step, and every draw must
+    read the logits of the row whose KV cell belongs to that candidate (a wrong row index fails here, although it
+    would still produce plausible text on a real model)."""
+    from types import SimpleNamespace
+
+    import llama_cpp
+    import llama_cpp._internals as internals
+
+    from app.backends import llamacpp_lm
+    from app.backends.base import Sampling
+
+    eos = 2
+    script = {0: [5, 6, 9, eos], 1: [5, 6, 10, eos], 2: [5, 7, 11, eos], 3: [5, 8, eos]}
+
+    class FakeBatch:
+        def __init__(self, n_tokens: int, embd: int, n_seq_max: int, verbose: bool) -> None:
+            self.batch = SimpleNamespace(
+                n_tokens=0,
+                token=[0] * n_tokens,
+                pos=[0] * n_tokens,
+                n_seq_id=[0] * n_tokens,
+                seq_id=[[0] * n_seq_max for _ in range(n_tokens)],
+                logits=[False] * n_tokens,
+            )
+
+        def close(self) -> None:
+            pass
+
+    class FakeContext:
+        def __init__(self) -> None:
+            self.rows: list[tuple[int, ...]] = [(0, 1, 2, 3)]  # the prompt's last row, shared after seq_cp
+            self.steps: list[list[tuple[tuple[int, ...], int, int]]] = []
+
+        def decode(self, batch: FakeBatch) -> None:
+            b = batch.batch
+            self.rows = [tuple(b.seq_id[j][: b.n_seq_id[j]]) for j in range(b.n_tokens)]
+            self.steps.append([(self.rows[j], b.token[j], b.pos[j]) for j in range(b.n_tokens)])
+
+    class FakeSampler:
+        def __init__(self, seq: int) -> None:
+            self.seq, self.drawn = seq, 0
+
+        def sample(self, ctx: FakeContext, idx: int) -> int:
+            row = ctx.rows[idx]
+            assert self.seq in row, f"candidate {self.seq} drew from row {idx} = sequences {row}"
+            token = script[self.seq][self.drawn]
+            self.drawn += 1
+            return token
+
+        def close(self) -> None:
+            pass
+
+    context = FakeContext()
+    llama = SimpleNamespace(ctx=None, _ctx=context, n_tokens=0, _requires_eval=False)
+    for name in ("llama_memory_seq_keep", "llama_memory_seq_cp", "llama_memory_seq_rm"):
+        monkeypatch.setattr(llama_cpp, name, lambda *args: None)
+    monkeypatch.setattr(llama_cpp, "llama_get_memory", lambda ctx: None)
+    monkeypatch.setattr(llama_cpp, "llama_n_seq_max", lambda ctx: 4)
+    monkeypatch.setattr(internals, "LlamaBatch", FakeBatch)
+    monkeypatch.setattr(llamacpp_lm, "prefill", lambda llama, prompt: None)
+    sampler = llamacpp_lm.ParallelSampler(llama, {eos})
+    monkeypatch.setattr(sampler, "_sampler", lambda request, seed: FakeSampler(seed - request.seed))
+    prompt = [1] * 10
+    out = sampler.run(prompt, Sampling(max_new_tokens=8, n=4, seed=100), 0, 4)
+    assert out == [([5, 6, 9], "stop"), ([5, 6, 10], "stop"), ([5, 7, 11], "stop"), ([5, 8], "stop")]
+    assert context.steps == [
+        [((0, 1, 2, 3), 5, 10)],
+        [((0, 1), 6, 11), ((2,), 7, 11), ((3,), 8, 11)],
+        [((0,), 9, 12), ((1,), 10, 12), ((2,), 11, 12)],
+    ]

@@ -456,9 +456,10 @@ def test_a_rerun_must_start_from_the_model_its_first_pass_started_from(tmp_path:
         loop.check_start(parse_args(["--eval-only"]), Ledger(tmp_path / "out" / "x.json"), tmp_path / "home")
 
 
-def _report(folder: Path, home: str, started: str, note: str) -> Path:
+def _report(folder: Path, home: str, started: str, note: str, this_pass: str = "") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(json.dumps({"home": home, "started_at": started}))
+    report = {"home": home, "run_started_at": started, "started_at": this_pass or started}
+    (folder / "report.json").write_text(json.dumps(report))
     (folder / "report.md").write_text(note)
     (folder / "f1_by_model.png").write_bytes(note.encode())
     return folder
@@ -478,10 +479,30 @@ def test_a_full_run_never_replaces_another_runs_docs_report_unless_told(tmp_path
     assert "--replace-docs" in capsys.readouterr().out
     assert loop.publish_docs(new, tmp_path / "elsewhere")
     assert (tmp_path / "elsewhere" / "report.md").read_text() == "new run"
-    resumed = _report(tmp_path / "out2", "/h/new", "t1", "new run, resumed")
+    # a resumed pass starts later but names the run by its first pass's start (the ledger's run_started_at)
+    resumed = _report(tmp_path / "out2", "/h/new", "t1", "new run, resumed", this_pass="t9")
     assert loop.publish_docs(resumed, tmp_path / "elsewhere")
     assert (tmp_path / "elsewhere" / "report.md").read_text() == "new run, resumed"
     assert loop.publish_docs(new, docs, replace=True)
     assert (docs / "report.md").read_text() == "new run"
+    assert loop.publish_docs(new, new)  # --docs naming the run's own folder: nothing to copy
+    old_style = _report(tmp_path / "old_style", "/h/new", "t1", "no run_started_at")
+    (old_style / "report.json").write_text(json.dumps({"home": "/h/new", "started_at": "t1"}))
+    assert not loop.same_run(old_style / "report.json", new / "report.json")
     args = loop.parse_args(["--start", "starter", "--no-dpo", "--docs", "d", "--replace-docs"])
     assert args.docs == Path("d") and args.replace_docs
+
+
+def test_the_ledger_keeps_the_first_passs_start_for_the_resumed_ones(tmp_path: Path) -> None:
+    """What same_run compares: the first pass records its start, a resumed pass (a new Ledger on the same file, a
+    later clock) gets the first one back."""
+    from benchmarks import loop
+
+    assert (
+        loop.run_started_at(Ledger(tmp_path / "loop_state.json"), "2026-11-29 10:00:00")
+        == "2026-11-29 10:00:00"
+    )
+    assert (
+        loop.run_started_at(Ledger(tmp_path / "loop_state.json"), "2026-11-29 12:00:00")
+        == "2026-11-29 10:00:00"
+    )
