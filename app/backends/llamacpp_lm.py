@@ -21,13 +21,12 @@ its KV cells are shared with sequences 1..k-1 (`llama_memory_seq_cp` on a unifie
 step decodes the next token of each unfinished candidate in one batch, each with its own sampler chain seeded
 seed+i. Candidates whose answers are so far the same tokens share one row (`shared_histories`): one KV cell for
 all of them, one set of logits each draws from. A seed reproduces its candidate from the same cache state and with
-the same number of candidates (the others' draws decide which rows are shared):
-llama.cpp's logits move slightly (up to ~0.1 here) with how many rows a decode holds, so a prompt prefilled in one
-batch, or a different split of rows, may change a draw near a tie. Measured on the 2-core Zen 4 box (avx512_bf16, 1 llama.cpp thread, SmolLM2-135M, 920-token prompt, 64
-tokens each, EOS banned, process CPU time because the box was shared at load 6-9): one answer 1.15-1.2 s, 4
-together 3.8-3.9 s, 4 one after another 4.7 s. A batched step of 4 costs ~3x a single step here for f16 and q8_0
-alike, and with an 80-token prompt too: this model's decode is compute-bound on this CPU, not bound by reading the
-weights, so batching saves ~20%, not the 4x hoped for (the <= 1.5x target is not met on this machine).
+the same number of candidates (the others' draws decide which rows are shared): llama.cpp's logits move slightly
+(up to ~0.1 here) with how many rows a decode holds, so a prompt prefilled in one batch, or a different split of
+rows, may change a draw near a tie. On the 2-core Zen 4 (avx512_bf16, bf16 GGUF) a decode step of 4 rows costs
+~1.7x a step of one (the engine's batched matmuls are compute-bound there): 4 alternatives of the shipped starter,
+whose sampled answers often begin alike, cost ~1.2x one answer per token; 4 of the raw model, which part after a
+token or two, ~1.5-1.7x.
 
 Threads: all usable cores (affinity and cgroup quota); while `ragqa retrain`/`ragqa eval` runs on the same home
 the model generates on the cores the CPU-share policy keeps for the server (model_store.cpu_share).
