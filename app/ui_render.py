@@ -54,18 +54,19 @@ def passage_body(text: str) -> str:
         end = i
         while end < len(lines) and _TABLE_ROW.match(lines[end]):
             end += 1
-        if end > i + 1 and _TABLE_RULE.match(lines[i + 1]):  # a header row and its rule
-            flush()
-            blocks.append(_table_html([_cells(line) for line in lines[i + 2 : end]], _cells(lines[i])))
-            i = end
-        elif end > i + 1 and i == 0:
+        rows = lines[i:end]
+        if len(rows) > 1 and _TABLE_RULE.match(rows[1]):  # a header row and its rule
+            header, body = _cells(rows[0]), rows[2:]
+        elif len(rows) > 1 and i == 0:
             # The passage begins inside a table (chunks are cut between rows): its rows, without the header.
-            flush()
-            blocks.append(_table_html([_cells(line) for line in lines[i:end] if not _TABLE_RULE.match(line)]))
-            i = end
+            header, body = None, [line for line in rows if not _TABLE_RULE.match(line)]
         else:
             prose.append(lines[i])
             i += 1
+            continue
+        flush()
+        blocks.append(_table_html([_cells(line) for line in body], header))
+        i = end
     flush()
     return "\n\n".join(blocks)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import re
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -72,17 +73,6 @@ def _check_inert(text: str) -> None:
     assert visible.split() == expected, (text, rendered)  # nothing lost or added but whitespace
 
 
-@pytest.mark.parametrize("text", ATTACKS)
-def test_every_markdown_link_form_is_defused(text: str) -> None:
-    _check_inert(text)
-
-
-@settings(max_examples=300, deadline=None)
-@given(TEXT)
-def test_any_text_renders_inert_and_complete(text: str) -> None:
-    _check_inert(text)
-
-
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=40))
 def test_source_label_is_one_clean_line(name: str) -> None:
@@ -136,15 +126,21 @@ def _check_passage_body(text: str) -> str:
     return rendered
 
 
+# Every way the chat shows document text: inline (sources panel, answers) and as an opened passage.
+RENDERINGS = [_check_inert, _check_passage_body]
+
+
+@pytest.mark.parametrize("check", RENDERINGS)
 @pytest.mark.parametrize("text", ATTACKS)
-def test_an_opened_passage_is_inert(text: str) -> None:
-    _check_passage_body(text)
+def test_every_markdown_link_form_is_defused(check: Any, text: str) -> None:
+    check(text)
 
 
+@pytest.mark.parametrize("check", RENDERINGS)
 @settings(max_examples=300, deadline=None)
 @given(TEXT)
-def test_any_opened_passage_renders_safe_and_complete(text: str) -> None:
-    _check_passage_body(text)
+def test_any_text_renders_inert_and_complete(check: Any, text: str) -> None:
+    check(text)
 
 
 def test_a_markdown_table_in_a_passage_shows_as_a_table_with_inert_cells() -> None:
