@@ -5,8 +5,8 @@ heads, head size 64), SDPA's flash-attention kernel took 17-18 ms for a forward 
 no faster than in fp32, while the bf16 matmuls around it run at ~860 GFLOP/s: attention was a third of an SFT step
 (torch.profiler, 8 x 330-512 tokens: 2.1 s of 6.3 s). The same attention written as two batched matmuls per block
 of 128 queries (the 3 query heads of a key/value head stacked into one matmul, no repeat_kv copy; keys after the
-block's last query skipped, so the causal half is never computed; softmax in fp32) took 9.6-10.5 ms: the matmuls
-run on the CPU's bf16 instructions. In fp32 it was slower than SDPA (22.6 vs 18.0 ms), and at 1,024 tokens the
+block's last query skipped, so the causal half is never computed) took 9.6-10.5 ms, 6.5 ms since (see Numerics):
+the matmuls run on the CPU's bf16 instructions. In fp32 it was slower than SDPA (22.6 vs 18.0 ms), and at 1,024 tokens the
 [queries x keys] blocks no longer stay in cache (48-54 ms either way), hence the limits below.
 
 What it computes is SDPA's causal attention, where q and k have one length (no KV cache: training forwards and a
@@ -21,9 +21,14 @@ builds NO mask for an attention name it does not know, which would silently drop
 batches). The masks it takes are causal (the module's `is_causal` is checked; transformers builds a decoder's
 masks with `create_causal_mask`): keys after a block's last query are never read.
 
-Numerics: q k^T comes out of a bf16 matmul (fp32 accumulation, rounded to bf16), the bias and the softmax are in
-fp32, as transformers' eager attention does it; SDPA's flash kernel keeps q k^T in fp32. Equal to SDPA within fp32
-rounding when run in fp32 (the tests), within bf16 rounding otherwise.
+Numerics: q k^T comes out of a bf16 matmul (fp32 accumulation, rounded to bf16) with the mask added there, and the
+softmax runs on those bf16 scores (torch's CPU kernel computes it in fp32 and rounds the probabilities to bf16, as
+the matmul with v would anyway); the scale is applied to q (1/8 for head size 64: exact). SDPA's flash kernel keeps
+q k^T in fp32. Equal to SDPA within fp32 rounding when run in fp32 (the tests), within bf16 rounding otherwise.
+An earlier version cast the scores to fp32 for the scale, the mask and the softmax and back (transformers' eager
+attention does that): the same error against an fp32 reference (max 0.0137 at 2 x 450 tokens, both), but five
+passes over each [queries x keys] block instead of three, and twice the time (12-13 vs 6.5 ms forward + backward
+at 2 x 450 tokens on the Zen 4; 5-6% of a whole SFT step).
 
 `model.attention` (training config): auto = on a CPU training in bf16 without AMX (where it was measured: Zen 4);
 off on CUDA (fused kernels), in fp32 (slower) and with AMX (unmeasured) | blocks | sdpa.
@@ -31,6 +36,7 @@ off on CUDA (fused kernels), in fp32 (slower) and with AMX (unmeasured) | blocks
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +50,9 @@ DTYPES = (torch.bfloat16,)  # where the blocks were measured faster; tests widen
 _MASKED = -1e38  # finite: a fully masked row (a left pad) must not become NaN
 # per device: [MAX_TOKENS, MAX_TOKENS], 0 on and below the diagonal, -inf above
 _causal_bias: dict[str, torch.Tensor] = {}
+# (device, dtype, start, end, group) -> a block's causal mask, newest last (see _block_bias)
+_block_biases: OrderedDict[tuple[Any, ...], torch.Tensor] = OrderedDict()
+_BLOCK_BIASES_KEPT = 32
 
 
 @dataclass(frozen=True)
@@ -152,12 +161,24 @@ def _boolean_square_mask(mask: Any, tokens: int) -> bool:
     )
 
 
-def _block_bias(mask: torch.Tensor | None, start: int, end: int, device: torch.device) -> torch.Tensor:
-    """The additive mask of queries start..end over keys 0..end: the causal one, or `mask`'s ([B, 1, 1, n, end])."""
-    if mask is None:
-        return _bias(end, device)[start:end]
-    allowed = mask[:, :, start:end, :end].unsqueeze(2)
-    return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, _MASKED)
+def _block_bias(
+    mask: torch.Tensor | None, start: int, end: int, group: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """The additive mask of queries start..end over keys 0..end, each query row repeated for the `group` query heads
+    stacked in one matmul: the causal one ([group x rows, end]) or `mask`'s ([B, 1, group x rows, end])."""
+    if mask is not None:
+        allowed = mask[:, :, start:end, :end].repeat(1, 1, group, 1)
+        return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, _MASKED)
+    # A micro-batch's blocks need a handful of these (one per block start), and all its layers share them; the
+    # cache keeps the latest few (a causal block is [384 x 768] bf16 at most: 0.6 MB)
+    key = (str(device), dtype, start, end, group)
+    bias = _block_biases.pop(key, None)
+    if bias is None:
+        bias = _bias(end, device)[start:end].to(dtype).repeat(group, 1)
+    _block_biases[key] = bias
+    while len(_block_biases) > _BLOCK_BIASES_KEPT:
+        _block_biases.popitem(last=False)
+    return bias
 
 
 def block_causal_attention(
@@ -169,20 +190,36 @@ def block_causal_attention(
 ) -> torch.Tensor:
     """softmax(q k^T * scaling + mask) v, 128 queries at a time. query [B, H, T, D], key/value [B, KV, T, D]
     (H a multiple of KV, heads grouped as repeat_kv groups them), mask None (causal) or SDPA's boolean [B, 1, T, T]
-    (True = attend; causal) -> [B, T, H, D] (transformers' layout)."""
+    (True = attend; causal) -> [B, T, H, D] (transformers' layout).
+
+    Every pass over a [queries x keys] block costs as much as the matmul that made it, so there are three: the
+    scores with the mask added in the matmul (baddbmm), the softmax, the matmul with v. The scale goes on q ([T x
+    D], not [T x T]; 1/8 for head size 64, exact in any float dtype), the softmax runs in the compute dtype (torch's
+    CPU kernel accumulates bf16 in fp32). Against fp32 scores scaled, masked and cast back (5 passes): half the
+    time, same result to bf16 rounding (2 x 450 tokens, forward + backward: 13 -> 6.5 ms on a Zen 4)."""
     batch, heads, tokens, dim = query.shape
     kv_heads = key.shape[1]
     group = heads // kv_heads
-    grouped = query.view(batch, kv_heads, group, tokens, dim)
+    dtype = _computes_in(query.dtype)
+    grouped = (query * scaling).to(dtype).view(batch, kv_heads, group, tokens, dim)
+    # [B x KV, T, D]: one copy each of k and v up front, so each block reads a slice of them
+    keys = key.to(dtype).reshape(batch * kv_heads, tokens, dim)
+    values = value.to(dtype).reshape(batch * kv_heads, tokens, dim)
     out = []
     for start in range(0, tokens, BLOCK):
         end = min(start + BLOCK, tokens)
         rows = end - start
-        q = grouped[:, :, :, start:end].reshape(batch, kv_heads, group * rows, dim)
-        scores = torch.matmul(q, key[:, :, :end].transpose(-1, -2)).view(batch, kv_heads, group, rows, end)
-        scores = scores.float() * scaling + _block_bias(mask, start, end, query.device)
-        probs = torch.softmax(scores, dim=-1).to(value.dtype).view(batch, kv_heads, group * rows, end)
-        out.append(torch.matmul(probs, value[:, :, :end]).view(batch, kv_heads, group, rows, dim))
+        q = grouped[:, :, :, start:end].reshape(batch * kv_heads, group * rows, dim)
+        bias = _block_bias(mask, start, end, group, dtype, query.device)
+        if mask is None:
+            scores = torch.baddbmm(bias, q, keys[:, :end].transpose(1, 2))
+        else:  # one mask per sequence: [B, 1, ...] broadcasts over the key/value heads
+            scores = (
+                torch.bmm(q, keys[:, :end].transpose(1, 2)).view(batch, kv_heads, group * rows, end) + bias
+            )
+            scores = scores.view(batch * kv_heads, group * rows, end)
+        probs = torch.softmax(scores, dim=-1)
+        out.append(torch.bmm(probs, values[:, :end]).view(batch, kv_heads, group, rows, dim))
     return torch.cat(out, dim=3).view(batch, heads, tokens, dim).transpose(1, 2).contiguous()
 
 
