@@ -3,9 +3,10 @@
 The feedback simulator (evaluation/simulate.py) is what fills the store for the loop experiment, so its speed
 sets how much feedback an experiment can afford. Rows, each on a fresh feedback store over the same home, the
 same index and the same questions (squad2-dev-half training articles, the loop's split; a seeded sample):
-  batched     the simulator's default: `--batch-size 8` questions sampled in one transformers generate
+  batched     `--batch-size 8`: 8 questions sampled in one transformers generate (the simulator's default where
+              llama.cpp cannot serve)
   llamacpp    one question at a time on the llama.cpp backend, its k candidates as parallel sequences over the
-              one prompt (the app's Alternatives path)
+              one prompt (the app's Alternatives path; the simulator's default where llama.cpp serves)
   sequential  one question at a time on transformers with the 4 candidates sampled one after another
               (QAService.candidates patched to draw n=1 four times): how the simulator sampled before batching
 The answer cap and the passages shown are the loop experiment's (48 new tokens, k=2). The index is built once

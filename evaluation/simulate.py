@@ -6,10 +6,13 @@ entry point; the logic lives here so tests and the loop benchmark import a packa
 For every question of a labelled QA file (SQuAD v1.1/v2.0 JSON, NQ-open or plain JSONL, read by
 evaluation.formats) it does what a careful user of the app would do, through the same code path as the UI:
   1. retrieve passages with QAService.retrieve and keep those that fit the model's window (what the model sees);
-  2. sample k candidates with QAService.candidates (one batched generate), or for `--batch-size` questions at
-     once with QAService.candidates_batch (one generate for all their candidates on the transformers backend;
-     the same prompts and settings, only the sampled texts differ), and record the interaction, the passages
-     shown and the candidates with FeedbackStore.record_interaction;
+  2. sample k candidates with QAService.candidates (one batched sample over the one prompt: llama.cpp's parallel
+     sequences, or one transformers generate), or for `--batch-size` questions at once with
+     QAService.candidates_batch (one generate for all their candidates on the transformers backend; the same
+     prompts and settings, only the sampled texts differ), and record the interaction, the passages shown and the
+     candidates with FeedbackStore.record_interaction. Without --batch-size: one question at a time where
+     llama.cpp serves the current version, else 8 at once on transformers (the faster of the two where each
+     runs: `sampling_plan`);
   3. rank the candidates by SQuAD token F1 against the gold answers (evaluation.metrics.score_answer: SQuAD
      normalisation, citation markers removed; an unanswerable SQuAD 2.0 question scores 1 for an abstention);
      equal F1 is a tie; when every candidate scores 0 the ranking carries no preference and is recorded as
@@ -70,7 +73,9 @@ class SimulationOptions:
     index: Path | None = None
     fmt: str | None = None
     progress: bool = True
-    batch_size: int = 8  # questions sampled together in one generate (transformers backend); 1 = one by one
+    # questions sampled together in one generate (transformers backend); 1 = one by one; None = by the backend
+    # that serves (sampling_plan)
+    batch_size: int | None = None
 
 
 @dataclass
@@ -83,6 +88,7 @@ class SimulationSummary:
     skipped: int = 0  # questions this session had recorded already (a rerun resumes)
     errors: list[str] = field(default_factory=list)  # "qid: message" for questions that could not be asked
     seconds: float = 0.0
+    sampling: str = ""  # how the candidates were sampled (sampling_plan's words)
 
     def text(self) -> str:
         lines = [
@@ -91,6 +97,8 @@ class SimulationSummary:
             f"{len(self.errors)} errors in {self.seconds:.1f} s"
             + (f"; {self.skipped} questions recorded by an earlier run skipped" if self.skipped else "")
         ]
+        if self.sampling:
+            lines.append(f"  sampled {self.sampling}")
         lines += [f"  error {e}" for e in self.errors[:10]]
         return "\n".join(lines)
 
@@ -373,8 +381,8 @@ def simulate(
 ) -> SimulationSummary:
     """Run the simulated annotator (see the module docstring); returns what it recorded.
 
-    Questions are asked in groups of `options.batch_size` whose candidates are sampled in one batched generate
-    (ServedModel.sample_batch); the rows recorded are the same as one question at a time, only the sampled texts
+    Questions are asked in groups of `options.batch_size` (None: `sampling_plan` chooses) whose candidates are
+    sampled in one batched generate (ServedModel.sample_batch); the rows recorded are the same as one question at a time, only the sampled texts
     differ (a sample depends on the batch it is drawn in). Questions the `simulated:f1` session has recorded
     already are skipped, so an interrupted run resumes where it stopped.
     """
@@ -387,22 +395,21 @@ def simulate(
     t0 = time.perf_counter()
     if not 2 <= options.k_candidates <= 4:
         raise SimulationError(f"--k-candidates must be between 2 and 4, got {options.k_candidates}")
-    if options.batch_size < 1:
+    if options.batch_size is not None and options.batch_size < 1:
         raise SimulationError(f"--batch-size must be at least 1, got {options.batch_size}")
-    cfg = simulation_config(config or AppConfig.load(), options.batch_size)
     try:
         dataset = load_qa(options.qa, options.fmt)
     except EvalDataError as e:
         raise SimulationError(str(e)) from e
     examples = select(dataset, options)
     corrected = pick_corrected(len(examples), options.correct_fraction, options.seed)
-    _require_model(cfg)
+    cfg, batch_size, sampling = sampling_plan(config or AppConfig.load(), options.batch_size)
     if embedder is None:
         from retrieval.embedder import SentenceTransformerEmbedder
 
         embedder = SentenceTransformerEmbedder(cfg.embedder)
     ensure_indexed(dataset, examples, options.index or cfg.paths.index_dir, cfg, embedder)
-    summary = SimulationSummary()
+    summary = SimulationSummary(sampling=sampling)
     with serving_config(cfg, options.index) as served, FeedbackStore.open(cfg.paths.feedback_db) as store:
         qa = QAService(served, embedder=embedder)
         done = recorded_questions(store)
@@ -416,12 +423,15 @@ def simulate(
             disable=not options.progress,
         )
         with bar:
-            for start in range(0, len(todo), options.batch_size):
-                group = todo[start : start + options.batch_size]
+            for start in range(0, len(todo), batch_size):
+                group = todo[start : start + batch_size]
                 simulate_group(qa, store, group, options, corrected, summary)
                 bar.update(len(group))
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+BATCHED = 8  # questions per generate when transformers samples and no --batch-size is given
 
 
 def simulation_config(cfg: AppConfig, batch_size: int) -> AppConfig:
@@ -434,11 +444,43 @@ def simulation_config(cfg: AppConfig, batch_size: int) -> AppConfig:
     return cfg.with_(backend="transformers") if batch_size > 1 and cfg.backend == "auto" else cfg
 
 
-def _require_model(cfg: AppConfig) -> None:
+def sampling_plan(cfg: AppConfig, batch_size: int | None) -> tuple[AppConfig, int, str]:
+    """(config, questions per sample, words for the summary). No batch size given: one question at a time where
+    llama.cpp serves the current version (its k candidates as parallel sequences over the one prompt), else
+    BATCHED questions in one transformers generate.
+
+    Why llama.cpp first: measured with benchmarks/simulate_speed.py (100 squad2 questions x 4 candidates, 48-token
+    answers), one question at a time on llama.cpp took 3.11 s a question against 5.33 s batched on transformers on a
+    2-core AVX2-only CPU (fp32), and 0.93 s against 1.25 s on a 2-core Zen 4 (bf16); the records stored were the
+    same. Without llama.cpp (not installed, no GGUF of the version, a GPU, a 4-bit base) transformers samples, and
+    batching is what makes it fast there (7.39 s a question one after another on that Zen 4).
+    """
+    if batch_size is None:
+        backend = served_backend(cfg)
+        batch_size = 1 if backend == "llamacpp" else BATCHED
+        cfg = simulation_config(cfg, batch_size)
+    else:
+        cfg = simulation_config(cfg, batch_size)
+        backend = served_backend(cfg)
+    if batch_size == 1:
+        return cfg, 1, f"one question at a time on {backend}"
+    return cfg, batch_size, f"{batch_size} questions per batch on {backend}"
+
+
+def served_backend(cfg: AppConfig) -> str:
+    """The backend that will answer with the current version under `cfg` (`auto` resolved; a llama.cpp it cannot
+    have falls back to transformers, as loading does)."""
+    from app.generator import Generator
     from model_store.registry import ModelRegistry
 
-    if ModelRegistry(cfg.paths.models_dir).current_name() is None:
+    registry = ModelRegistry(cfg.paths.models_dir)
+    version = registry.current()
+    if version is None:
         raise SimulationError(f"no model is published in {cfg.paths.models_dir}: run `ragqa setup` first")
+    generator = Generator(
+        registry, dtype=cfg.dtype, load_in_4bit=cfg.load_in_4bit, backend=cfg.backend, config=cfg
+    )
+    return generator.expected_backend(version)
 
 
 # ---- command line ---------------------------------------------------------------------------------------
@@ -469,8 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-size",
         type=int,
-        default=8,
-        help="questions whose candidates are sampled in one generate (transformers backend; default 8)",
+        default=None,
+        help="questions whose candidates are sampled in one generate (transformers backend); default: one at a "
+        f"time where llama.cpp serves the current version, else {BATCHED}",
     )
     p.add_argument(
         "--batch", action="store_true", help="no progress bar (logs and CI); the summary still prints"

@@ -168,6 +168,25 @@ def test_auto_serves_llamacpp_when_the_version_has_a_gguf(gguf_registry: Path) -
     assert Generator(registry, backend="auto").current().backend == "llamacpp"
 
 
+def test_the_simulator_samples_one_question_at_a_time_where_llamacpp_serves(gguf_registry: Path) -> None:
+    from evaluation.simulate import sampling_plan
+
+    cfg, batch_size, words = sampling_plan(AppConfig.load(), None)
+    assert (cfg.backend, batch_size, words) == ("auto", 1, "one question at a time on llamacpp")
+    # a batch size asked for: transformers batches the questions, as before
+    cfg, batch_size, words = sampling_plan(AppConfig.load(), 4)
+    assert (cfg.backend, batch_size, words) == ("transformers", 4, "4 questions per batch on transformers")
+
+
+def test_the_simulator_batches_questions_where_transformers_serves(default_registry: Path) -> None:
+    from evaluation.simulate import BATCHED, sampling_plan
+
+    cfg, batch_size, words = sampling_plan(AppConfig.load(), None)
+    assert (cfg.backend, batch_size) == ("transformers", BATCHED)
+    assert words == f"{BATCHED} questions per batch on transformers"
+    assert sampling_plan(AppConfig.load(), 1)[1:] == (1, "one question at a time on transformers")
+
+
 def test_auto_serves_transformers_without_a_gguf(default_registry: Path) -> None:
     generator = Generator(ModelRegistry(default_registry), backend="auto")
     assert generator.current().backend == "transformers"
