@@ -228,6 +228,7 @@ def _compile_choice(train_cfg: Any, report: dict[str, Any]) -> dict[str, Any]:
         min_steps=steps,
         bf16=report["train_dtype"] == "bfloat16",
         avx512="avx512f" in report["cpu"]["flags"],
+        amx="amx_bf16" in report["cpu"]["flags"],
         gradient_checkpointing=train_cfg.sft.gradient_checkpointing,
         compiler=cpp_compiler(),
     ).to_json()

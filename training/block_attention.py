@@ -66,15 +66,12 @@ class AttentionChoice:
         return {"attention": self.attention, "reason": self.reason}
 
 
-def choose(mode: str, *, device: str, bf16: bool, amx: bool, compiled: bool = False) -> AttentionChoice:
-    """The decision for one stage from the config's `model.attention`, the hardware and whether the stage compiles
-    its decoder layers (then SDPA: Dynamo would specialise the blocks' Python loop on every sequence length, and
-    compiled layers with the blocks were not measured faster: 700-751 tokens/s on the Zen 4 against 757-844 eager
-    in the run just before it, not side by side)."""
+def choose(mode: str, *, device: str, bf16: bool, amx: bool) -> AttentionChoice:
+    """The decision for one stage from the config's `model.attention` and the hardware. Stages whose decoder layers
+    are compiled (training/layer_compile.py) keep the blocks too: they run outside the compiled graph (see
+    `register`)."""
     if mode == "sdpa":
         return AttentionChoice("sdpa", "model.attention=sdpa")
-    if compiled:
-        return AttentionChoice("sdpa", f"model.attention={mode}, but the decoder layers are compiled: SDPA")
     if mode == "blocks":
         return AttentionChoice(NAME, "model.attention=blocks (used for bf16 causal batches; others run SDPA)")
     blockers = [
@@ -89,11 +86,17 @@ def choose(mode: str, *, device: str, bf16: bool, amx: bool, compiled: bool = Fa
 
 
 def register() -> None:
-    """Make NAME a transformers attention implementation, with SDPA's masks (idempotent)."""
+    """Make NAME a transformers attention implementation, with SDPA's masks (idempotent).
+
+    Registered outside torch.compile (`torch.compiler.disable`): in compiled decoder layers the blocks are a graph
+    break, the norms, projections and MLP around them are compiled. Traced, the blocks' loop over query blocks would
+    specialise the graph on each sequence's block count, and Dynamo's trace of it took 100 s against 30 s (first
+    step, Zen 4), for no faster steps."""
+    import torch
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(NAME, causal_block_attention)
+    AttentionInterface.register(NAME, torch.compiler.disable(causal_block_attention))
     AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
@@ -244,23 +247,19 @@ def causal_block_attention(
     return block_causal_attention(query, key, value, scale, attention_mask), None
 
 
-def apply_to_model(
-    model: Any, mode: str, *, device: str, bf16: bool, compiled: bool = False
-) -> AttentionChoice:
-    """Decide on this CPU for a model about to train on `device` (`compiled`: its decoder layers will be
-    compiled), and switch its attention if chosen. -> the choice in effect."""
+def apply_to_model(model: Any, mode: str, *, device: str, bf16: bool) -> AttentionChoice:
+    """Decide on this CPU for a model about to train on `device`, and switch its attention if chosen. -> the
+    choice in effect."""
     from model_store.hardware import read_cpuinfo
 
     amx = "amx_bf16" in read_cpuinfo().flags
-    choice = choose(mode, device=device, bf16=bf16, amx=amx, compiled=compiled)
+    choice = choose(mode, device=device, bf16=bf16, amx=amx)
     return set_attention(model, choice)
 
 
-def apply_to_trainer(trainer: Any, mode: str, compiled: bool = False) -> AttentionChoice:
+def apply_to_trainer(trainer: Any, mode: str) -> AttentionChoice:
     """`apply_to_model` for a transformers/TRL trainer about to train."""
     from training.config import trainer_device
 
     args = trainer.args
-    return apply_to_model(
-        trainer.model, mode, device=trainer_device(args), bf16=bool(args.bf16), compiled=compiled
-    )
+    return apply_to_model(trainer.model, mode, device=trainer_device(args), bf16=bool(args.bf16))

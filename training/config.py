@@ -54,8 +54,9 @@ class ModelSection:
         default="auto", metadata=bounds(choices=("auto", "true", "false"), parse=_bool_word)
     )
     # torch.compile of the decoder layers for SFT and the RM (training/layer_compile.py): "auto" = on a CPU
-    # without AVX-512 training in fp32, for stages of >= compile_min_steps steps (+14% tokens/s on a 2-core AVX2
-    # CPU; no gain measured with AVX-512; ~30-90 s to compile) | true | false
+    # without AVX-512 training in fp32 (+14% tokens/s on a 2-core AVX2 CPU; no gain measured in fp32 with AVX-512)
+    # or without AMX training in bf16 (+6-8% on a Zen 4), for stages of >= compile_min_steps steps (~10-90 s to
+    # compile) | true | false
     compile: str = field(default="auto", metadata=bounds(choices=("auto", "true", "false"), parse=_bool_word))
     compile_min_steps: int = field(default=20, metadata=bounds(ge=0))
     # attention for SFT and the RM (training/block_attention.py): "auto" = causal attention in query blocks on a CPU

@@ -13,12 +13,18 @@ that CPU (3.9 minutes with a warm cache) before the first step; one layer took 8
 on-disk cache warm (the first step, which includes the compile). That cost is why `auto` compiles only stages long
 enough to win it back (`model.compile_min_steps`).
 
-`auto` compiles only where it was measured to help and nothing is known to break: a CPU without AVX-512 training
-in fp32 (on a 2-core AMD Zen 4 with AVX-512 the same regional compile gave no gain on the fp32 step, 12.0-14.7 vs
-12.4-15.3 s; under bf16 autocast compiled layers ran no faster than eager with query-block attention, see
-`choose`), a C++ compiler for inductor, one process, no gradient checkpointing (the checkpoint wrapper around a compiled layer is untested here), no 4-bit base. Only SFT and the
-reward model use it (measured); DPO and KTO stay eager (their reference passes with adapters off would be more
-graphs to compile, unmeasured). An error while Dynamo compiles a layer falls back to eager for it
+`auto` compiles only where it was measured to help and nothing is known to break:
+- a CPU without AVX-512 training in fp32 (on a 2-core AMD Zen 4 with AVX-512 the same regional compile gave no
+  gain on the fp32 step, 12.0-14.7 vs 12.4-15.3 s);
+- a CPU without AMX training in bf16, where the stage trains with the query-block attention
+  (training/block_attention.py), called outside the compiled graph. On the Zen 4 (avx512_bf16), 8 steps of the
+  benchmark's SFT and RM rows, two alternating runs each: SFT 26.1-26.8 s compiled vs 28.2-28.4 s eager (-6%), RM
+  27.2-27.9 vs 30.0-30.3 s (-8%); the first step 11 s with inductor's cache warm (31 s cold) against 4.5 s. (With
+  SDPA inside the graph, earlier, compiled bf16 layers ran no faster than eager ones with the blocks.)
+- and then only with a C++ compiler for inductor, one process, no gradient checkpointing (the checkpoint wrapper
+  around a compiled layer is untested here), no 4-bit base.
+Only SFT and the reward model use it (measured); DPO and KTO stay eager (their reference passes with adapters off
+would be more graphs to compile, unmeasured). An error while Dynamo compiles a layer falls back to eager for it
 (`suppress_errors`, on while the stage trains); the held-out evaluation after training runs eager (a no-grad graph
 would be one more compile for 64 examples).
 """
@@ -69,6 +75,7 @@ def choose(
     four_bit: bool = False,
     bf16: bool = False,
     avx512: bool = False,
+    amx: bool = False,
     compiler: str | None = None,
 ) -> CompileChoice:
     """The decision for one stage; `compiler` is inductor's C++ compiler (None = not installed)."""
@@ -78,10 +85,11 @@ def choose(
         return CompileChoice(True, "model.compile=true")
     blockers = [
         (device != "cpu", f"device {device}: measured on the CPU only"),
-        # Zen 4, bf16 SFT: compiled layers (with SDPA) 698-700 tokens/s vs eager with query-block attention
-        # 683-749 (2 alternating runs each): no gain, and ~30 s of compiling in the first step
-        (bf16, "bf16 autocast: compiled ran no faster than eager with query-block attention"),
-        (avx512, "an AVX-512 CPU: no gain measured there"),
+        # bf16 without AMX trains with the query-block attention (training/block_attention.py), which runs outside
+        # the compiled graph: measured there (Zen 4). With AMX neither is measured.
+        (bf16 and amx, "bf16 on an AMX CPU: unmeasured there"),
+        # Zen 4, fp32 step: 12.0-14.7 s compiled vs 12.4-15.3 s eager
+        (avx512 and not bf16, "fp32 on an AVX-512 CPU: no gain measured there"),
         (compiler is None, "no C++ compiler for inductor (install g++ or set CXX)"),
         (processes > 1, f"{processes} processes"),
         (gradient_checkpointing, "gradient checkpointing is on"),
@@ -94,7 +102,8 @@ def choose(
     for blocked, why in blockers:
         if blocked:
             return CompileChoice(False, f"auto: off ({why})")
-    return CompileChoice(True, f"auto: on (CPU without AVX-512, fp32, {steps} steps, {compiler})")
+    where = "bf16 on a CPU without AMX" if bf16 else "CPU without AVX-512, fp32"
+    return CompileChoice(True, f"auto: on ({where}, {steps} steps, {compiler})")
 
 
 def decoder_layers(model: Any) -> list[Any]:
@@ -153,6 +162,7 @@ def choice_for_trainer(trainer: Any, mode: str, min_steps: int) -> CompileChoice
     args = trainer.args
     model = trainer.model
     device = trainer_device(args)
+    flags = read_cpuinfo().flags
     rows = len(trainer.train_dataset) if trainer.train_dataset is not None else 0
     return choose(
         mode,
@@ -163,6 +173,7 @@ def choice_for_trainer(trainer: Any, mode: str, min_steps: int) -> CompileChoice
         gradient_checkpointing=bool(args.activation_checkpointing),
         four_bit=bool(getattr(model, "is_loaded_in_4bit", False)),
         bf16=bool(args.bf16),
-        avx512="avx512f" in read_cpuinfo().flags,
+        avx512="avx512f" in flags,
+        amx="amx_bf16" in flags,
         compiler=cpp_compiler(),
     )

@@ -168,13 +168,13 @@ def run_trainer(
 
 
 def prepare_trainer(trainer: Any, cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The config's `model.compile` and `model.attention` applied to a trainer about to train. Compiled layers keep
-    SDPA (the blocks' per-length Python loop would recompile a layer for every sequence length), so the compile is
-    decided first and the attention is set before the layers are compiled. -> (compile, attention) choices as JSON."""
+    """The config's `model.compile` and `model.attention` applied to a trainer about to train: the attention is set
+    before the layers are compiled (compiled layers call the query blocks outside their graph).
+    -> (compile, attention) choices as JSON."""
     from training import block_attention, layer_compile
 
+    attention = block_attention.apply_to_trainer(trainer, cfg.model.attention)
     compiling = layer_compile.choice_for_trainer(trainer, cfg.model.compile, cfg.model.compile_min_steps)
-    attention = block_attention.apply_to_trainer(trainer, cfg.model.attention, compiled=compiling.compiled)
     compiled = layer_compile.compile_if_chosen(trainer, compiling)
     return compiled.to_json(), attention.to_json()
 

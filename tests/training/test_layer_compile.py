@@ -32,14 +32,20 @@ def test_auto_compiles_a_long_cpu_stage_with_a_compiler() -> None:
         ({"processes": 2}, "2 processes"),
         ({"gradient_checkpointing": True}, "gradient checkpointing"),
         ({"four_bit": True}, "4-bit"),
-        ({"bf16": True}, "bf16 autocast"),
-        ({"avx512": True}, "AVX-512"),
+        ({"bf16": True, "amx": True}, "bf16 on an AMX CPU"),
+        ({"avx512": True}, "fp32 on an AVX-512 CPU"),
         ({"steps": 19}, "19 steps < model.compile_min_steps=20"),
     ],
 )
 def test_auto_stays_eager_and_says_why(change: dict, why: str) -> None:
     choice = choose("auto", **{**LONG, **change})
     assert not choice.compiled and why in choice.reason
+
+
+def test_auto_compiles_bf16_on_a_cpu_without_amx_avx512_or_not() -> None:
+    for avx512 in (True, False):
+        choice = choose("auto", **{**LONG, "bf16": True, "avx512": avx512})
+        assert choice.compiled and "bf16 on a CPU without AMX" in choice.reason
 
 
 def test_explicit_settings_win_over_the_rules() -> None:
