@@ -82,8 +82,11 @@ def test_our_rows_compile_as_a_long_retrain_stage_does_and_the_eager_rows_do_not
         assert choice["reason"].startswith("auto") and "compile_min_steps" not in choice["reason"]
         from model_store.hardware import read_cpuinfo
 
-        eligible = cpp_compiler() is not None and "avx512f" not in read_cpuinfo().flags
-        assert choice["compiled"] is (eligible and not trainer.args.bf16)  # e.g. this project's AVX2-only CPU
+        # training/layer_compile.py's rules: fp32 without AVX-512 (the AVX2-only CPU), bf16 without AMX (the Zen 4)
+        flags = read_cpuinfo().flags
+        bf16 = bool(trainer.args.bf16)
+        eligible = ("amx_bf16" not in flags) if bf16 else ("avx512f" not in flags)
+        assert choice["compiled"] is (cpp_compiler() is not None and eligible)
     # the attention as a retrain stage chooses it (training/block_attention.py), recorded beside the compile;
     # the -sdpa rows keep SDPA to measure what the blocks gain
     attention = trainer.attention_choice
