@@ -211,6 +211,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     report = collect(_config(args), (train_cfg.model.bf16, train_cfg.device))
     report["train_compile"] = _compile_choice(train_cfg, report)
     report["train_attention"] = _attention_choice(train_cfg, report)
+    report["train_micro_batches"] = _micro_batches(train_cfg, report)
     print(json.dumps(report, indent=1) if args.json else text(report))
     return 0
 
@@ -232,6 +233,19 @@ def _compile_choice(train_cfg: Any, report: dict[str, Any]) -> dict[str, Any]:
         gradient_checkpointing=train_cfg.sft.gradient_checkpointing,
         compiler=cpp_compiler(),
     ).to_json()
+
+
+def _micro_batches(train_cfg: Any, report: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """SFT's and the reward model's micro-batch and accumulation on this machine (bf16 on a CPU takes larger
+    micro-batches: training.config.micro_batches)."""
+    from training.config import micro_batches
+
+    bf16_cpu = report["train_dtype"] == "bfloat16" and report["dtypes"]["train"]["device"] == "cpu"
+    out = {}
+    for stage in ("sft", "reward"):
+        micro, accum = micro_batches(getattr(train_cfg, stage), bf16_cpu)
+        out[stage] = {"micro_batch": micro, "grad_accum": accum}
+    return out
 
 
 def _attention_choice(train_cfg: Any, report: dict[str, Any]) -> dict[str, Any]:

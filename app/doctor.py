@@ -269,6 +269,14 @@ def text(report: dict[str, Any]) -> str:
     if "train_attention" in report:
         attention = report["train_attention"]
         lines.append(f"train attn:   {attention['attention']} ({attention['reason']})")
+    if "train_micro_batches" in report:
+        micro = report["train_micro_batches"]
+        lines.append(
+            "train batch:  "
+            + ", ".join(
+                f"{stage} {m['micro_batch']} x {m['grad_accum']} accumulated" for stage, m in micro.items()
+            )
+        )
     lines.append(
         f"backend:      {backend.get('serving') or '-'} ({backend['reason']}); configured {backend['configured']}"
     )

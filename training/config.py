@@ -103,6 +103,9 @@ class TrainerSection:
     epochs: float = 2.0
     batch_size: int = field(default=4, metadata=bounds(gt=0))
     grad_accum: int = field(default=2, metadata=bounds(gt=0))
+    # the micro-batch where the stage computes in bf16 on a CPU, whose activations take half the memory of fp32's;
+    # batch_size x grad_accum (the optimizer's batch) is kept. None = batch_size (see micro_batches)
+    bf16_cpu_micro_batch: int | None = field(default=None, metadata=bounds(gt=0))
     lr: float = field(default=2e-4, metadata=bounds(ge=0))
     warmup: float = field(default=0.05, metadata=bounds(ge=0))  # ratio of total steps (< 1) or a step count
     weight_decay: float = field(default=0.0, metadata=bounds(ge=0))
@@ -366,6 +369,17 @@ def frozen_base_dtype(cfg: TrainConfig, device: str, four_bit: bool) -> Any:
     return torch.bfloat16
 
 
+def micro_batches(section: TrainerSection, bf16_cpu: bool) -> tuple[int, int]:
+    """(micro-batch, accumulation steps) of a stage: the section's, or on a CPU computing in bf16 its
+    `bf16_cpu_micro_batch` with the accumulation that keeps batch_size x grad_accum. A micro-batch that does not
+    divide that product (or exceeds it) leaves the section's own pair: an explicit batch is never changed."""
+    micro = section.bf16_cpu_micro_batch if bf16_cpu else None
+    effective = section.batch_size * section.grad_accum
+    if micro is None or micro > effective or effective % micro:
+        return section.batch_size, section.grad_accum
+    return micro, effective // micro
+
+
 def trainer_kwargs(
     section: TrainerSection, cfg: TrainConfig, device: str, output_dir: Path
 ) -> dict[str, Any]:
@@ -375,13 +389,15 @@ def trainer_kwargs(
     bf16=True, lr 2e-5, logging_steps 10, max_length 1024, unlike TrainingArguments), so nothing is left to their
     defaults.
     """
+    bf16 = train_dtype(cfg, device).is_bf16
+    micro, accum = micro_batches(section, bf16 and device == "cpu")
     return {
         "output_dir": str(output_dir),
         "max_steps": section.max_steps,
         "num_train_epochs": section.epochs,
-        "per_device_train_batch_size": section.batch_size,
-        "per_device_eval_batch_size": section.batch_size,
-        "gradient_accumulation_steps": section.grad_accum,
+        "per_device_train_batch_size": micro,
+        "per_device_eval_batch_size": micro,
+        "gradient_accumulation_steps": accum,
         "learning_rate": section.lr,
         "lr_scheduler_type": "cosine",
         "warmup_steps": section.warmup,
@@ -396,7 +412,7 @@ def trainer_kwargs(
         "save_total_limit": section.save_total_limit,
         "report_to": "none",
         "seed": cfg.seed,
-        "bf16": train_dtype(cfg, device).is_bf16,
+        "bf16": bf16,
         "use_cpu": device == "cpu",
         "disable_tqdm": not cfg.progress,
         "dataloader_num_workers": 0,

@@ -151,6 +151,18 @@ def test_doctor_json_reports_the_choice_for_the_faked_cpu(
     if cpp_compiler() is not None:
         where = "bf16 on a CPU without AMX" if dtype == "bfloat16" else "CPU without AVX-512, fp32"
         assert where in report["train_compile"]["reason"]
+    # micro-batches: twice the sequences where activations are bf16 (the Zen 4); the optimizer's batch is the same
+    micro = report["train_micro_batches"]
+    if dtype == "bfloat16":
+        assert micro == {
+            "sft": {"micro_batch": 4, "grad_accum": 2},
+            "reward": {"micro_batch": 2, "grad_accum": 4},
+        }
+    else:
+        assert micro == {
+            "sft": {"micro_batch": 2, "grad_accum": 4},
+            "reward": {"micro_batch": 1, "grad_accum": 8},
+        }
     # the attention SFT and the RM train with: query blocks where bf16 runs without AMX (the Zen 4), else SDPA
     assert report["train_attention"]["attention"] == ("causal_blocks" if dtype == "bfloat16" else "sdpa")
 

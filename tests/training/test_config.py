@@ -85,3 +85,35 @@ def test_publish_gguf_off_unquoted_means_off(tmp_path: Path) -> None:
     assert load_config(cfg_file).publish.gguf == "off"
     with pytest.raises(ConfigError, match="publish.gguf must be one of"):
         load_config(DEFAULT_CONFIG, ["publish.gguf=q4_k"])
+
+
+@pytest.mark.parametrize(
+    ("precision", "device", "sft", "reward"),
+    [
+        ("true", "cpu", (4, 2), (2, 4)),  # bf16 on a CPU: the bf16_cpu_micro_batch, same optimizer batch
+        ("false", "cpu", (2, 4), (1, 8)),  # fp32 (a CPU without native bf16): the memory-bound defaults
+        ("true", "cuda", (2, 4), (1, 8)),  # unmeasured on a GPU: as configured
+    ],
+)
+def test_the_micro_batch_follows_the_compute_dtype_and_keeps_the_optimizer_batch(
+    precision: str, device: str, sft: tuple[int, int], reward: tuple[int, int], tmp_path: Path
+) -> None:
+    from training.config import trainer_kwargs
+
+    cfg = load_config(DEFAULT_CONFIG, [f"model.bf16={precision}"])
+    for section, want in ((cfg.sft, sft), (cfg.reward, reward)):
+        kwargs = trainer_kwargs(section, cfg, device, tmp_path)
+        got = (kwargs["per_device_train_batch_size"], kwargs["gradient_accumulation_steps"])
+        assert got == want and got[0] * got[1] == section.batch_size * section.grad_accum
+        assert kwargs["bf16"] is (precision == "true")
+
+
+def test_a_batch_the_bf16_micro_batch_does_not_divide_is_kept() -> None:
+    from training.config import micro_batches
+
+    cfg = load_config(DEFAULT_CONFIG, ["sft.batch_size=3", "sft.grad_accum=1"])
+    assert micro_batches(cfg.sft, bf16_cpu=True) == (3, 1)  # 4 does not divide 3
+    cfg = load_config(DEFAULT_CONFIG, ["sft.batch_size=1", "sft.grad_accum=2"])
+    assert micro_batches(cfg.sft, bf16_cpu=True) == (1, 2)  # 4 exceeds the optimizer batch of 2
+    cfg = load_config(DEFAULT_CONFIG, ["sft.bf16_cpu_micro_batch=null"])
+    assert micro_batches(cfg.sft, bf16_cpu=True) == (2, 4)
