@@ -60,7 +60,7 @@ class ModelSection:
     compile: str = field(default="auto", metadata=bounds(choices=("auto", "true", "false"), parse=_bool_word))
     compile_min_steps: int = field(default=20, metadata=bounds(ge=0))
     # attention for SFT and the RM (training/block_attention.py): "auto" = causal attention in query blocks on a CPU
-    # training in bf16 without AMX (~1.8x SDPA's CPU kernel there), else SDPA | blocks | sdpa
+    # training in bf16 without AMX (~2.7x SDPA's CPU kernel there), else SDPA | blocks | sdpa
     attention: str = field(default="auto", metadata=bounds(choices=("auto", "blocks", "sdpa")))
 
 
