@@ -352,5 +352,6 @@ def test_the_recipes_32_rows_per_step_come_in_small_micro_batches_on_a_cpu() -> 
     for cuda, micro in ((True, 32), (False, 2)):
         cfg = load_config(None, S.STARTER_SETTINGS + S.batch_settings(cuda))
         assert cfg.sft.batch_size == micro and cfg.sft.batch_size * cfg.sft.grad_accum == S.EFFECTIVE_BATCH
+        assert cfg.sft.bf16_cpu_micro_batch is None  # ~1,000-token rows: not the larger bf16 micro-batch
     overridden = load_config(None, S.STARTER_SETTINGS + S.batch_settings(False) + ["sft.batch_size=4"])
     assert overridden.sft.batch_size == 4  # a user's --set still wins
