@@ -382,8 +382,8 @@ def simulate(
     """Run the simulated annotator (see the module docstring); returns what it recorded.
 
     Questions are asked in groups of `options.batch_size` (None: `sampling_plan` chooses) whose candidates are
-    sampled in one batched generate (ServedModel.sample_batch); the rows recorded are the same as one question at a time, only the sampled texts
-    differ (a sample depends on the batch it is drawn in). Questions the `simulated:f1` session has recorded
+    sampled in one batched generate (ServedModel.sample_batch); the rows recorded are the same as one question at a
+    time, only the sampled texts differ (a sample depends on the batch it is drawn in). Questions the `simulated:f1` session has recorded
     already are skipped, so an interrupted run resumes where it stopped.
     """
     from tqdm import tqdm
@@ -468,19 +468,16 @@ def sampling_plan(cfg: AppConfig, batch_size: int | None) -> tuple[AppConfig, in
 
 
 def served_backend(cfg: AppConfig) -> str:
-    """The backend that will answer with the current version under `cfg` (`auto` resolved; a llama.cpp it cannot
-    have falls back to transformers, as loading does)."""
-    from app.generator import Generator
+    """The backend that will answer with the current version under `cfg` (evaluation.runner.serving_backend: `auto`
+    resolved; a llama.cpp it cannot have falls back to transformers, as loading does)."""
+    from evaluation.runner import serving_backend
     from model_store.registry import ModelRegistry
 
     registry = ModelRegistry(cfg.paths.models_dir)
-    version = registry.current()
-    if version is None:
+    current = registry.current_name()
+    if current is None:
         raise SimulationError(f"no model is published in {cfg.paths.models_dir}: run `ragqa setup` first")
-    generator = Generator(
-        registry, dtype=cfg.dtype, load_in_4bit=cfg.load_in_4bit, backend=cfg.backend, config=cfg
-    )
-    return generator.expected_backend(version)
+    return serving_backend(cfg, registry, current)
 
 
 # ---- command line ---------------------------------------------------------------------------------------
