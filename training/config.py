@@ -371,8 +371,9 @@ def frozen_base_dtype(cfg: TrainConfig, device: str, four_bit: bool) -> Any:
 
 def micro_batches(section: TrainerSection, bf16_cpu: bool) -> tuple[int, int]:
     """(micro-batch, accumulation steps) of a stage: the section's, or on a CPU computing in bf16 its
-    `bf16_cpu_micro_batch` with the accumulation that keeps batch_size x grad_accum. A micro-batch that does not
-    divide that product (or exceeds it) leaves the section's own pair: an explicit batch is never changed."""
+    `bf16_cpu_micro_batch` with the accumulation that keeps batch_size x grad_accum (also when batch_size was set
+    explicitly: `bf16_cpu_micro_batch=null` keeps it). A micro-batch that does not divide that product (or exceeds
+    it) leaves the section's own pair."""
     micro = section.bf16_cpu_micro_batch if bf16_cpu else None
     effective = section.batch_size * section.grad_accum
     if micro is None or micro > effective or effective % micro:

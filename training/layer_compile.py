@@ -85,8 +85,8 @@ def choose(
         return CompileChoice(True, "model.compile=true")
     blockers = [
         (device != "cpu", f"device {device}: measured on the CPU only"),
-        # bf16 without AMX trains with the query-block attention (training/block_attention.py), which runs outside
-        # the compiled graph: measured there (Zen 4). With AMX neither is measured.
+        # bf16 without AMX: measured on the Zen 4 with the query-block attention (training/block_attention.py, the
+        # `auto` attention there) running outside the compiled graph. With AMX neither is measured.
         (bf16 and amx, "bf16 on an AMX CPU: unmeasured there"),
         # Zen 4, fp32 step: 12.0-14.7 s compiled vs 12.4-15.3 s eager
         (avx512 and not bf16, "fp32 on an AVX-512 CPU: no gain measured there"),
